@@ -1,0 +1,176 @@
+//! Upstream fallback: the policy in front of an [`Upstream`].
+
+use crate::metrics::UPSTREAM_ERRORS;
+use crate::upstream::{Upstream, UpstreamError, UpstreamRequest, UpstreamResponse};
+use actix::prelude::*;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Fetch from upstream. The reply carries the body as a stream; no bytes cross the mailbox.
+#[derive(Message)]
+#[rtype(result = "Result<UpstreamResponse, UpstreamError>")]
+pub struct Fetch(pub UpstreamRequest);
+
+/// Per-host failure tracking: after `threshold` consecutive host failures, the host is skipped
+/// for `cooldown`; the first request after that is a probe (one more failure re-opens it).
+#[derive(Debug)]
+pub struct Breaker {
+    threshold: u32,
+    cooldown: Duration,
+    hosts: HashMap<String, (u32, Option<Instant>)>,
+}
+
+/// Most hosts tracked; beyond this the healthy ones are forgotten first.
+const MAX_TRACKED_HOSTS: usize = 1024;
+
+impl Breaker {
+    pub fn new(threshold: u32, cooldown: Duration) -> Self {
+        Self { threshold, cooldown, hosts: HashMap::new() }
+    }
+
+    /// `Err(remaining)` while the host is resting.
+    pub fn check(&self, host: &str, now: Instant) -> Result<(), Duration> {
+        match self.hosts.get(host) {
+            Some((_, Some(until))) if *until > now => Err(*until - now),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn record(&mut self, host: &str, failed: bool, now: Instant) {
+        if !failed {
+            self.hosts.remove(host);
+            return;
+        }
+        if self.hosts.len() >= MAX_TRACKED_HOSTS && !self.hosts.contains_key(host) {
+            self.hosts.retain(|_, (_, until)| until.is_some());
+        }
+        let entry = self.hosts.entry(host.to_owned()).or_insert((0, None));
+        entry.0 += 1;
+        if entry.0 >= self.threshold {
+            entry.1 = Some(now + self.cooldown);
+        }
+    }
+}
+
+pub struct UpstreamActor {
+    upstream: Arc<dyn Upstream>,
+    /// `None` mirrors every registry.
+    allowed: Option<HashSet<String>>,
+    breaker: Breaker,
+}
+
+impl UpstreamActor {
+    pub fn new(upstream: Arc<dyn Upstream>, allowed_hosts: &[String], breaker: Breaker) -> Self {
+        let allowed =
+            (!allowed_hosts.is_empty()).then(|| allowed_hosts.iter().map(|h| h.to_ascii_lowercase()).collect());
+        Self { upstream, allowed, breaker }
+    }
+}
+
+impl Actor for UpstreamActor {
+    type Context = Context<Self>;
+}
+
+impl Handler<Fetch> for UpstreamActor {
+    type Result = ResponseActFuture<Self, Result<UpstreamResponse, UpstreamError>>;
+
+    fn handle(&mut self, Fetch(req): Fetch, _ctx: &mut Context<Self>) -> Self::Result {
+        let host = req.registry.name().to_owned();
+        let refused = if self.allowed.as_ref().is_some_and(|a| !a.contains(&host)) {
+            Some(UpstreamError::NotMirrored(host.clone()))
+        } else {
+            self.breaker
+                .check(&host, Instant::now())
+                .err()
+                .map(|rest| UpstreamError::CircuitOpen { host: host.clone(), retry_in_ms: rest.as_millis() as u64 })
+        };
+        if let Some(e) = refused {
+            metrics::counter!(UPSTREAM_ERRORS, "kind" => e.kind()).increment(1);
+            return Box::pin(fut::ready(Err(e)));
+        }
+        let upstream = self.upstream.clone();
+        Box::pin(async move { upstream.fetch(req).await }.into_actor(self).map(move |res, act, _| {
+            let failed = matches!(&res, Err(e) if e.is_host_failure());
+            act.breaker.record(&host, failed, Instant::now());
+            if let Err(e) = &res {
+                metrics::counter!(UPSTREAM_ERRORS, "kind" => e.kind()).increment(1);
+                if failed {
+                    tracing::warn!(host, error = %e, "upstream failure");
+                }
+            }
+            res
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::parse_ns;
+    use crate::upstream::memory::MemoryUpstream;
+    use crate::upstream::Kind;
+    use std::sync::atomic::Ordering;
+
+    fn req(host: &str) -> UpstreamRequest {
+        UpstreamRequest {
+            registry: parse_ns(Some(host), "docker.io").unwrap(),
+            repository: "app".into(),
+            kind: Kind::Manifest,
+            reference: "v1".into(),
+            head: false,
+            accept: None,
+            authorization: None,
+            range: None,
+        }
+    }
+
+    #[test]
+    fn breaker_opens_and_recovers() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(2, Duration::from_secs(5));
+        b.record("h", true, t0);
+        assert!(b.check("h", t0).is_ok(), "one failure is not enough");
+        b.record("h", true, t0);
+        assert_eq!(b.check("h", t0 + Duration::from_secs(1)), Err(Duration::from_secs(4)));
+        assert!(b.check("other", t0).is_ok());
+        assert!(b.check("h", t0 + Duration::from_secs(5)).is_ok(), "probe after cooldown");
+        b.record("h", true, t0 + Duration::from_secs(5));
+        assert!(b.check("h", t0 + Duration::from_secs(6)).is_err(), "failed probe re-opens");
+        b.record("h", false, t0 + Duration::from_secs(11));
+        assert!(b.check("h", t0 + Duration::from_secs(11)).is_ok());
+    }
+
+    #[actix::test]
+    async fn refuses_unmirrored_hosts_without_calling_upstream() {
+        let up = Arc::new(MemoryUpstream::default());
+        let addr =
+            UpstreamActor::new(up.clone(), &["docker.io".into()], Breaker::new(3, Duration::from_secs(5))).start();
+        let err = addr.send(Fetch(req("evil.example"))).await.unwrap().unwrap_err();
+        assert!(matches!(err, UpstreamError::NotMirrored(h) if h == "evil.example"));
+        assert_eq!(up.calls.load(Ordering::SeqCst), 0);
+        up.put("docker.io", "app", Kind::Manifest, "v1", "x", "{}");
+        assert!(addr.send(Fetch(req("docker.io"))).await.unwrap().is_ok());
+    }
+
+    #[actix::test]
+    async fn failing_host_fails_fast_after_threshold() {
+        let up = Arc::new(MemoryUpstream::default());
+        up.fail(Some(UpstreamError::Unreachable { host: "h".into(), reason: "refused".into() }));
+        let addr = UpstreamActor::new(up.clone(), &[], Breaker::new(2, Duration::from_secs(60))).start();
+        for _ in 0..2 {
+            let e = addr.send(Fetch(req("docker.io"))).await.unwrap().unwrap_err();
+            assert!(matches!(e, UpstreamError::Unreachable { .. }));
+        }
+        let e = addr.send(Fetch(req("docker.io"))).await.unwrap().unwrap_err();
+        assert!(matches!(e, UpstreamError::CircuitOpen { .. }), "{e:?}");
+        assert_eq!(up.calls.load(Ordering::SeqCst), 2, "third request must not reach upstream");
+        // 404s are not host failures.
+        let up2 = Arc::new(MemoryUpstream::default());
+        let addr2 = UpstreamActor::new(up2.clone(), &[], Breaker::new(1, Duration::from_secs(60))).start();
+        for _ in 0..3 {
+            let e = addr2.send(Fetch(req("docker.io"))).await.unwrap().unwrap_err();
+            assert!(matches!(e, UpstreamError::Status { status: 404, .. }));
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! One config tree, loaded once in `main`: built-in defaults (`config/peerd.toml`, embedded) →
+//! `--config` file → `PEERD_*` environment → flags. Nothing else reads the environment.
+
+use figment::providers::{Format, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The commented defaults, compiled in.
+pub const DEFAULTS_TOML: &str = include_str!("../config/peerd.toml");
+/// Prefix of environment overrides; `__` separates nesting (`PEERD_HTTP__ADDR`).
+pub const ENV_PREFIX: &str = "PEERD_";
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub metrics: MetricsConfig,
+    pub containerd: ContainerdConfig,
+    pub registry: RegistryConfig,
+    pub upstream: UpstreamConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub addr: SocketAddr,
+    pub workers: usize,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    pub max_connections: usize,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub addr: SocketAddr,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerdConfig {
+    pub socket: PathBuf,
+    pub namespaces: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    pub default_ns: String,
+    pub hosts: Vec<String>,
+    pub max_manifest_bytes: u64,
+    pub local_tags_on_upstream_error: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub plain_http_hosts: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    pub failure_threshold: u32,
+    #[serde(with = "humantime_serde")]
+    pub failure_cooldown: Duration,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0}: not found")]
+    MissingFile(PathBuf),
+    #[error("{0}")]
+    Figment(String),
+    #[error("{key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+/// Flag overrides: `(dotted key, value)` pairs, applied last.
+pub type Overrides = Vec<(&'static str, figment::value::Value)>;
+
+impl Config {
+    /// Load defaults → `file` → environment (`env` given explicitly for tests) → `overrides`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Toml::string(DEFAULTS_TOML));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::MissingFile(path.to_owned()));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        // Environment: PEERD_A__B=v sets a.b, parsed as figment's Env provider parses values
+        // (arrays, numbers, booleans, strings). Taken as an argument so tests need no globals.
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let key = rest.to_ascii_lowercase().replace("__", ".");
+            let value: figment::value::Value = value.parse().expect("infallible");
+            fig = fig.merge((key, value));
+        }
+        for (key, value) in overrides {
+            fig = fig.merge((key, value));
+        }
+        let cfg: Config = fig.extract().map_err(|e| ConfigError::Figment(one_line(&e.to_string())))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        use crate::oci::parse_ns;
+        fn bad<T>(key: &'static str, reason: String) -> Result<T, ConfigError> {
+            Err(ConfigError::Invalid { key, reason })
+        }
+        parse_ns(Some(&self.registry.default_ns), "").or_else(|e| bad("registry.default_ns", e.to_string()))?;
+        for h in &self.registry.hosts {
+            parse_ns(Some(h), "").or_else(|e| bad("registry.hosts", e.to_string()))?;
+        }
+        for h in &self.upstream.plain_http_hosts {
+            parse_ns(Some(h), "").or_else(|e| bad("upstream.plain_http_hosts", e.to_string()))?;
+        }
+        if self.containerd.namespaces.is_empty() {
+            return bad("containerd.namespaces", "at least one namespace is needed".into());
+        }
+        if self.registry.max_manifest_bytes == 0 {
+            return bad("registry.max_manifest_bytes", "must be positive".into());
+        }
+        if self.upstream.failure_threshold == 0 {
+            return bad("upstream.failure_threshold", "must be positive".into());
+        }
+        for (key, d) in [
+            ("upstream.connect_timeout", self.upstream.connect_timeout),
+            ("upstream.idle_timeout", self.upstream.idle_timeout),
+            ("upstream.request_timeout", self.upstream.request_timeout),
+            ("containerd.timeout", self.containerd.timeout),
+        ] {
+            if d.is_zero() {
+                return bad(key, "must be longer than zero".into());
+            }
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .or_else(|e| bad("log.level", format!("{:?}: {e}", self.log.level)))?;
+        Ok(())
+    }
+
+    /// The effective config as TOML (`peerd config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}"))
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_match_azure_peerd() {
+        let c = Config::load(None, env(&[]), vec![]).unwrap();
+        assert_eq!(c.http.addr.to_string(), "0.0.0.0:5000");
+        assert_eq!(c.metrics.addr.to_string(), "0.0.0.0:5004");
+        assert_eq!(c.containerd.namespaces, vec!["k8s.io"]);
+        assert_eq!(c.registry.default_ns, "docker.io");
+        assert_eq!(c.upstream.connect_timeout, Duration::from_secs(3));
+        assert_eq!(c.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn layering_file_env_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.toml");
+        std::fs::write(&file, "[http]\naddr = \"127.0.0.2:5000\"\n[log]\nlevel = \"debug\"\nformat = \"json\"\n")
+            .unwrap();
+        let c = Config::load(
+            Some(&file),
+            env(&[
+                ("PEERD_LOG__LEVEL", "warn"),
+                ("PEERD_UPSTREAM__PLAIN_HTTP_HOSTS", "[\"127.0.0.1:5001\"]"),
+                ("OTHER", "x"),
+            ]),
+            vec![("metrics.addr", "127.0.0.9:9".into())],
+        )
+        .unwrap();
+        assert_eq!(c.http.addr.to_string(), "127.0.0.2:5000"); // file
+        assert_eq!(c.log.format, LogFormat::Json); // file
+        assert_eq!(c.log.level, "warn"); // env beats file
+        assert_eq!(c.upstream.plain_http_hosts, vec!["127.0.0.1:5001"]); // env list
+        assert_eq!(c.metrics.addr.to_string(), "127.0.0.9:9"); // flag
+
+        let c = Config::load(
+            Some(&file),
+            env(&[("PEERD_HTTP__ADDR", "127.0.0.3:1")]),
+            vec![("http.addr", "127.0.0.4:2".into())],
+        )
+        .unwrap();
+        assert_eq!(c.http.addr.to_string(), "127.0.0.4:2", "flags beat env");
+    }
+
+    #[test]
+    fn invalid_config_is_one_clear_line() {
+        let cases: Vec<(Vec<(String, String)>, &str)> = vec![
+            (env(&[("PEERD_HTTP__ADDR", "nonsense")]), "addr"),
+            (env(&[("PEERD_UPSTREAM__CONNECT_TIMEOUT", "fast")]), "connect_timeout"),
+            (env(&[("PEERD_UPSTREAM__CONNECT_TIMEOUT", "0s")]), "upstream.connect_timeout"),
+            (env(&[("PEERD_REGISTRY__DEFAULT_NS", "http://x")]), "registry.default_ns"),
+            (env(&[("PEERD_LOG__FORMAT", "xml")]), "format"),
+            (env(&[("PEERD_HTTP__NOPE", "1")]), "nope"),
+            (env(&[("PEERD_LOG__LEVEL", "peerd=loud")]), "log.level"),
+        ];
+        for (e, needle) in cases {
+            let err = Config::load(None, e.clone(), vec![]).unwrap_err().to_string();
+            assert!(!err.contains('\n'), "{err}");
+            assert!(err.contains(needle), "{e:?} → {err}");
+        }
+        let err = Config::load(Some(Path::new("/nonexistent/peerd.toml")), env(&[]), vec![]).unwrap_err();
+        assert!(err.to_string().contains("not found"));
+    }
+
+    #[test]
+    fn renders_back_to_loadable_toml() {
+        let c = Config::load(None, env(&[]), vec![]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("out.toml");
+        std::fs::write(&file, c.to_toml()).unwrap();
+        let again = Config::load(Some(&file), env(&[]), vec![]).unwrap();
+        assert_eq!(again.to_toml(), c.to_toml());
+    }
+}

@@ -1,0 +1,145 @@
+//! The one place where failures become HTTP: OCI distribution error bodies
+//! `{"errors":[{"code","message","detail"}]}` with the spec's codes, and statuses chosen so that
+//! containerd falls back to its next host (404/5xx) whenever peerd cannot serve.
+
+use super::range::RangeError;
+use crate::oci::{DigestError, NameError};
+use crate::upstream::{Kind, UpstreamError};
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    NameInvalid(String),
+    #[error("{0}")]
+    NameUnknown(String),
+    #[error("{0}")]
+    DigestInvalid(String),
+    #[error("manifest unknown: {0}")]
+    ManifestUnknown(String),
+    #[error("blob unknown: {0}")]
+    BlobUnknown(String),
+    #[error("{0}")]
+    RangeInvalid(String),
+    #[error("requested range not satisfiable")]
+    RangeNotSatisfiable { size: u64 },
+    /// A route or method peerd does not serve (it is a pull-only mirror).
+    #[error("{message}")]
+    Unsupported { status: StatusCode, message: String },
+    #[error("authentication required")]
+    Unauthorized { www_authenticate: Option<String> },
+    #[error("access to the resource denied by the upstream registry")]
+    Denied,
+    #[error("upstream registry rate limit reached")]
+    TooManyRequests,
+    /// Upstream down, timing out or resting: 503/504 so the client moves on quickly.
+    #[error("{message}")]
+    Unavailable { status: StatusCode, message: String },
+    /// Upstream answered something peerd cannot stand behind.
+    #[error("{message}")]
+    BadGateway { code: &'static str, message: String },
+}
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::NameInvalid(_) => "NAME_INVALID",
+            ApiError::NameUnknown(_) => "NAME_UNKNOWN",
+            ApiError::DigestInvalid(_) => "DIGEST_INVALID",
+            ApiError::ManifestUnknown(_) => "MANIFEST_UNKNOWN",
+            ApiError::BlobUnknown(_) => "BLOB_UNKNOWN",
+            ApiError::RangeInvalid(_) | ApiError::RangeNotSatisfiable { .. } => "RANGE_INVALID",
+            ApiError::Unsupported { .. } => "UNSUPPORTED",
+            ApiError::Unauthorized { .. } => "UNAUTHORIZED",
+            ApiError::Denied => "DENIED",
+            ApiError::TooManyRequests => "TOOMANYREQUESTS",
+            ApiError::Unavailable { .. } => "UNAVAILABLE",
+            ApiError::BadGateway { code, .. } => code,
+        }
+    }
+
+    /// Map an upstream failure for a manifest or blob request.
+    pub fn from_upstream(e: UpstreamError, kind: Kind, what: &str) -> ApiError {
+        match e {
+            UpstreamError::NotMirrored(_) => ApiError::NameUnknown(e.to_string()),
+            UpstreamError::Status { status: 404, .. } => match kind {
+                Kind::Manifest => ApiError::ManifestUnknown(what.into()),
+                Kind::Blob => ApiError::BlobUnknown(what.into()),
+            },
+            UpstreamError::Status { status: 401, www_authenticate } => ApiError::Unauthorized { www_authenticate },
+            UpstreamError::Status { status: 403, .. } => ApiError::Denied,
+            UpstreamError::Status { status: 429, .. } => ApiError::TooManyRequests,
+            UpstreamError::Status { status, .. } => {
+                ApiError::BadGateway { code: "UNKNOWN", message: format!("upstream answered {status} for {what}") }
+            }
+            UpstreamError::Timeout { .. } => {
+                ApiError::Unavailable { status: StatusCode::GATEWAY_TIMEOUT, message: e.to_string() }
+            }
+            UpstreamError::Unreachable { .. } | UpstreamError::CircuitOpen { .. } => {
+                ApiError::Unavailable { status: StatusCode::SERVICE_UNAVAILABLE, message: e.to_string() }
+            }
+            UpstreamError::Protocol(_) => ApiError::BadGateway { code: "UNKNOWN", message: e.to_string() },
+        }
+    }
+}
+
+impl From<NameError> for ApiError {
+    fn from(e: NameError) -> Self {
+        ApiError::NameInvalid(e.to_string())
+    }
+}
+
+impl From<DigestError> for ApiError {
+    fn from(e: DigestError) -> Self {
+        ApiError::DigestInvalid(e.to_string())
+    }
+}
+
+impl From<RangeError> for ApiError {
+    fn from(e: RangeError) -> Self {
+        match e {
+            RangeError::Malformed(_) => ApiError::RangeInvalid(e.to_string()),
+            RangeError::Unsatisfiable { size } => ApiError::RangeNotSatisfiable { size },
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::NameInvalid(_) | ApiError::DigestInvalid(_) => StatusCode::BAD_REQUEST,
+            ApiError::NameUnknown(_) | ApiError::ManifestUnknown(_) | ApiError::BlobUnknown(_) => StatusCode::NOT_FOUND,
+            ApiError::RangeInvalid(_) | ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            ApiError::Unsupported { status, .. } | ApiError::Unavailable { status, .. } => *status,
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Denied => StatusCode::FORBIDDEN,
+            ApiError::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut resp = HttpResponse::build(self.status_code());
+        let detail = match self {
+            ApiError::RangeNotSatisfiable { size } => {
+                resp.insert_header((header::CONTENT_RANGE, format!("bytes */{size}")));
+                json!({ "size": size })
+            }
+            ApiError::Unauthorized { www_authenticate: Some(c) } => {
+                resp.insert_header((header::WWW_AUTHENTICATE, c.as_str()));
+                serde_json::Value::Null
+            }
+            ApiError::Unsupported { status, .. } if *status == StatusCode::METHOD_NOT_ALLOWED => {
+                resp.insert_header((header::ALLOW, "GET, HEAD"));
+                serde_json::Value::Null
+            }
+            _ => serde_json::Value::Null,
+        };
+        resp.insert_header((header::CONTENT_TYPE, "application/json"));
+        resp.body(
+            json!({ "errors": [{ "code": self.code(), "message": self.to_string(), "detail": detail }] }).to_string(),
+        )
+    }
+}

@@ -1,0 +1,173 @@
+//! actix-web front ends: the mirror listener (`/v2`, health) and the metrics listener
+//! (`/metrics/prometheus`, health). Cross-cutting concerns live in one middleware, [`observe`]:
+//! a correlation id per request (`X-MS-Peerd-CorrelationId`, taken from the client or made up),
+//! a tracing span carrying it, and the request metrics, timed until the last body byte.
+
+pub mod error;
+pub mod range;
+pub mod registry;
+
+use crate::metrics::{Source, REQUESTS, REQUEST_DURATION};
+use actix_web::body::{BodySize, BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::middleware::Next;
+use actix_web::{web, HttpResponse};
+use bytes::Bytes;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tracing::Instrument;
+
+/// Correlation id header, as Azure/peerd names it.
+pub const CORRELATION_HEADER: &str = "x-ms-peerd-correlationid";
+/// Longest client-supplied correlation id kept (longer ones are replaced).
+const MAX_CORRELATION_LEN: usize = 64;
+
+/// Readiness shared by both listeners: set once the node serves.
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::SeqCst);
+    }
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// `/healthz` (the process answers) and `/readyz` (the node is serving).
+pub fn health(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(|| async { HttpResponse::Ok().content_type("text/plain").body("ok\n") }))
+        .route(
+            "/readyz",
+            web::get().to(|r: web::Data<Readiness>| async move {
+                if r.get() {
+                    HttpResponse::Ok().content_type("text/plain").body("ready\n")
+                } else {
+                    HttpResponse::ServiceUnavailable().content_type("text/plain").body("not ready\n")
+                }
+            }),
+        );
+}
+
+/// Anything that is not a route: an OCI-style 404.
+pub async fn not_found(req: actix_web::HttpRequest) -> HttpResponse {
+    actix_web::ResponseError::error_response(&error::ApiError::Unsupported {
+        status: StatusCode::NOT_FOUND,
+        message: format!("no route for {}", req.path()),
+    })
+}
+
+fn handler_label(path: &str) -> &'static str {
+    match path {
+        "/v2" | "/v2/" => "v2",
+        "/healthz" => "healthz",
+        "/readyz" => "readyz",
+        "/metrics/prometheus" => "metrics",
+        p if p.starts_with("/v2/") => {
+            let mut segs = p.rsplit('/');
+            match (segs.next(), segs.next()) {
+                (Some(_), Some("manifests")) => "manifests",
+                (Some(_), Some("blobs")) => "blobs",
+                _ => "v2_other",
+            }
+        }
+        _ => "other",
+    }
+}
+
+fn method_label(m: &actix_web::http::Method) -> &'static str {
+    match *m {
+        actix_web::http::Method::GET => "GET",
+        actix_web::http::Method::HEAD => "HEAD",
+        _ => "other",
+    }
+}
+
+fn correlation_id(req: &ServiceRequest) -> String {
+    req.headers()
+        .get(CORRELATION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty() && v.len() <= MAX_CORRELATION_LEN && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+/// The observability middleware (see the module docs).
+pub async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let started = Instant::now();
+    let cid = correlation_id(&req);
+    let handler = handler_label(req.path());
+    let method = method_label(req.method());
+    let span = tracing::info_span!("request", correlation_id = %cid, method = %req.method(), path = %req.path());
+    let mut res = next.call(req).instrument(span.clone()).await?;
+    let status = res.status().as_u16();
+    let source = res.response().extensions().get::<Source>().map_or("none", |s| s.as_str());
+    metrics::counter!(REQUESTS, "handler" => handler, "method" => method, "status" => status.to_string(), "source" => source)
+        .increment(1);
+    span.in_scope(|| tracing::debug!(status, source, "response started"));
+    if let Ok(v) = HeaderValue::from_str(&cid) {
+        res.headers_mut().insert(HeaderName::from_static(CORRELATION_HEADER), v);
+    }
+    Ok(res
+        .map_body(|_, body| BoxBody::new(Timed { body: body.boxed(), started, handler, method, span, failed: false })))
+}
+
+/// Records the request duration when the body is done (or dropped: client gone, aborted).
+struct Timed {
+    body: BoxBody,
+    started: Instant,
+    handler: &'static str,
+    method: &'static str,
+    span: tracing::Span,
+    failed: bool,
+}
+
+impl MessageBody for Timed {
+    type Error = Box<dyn std::error::Error>;
+
+    fn size(&self) -> BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_next(cx);
+        if let Poll::Ready(Some(Err(e))) = &polled {
+            self.failed = true;
+            self.span.in_scope(|| tracing::warn!(error = %e, "response body aborted"));
+        }
+        polled
+    }
+}
+
+impl Drop for Timed {
+    fn drop(&mut self) {
+        let secs = self.started.elapsed().as_secs_f64();
+        metrics::histogram!(REQUEST_DURATION, "handler" => self.handler, "method" => self.method).record(secs);
+        let failed = self.failed;
+        self.span.in_scope(|| tracing::debug!(seconds = secs, failed, "request finished"));
+    }
+}
+
+/// `/metrics/prometheus`
+pub fn metrics_routes(cfg: &mut web::ServiceConfig) {
+    cfg.route(
+        "/metrics/prometheus",
+        web::get().to(|h: web::Data<metrics_exporter_prometheus::PrometheusHandle>| async move {
+            HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(h.render())
+        }),
+    );
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,439 @@
+//! `/v2`: the pull side of the OCI distribution API, as containerd uses a mirror.
+//!
+//! Sources, in order: the local content store (by digest), then the upstream registry. Tags go
+//! upstream first (they are mutable) and fall back to the local image record only when the
+//! upstream cannot be reached. Every full blob or manifest served by digest is verified while it
+//! streams; a mismatch cuts the connection (see [`crate::stream::Verify`]).
+
+use super::error::ApiError;
+use super::range::{self, ByteRange, RangeSpec};
+use crate::actors::upstream::Fetch;
+use crate::config::RegistryConfig;
+use crate::metrics::{Source, DIGEST_MISMATCHES, LOCAL_STORE_ERRORS, SERVED_BYTES};
+use crate::oci::{media, parse_ns, validate_repository, validate_tag, Algorithm, Digest, Registry};
+use crate::store::{self, ByteStream, ContentStore, StoreError};
+use crate::stream::{Count, Slice, Verify};
+use crate::upstream::{Kind, UpstreamError, UpstreamRequest, UpstreamResponse};
+use actix::Recipient;
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
+use bytes::Bytes;
+use std::sync::Arc;
+
+/// Header carrying a blob or manifest digest (distribution API).
+pub const DIGEST_HEADER: &str = "Docker-Content-Digest";
+
+pub struct RegistryState {
+    pub store: Arc<dyn ContentStore>,
+    pub upstream: Recipient<Fetch>,
+    pub cfg: RegistryConfig,
+}
+
+/// Register `/v2` routes. The caller provides `web::Data<RegistryState>`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource(["/v2", "/v2/"])
+            .route(web::get().to(base))
+            .route(web::head().to(base))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v2/{tail:.*}")
+            .route(web::get().to(dispatch))
+            .route(web::head().to(dispatch))
+            .default_service(web::to(method_not_allowed)),
+    );
+}
+
+async fn base() -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header(("Docker-Distribution-API-Version", "registry/2.0"))
+        .content_type("application/json")
+        .body("{}")
+}
+
+async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
+    actix_web::ResponseError::error_response(&ApiError::Unsupported {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        message: format!("{} is not supported: peerd is a pull-only mirror", req.method()),
+    })
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reference {
+    Tag(String),
+    Digest(Digest),
+}
+
+impl std::fmt::Display for Reference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reference::Tag(t) => f.write_str(t),
+            Reference::Digest(d) => d.fmt(f),
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    Manifest { repo: String, reference: Reference },
+    Blob { repo: String, digest: Digest },
+}
+
+/// Parse the raw (still percent-encoded) request path. Anything but
+/// `/v2/<name>/manifests/<ref>` and `/v2/<name>/blobs/<digest>` is not served.
+pub fn parse_path(path: &str) -> Result<Route, ApiError> {
+    let not_served = || ApiError::Unsupported {
+        status: StatusCode::NOT_FOUND,
+        message: format!("{path} is not served: peerd mirrors manifests and blobs only"),
+    };
+    let rest = path.strip_prefix("/v2/").ok_or_else(not_served)?;
+    let segs: Vec<&str> = rest.split('/').collect();
+    if segs.len() < 3 {
+        return Err(not_served());
+    }
+    let n = segs.len();
+    let (kind, reference) = (segs[n - 2], segs[n - 1]);
+    let repo = segs[..n - 2].join("/");
+    match kind {
+        "manifests" => {
+            validate_repository(&repo)?;
+            let reference = if reference.contains(':') {
+                Reference::Digest(reference.parse()?)
+            } else {
+                validate_tag(reference)?;
+                Reference::Tag(reference.to_owned())
+            };
+            Ok(Route::Manifest { repo, reference })
+        }
+        "blobs" => {
+            validate_repository(&repo)?;
+            Ok(Route::Blob { repo, digest: reference.parse()? })
+        }
+        _ => Err(not_served()),
+    }
+}
+
+/// What one client request asked for, beyond the path.
+struct Ask {
+    registry: Registry,
+    head: bool,
+    accept: Option<String>,
+    authorization: Option<String>,
+    range: Option<RangeSpec>,
+}
+
+fn header_str(req: &HttpRequest, name: header::HeaderName) -> Option<String> {
+    req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+async fn dispatch(req: HttpRequest, st: web::Data<RegistryState>) -> Result<HttpResponse, ApiError> {
+    let route = parse_path(req.uri().path())?;
+    let ns = url::form_urlencoded::parse(req.query_string().as_bytes())
+        .find(|(k, _)| k == "ns")
+        .map(|(_, v)| v.into_owned());
+    let registry = parse_ns(ns.as_deref(), &st.cfg.default_ns)?;
+    let range = match header_str(&req, header::RANGE) {
+        Some(v) => range::parse(&v)?,
+        None => None,
+    };
+    let ask = Ask {
+        registry,
+        head: req.method() == actix_web::http::Method::HEAD,
+        accept: header_str(&req, header::ACCEPT),
+        authorization: header_str(&req, header::AUTHORIZATION),
+        range,
+    };
+    match route {
+        Route::Manifest { repo, reference } => manifest(&st, &ask, &repo, &reference).await,
+        Route::Blob { repo, digest } => blob(&st, &ask, &repo, &digest).await,
+    }
+}
+
+struct Manifest {
+    body: Bytes,
+    media_type: String,
+    digest: Digest,
+}
+
+fn tag_source(mut resp: HttpResponse, source: Source) -> HttpResponse {
+    resp.extensions_mut().insert(source);
+    resp
+}
+
+fn empty() -> ByteStream {
+    Box::pin(futures_util::stream::empty())
+}
+
+fn manifest_response(m: Manifest, head: bool, source: Source) -> HttpResponse {
+    let mut b = HttpResponse::Ok();
+    b.insert_header((header::CONTENT_TYPE, m.media_type)).insert_header((DIGEST_HEADER, m.digest.to_string()));
+    let resp = if head {
+        b.no_chunking(m.body.len() as u64).streaming(empty())
+    } else {
+        metrics::counter!(SERVED_BYTES, "source" => source.as_str()).increment(m.body.len() as u64);
+        b.body(m.body)
+    };
+    tag_source(resp, source)
+}
+
+/// A store failure is a miss for the client, but an operator wants to know.
+fn store_miss(e: &StoreError, what: &dyn std::fmt::Display) {
+    match e {
+        StoreError::Unavailable(why) => {
+            metrics::counter!(LOCAL_STORE_ERRORS, "kind" => "unavailable").increment(1);
+            tracing::debug!(%what, why, "local store unavailable");
+        }
+        StoreError::Other(why) => {
+            metrics::counter!(LOCAL_STORE_ERRORS, "kind" => "other").increment(1);
+            tracing::warn!(%what, why, "local store error");
+        }
+    }
+}
+
+fn mismatch(source: Source, digest: &Digest, why: &str) {
+    metrics::counter!(DIGEST_MISMATCHES, "source" => source.as_str()).increment(1);
+    tracing::error!(source = source.as_str(), %digest, why, "content does not match its digest; response aborted");
+}
+
+async fn local_manifest(st: &RegistryState, digest: &Digest, accept: Option<&str>) -> Option<Manifest> {
+    let body = match store::read_bounded(st.store.as_ref(), digest, st.cfg.max_manifest_bytes).await {
+        Ok(Some(b)) => b,
+        Ok(None) => return None,
+        Err(e) => {
+            store_miss(&e, digest);
+            return None;
+        }
+    };
+    if Digest::compute(digest.algorithm(), &body) != *digest {
+        mismatch(Source::Local, digest, "local manifest");
+        return None;
+    }
+    let media_type = media::sniff_manifest(&body)?;
+    if !media::accepts(accept, &media_type) {
+        tracing::debug!(%digest, media_type, "local manifest not acceptable to client; asking upstream");
+        return None;
+    }
+    Some(Manifest { body, media_type, digest: digest.clone() })
+}
+
+async fn fetch(st: &RegistryState, req: UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
+    st.upstream
+        .send(Fetch(req))
+        .await
+        .unwrap_or_else(|e| Err(UpstreamError::Unreachable { host: "upstream actor".into(), reason: e.to_string() }))
+}
+
+fn upstream_request(
+    ask: &Ask,
+    repo: &str,
+    kind: Kind,
+    reference: String,
+    head: bool,
+    range: Option<ByteRange>,
+) -> UpstreamRequest {
+    UpstreamRequest {
+        registry: ask.registry.clone(),
+        repository: repo.to_owned(),
+        kind,
+        reference,
+        head,
+        accept: ask.accept.clone(),
+        authorization: ask.authorization.clone(),
+        range,
+    }
+}
+
+async fn upstream_manifest(
+    st: &RegistryState,
+    ask: &Ask,
+    repo: &str,
+    reference: &Reference,
+) -> Result<HttpResponse, ApiError> {
+    let what = format!("{}/{repo}:{reference}", ask.registry);
+    let map = |e| ApiError::from_upstream(e, Kind::Manifest, &what);
+    if ask.head {
+        // HEAD upstream (it does not count against Docker Hub's pull limit); fall through to
+        // GET only if the upstream does not say which digest it has.
+        let resp = fetch(st, upstream_request(ask, repo, Kind::Manifest, reference.to_string(), true, None))
+            .await
+            .map_err(map)?;
+        let digest = resp.digest.as_deref().and_then(|d| d.parse::<Digest>().ok());
+        if let (Some(digest), Some(len), Some(ct)) = (digest, resp.content_length, resp.content_type.clone()) {
+            if matches!(reference, Reference::Digest(d) if *d != digest) {
+                return Err(ApiError::BadGateway {
+                    code: "DIGEST_INVALID",
+                    message: format!("upstream answered {digest} for {what}"),
+                });
+            }
+            let mut b = HttpResponse::Ok();
+            b.insert_header((header::CONTENT_TYPE, ct)).insert_header((DIGEST_HEADER, digest.to_string()));
+            return Ok(tag_source(b.no_chunking(len).streaming(empty()), Source::Upstream));
+        }
+    }
+    let resp = fetch(st, upstream_request(ask, repo, Kind::Manifest, reference.to_string(), false, None))
+        .await
+        .map_err(map)?;
+    let media_type = resp.content_type.clone().unwrap_or_else(|| media::OCI_MANIFEST.into());
+    let limit = st.cfg.max_manifest_bytes;
+    if resp.content_length.is_some_and(|n| n > limit) {
+        return Err(ApiError::BadGateway {
+            code: "MANIFEST_INVALID",
+            message: format!("{what}: manifest over the {limit} byte limit"),
+        });
+    }
+    let body = store::collect(resp.body, limit)
+        .await
+        .map_err(|e| ApiError::BadGateway { code: "MANIFEST_INVALID", message: format!("{what}: {e}") })?;
+    let digest = match reference {
+        Reference::Digest(d) => {
+            let actual = Digest::compute(d.algorithm(), &body);
+            if actual != *d {
+                mismatch(Source::Upstream, d, "upstream manifest");
+                return Err(ApiError::BadGateway {
+                    code: "DIGEST_INVALID",
+                    message: format!("upstream manifest for {what} hashes to {actual}"),
+                });
+            }
+            actual
+        }
+        Reference::Tag(_) => Digest::compute(Algorithm::Sha256, &body),
+    };
+    Ok(manifest_response(Manifest { body, media_type, digest }, ask.head, Source::Upstream))
+}
+
+async fn manifest(st: &RegistryState, ask: &Ask, repo: &str, reference: &Reference) -> Result<HttpResponse, ApiError> {
+    match reference {
+        Reference::Digest(d) => {
+            if let Some(m) = local_manifest(st, d, ask.accept.as_deref()).await {
+                return Ok(manifest_response(m, ask.head, Source::Local));
+            }
+            upstream_manifest(st, ask, repo, reference).await
+        }
+        Reference::Tag(tag) => match upstream_manifest(st, ask, repo, reference).await {
+            Err(e @ (ApiError::Unavailable { .. } | ApiError::BadGateway { .. }))
+                if st.cfg.local_tags_on_upstream_error =>
+            {
+                let image = format!("{}/{repo}:{tag}", ask.registry);
+                let desc = match st.store.resolve(&image).await {
+                    Ok(d) => d,
+                    Err(se) => {
+                        store_miss(&se, &image);
+                        None
+                    }
+                };
+                let Some(desc) = desc else { return Err(e) };
+                let Some(m) = local_manifest(st, &desc.digest, ask.accept.as_deref()).await else {
+                    return Err(e);
+                };
+                tracing::warn!(image, digest = %m.digest, upstream_error = %e, "upstream unavailable; serving the tag as the local store last saw it");
+                Ok(manifest_response(m, ask.head, Source::Local))
+            }
+            other => other,
+        },
+    }
+}
+
+fn blob_headers(b: &mut HttpResponseBuilder, digest: &Digest) {
+    b.insert_header((header::CONTENT_TYPE, media::OCTET_STREAM))
+        .insert_header((DIGEST_HEADER, digest.to_string()))
+        .insert_header((header::ACCEPT_RANGES, "bytes"));
+}
+
+fn counted(body: ByteStream, source: Source) -> ByteStream {
+    let counter = metrics::counter!(SERVED_BYTES, "source" => source.as_str());
+    Box::pin(Count::new(body, move |n| counter.increment(n)))
+}
+
+fn verified(body: ByteStream, digest: &Digest, len: Option<u64>, source: Source) -> ByteStream {
+    Box::pin(Verify::new(body, digest.clone(), len, move |d, why| mismatch(source, d, why)))
+}
+
+/// 200 with the whole body (verified) or 206 with one range (unverifiable: a range alone cannot
+/// be checked against the blob's digest; containerd verifies the assembled blob itself).
+fn blob_body(digest: &Digest, size: u64, range: Option<ByteRange>, body: ByteStream, source: Source) -> HttpResponse {
+    let (mut b, len, body) = match range {
+        None => (HttpResponse::Ok(), size, verified(body, digest, Some(size), source)),
+        Some(r) => {
+            let mut b = HttpResponse::PartialContent();
+            b.insert_header((header::CONTENT_RANGE, r.content_range(size)));
+            (b, r.len(), body)
+        }
+    };
+    blob_headers(&mut b, digest);
+    tag_source(b.no_chunking(len).streaming(counted(body, source)), source)
+}
+
+async fn local_blob(st: &RegistryState, ask: &Ask, digest: &Digest) -> Option<Result<HttpResponse, ApiError>> {
+    let size = match st.store.size(digest).await {
+        Ok(Some(size)) => size,
+        Ok(None) => return None,
+        Err(e) => {
+            store_miss(&e, digest);
+            return None;
+        }
+    };
+    if ask.head {
+        let mut b = HttpResponse::Ok();
+        blob_headers(&mut b, digest);
+        return Some(Ok(tag_source(b.no_chunking(size).streaming(empty()), Source::Local)));
+    }
+    let range = match ask.range.map(|spec| spec.resolve(size)).transpose() {
+        Ok(r) => r,
+        Err(e) => return Some(Err(e.into())),
+    };
+    let (offset, len) = range.map_or((0, None), |r| (r.start, Some(r.len())));
+    match st.store.read(digest, offset, len).await {
+        Ok(body) => Some(Ok(blob_body(digest, size, range, body, Source::Local))),
+        Err(e) => {
+            store_miss(&e, digest);
+            None
+        }
+    }
+}
+
+async fn blob(st: &RegistryState, ask: &Ask, repo: &str, digest: &Digest) -> Result<HttpResponse, ApiError> {
+    if let Some(resp) = local_blob(st, ask, digest).await {
+        return resp;
+    }
+    let what = format!("{}/{repo}@{digest}", ask.registry);
+    let map = |e| ApiError::from_upstream(e, Kind::Blob, &what);
+    let req = |head, range| upstream_request(ask, repo, Kind::Blob, digest.to_string(), head, range);
+    if ask.head {
+        let resp = fetch(st, req(true, None)).await.map_err(map)?;
+        let len = resp.content_length.ok_or_else(|| ApiError::BadGateway {
+            code: "UNKNOWN",
+            message: format!("{what}: upstream sent no Content-Length"),
+        })?;
+        let mut b = HttpResponse::Ok();
+        blob_headers(&mut b, digest);
+        return Ok(tag_source(b.no_chunking(len).streaming(empty()), Source::Upstream));
+    }
+    let Some(spec) = ask.range else {
+        let resp = fetch(st, req(false, None)).await.map_err(map)?;
+        let body = verified(resp.body, digest, resp.content_length, Source::Upstream);
+        let mut b = HttpResponse::Ok();
+        blob_headers(&mut b, digest);
+        let resp = match resp.content_length {
+            Some(len) => b.no_chunking(len).streaming(counted(body, Source::Upstream)),
+            None => b.streaming(counted(body, Source::Upstream)),
+        };
+        return Ok(tag_source(resp, Source::Upstream));
+    };
+    // A range from upstream: learn the size first, so suffix ranges become absolute (some blob
+    // stores reject suffix ranges) and an unsatisfiable range is answered here.
+    let head = fetch(st, req(true, None)).await.map_err(map)?;
+    let size = head.content_length.ok_or_else(|| ApiError::BadGateway {
+        code: "UNKNOWN",
+        message: format!("{what}: upstream sent no Content-Length"),
+    })?;
+    let range = spec.resolve(size)?;
+    let resp = fetch(st, req(false, Some(range))).await.map_err(map)?;
+    let body: ByteStream = if resp.status == 206 {
+        Box::pin(Slice::new(resp.body, 0, range.len()))
+    } else {
+        // The upstream ignored Range and sent everything: cut our range out of it.
+        Box::pin(Slice::new(resp.body, range.start, range.len()))
+    };
+    Ok(blob_body(digest, size, Some(range), body, Source::Upstream))
+}

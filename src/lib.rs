@@ -1,0 +1,28 @@
+//! # peerd
+//!
+//! Peer-to-peer distribution of container images and large files inside a Kubernetes cluster.
+//!
+//! ## Layout
+//! - [`config`]: the one config tree (defaults → file → `PEERD_*` env → flags).
+//! - [`oci`]: digests, names, `ns` hosts, media types (pure parsers).
+//! - [`store`]: the local content store boundary; containerd and in-memory implementations.
+//! - [`upstream`]: the upstream registry boundary; HTTP (token flow) and in-memory implementations.
+//! - [`routing`]: the peer routing boundary (who holds what); in-memory implementation.
+//! - [`actors`]: upstream fallback policy and event emission, as actix actors.
+//! - [`stream`]: data-path stream adapters (verification, accounting, slicing).
+//! - [`http`]: actix-web front ends, error mapping, middleware.
+//! - [`metrics`]: metric names and the Prometheus recorder.
+//! - [`node`]: wiring all of the above into a running node (used by `main`).
+
+#![forbid(unsafe_code)]
+
+pub mod actors;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod node;
+pub mod oci;
+pub mod routing;
+pub mod store;
+pub mod stream;
+pub mod upstream;

@@ -1,0 +1,62 @@
+//! Metric names (`peerd_<what>_<unit>`), their help text, and the Prometheus recorder.
+//! Labels are low-cardinality by design: never a peer address, URL, repository or digest.
+
+use metrics::{describe_counter, describe_histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Requests by `handler`, `method`, `status`, `source`.
+pub const REQUESTS: &str = "peerd_requests_total";
+/// Whole-request duration (until the last body byte) by `handler`, `method`.
+pub const REQUEST_DURATION: &str = "peerd_request_duration_seconds";
+/// Body bytes sent to clients by `source`.
+pub const SERVED_BYTES: &str = "peerd_served_bytes_total";
+/// Upstream failures by `kind`.
+pub const UPSTREAM_ERRORS: &str = "peerd_upstream_errors_total";
+/// Content that did not hash to its digest, by `source`.
+pub const DIGEST_MISMATCHES: &str = "peerd_digest_mismatches_total";
+/// Local content store failures (other than "not found"), by `kind`.
+pub const LOCAL_STORE_ERRORS: &str = "peerd_local_store_errors_total";
+/// Events emitted, by `reason`.
+pub const EVENTS: &str = "peerd_events_total";
+
+/// Where a response's bytes came from (the `source` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Local,
+    Peer,
+    Upstream,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Local => "local",
+            Source::Peer => "peer",
+            Source::Upstream => "upstream",
+        }
+    }
+}
+
+const DURATION_BUCKETS: &[f64] =
+    &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+
+/// Install the global recorder and return the handle `/metrics/prometheus` renders.
+pub fn install() -> Result<PrometheusHandle, String> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), DURATION_BUCKETS)
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| e.to_string())?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    describe_counter!(REQUESTS, "HTTP requests by handler, method, status and source");
+    describe_histogram!(REQUEST_DURATION, Unit::Seconds, "HTTP request duration until the last body byte");
+    describe_counter!(SERVED_BYTES, Unit::Bytes, "Body bytes served to clients by source");
+    describe_counter!(UPSTREAM_ERRORS, "Upstream registry failures by kind");
+    describe_counter!(DIGEST_MISMATCHES, "Content that did not match its digest (response aborted) by source");
+    describe_counter!(LOCAL_STORE_ERRORS, "Local content store failures by kind");
+    describe_counter!(EVENTS, "Node events emitted by reason");
+}

@@ -1,0 +1,120 @@
+//! [`ContentStore`] over containerd's gRPC API (content and images services), so peerd serves
+//! what the node already has without a second copy.
+//!
+//! The channel connects lazily: peerd starts when containerd is absent and begins serving local
+//! content as soon as containerd's socket answers. Calls are bounded by a timeout, and a store
+//! that cannot be reached is reported as [`StoreError::Unavailable`], which callers treat as a miss.
+
+use super::{ByteStream, ContentStore, Descriptor, StoreError};
+use crate::oci::Digest;
+use async_trait::async_trait;
+use bytes::Bytes;
+use containerd_client::services::v1::{
+    content_client::ContentClient, images_client::ImagesClient, GetImageRequest, InfoRequest, ReadContentRequest,
+};
+use containerd_client::with_namespace;
+use futures_util::StreamExt;
+use std::path::PathBuf;
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+pub struct ContainerdStore {
+    channel: Channel,
+    namespaces: Vec<String>,
+    socket: PathBuf,
+}
+
+impl ContainerdStore {
+    /// A store over the socket at `socket`, looking in `namespaces` in order. Never fails for a
+    /// missing socket: the connection is made on first use and re-made after containerd restarts.
+    pub fn new(socket: PathBuf, namespaces: Vec<String>, timeout: Duration) -> Result<Self, StoreError> {
+        let path = socket.clone();
+        let channel = Endpoint::try_from("http://[::]")
+            .map_err(|e| StoreError::Other(e.to_string()))?
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .connect_with_connector_lazy(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+                }
+            }));
+        Ok(Self { channel, namespaces, socket })
+    }
+
+    /// containerd's version, or why it cannot be reached (logged at start-up).
+    pub async fn probe(&self) -> Result<String, StoreError> {
+        let mut client = containerd_client::services::v1::version_client::VersionClient::new(self.channel.clone());
+        let v = client.version(()).await.map_err(|s| self.map_status(s))?.into_inner();
+        Ok(format!("containerd {} at {}", v.version, self.socket.display()))
+    }
+
+    fn map_status(&self, s: Status) -> StoreError {
+        match s.code() {
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
+                StoreError::Unavailable(format!("{}: {}", self.socket.display(), s.message()))
+            }
+            _ => StoreError::Other(format!("{}: {}", s.code(), s.message())),
+        }
+    }
+
+    /// The first configured namespace holding `digest`, with its size.
+    async fn locate(&self, digest: &Digest) -> Result<Option<(&str, u64)>, StoreError> {
+        let mut client = ContentClient::new(self.channel.clone());
+        for ns in &self.namespaces {
+            let req = with_namespace!(InfoRequest { digest: digest.to_string() }, ns.as_str());
+            match client.info(req).await {
+                Ok(resp) => {
+                    let size = resp.into_inner().info.map_or(0, |i| i.size.max(0) as u64);
+                    return Ok(Some((ns.as_str(), size)));
+                }
+                Err(s) if s.code() == Code::NotFound => continue,
+                Err(s) => return Err(self.map_status(s)),
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[async_trait]
+impl ContentStore for ContainerdStore {
+    async fn size(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
+        Ok(self.locate(digest).await?.map(|(_, size)| size))
+    }
+
+    async fn read(&self, digest: &Digest, offset: u64, len: Option<u64>) -> Result<ByteStream, StoreError> {
+        let (ns, _) =
+            self.locate(digest).await?.ok_or_else(|| StoreError::Other(format!("{digest} not found in containerd")))?;
+        let mut client = ContentClient::new(self.channel.clone());
+        let req =
+            ReadContentRequest { digest: digest.to_string(), offset: offset as i64, size: len.unwrap_or(0) as i64 };
+        let stream = client.read(with_namespace!(req, ns)).await.map_err(|s| self.map_status(s))?.into_inner();
+        Ok(Box::pin(stream.map(|item| {
+            item.map(|m| Bytes::from(m.data)).map_err(|s| std::io::Error::other(format!("containerd read: {s}")))
+        })))
+    }
+
+    async fn resolve(&self, image: &str) -> Result<Option<Descriptor>, StoreError> {
+        let mut client = ImagesClient::new(self.channel.clone());
+        for ns in &self.namespaces {
+            let req = with_namespace!(GetImageRequest { name: image.to_owned() }, ns.as_str());
+            match client.get(req).await {
+                Ok(resp) => {
+                    let Some(target) = resp.into_inner().image.and_then(|i| i.target) else {
+                        continue;
+                    };
+                    let digest = target.digest.parse().map_err(|e| StoreError::Other(format!("image {image}: {e}")))?;
+                    return Ok(Some(Descriptor {
+                        media_type: target.media_type,
+                        digest,
+                        size: target.size.max(0) as u64,
+                    }));
+                }
+                Err(s) if s.code() == Code::NotFound => continue,
+                Err(s) => return Err(self.map_status(s)),
+            }
+        }
+        Ok(None)
+    }
+}

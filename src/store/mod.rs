@@ -1,0 +1,92 @@
+//! The node's local content: what containerd already holds. [`ContentStore`] is the boundary;
+//! [`memory::MemoryStore`] backs unit tests and [`containerd::ContainerdStore`] is the real one.
+//! Both pass the same conformance checks (`conformance` below).
+
+pub mod containerd;
+pub mod memory;
+
+use crate::oci::Digest;
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::Stream;
+use std::pin::Pin;
+
+/// A body travelling from a source to an HTTP response. Never buffered whole, never sent
+/// through an actor mailbox.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+
+/// What an image name points at (`containerd.types.Descriptor`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Descriptor {
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached (containerd down, socket missing): treat as a miss.
+    #[error("content store unavailable: {0}")]
+    Unavailable(String),
+    #[error("content store error: {0}")]
+    Other(String),
+}
+
+#[async_trait]
+pub trait ContentStore: Send + Sync + 'static {
+    /// Size of the blob if the store holds it.
+    async fn size(&self, digest: &Digest) -> Result<Option<u64>, StoreError>;
+    /// Stream `len` bytes (all when `None`) from `offset`. Fails with `Other` if absent.
+    async fn read(&self, digest: &Digest, offset: u64, len: Option<u64>) -> Result<ByteStream, StoreError>;
+    /// The target of an image name (`host/repo:tag`), if the store has that image.
+    async fn resolve(&self, image: &str) -> Result<Option<Descriptor>, StoreError>;
+}
+
+/// Read a whole blob into memory, refusing more than `limit` bytes (manifests only).
+pub async fn read_bounded(store: &dyn ContentStore, digest: &Digest, limit: u64) -> Result<Option<Bytes>, StoreError> {
+    let Some(size) = store.size(digest).await? else {
+        return Ok(None);
+    };
+    if size > limit {
+        return Err(StoreError::Other(format!("{digest} is {size} bytes, over the {limit} byte limit")));
+    }
+    let stream = store.read(digest, 0, None).await?;
+    collect(stream, limit).await.map(Some).map_err(|e| StoreError::Other(e.to_string()))
+}
+
+/// Collect a stream into one buffer, failing past `limit` bytes.
+pub async fn collect(mut stream: ByteStream, limit: u64) -> Result<Bytes, std::io::Error> {
+    use futures_util::StreamExt;
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if (buf.len() + chunk.len()) as u64 > limit {
+            return Err(std::io::Error::other(format!("body exceeds the {limit} byte limit")));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// Conformance checks every [`ContentStore`] must pass; `store` must hold exactly the blob
+/// `b"hello world"` and the image `example.com/app:v1` pointing at it.
+#[cfg(test)]
+pub async fn conformance(store: &dyn ContentStore) {
+    use crate::oci::Algorithm;
+    let hello = Digest::compute(Algorithm::Sha256, b"hello world");
+    let missing = Digest::compute(Algorithm::Sha256, b"missing");
+    assert_eq!(store.size(&hello).await.unwrap(), Some(11));
+    assert_eq!(store.size(&missing).await.unwrap(), None);
+    let all = collect(store.read(&hello, 0, None).await.unwrap(), 100).await.unwrap();
+    assert_eq!(&all[..], b"hello world");
+    let part = collect(store.read(&hello, 6, Some(3)).await.unwrap(), 100).await.unwrap();
+    assert_eq!(&part[..], b"wor");
+    let tail = collect(store.read(&hello, 6, None).await.unwrap(), 100).await.unwrap();
+    assert_eq!(&tail[..], b"world");
+    assert!(store.read(&missing, 0, None).await.is_err());
+    let d = store.resolve("example.com/app:v1").await.unwrap().unwrap();
+    assert_eq!(d.digest, hello);
+    assert_eq!(store.resolve("example.com/app:v2").await.unwrap(), None);
+    assert_eq!(read_bounded(store, &hello, 100).await.unwrap().unwrap(), "hello world");
+    assert!(read_bounded(store, &hello, 5).await.is_err());
+}

@@ -1,0 +1,240 @@
+//! Stream adapters on the data path: digest verification, byte accounting and range slicing.
+//! They hold at most one chunk, so memory stays bounded whatever the body size.
+
+use crate::oci::{Digest, Hasher};
+use crate::store::ByteStream;
+use bytes::Bytes;
+use futures_util::Stream;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+/// Hashes a body while it streams and releases the last chunk only once the digest (and the
+/// expected length, when known) check out. On a mismatch the stream ends with an error instead
+/// of its last chunk, so the HTTP layer cuts the connection and the client never sees a complete,
+/// clean body with the wrong bytes. `on_mismatch` runs once when that happens.
+/// Called once with the expected digest and what went wrong.
+type OnMismatch = Box<dyn FnOnce(&Digest, &str) + Send>;
+
+pub struct Verify {
+    inner: ByteStream,
+    hasher: Option<Hasher>,
+    expected: Digest,
+    expected_len: Option<u64>,
+    seen: u64,
+    held: Option<Bytes>,
+    on_mismatch: Option<OnMismatch>,
+}
+
+impl Verify {
+    pub fn new(
+        inner: ByteStream,
+        expected: Digest,
+        expected_len: Option<u64>,
+        on_mismatch: impl FnOnce(&Digest, &str) + Send + 'static,
+    ) -> Self {
+        Self {
+            inner,
+            hasher: Some(Hasher::new(expected.algorithm())),
+            expected,
+            expected_len,
+            seen: 0,
+            held: None,
+            on_mismatch: Some(Box::new(on_mismatch)),
+        }
+    }
+
+    fn fail(&mut self, why: String) -> Poll<Option<io::Result<Bytes>>> {
+        self.hasher = None;
+        self.held = None;
+        if let Some(f) = self.on_mismatch.take() {
+            f(&self.expected, &why);
+        }
+        Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::InvalidData, why))))
+    }
+}
+
+impl Stream for Verify {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if this.hasher.is_none() {
+                // Verified and drained, or already failed.
+                return Poll::Ready(this.held.take().map(Ok));
+            }
+            match ready!(this.inner.as_mut().poll_next(cx)) {
+                Some(Ok(chunk)) => {
+                    this.seen += chunk.len() as u64;
+                    if matches!(this.expected_len, Some(n) if this.seen > n) {
+                        let why =
+                            format!("{} is longer than its {} bytes", this.expected, this.expected_len.unwrap_or(0));
+                        return this.fail(why);
+                    }
+                    if let Some(h) = this.hasher.as_mut() {
+                        h.update(&chunk);
+                    }
+                    if let Some(prev) = this.held.replace(chunk) {
+                        return Poll::Ready(Some(Ok(prev)));
+                    }
+                }
+                Some(Err(e)) => {
+                    this.held = None;
+                    this.hasher = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                None => {
+                    let actual = this.hasher.take().map(Hasher::finish);
+                    if let Some(n) = this.expected_len.filter(|&n| n != this.seen) {
+                        let why = format!("{} ended after {} of {n} bytes", this.expected, this.seen);
+                        return this.fail(why);
+                    }
+                    if actual.as_ref() != Some(&this.expected) {
+                        let why = format!(
+                            "digest mismatch: expected {}, content hashes to {}",
+                            this.expected,
+                            actual.map(|d| d.to_string()).unwrap_or_default()
+                        );
+                        return this.fail(why);
+                    }
+                    return Poll::Ready(this.held.take().map(Ok));
+                }
+            }
+        }
+    }
+}
+
+/// Calls `count(n)` for every chunk of n bytes that passes through.
+pub struct Count<F> {
+    inner: ByteStream,
+    count: F,
+}
+
+impl<F: FnMut(u64) + Unpin> Count<F> {
+    pub fn new(inner: ByteStream, count: F) -> Self {
+        Self { inner, count }
+    }
+}
+
+impl<F: FnMut(u64) + Unpin> Stream for Count<F> {
+    type Item = io::Result<Bytes>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let item = ready!(self.inner.as_mut().poll_next(cx));
+        if let Some(Ok(chunk)) = &item {
+            (self.count)(chunk.len() as u64);
+        }
+        Poll::Ready(item)
+    }
+}
+
+/// Skips `skip` bytes, then yields at most `take` bytes: a range cut from a full body, for an
+/// upstream that ignored our `Range` header.
+pub struct Slice {
+    inner: ByteStream,
+    skip: u64,
+    take: u64,
+}
+
+impl Slice {
+    pub fn new(inner: ByteStream, skip: u64, take: u64) -> Self {
+        Self { inner, skip, take }
+    }
+}
+
+impl Stream for Slice {
+    type Item = io::Result<Bytes>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if self.take == 0 {
+                return Poll::Ready(None);
+            }
+            let mut chunk = match ready!(self.inner.as_mut().poll_next(cx)) {
+                Some(Ok(c)) => c,
+                other => return Poll::Ready(other),
+            };
+            let skip = self.skip.min(chunk.len() as u64);
+            self.skip -= skip;
+            let _ = chunk.split_to(skip as usize);
+            if chunk.is_empty() {
+                continue;
+            }
+            let n = self.take.min(chunk.len() as u64);
+            self.take -= n;
+            chunk.truncate(n as usize);
+            return Poll::Ready(Some(Ok(chunk)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::Algorithm;
+    use futures_util::StreamExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    fn chunks(data: &'static [u8], size: usize) -> ByteStream {
+        Box::pin(futures_util::stream::iter(data.chunks(size).map(|c| Ok(Bytes::from_static(c))).collect::<Vec<_>>()))
+    }
+
+    async fn drain(mut s: impl Stream<Item = io::Result<Bytes>> + Unpin) -> (Vec<u8>, Option<io::Error>) {
+        let mut out = Vec::new();
+        while let Some(item) = s.next().await {
+            match item {
+                Ok(c) => out.extend_from_slice(&c),
+                Err(e) => return (out, Some(e)),
+            }
+        }
+        (out, None)
+    }
+
+    #[tokio::test]
+    async fn verify_passes_good_content() {
+        let d = Digest::compute(Algorithm::Sha256, b"hello world");
+        let (out, err) = drain(Verify::new(chunks(b"hello world", 3), d, Some(11), |_, _| panic!())).await;
+        assert_eq!(out, b"hello world");
+        assert!(err.is_none());
+    }
+
+    #[tokio::test]
+    async fn verify_withholds_last_chunk_on_mismatch() {
+        let d = Digest::compute(Algorithm::Sha256, b"hello world");
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h = hits.clone();
+        let (out, err) = drain(Verify::new(chunks(b"hello WORLD", 3), d, None, move |_, _| {
+            h.fetch_add(1, Ordering::SeqCst);
+        }))
+        .await;
+        assert!(out.len() < 11, "the whole body must never be delivered: got {}", out.len());
+        assert_eq!(err.unwrap().kind(), io::ErrorKind::InvalidData);
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn verify_checks_length() {
+        let d = Digest::compute(Algorithm::Sha256, b"hello world");
+        let (_, err) = drain(Verify::new(chunks(b"hello world", 3), d.clone(), Some(12), |_, _| {})).await;
+        assert!(err.is_some(), "short body must fail");
+        let (out, err) = drain(Verify::new(chunks(b"hello world", 3), d, Some(5), |_, _| {})).await;
+        assert!(err.is_some() && out.len() <= 5, "long body must fail before overrun");
+    }
+
+    #[tokio::test]
+    async fn verify_empty_blob() {
+        let d = Digest::compute(Algorithm::Sha256, b"");
+        let (out, err) = drain(Verify::new(chunks(b"", 1), d, Some(0), |_, _| panic!())).await;
+        assert!(out.is_empty() && err.is_none());
+    }
+
+    #[tokio::test]
+    async fn slice_and_count() {
+        let mut total = 0;
+        let (out, _) = drain(Count::new(Box::pin(Slice::new(chunks(b"0123456789", 3), 4, 4)), |n| total += n)).await;
+        assert_eq!(out, b"4567");
+        assert_eq!(total, 4);
+        let (out, _) = drain(Slice::new(chunks(b"0123456789", 4), 0, 100)).await;
+        assert_eq!(out, b"0123456789");
+    }
+}
