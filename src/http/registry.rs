@@ -123,8 +123,11 @@ struct Ask {
     range: Option<RangeSpec>,
 }
 
+/// A header's value; repeated headers (clients send one `Accept` per media type) are joined
+/// with ", " as RFC 9110 §5.3 allows.
 fn header_str(req: &HttpRequest, name: header::HeaderName) -> Option<String> {
-    req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    let values: Vec<&str> = req.headers().get_all(name).filter_map(|v| v.to_str().ok()).collect();
+    (!values.is_empty()).then(|| values.join(", "))
 }
 
 async fn dispatch(req: HttpRequest, st: web::Data<RegistryState>) -> Result<HttpResponse, ApiError> {

@@ -59,7 +59,7 @@ async fn call(
 ) -> (StatusCode, actix_web::http::header::HeaderMap, Result<Bytes, String>) {
     let mut req = test::TestRequest::default().method(method).uri(uri);
     for (k, v) in headers {
-        req = req.insert_header((*k, *v));
+        req = req.append_header((*k, *v));
     }
     let resp = test::call_service(app, req.to_request()).await;
     let status = resp.status();
@@ -228,6 +228,10 @@ async fn manifests_by_tag_and_digest() {
     let (s, hd, body) = call(&app, Method::HEAD, &uri, &[]).await;
     assert_eq!((s, h(&hd, "content-length")), (StatusCode::OK, m.len().to_string().as_str()));
     assert!(body.unwrap().is_empty());
+    let (s, _, _) =
+        call(&app, Method::GET, &uri, &[("accept", media::DOCKER_MANIFEST), ("accept", media::OCI_MANIFEST)]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(f.up.calls.load(std::sync::atomic::Ordering::SeqCst), calls, "every Accept header counts");
     let _ = call(&app, Method::GET, &uri, &[("accept", media::DOCKER_MANIFEST)]).await;
     assert!(f.up.calls.load(std::sync::atomic::Ordering::SeqCst) > calls, "unacceptable local type goes upstream");
 

@@ -1,0 +1,470 @@
+//! Integration-test harness: real docker-registry, containerd and peerd processes on loopback,
+//! each owned by a guard that stops it by PID on drop.
+//!
+//! Tools missing on the machine make a test SKIP LOUDLY (a banner on stderr) unless
+//! `PEERD_REQUIRE_INTEGRATION=1` is set — the README's test command sets it, so in CI a missing
+//! tool is a failure, never a silent pass.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// `true` if every tool is on PATH (and we are root when `root`); otherwise prints a loud skip
+/// banner, or panics when integration tests are required.
+pub fn require(test: &str, tools: &[&str], root: bool) -> bool {
+    let mut missing: Vec<String> = tools
+        .iter()
+        .filter(|t| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .map(|t| t.to_string())
+        .collect();
+    if root && !is_root() {
+        missing.push("root privileges".into());
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!("{test}: needs {}", missing.join(", "));
+    if std::env::var("PEERD_REQUIRE_INTEGRATION").as_deref() == Ok("1") {
+        panic!("{msg} (PEERD_REQUIRE_INTEGRATION=1)");
+    }
+    eprintln!("\n########## SKIPPED: {msg} ##########\n########## install them with: make test-deps ##########\n");
+    false
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Build the test images once per target dir (the script is idempotent and race-safe).
+pub fn images() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("images");
+    run(Command::new(fixtures().join("build-images.sh")).arg(&dir));
+    dir
+}
+
+/// The digests the image build recorded (`images.json`).
+pub fn image_info(images: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(images.join("images.json")).unwrap()).unwrap()
+}
+
+pub fn tempdir(prefix: &str) -> tempfile::TempDir {
+    // Short paths: containerd's socket path must fit in sun_path.
+    tempfile::Builder::new().prefix(prefix).tempdir_in("/tmp").unwrap()
+}
+
+/// A docker-registry on 127.0.0.1 with a kernel-chosen port.
+pub struct Registry {
+    pub dir: PathBuf,
+    pub addr: String,
+    running: bool,
+}
+
+impl Registry {
+    pub fn start(dir: &Path) -> Registry {
+        let addr = run(Command::new(fixtures().join("registry.sh")).arg("start").arg(dir));
+        Registry { dir: dir.to_owned(), addr, running: true }
+    }
+    pub fn push_images(&self, images: &Path) {
+        run(Command::new(fixtures().join("push-images.sh")).arg(images).arg(&self.addr));
+    }
+    pub fn stop(&mut self) {
+        if self.running {
+            run(Command::new(fixtures().join("registry.sh")).arg("stop").arg(&self.dir));
+            self.running = false;
+        }
+    }
+    /// Requests the registry has logged for `path_part` (its access log).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("registry.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        if self.running {
+            let _ = Command::new(fixtures().join("registry.sh")).arg("stop").arg(&self.dir).status();
+        }
+    }
+}
+
+/// A private containerd 1.6 instance.
+pub struct Containerd {
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+}
+
+impl Containerd {
+    pub fn start(dir: &Path) -> Containerd {
+        let socket = run(Command::new(fixtures().join("containerd.sh")).arg("start").arg(dir));
+        Containerd { dir: dir.to_owned(), socket: socket.into() }
+    }
+    pub fn ctr(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ctr").arg("-a").arg(&self.socket).args(["-n", "k8s.io"]).args(args).output().unwrap()
+    }
+    /// `ctr image pull --hosts-dir` — asserts success and returns stdout+stderr.
+    pub fn pull(&self, hosts_dir: &Path, image: &str) -> String {
+        let out = self.ctr(&["image", "pull", "--hosts-dir", hosts_dir.to_str().unwrap(), image]);
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "ctr pull {image} failed:\n{text}");
+        text
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = Command::new(fixtures().join("containerd.sh")).arg("stop").arg(&self.dir).status();
+    }
+}
+
+/// Write `<dir>/<registry>/hosts.toml` pointing containerd at a mirror, as peerd's chart does.
+pub fn hosts_toml(dir: &Path, registry: &str, mirror: &str) {
+    let d = dir.join(registry);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(
+        d.join("hosts.toml"),
+        format!(
+            "server = \"http://{registry}\"\n\n[host.\"http://{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  dial_timeout = \"200ms\"\n"
+        ),
+    )
+    .unwrap();
+}
+
+pub fn free_port(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
+}
+
+/// A running `peerd run` process.
+pub struct Peerd {
+    child: Child,
+    pub http: SocketAddr,
+    pub metrics: SocketAddr,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Peerd {
+    /// Start peerd on `ip` with free ports and extra `args`; waits for `/readyz`.
+    pub fn start(ip: &str, args: &[&str], env: &[(&str, &str)]) -> Peerd {
+        let http: SocketAddr = format!("{ip}:{}", free_port(ip)).parse().unwrap();
+        let metrics: SocketAddr = format!("{ip}:{}", free_port(ip)).parse().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_peerd"))
+            .arg("run")
+            .args(["--http-addr", &http.to_string(), "--metrics-addr", &metrics.to_string()])
+            .args(args)
+            .envs(env.iter().copied())
+            .env("PEERD_HTTP__WORKERS", "2")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn peerd");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("PEERD_TEST_LOG").is_some() {
+                    eprintln!("[peerd] {line}");
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let p = Peerd { child, http, metrics, log };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = p.child_status() {
+                panic!("peerd exited early with {status}:\n{}", p.log_text());
+            }
+            if http_get_status(&format!("http://{}/readyz", p.http)) == Some(200) {
+                return p;
+            }
+            assert!(Instant::now() < deadline, "peerd not ready in time:\n{}", p.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn child_status(&self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        // try_wait needs &mut; use /proc instead to keep &self.
+        let state = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        Ok(if state.contains("State:\tZ") || state.is_empty() {
+            Some(std::process::ExitStatus::default())
+        } else {
+            None
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    /// The Prometheus exposition text.
+    pub fn metrics_text(&self) -> String {
+        let out = Command::new("curl")
+            .args(["-sf", &format!("http://{}/metrics/prometheus", self.metrics)])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Sum of a metric's samples whose labels contain every `label="value"` in `labels`.
+    pub fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        sum_metric(&self.metrics_text(), name, labels)
+    }
+
+    /// Resident set high-water mark (VmHWM) in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmHWM")
+    }
+
+    /// SIGTERM, then SIGKILL after 10 s.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Peerd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+pub fn sum_metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' ')))
+        .filter(|l| labels.iter().all(|kv| l.contains(kv)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Status of a GET with curl (None when the connection fails).
+pub fn http_get_status(url: &str) -> Option<u16> {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", url])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).parse().ok().filter(|c| *c != 0)
+}
+
+/// A curl exchange: status, response headers (lowercased names) and body.
+pub struct Exchange {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub curl_ok: bool,
+}
+
+impl Exchange {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn error_code(&self) -> String {
+        self.json()["errors"][0]["code"].as_str().unwrap_or("").to_owned()
+    }
+}
+
+/// `curl` with a method and headers. Uses curl (not reqwest) so the raw HTTP is what a
+/// third-party client sees, including aborted bodies (`curl_ok == false`).
+pub fn curl(method: &str, url: &str, headers: &[(&str, &str)]) -> Exchange {
+    let hdr_file = tempfile::NamedTempFile::new().unwrap();
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "--path-as-is", "--max-time", "60", "-D", hdr_file.path().to_str().unwrap()]);
+    if method == "HEAD" {
+        cmd.arg("-I");
+    } else {
+        cmd.args(["-X", method]);
+    }
+    for (k, v) in headers {
+        cmd.args(["-H", &format!("{k}: {v}")]);
+    }
+    let out = cmd.arg(url).output().unwrap();
+    let raw = std::fs::read_to_string(hdr_file.path()).unwrap_or_default();
+    let mut lines = raw.lines();
+    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Exchange {
+        status,
+        headers,
+        body: if method == "HEAD" { Vec::new() } else { out.stdout },
+        curl_ok: out.status.success(),
+    }
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// What a [`FakeUpstream`] answers.
+pub enum Reply {
+    Http {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
+    /// Raw bytes, then close: not HTTP at all.
+    Garbage(Vec<u8>),
+    /// Accept and never answer.
+    Hang,
+}
+
+impl Reply {
+    pub fn ok(content_type: &str, body: impl Into<Vec<u8>>) -> Reply {
+        Reply::Http { status: 200, headers: vec![("Content-Type".into(), content_type.into())], body: body.into() }
+    }
+    pub fn status(status: u16, headers: &[(&str, &str)]) -> Reply {
+        Reply::Http {
+            status,
+            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            body: Vec::new(),
+        }
+    }
+}
+
+/// A request as the fake upstream saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A hand-rolled HTTP/1.1 upstream on 127.0.0.1 (one request per connection), for behaviour a
+/// real registry will not produce: garbage, hangs, oversized manifests, token challenges.
+pub struct FakeUpstream {
+    pub addr: String,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl FakeUpstream {
+    pub fn start(handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> FakeUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let handler = Arc::new(handler);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(10_000) {
+                let Ok(mut stream) = stream else { continue };
+                let handler = handler.clone();
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut parts = line.split_whitespace();
+                    let method = parts.next().unwrap_or("").to_owned();
+                    let target = parts.next().unwrap_or("").to_owned();
+                    let mut headers = Vec::new();
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = h.split_once(':') {
+                            headers.push((k.trim().to_owned(), v.trim().to_owned()));
+                        }
+                    }
+                    let req = Seen { method: method.clone(), target, headers };
+                    log.lock().unwrap().push(req.clone());
+                    match handler(&req) {
+                        Reply::Hang => {
+                            let mut buf = [0u8; 1];
+                            let _ = stream.read(&mut buf);
+                            std::thread::sleep(Duration::from_secs(30));
+                        }
+                        Reply::Garbage(bytes) => {
+                            let _ = stream.write_all(&bytes);
+                        }
+                        Reply::Http { status, headers, body } => {
+                            let mut head = format!(
+                                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n",
+                                body.len()
+                            );
+                            for (k, v) in headers {
+                                head.push_str(&format!("{k}: {v}\r\n"));
+                            }
+                            head.push_str("\r\n");
+                            let _ = stream.write_all(head.as_bytes());
+                            if method != "HEAD" {
+                                let _ = stream.write_all(&body);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        FakeUpstream { addr, seen }
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}

@@ -1,0 +1,233 @@
+//! A peerd node as containerd's registry mirror, against real components: docker-registry as
+//! the upstream, images built by umoci and pushed by skopeo, containerd 1.6 pulling through
+//! peerd via hosts.toml.
+
+mod common;
+use common::*;
+use std::process::Command;
+
+fn layer_digests(info: &serde_json::Value, image: &str) -> Vec<(String, u64)> {
+    info[image]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["digest"].as_str().unwrap().to_owned(), l["size"].as_u64().unwrap()))
+        .collect()
+}
+
+fn skopeo(args: &[&str]) -> String {
+    let out = Command::new("skopeo").args(args).output().unwrap();
+    assert!(out.status.success(), "skopeo {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// skopeo inspect/copy through peerd (no `ns`: peerd's default registry is the test registry),
+/// with containerd absent: peerd starts, says so, and serves from upstream.
+#[test]
+fn skopeo_through_peerd_without_containerd() {
+    if !require("skopeo_through_peerd", &["docker-registry", "skopeo", "umoci", "busybox"], false) {
+        return;
+    }
+    let images = images();
+    let info = image_info(&images);
+    let work = tempdir("pd-sk");
+    let reg = Registry::start(&work.path().join("reg"));
+    reg.push_images(&images);
+    let peerd = Peerd::start(
+        "127.0.0.1",
+        &[
+            "--default-ns",
+            &reg.addr,
+            "--mirror-host",
+            &reg.addr,
+            "--plain-http-host",
+            &reg.addr,
+            "--containerd-socket",
+            "/nonexistent/containerd.sock",
+        ],
+        &[],
+    );
+    assert!(
+        peerd.log_text().contains("containerd is not reachable"),
+        "start-up must say containerd is absent:\n{}",
+        peerd.log_text()
+    );
+    let mirror = format!("docker://{}", peerd.http);
+
+    let raw = skopeo(&["inspect", "--tls-verify=false", "--raw", &format!("{mirror}/test/multi:v1")]);
+    assert_eq!(format!("sha256:{}", sha256_hex(raw.as_bytes())), info["multi"]["manifest"]["digest"].as_str().unwrap());
+
+    let out = work.path().join("copy");
+    skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("{mirror}/test/multi:v1"),
+        &format!("oci:{}:v1", out.display()),
+    ]);
+    for (digest, size) in layer_digests(&info, "multi") {
+        let f = out.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+        assert_eq!(std::fs::metadata(&f).unwrap().len(), size, "{digest}");
+    }
+    let idx = skopeo(&["inspect", "--tls-verify=false", "--raw", &format!("{mirror}/test/index:v1")]);
+    let idx: serde_json::Value = serde_json::from_str(&idx).unwrap();
+    assert_eq!(idx["manifests"].as_array().unwrap().len(), 2);
+    skopeo(&[
+        "copy",
+        "--all",
+        "--src-tls-verify=false",
+        &format!("{mirror}/test/index:v1"),
+        &format!("oci:{}:idx", out.display()),
+    ]);
+    let v2 = skopeo(&["inspect", "--tls-verify=false", "--raw", &format!("{mirror}/test/v2s2:v1")]);
+    assert!(v2.contains("application/vnd.docker.distribution.manifest.v2+json"), "{v2}");
+
+    let multi_bytes: u64 = layer_digests(&info, "multi").iter().map(|(_, s)| s).sum();
+    let upstream_bytes = peerd.metric("peerd_served_bytes_total", &["source=\"upstream\""]);
+    assert!(
+        upstream_bytes >= multi_bytes as f64,
+        "metrics must show the bytes went through peerd: {upstream_bytes} < {multi_bytes}"
+    );
+    assert!(
+        peerd.metric("peerd_requests_total", &["handler=\"blobs\"", "status=\"200\"", "source=\"upstream\""]) >= 4.0
+    );
+    assert!(peerd.metric("peerd_request_duration_seconds_count", &["handler=\"blobs\""]) >= 4.0);
+    assert_eq!(peerd.metric("peerd_digest_mismatches_total", &[]), 0.0);
+}
+
+/// containerd pulls through peerd (upstream path); then, with the registry stopped, peerd serves
+/// the same content from containerd's store, and a second containerd pulls it all from peerd.
+#[test]
+fn containerd_pulls_through_peerd_and_local_store_serves_when_upstream_is_gone() {
+    if !require(
+        "containerd_pull",
+        &["docker-registry", "skopeo", "umoci", "busybox", "containerd", "ctr", "runc"],
+        true,
+    ) {
+        return;
+    }
+    let images = images();
+    let info = image_info(&images);
+    let work = tempdir("pd-ct");
+    let mut reg = Registry::start(&work.path().join("reg"));
+    reg.push_images(&images);
+    let node_a = Containerd::start(&work.path().join("a"));
+    let peerd = Peerd::start(
+        "127.0.0.1",
+        &[
+            "--mirror-host",
+            &reg.addr,
+            "--plain-http-host",
+            &reg.addr,
+            "--containerd-socket",
+            node_a.socket.to_str().unwrap(),
+        ],
+        &[("PEERD_LOG__LEVEL", "info,peerd=debug")],
+    );
+    assert!(peerd.log_text().contains("local content store: containerd"), "{}", peerd.log_text());
+    let hosts = work.path().join("hosts");
+    hosts_toml(&hosts, &reg.addr, &peerd.http.to_string());
+
+    for image in ["multi", "index", "v2s2"] {
+        node_a.pull(&hosts, &format!("{}/test/{image}:v1", reg.addr));
+    }
+    let multi: Vec<(String, u64)> = layer_digests(&info, "multi");
+    let multi_bytes: u64 = multi.iter().map(|(_, s)| s).sum();
+    let upstream_bytes = peerd.metric("peerd_served_bytes_total", &["source=\"upstream\""]);
+    assert!(
+        upstream_bytes >= multi_bytes as f64,
+        "containerd's bytes must have gone through peerd: {upstream_bytes} < {multi_bytes}"
+    );
+    // containerd sent the registry as an URL-encoded ns.
+    assert!(peerd.metric("peerd_requests_total", &["handler=\"manifests\"", "status=\"200\""]) >= 3.0);
+
+    reg.stop();
+    assert_eq!(http_get_status(&format!("http://{}/v2/", reg.addr)), None, "registry must be down");
+    let ns = reg.addr.replace(':', "%3A");
+    let local_before = peerd.metric("peerd_served_bytes_total", &["source=\"local\""]);
+    for (digest, size) in &multi {
+        let r = curl("GET", &peerd.url(&format!("/v2/test/multi/blobs/{digest}?ns={ns}")), &[]);
+        assert_eq!(r.status, 200, "{digest}");
+        assert_eq!(r.body.len() as u64, *size);
+        assert_eq!(format!("sha256:{}", sha256_hex(&r.body)), *digest);
+        let part =
+            curl("GET", &peerd.url(&format!("/v2/test/multi/blobs/{digest}?ns={ns}")), &[("Range", "bytes=100-199")]);
+        assert_eq!(part.status, 206);
+        assert_eq!(part.body, r.body[100..200]);
+        assert_eq!(part.header("content-range"), Some(format!("bytes 100-199/{size}").as_str()));
+    }
+    let local_after = peerd.metric("peerd_served_bytes_total", &["source=\"local\""]);
+    assert!(
+        local_after - local_before >= multi_bytes as f64,
+        "served from the local store: {local_before} → {local_after}"
+    );
+
+    // A second node's containerd pulls everything from peerd while the registry is down:
+    // the tag from the local image record (stale-if-error), everything else by digest.
+    let node_b = Containerd::start(&work.path().join("b"));
+    let before = peerd.metric("peerd_served_bytes_total", &["source=\"local\""]);
+    node_b.pull(&hosts, &format!("{}/test/multi:v1", reg.addr));
+    let after = peerd.metric("peerd_served_bytes_total", &["source=\"local\""]);
+    assert!(after - before >= multi_bytes as f64, "second pull served locally: {before} → {after}");
+    assert!(peerd.log_text().contains("serving the tag as the local store last saw it"));
+    let listed = node_b.ctr(&["images", "ls", "-q"]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("test/multi:v1"));
+}
+
+/// peerd keeps a 2 GiB layer's bytes moving without holding them: its peak RSS grows by a few
+/// MiB at most while it streams (and verifies) the whole blob from upstream.
+#[test]
+fn a_2gib_layer_streams_with_bounded_memory() {
+    if !require("bounded_memory", &["docker-registry", "curl", "sha256sum", "truncate"], false) {
+        return;
+    }
+    const SIZE: u64 = 2 << 30;
+    let work = tempdir("pd-mem");
+    let reg = Registry::start(&work.path().join("reg"));
+    let blob = work.path().join("blob");
+    let f = std::fs::File::create(&blob).unwrap();
+    f.set_len(SIZE).unwrap(); // sparse: cheap to make, 2 GiB to hash and move
+    drop(f);
+    let digest = format!(
+        "sha256:{}",
+        String::from_utf8_lossy(&Command::new("sha256sum").arg(&blob).output().unwrap().stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+    );
+    // Monolithic upload: POST for a location, PUT the body with the digest.
+    let loc = curl("POST", &format!("http://{}/v2/test/big/blobs/uploads/", reg.addr), &[]);
+    let location = loc.header("location").expect("upload location").to_owned();
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let put = Command::new("curl")
+        .args(["-sf", "-X", "PUT", "-H", "Content-Type: application/octet-stream", "-T", blob.to_str().unwrap()])
+        .arg(format!("{location}{sep}digest={digest}"))
+        .status()
+        .unwrap();
+    assert!(put.success());
+    std::fs::remove_file(&blob).unwrap();
+
+    let peerd = Peerd::start(
+        "127.0.0.1",
+        &["--mirror-host", &reg.addr, "--plain-http-host", &reg.addr, "--containerd-socket", "/nonexistent.sock"],
+        &[],
+    );
+    // Warm up the code paths with a small request so one-time allocations are not counted.
+    assert_eq!(
+        curl("GET", &peerd.url(&format!("/v2/test/big/blobs/{digest}?ns={}", reg.addr)), &[("Range", "bytes=0-9")])
+            .status,
+        206
+    );
+    let before = peerd.peak_rss_kib();
+    let out = Command::new("curl")
+        .args(["-sf", "-o", "/dev/null", "-w", "%{size_download}"])
+        .arg(peerd.url(&format!("/v2/test/big/blobs/{digest}?ns={}", reg.addr)))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), SIZE.to_string());
+    let after = peerd.peak_rss_kib();
+    let grown_mib = (after.saturating_sub(before)) as f64 / 1024.0;
+    eprintln!("peak RSS before {before} KiB, after {after} KiB: grew {grown_mib:.1} MiB while streaming 2 GiB");
+    assert!(grown_mib < 16.0, "peak RSS grew {grown_mib:.1} MiB streaming 2 GiB");
+    assert!(peerd.metric("peerd_served_bytes_total", &["source=\"upstream\""]) >= SIZE as f64);
+}
