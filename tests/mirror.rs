@@ -28,11 +28,7 @@ fn skopeo_through_peerd_without_containerd() {
     if !require("skopeo_through_peerd", &["docker-registry", "skopeo", "umoci", "busybox"], false) {
         return;
     }
-    let images = images();
-    let info = image_info(&images);
-    let work = tempdir("pd-sk");
-    let reg = Registry::start(&work.path().join("reg"));
-    reg.push_images(&images);
+    let (work, reg, info) = registry_with_images("pd-sk");
     let peerd = Peerd::start(
         "127.0.0.1",
         &[
@@ -105,11 +101,7 @@ fn containerd_pulls_through_peerd_and_local_store_serves_when_upstream_is_gone()
     ) {
         return;
     }
-    let images = images();
-    let info = image_info(&images);
-    let work = tempdir("pd-ct");
-    let mut reg = Registry::start(&work.path().join("reg"));
-    reg.push_images(&images);
+    let (work, mut reg, info) = registry_with_images("pd-ct");
     let node_a = Containerd::start(&work.path().join("a"));
     let peerd = Peerd::start(
         "127.0.0.1",

@@ -16,6 +16,16 @@ use std::time::{Duration, Instant};
 const DEFAULT_MANIFEST_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, \
 application/vnd.oci.image.index.v1+json, */*";
+/// The `Accept` to send upstream for a manifest. A client that names no manifest media type
+/// (no header, or only `*/*`) would get a 404 from distribution for OCI content, so it gets the
+/// full list; a client that names types gets exactly what it asked for.
+pub fn manifest_accept(client: Option<&str>) -> &str {
+    match client {
+        Some(a) if a.contains("manifest") || a.contains("image.index") => a,
+        _ => DEFAULT_MANIFEST_ACCEPT,
+    }
+}
+
 /// Upper bound of cached tokens: one per (host, repository) actually pulled.
 const MAX_CACHED_TOKENS: usize = 4096;
 /// Largest token response accepted.
@@ -25,7 +35,7 @@ pub struct HttpUpstream {
     client: reqwest::Client,
     plain_http: HashSet<String>,
     request_timeout: Duration,
-    /// (api host, scope) → (token, valid until)
+    /// (api host, repository) → (token, valid until). Pull tokens are per repository.
     tokens: DashMap<(String, String), (String, Instant)>,
 }
 
@@ -60,7 +70,7 @@ impl HttpUpstream {
         let method = if req.head { Method::HEAD } else { Method::GET };
         let mut headers = HeaderMap::new();
         if req.kind == Kind::Manifest {
-            let accept = req.accept.as_deref().unwrap_or(DEFAULT_MANIFEST_ACCEPT);
+            let accept = manifest_accept(req.accept.as_deref());
             headers.insert(ACCEPT, accept.parse().map_err(|_| UpstreamError::Protocol("bad Accept".into()))?);
         }
         if let Some(r) = &req.range {
@@ -87,10 +97,7 @@ impl HttpUpstream {
         }
         let host = req.registry.api_host().to_owned();
         let scope = c.params.get("scope").cloned().unwrap_or_else(|| format!("repository:{}:pull", req.repository));
-        let key = (host.clone(), scope.clone());
-        if let Some(t) = self.tokens.get(&key).filter(|t| t.1 > Instant::now()) {
-            return Ok(Some(t.0.clone()));
-        }
+        let key = (host.clone(), req.repository.clone());
         let realm =
             c.params.get("realm").ok_or_else(|| UpstreamError::Protocol("Bearer challenge without realm".into()))?;
         let mut url =
@@ -163,10 +170,19 @@ fn header(resp: &reqwest::Response, name: impl reqwest::header::AsHeaderName) ->
     resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
+impl HttpUpstream {
+    fn cached_token(&self, req: &UpstreamRequest) -> Option<String> {
+        let key = (req.registry.api_host().to_owned(), req.repository.clone());
+        self.tokens.get(&key).filter(|t| t.1 > Instant::now()).map(|t| format!("Bearer {}", t.0))
+    }
+}
+
 #[async_trait]
 impl Upstream for HttpUpstream {
     async fn fetch(&self, req: UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
-        let mut resp = self.send(&req, req.authorization.as_deref()).await?;
+        // The client's credentials win; else a token cached from an earlier challenge.
+        let auth = req.authorization.clone().or_else(|| self.cached_token(&req));
+        let mut resp = self.send(&req, auth.as_deref()).await?;
         if resp.status() == StatusCode::UNAUTHORIZED && req.authorization.is_none() {
             if let Some(challenge) = header(&resp, WWW_AUTHENTICATE) {
                 if let Some(token) = self.token(&req, &challenge).await? {
@@ -190,5 +206,20 @@ impl Upstream for HttpUpstream {
             Box::pin(resp.bytes_stream().map(|r| r.map_err(|e| std::io::Error::other(root_cause(&e)))))
         };
         Ok(UpstreamResponse { status: status.as_u16(), content_type, content_length, digest, body })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_accept_fills_in_for_wildcards() {
+        assert_eq!(manifest_accept(None), DEFAULT_MANIFEST_ACCEPT);
+        assert_eq!(manifest_accept(Some("*/*")), DEFAULT_MANIFEST_ACCEPT);
+        let oci = "application/vnd.oci.image.index.v1+json";
+        assert_eq!(manifest_accept(Some(oci)), oci);
+        let docker = "application/vnd.docker.distribution.manifest.v2+json, */*";
+        assert_eq!(manifest_accept(Some(docker)), docker);
     }
 }

@@ -72,6 +72,17 @@ pub fn image_info(images: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(images.join("images.json")).unwrap()).unwrap()
 }
 
+/// The usual start of a registry test: a work dir, a registry holding the test images, and the
+/// digests of those images. Keep the `TempDir` alive as long as the registry.
+pub fn registry_with_images(prefix: &str) -> (tempfile::TempDir, Registry, serde_json::Value) {
+    let images = images();
+    let info = image_info(&images);
+    let work = tempdir(prefix);
+    let reg = Registry::start(&work.path().join("reg"));
+    reg.push_images(&images);
+    (work, reg, info)
+}
+
 pub fn tempdir(prefix: &str) -> tempfile::TempDir {
     // Short paths: containerd's socket path must fit in sun_path.
     tempfile::Builder::new().prefix(prefix).tempdir_in("/tmp").unwrap()

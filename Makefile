@@ -1,0 +1,50 @@
+# peerd developer commands. `make help` lists them.
+CARGO ?= cargo
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help deps build release run config test test-unit test-integration lint fmt bench chart-check clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
+
+deps: ## Install build and test dependencies (Debian packages)
+	scripts/install-test-deps.sh
+
+build: ## Debug build
+	$(CARGO) build --locked
+
+release: ## Optimised build (target/release/peerd)
+	$(CARGO) build --release --locked
+
+run: ## Install protoc if missing, then run a node on the embedded defaults (ARGS="--http-addr ...")
+	@command -v protoc >/dev/null || scripts/install-test-deps.sh
+	$(CARGO) run --release --locked -- run $(ARGS)
+
+config: ## Print the effective configuration
+	$(CARGO) run --locked -- config $(ARGS)
+
+test: ## Everything, on a fresh machine: install deps, lint, unit + integration tests
+	scripts/test.sh
+
+test-unit: ## Unit tests only (no external components)
+	$(CARGO) test --lib --locked
+
+test-integration: ## Integration tests (registry, containerd, peerd processes; needs root)
+	PEERD_REQUIRE_INTEGRATION=1 $(CARGO) test --tests --locked -- --test-threads 2
+
+lint: ## rustfmt check and clippy with warnings as errors
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets --locked -- -D warnings
+
+fmt: ## Format the code
+	$(CARGO) fmt
+
+bench: ## Benchmarks (writes docs/benchmarks.md)
+	@echo "benchmarks are not written yet (issue: Benchmarks)"; exit 1
+
+chart-check: ## Render and validate the Helm chart offline
+	@echo "the Helm chart is not written yet (issue: Deploy on Kubernetes)"; exit 1
+
+clean: ## Remove build output
+	$(CARGO) clean
