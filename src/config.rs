@@ -116,8 +116,10 @@ impl Config {
         }
         // Environment: PEERD_A__B=v sets a.b, parsed as figment's Env provider parses values
         // (arrays, numbers, booleans, strings). Taken as an argument so tests need no globals.
+        // Only PEERD_<SECTION>__<KEY>: other PEERD_* variables (Kubernetes service links such as
+        // PEERD_SERVICE_HOST, test switches) are not configuration.
         for (name, value) in env {
-            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX).filter(|r| r.contains("__")) else {
                 continue;
             };
             let key = rest.to_ascii_lowercase().replace("__", ".");
@@ -209,6 +211,9 @@ mod tests {
                 ("PEERD_LOG__LEVEL", "warn"),
                 ("PEERD_UPSTREAM__PLAIN_HTTP_HOSTS", "[\"127.0.0.1:5001\"]"),
                 ("OTHER", "x"),
+                ("PEERD_SERVICE_HOST", "10.0.0.1"),
+                ("PEERD_PORT_5000_TCP_ADDR", "10.0.0.1"),
+                ("PEERD_REQUIRE_INTEGRATION", "1"),
             ]),
             vec![("metrics.addr", "127.0.0.9:9".into())],
         )
