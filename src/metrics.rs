@@ -59,4 +59,26 @@ fn describe() {
     describe_counter!(DIGEST_MISMATCHES, "Content that did not match its digest (response aborted) by source");
     describe_counter!(LOCAL_STORE_ERRORS, "Local content store failures by kind");
     describe_counter!(EVENTS, "Node events emitted by reason");
+    describe_histogram!(PEER_DISCOVERY_DURATION, Unit::Seconds, "Provider lookup duration");
+    describe_histogram!(PEERS_FOUND, "Peers returned by a provider lookup");
+    describe_counter!(PEER_FETCH_BYTES, Unit::Bytes, "Bytes fetched from peers");
+    describe_counter!(PEER_FETCH_FAILURES, "Failed peer fetches by reason");
+    describe_counter!(PEER_AUTH_FAILURES, "Peer requests or connections rejected for authentication, by kind");
+    describe_counter!(PEER_SERVED_BYTES, Unit::Bytes, "Bytes served to peers");
+    metrics::describe_gauge!(ADVERTISED_KEYS, "Keys advertised in the DHT by kind");
 }
+
+/// Time from starting a provider lookup to its end (enough peers, exhausted, or abandoned).
+pub const PEER_DISCOVERY_DURATION: &str = "peerd_peer_discovery_duration_seconds";
+/// Peers a lookup returned.
+pub const PEERS_FOUND: &str = "peerd_peers_found";
+/// Bytes fetched from peers.
+pub const PEER_FETCH_BYTES: &str = "peerd_peer_fetch_bytes_total";
+/// Peer fetches that failed (and moved on to the next source), by `reason`.
+pub const PEER_FETCH_FAILURES: &str = "peerd_peer_fetch_failures_total";
+/// Requests from peers or connections rejected for authentication, by `kind` (`http`, `p2p`).
+pub const PEER_AUTH_FAILURES: &str = "peerd_peer_auth_failures_total";
+/// Bytes served to peers.
+pub const PEER_SERVED_BYTES: &str = "peerd_peer_served_bytes_total";
+/// Keys this node advertises, by `kind` (`digest`, `tag`).
+pub const ADVERTISED_KEYS: &str = "peerd_advertised_keys";

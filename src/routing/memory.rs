@@ -1,11 +1,11 @@
 //! In-process [`Router`]: nodes sharing one [`MemoryNetwork`] see each other's provider records.
 
-use super::{Peer, Router, RoutingError};
+use super::{Peer, Router, RoutingError, Status};
 use async_trait::async_trait;
 use dashmap::DashMap;
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use tokio::sync::mpsc;
 
 /// The shared "DHT": key → providers.
 #[derive(Default)]
@@ -29,36 +29,57 @@ impl Router for MemoryRouter {
     async fn ready(&self) -> bool {
         true
     }
-    async fn provide(&self, keys: &[String]) -> Result<(), RoutingError> {
+    async fn status(&self) -> Result<Status, RoutingError> {
+        let provided = self.net.providers.iter().filter(|e| e.value().contains(&self.me)).count();
+        Ok(Status { peer_id: self.me.id.clone(), provided_keys: provided, ready: true, ..Status::default() })
+    }
+    async fn provide(&self, keys: Vec<String>) -> Result<(), RoutingError> {
         for k in keys {
-            self.net.providers.entry(k.clone()).or_default().insert(self.me.clone());
+            self.net.providers.entry(k).or_default().insert(self.me.clone());
         }
         Ok(())
     }
-    async fn withdraw(&self, keys: &[String]) -> Result<(), RoutingError> {
+    async fn withdraw(&self, keys: Vec<String>) -> Result<(), RoutingError> {
         for k in keys {
-            if let Some(mut p) = self.net.providers.get_mut(k) {
+            if let Some(mut p) = self.net.providers.get_mut(&k) {
                 p.remove(&self.me);
             }
         }
         Ok(())
     }
-    async fn resolve(&self, key: &str, max: usize, _timeout: Duration) -> Result<Vec<Peer>, RoutingError> {
+    async fn resolve(&self, key: String, max: usize) -> Result<mpsc::Receiver<Peer>, RoutingError> {
         let mut peers: Vec<Peer> = self
             .net
             .providers
-            .get(key)
+            .get(&key)
             .map(|p| p.iter().filter(|p| **p != self.me).cloned().collect())
             .unwrap_or_default();
         peers.sort_by(|a, b| a.id.cmp(&b.id));
         peers.truncate(max);
-        Ok(peers)
+        let (tx, rx) = mpsc::channel(max.max(1));
+        for p in peers {
+            let _ = tx.try_send(p);
+        }
+        Ok(rx)
     }
+}
+
+/// Collect what a resolve channel yields within `timeout`.
+pub async fn collect_peers(mut rx: mpsc::Receiver<Peer>, timeout: std::time::Duration) -> Vec<Peer> {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(timeout, async {
+        while let Some(p) = rx.recv().await {
+            out.push(p);
+        }
+    })
+    .await;
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn provide_resolve_withdraw() {
@@ -68,12 +89,13 @@ mod tests {
                 MemoryRouter::new(net.clone(), Peer { id: format!("n{i:02}"), addr: ([127, 0, 0, 1], 5000 + i).into() })
             })
             .collect();
-        nodes[0].provide(&["k".into()]).await.unwrap();
+        nodes[0].provide(vec!["k".into()]).await.unwrap();
+        let t = Duration::from_millis(20);
         for n in &nodes[1..] {
-            assert_eq!(n.resolve("k", 5, Duration::from_millis(20)).await.unwrap(), vec![nodes[0].me.clone()]);
+            assert_eq!(collect_peers(n.resolve("k".into(), 5).await.unwrap(), t).await, vec![nodes[0].me.clone()]);
         }
-        assert!(nodes[0].resolve("k", 5, Duration::ZERO).await.unwrap().is_empty(), "never resolves itself");
-        nodes[0].withdraw(&["k".into()]).await.unwrap();
-        assert!(nodes[1].resolve("k", 5, Duration::ZERO).await.unwrap().is_empty());
+        assert!(collect_peers(nodes[0].resolve("k".into(), 5).await.unwrap(), t).await.is_empty(), "never itself");
+        nodes[0].withdraw(vec!["k".into()]).await.unwrap();
+        assert!(collect_peers(nodes[1].resolve("k".into(), 5).await.unwrap(), t).await.is_empty());
     }
 }

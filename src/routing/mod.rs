@@ -1,36 +1,57 @@
 //! Content routing between nodes: who holds which key. [`Router`] is the boundary the fetch and
 //! advertisement logic are written against; [`memory::MemoryRouter`] is the in-process
-//! implementation for unit tests. The libp2p Kademlia implementation arrives with peer support.
+//! implementation for unit tests and [`p2p::P2pRouter`] the libp2p Kademlia one.
+//!
+//! Keys are strings — a digest (`sha256:<hex>`) or a tag (`host/repo:tag`) — turned into DHT
+//! keys by [`keys::dht_key`] exactly as Azure/peerd does (CIDv1, raw codec, sha2-256 of the
+//! string), so the two key spaces mean the same thing.
 
+pub mod keys;
 pub mod memory;
+pub mod p2p;
 
 use async_trait::async_trait;
 use std::net::SocketAddr;
-use std::time::Duration;
+use tokio::sync::mpsc;
 
-/// A node that can serve content, as a router reports it.
+/// A node that can serve content over HTTP, as a router reports it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Peer {
+    /// libp2p peer id (base58).
     pub id: String,
+    /// Its mirror listener.
     pub addr: SocketAddr,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum RoutingError {
-    #[error("router not ready")]
-    NotReady,
+    #[error("router is not running")]
+    Stopped,
     #[error("routing failed: {0}")]
     Failed(String),
 }
 
+/// Routing status for the debug page and readiness.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Status {
+    pub peer_id: String,
+    pub connected_peers: usize,
+    pub routing_table_peers: usize,
+    pub provided_keys: usize,
+    pub ready: bool,
+    pub listen_addrs: Vec<String>,
+}
+
 #[async_trait]
 pub trait Router: Send + Sync + 'static {
-    /// Whether the node can route (connected, or knowingly alone).
+    /// Whether the node can route (connected to the DHT, or knowingly alone).
     async fn ready(&self) -> bool;
+    async fn status(&self) -> Result<Status, RoutingError>;
     /// Announce that this node holds `keys`.
-    async fn provide(&self, keys: &[String]) -> Result<(), RoutingError>;
+    async fn provide(&self, keys: Vec<String>) -> Result<(), RoutingError>;
     /// Stop announcing `keys`.
-    async fn withdraw(&self, keys: &[String]) -> Result<(), RoutingError>;
-    /// Up to `max` peers holding `key`, found within `timeout` (other than this node).
-    async fn resolve(&self, key: &str, max: usize, timeout: Duration) -> Result<Vec<Peer>, RoutingError>;
+    async fn withdraw(&self, keys: Vec<String>) -> Result<(), RoutingError>;
+    /// Peers holding `key` (never this node), sent as they are found; at most `max`. The channel
+    /// closes when the lookup ends; the caller bounds how long it waits.
+    async fn resolve(&self, key: String, max: usize) -> Result<mpsc::Receiver<Peer>, RoutingError>;
 }

@@ -1,0 +1,45 @@
+//! DHT keys: CIDv1 with the raw codec over the sha2-256 multihash of the key string — the
+//! encoding Azure/peerd uses — so a key is 36 bytes whatever the length of the name.
+
+use sha2::{Digest, Sha256};
+
+/// CID version 1, multicodec `raw` (0x55), multihash sha2-256 (0x12) of 32 bytes (0x20).
+const CID_PREFIX: [u8; 4] = [0x01, 0x55, 0x12, 0x20];
+
+pub fn dht_key(key: &str) -> Vec<u8> {
+    let mut out = CID_PREFIX.to_vec();
+    out.extend_from_slice(&Sha256::digest(key.as_bytes()));
+    out
+}
+
+/// The tag key of an image name, if it names a tag: `host/repo:tag` (not `repo@sha256:…`,
+/// not containerd's bare `sha256:…` config records).
+pub fn tag_key(image_name: &str) -> Option<String> {
+    if image_name.contains('@') || image_name.starts_with("sha256:") {
+        return None;
+    }
+    let (path, tag) = image_name.rsplit_once(':')?;
+    (!tag.contains('/') && path.contains('/')).then(|| image_name.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cid_layout() {
+        let k = dht_key("sha256:abc");
+        assert_eq!(k.len(), 36);
+        assert_eq!(&k[..4], &CID_PREFIX);
+        assert_ne!(dht_key("a"), dht_key("b"));
+    }
+
+    #[test]
+    fn tag_keys() {
+        assert_eq!(tag_key("docker.io/library/alpine:3").as_deref(), Some("docker.io/library/alpine:3"));
+        assert_eq!(tag_key("127.0.0.1:5000/test/app:v1").as_deref(), Some("127.0.0.1:5000/test/app:v1"));
+        assert_eq!(tag_key("127.0.0.1:5000/test/app"), None);
+        assert_eq!(tag_key("docker.io/library/alpine@sha256:abc"), None);
+        assert_eq!(tag_key("sha256:abc"), None);
+    }
+}

@@ -1,0 +1,467 @@
+//! [`Router`] over libp2p: Kademlia provider records (server mode), identify, TCP + pnet +
+//! noise + yamux. One task owns the `Swarm`; [`P2pRouter`] handles send it [`Command`]s over a
+//! bounded channel with oneshot replies (pending lookups kept by `QueryId`).
+//!
+//! Membership: with a cluster secret every connection starts with a pnet handshake keyed by it,
+//! so a node without the secret cannot open a connection, let alone join the DHT.
+
+use super::keys::dht_key;
+use super::{Peer, Router, RoutingError, Status};
+use crate::actors::events::{Emit, Event, Reason};
+use actix::Recipient;
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::upgrade::Version;
+use libp2p::identity::Keypair;
+use libp2p::kad::{self, store::MemoryStore, store::MemoryStoreConfig, GetProvidersOk, QueryId, QueryResult};
+use libp2p::multiaddr::Protocol;
+use libp2p::pnet::{PnetConfig, PreSharedKey};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{identify, noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm, Transport};
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// The DHT protocol: peerd's own, so a peerd never joins a public IPFS DHT by accident.
+pub const KAD_PROTOCOL: &str = "/peerd/kad/1.0.0";
+/// Identify protocol version; peers with another value are not added to the DHT.
+pub const IDENTIFY_PROTOCOL: &str = "/peerd/id/1.0.0";
+/// Bound of the command channel (callers wait when it is full).
+const COMMAND_QUEUE: usize = 256;
+/// Most lookups in flight; more are refused rather than queued without bound.
+const MAX_PENDING_LOOKUPS: usize = 1024;
+/// How long a lookup may run inside Kademlia before it is abandoned.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything the swarm task needs, resolved from config by the caller.
+pub struct RouterConfig {
+    pub listen: SocketAddr,
+    pub keypair: Keypair,
+    pub psk: Option<[u8; 32]>,
+    /// This node's mirror port, told to peers through identify.
+    pub http_port: u16,
+    /// `host:port` (or multiaddr) of peers to dial.
+    pub bootstrap_peers: Vec<String>,
+    /// `name:port` resolving to peers (a headless Service).
+    pub bootstrap_dns: Option<String>,
+    pub bootstrap_interval: Duration,
+    pub provider_ttl: Duration,
+    pub provider_republish: Duration,
+    pub max_provided_keys: usize,
+    pub events: Option<Recipient<Emit>>,
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    kad: kad::Behaviour<MemoryStore>,
+    identify: identify::Behaviour,
+}
+
+enum Command {
+    Provide(Vec<String>, oneshot::Sender<Result<(), RoutingError>>),
+    Withdraw(Vec<String>, oneshot::Sender<()>),
+    Resolve(String, usize, mpsc::Sender<Peer>),
+    Status(oneshot::Sender<Status>),
+    Dial(Vec<SocketAddr>),
+}
+
+/// Handle to the swarm task. Cheap to clone.
+#[derive(Clone)]
+pub struct P2pRouter {
+    tx: mpsc::Sender<Command>,
+}
+
+impl P2pRouter {
+    /// Build the swarm and spawn its task on the current tokio runtime. Returns the handle and
+    /// the libp2p metrics registry (rendered with prefix `libp2p_`).
+    pub fn start(cfg: RouterConfig) -> Result<(P2pRouter, prometheus_client::registry::Registry), RoutingError> {
+        let mut registry = prometheus_client::registry::Registry::with_prefix("libp2p");
+        let metrics = libp2p::metrics::Metrics::new(&mut registry);
+        let swarm = build_swarm(&cfg)?;
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let router = P2pRouter { tx: tx.clone() };
+        let dns = cfg.bootstrap_dns.clone();
+        let statics = cfg.bootstrap_peers.clone();
+        let interval = cfg.bootstrap_interval;
+        let listen = cfg.listen;
+        let task = SwarmTask::new(swarm, cfg, metrics, !statics.is_empty() || dns.is_some())?;
+        tokio::spawn(task.run(rx));
+        // Bootstrap: resolve static names and the DNS name now and periodically, and ask the
+        // swarm to dial what it is not connected to.
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tick.tick().await;
+                let mut addrs = Vec::new();
+                for target in statics.iter().chain(dns.iter()) {
+                    match tokio::net::lookup_host(target.as_str()).await {
+                        Ok(found) => addrs.extend(found.filter(|a| *a != listen)),
+                        Err(e) => tracing::warn!(target, error = %e, "bootstrap lookup failed"),
+                    }
+                }
+                if tx.send(Command::Dial(addrs)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok((router, registry))
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, RoutingError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).await.map_err(|_| RoutingError::Stopped)?;
+        rx.await.map_err(|_| RoutingError::Stopped)
+    }
+}
+
+#[async_trait]
+impl Router for P2pRouter {
+    async fn ready(&self) -> bool {
+        self.status().await.map(|s| s.ready).unwrap_or(false)
+    }
+    async fn status(&self) -> Result<Status, RoutingError> {
+        self.call(Command::Status).await
+    }
+    async fn provide(&self, keys: Vec<String>) -> Result<(), RoutingError> {
+        self.call(|r| Command::Provide(keys, r)).await?
+    }
+    async fn withdraw(&self, keys: Vec<String>) -> Result<(), RoutingError> {
+        self.call(|r| Command::Withdraw(keys, r)).await
+    }
+    async fn resolve(&self, key: String, max: usize) -> Result<mpsc::Receiver<Peer>, RoutingError> {
+        let (tx, rx) = mpsc::channel(max.max(1));
+        self.tx.send(Command::Resolve(key, max, tx)).await.map_err(|_| RoutingError::Stopped)?;
+        Ok(rx)
+    }
+}
+
+fn build_swarm(cfg: &RouterConfig) -> Result<Swarm<Behaviour>, RoutingError> {
+    let psk = cfg.psk.map(PreSharedKey::new);
+    let http_port = cfg.http_port;
+    let store_cfg = MemoryStoreConfig {
+        max_records: 16,
+        max_value_bytes: 1024,
+        max_providers_per_key: kad::K_VALUE.get(),
+        max_provided_keys: cfg.max_provided_keys,
+    };
+    let (ttl, republish) = (cfg.provider_ttl, cfg.provider_republish);
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(cfg.keypair.clone())
+        .with_tokio()
+        .with_other_transport(|key| {
+            let noise = noise::Config::new(key)?;
+            let base = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+            let secured = match psk {
+                Some(psk) => {
+                    either::Either::Left(base.and_then(move |socket, _| PnetConfig::new(psk).handshake(socket)))
+                }
+                None => either::Either::Right(base),
+            };
+            Ok(secured
+                .upgrade(Version::V1Lazy)
+                .authenticate(noise)
+                .multiplex(yamux::Config::default())
+                .timeout(Duration::from_secs(10))
+                .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer))))
+        })
+        .map_err(|e| RoutingError::Failed(format!("transport: {e}")))?
+        .with_behaviour(|key| {
+            let peer_id = key.public().to_peer_id();
+            let mut kcfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+            kcfg.set_query_timeout(QUERY_TIMEOUT)
+                .set_provider_record_ttl(Some(ttl))
+                .set_provider_publication_interval(Some(republish));
+            let mut kad = kad::Behaviour::with_config(peer_id, MemoryStore::with_config(peer_id, store_cfg), kcfg);
+            // Server mode always: on private and loopback addresses automatic mode never serves.
+            kad.set_mode(Some(kad::Mode::Server));
+            let identify = identify::Behaviour::new(
+                identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+                    .with_agent_version(format!("peerd/{}; http-port={http_port}", env!("CARGO_PKG_VERSION"))),
+            );
+            Behaviour { kad, identify }
+        })
+        .map_err(|e| RoutingError::Failed(format!("behaviour: {e}")))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+        .build();
+    Ok(swarm)
+}
+
+fn to_multiaddr(a: SocketAddr) -> Multiaddr {
+    let mut m = Multiaddr::empty();
+    m.push(match a.ip() {
+        IpAddr::V4(ip) => Protocol::Ip4(ip),
+        IpAddr::V6(ip) => Protocol::Ip6(ip),
+    });
+    m.push(Protocol::Tcp(a.port()));
+    m
+}
+
+fn ip_of(m: &Multiaddr) -> Option<IpAddr> {
+    m.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        _ => None,
+    })
+}
+
+fn tcp_addr(m: &Multiaddr) -> Option<SocketAddr> {
+    let ip = ip_of(m)?;
+    let port = m.iter().find_map(|p| if let Protocol::Tcp(port) = p { Some(port) } else { None })?;
+    Some(SocketAddr::new(ip, port))
+}
+
+struct Lookup {
+    tx: mpsc::Sender<Peer>,
+    max: usize,
+    sent: HashSet<PeerId>,
+    started: std::time::Instant,
+}
+
+struct SwarmTask {
+    swarm: Swarm<Behaviour>,
+    metrics: libp2p::metrics::Metrics,
+    events: Option<Recipient<Emit>>,
+    own_http_port: u16,
+    /// Peer → (IP it connects from, its mirror port).
+    peers: HashMap<PeerId, (IpAddr, u16)>,
+    connected: HashSet<PeerId>,
+    /// Peer → its TCP listen addresses (from identify), to avoid re-dialing connected peers.
+    listen_of: HashMap<PeerId, Vec<SocketAddr>>,
+    lookups: HashMap<QueryId, Lookup>,
+    provided: HashSet<String>,
+    listen_addrs: Vec<Multiaddr>,
+    has_bootstrap: bool,
+    dial_targets_other_than_self: usize,
+}
+
+impl SwarmTask {
+    fn new(
+        mut swarm: Swarm<Behaviour>,
+        cfg: RouterConfig,
+        metrics: libp2p::metrics::Metrics,
+        has_bootstrap: bool,
+    ) -> Result<Self, RoutingError> {
+        swarm
+            .listen_on(to_multiaddr(cfg.listen))
+            .map_err(|e| RoutingError::Failed(format!("cannot listen on {}: {e}", cfg.listen)))?;
+        Ok(Self {
+            swarm,
+            metrics,
+            events: cfg.events,
+            own_http_port: cfg.http_port,
+            peers: HashMap::new(),
+            connected: HashSet::new(),
+            listen_of: HashMap::new(),
+            lookups: HashMap::new(),
+            provided: HashSet::new(),
+            listen_addrs: Vec::new(),
+            has_bootstrap,
+            dial_targets_other_than_self: 0,
+        })
+    }
+
+    fn emit(&self, reason: Reason, message: String) {
+        if let Some(e) = &self.events {
+            e.do_send(Emit(Event { reason, message }));
+        }
+    }
+
+    fn ready(&self) -> bool {
+        // Connected to the DHT, or knowingly alone (nothing to bootstrap from but ourselves).
+        !self.connected.is_empty() || !self.has_bootstrap || self.dial_targets_other_than_self == 0
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut sweep = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => self.command(cmd),
+                    None => return,
+                },
+                event = self.swarm.select_next_some() => self.event(event),
+                _ = sweep.tick() => self.sweep(),
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Provide(keys, reply) => {
+                let mut result = Ok(());
+                for k in keys {
+                    if self.provided.contains(&k) {
+                        continue;
+                    }
+                    match self.swarm.behaviour_mut().kad.start_providing(dht_key(&k).into()) {
+                        Ok(_) => {
+                            self.provided.insert(k);
+                        }
+                        Err(e) => result = Err(RoutingError::Failed(format!("provide {k}: {e:?}"))),
+                    }
+                }
+                let _ = reply.send(result);
+            }
+            Command::Withdraw(keys, reply) => {
+                for k in keys {
+                    if self.provided.remove(&k) {
+                        self.swarm.behaviour_mut().kad.stop_providing(&dht_key(&k).into());
+                    }
+                }
+                let _ = reply.send(());
+            }
+            Command::Resolve(key, max, tx) => {
+                if self.lookups.len() >= MAX_PENDING_LOOKUPS {
+                    tracing::warn!("too many lookups in flight; resolve refused");
+                    return; // dropping tx closes the caller's channel: no peers
+                }
+                let id = self.swarm.behaviour_mut().kad.get_providers(dht_key(&key).into());
+                self.lookups.insert(id, Lookup { tx, max, sent: HashSet::new(), started: std::time::Instant::now() });
+            }
+            Command::Status(reply) => {
+                let routing_table_peers = self.swarm.behaviour_mut().kad.kbuckets().map(|b| b.num_entries()).sum();
+                let _ = reply.send(Status {
+                    peer_id: self.swarm.local_peer_id().to_base58(),
+                    connected_peers: self.connected.len(),
+                    routing_table_peers,
+                    provided_keys: self.provided.len(),
+                    ready: self.ready(),
+                    listen_addrs: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
+                });
+            }
+            Command::Dial(targets) => {
+                let own: HashSet<SocketAddr> = self.listen_addrs.iter().filter_map(tcp_addr).collect();
+                let connected: HashSet<SocketAddr> =
+                    self.connected.iter().filter_map(|p| self.listen_of.get(p)).flatten().copied().collect();
+                let others: Vec<SocketAddr> = targets.into_iter().filter(|a| !own.contains(a)).collect();
+                self.dial_targets_other_than_self = others.len();
+                for a in others {
+                    if connected.contains(&a) {
+                        continue;
+                    }
+                    if let Err(e) = self.swarm.dial(to_multiaddr(a)) {
+                        tracing::debug!(addr = %a, error = %e, "dial failed");
+                    }
+                }
+            }
+        }
+    }
+
+    fn sweep(&mut self) {
+        // Abandon lookups whose caller stopped listening.
+        let closed: Vec<QueryId> = self.lookups.iter().filter(|(_, l)| l.tx.is_closed()).map(|(id, _)| *id).collect();
+        for id in closed {
+            self.finish_lookup(id);
+        }
+    }
+
+    fn finish_lookup(&mut self, id: QueryId) {
+        if let Some(l) = self.lookups.remove(&id) {
+            metrics::histogram!(crate::metrics::PEER_DISCOVERY_DURATION).record(l.started.elapsed().as_secs_f64());
+            metrics::histogram!(crate::metrics::PEERS_FOUND).record(l.sent.len() as f64);
+        }
+        if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+            q.finish();
+        }
+    }
+
+    fn event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        self.metrics_record(&event);
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, peer_id = %self.swarm.local_peer_id(), "p2p listening");
+                self.listen_addrs.push(address);
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                let was_empty = self.connected.is_empty();
+                self.connected.insert(peer_id);
+                if let Some(ip) = ip_of(endpoint.get_remote_address()) {
+                    let port = self.peers.get(&peer_id).map_or(self.own_http_port, |(_, p)| *p);
+                    self.peers.insert(peer_id, (ip, port));
+                }
+                if was_empty {
+                    self.emit(Reason::P2PConnected, format!("connected to peer {peer_id}"));
+                }
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                self.connected.remove(&peer_id);
+                self.listen_of.remove(&peer_id);
+                if self.connected.is_empty() {
+                    self.emit(Reason::P2PDisconnected, "no peers connected".into());
+                }
+            }
+            SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
+                tracing::warn!(from = %send_back_addr, error = %error, "rejected an incoming p2p connection (wrong cluster secret or not a peerd?)");
+                metrics::counter!(crate::metrics::PEER_AUTH_FAILURES, "kind" => "p2p").increment(1);
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::warn!(peer = ?peer_id, error = %error, "p2p dial failed (wrong cluster secret or peer down?)");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                if info.protocol_version != IDENTIFY_PROTOCOL {
+                    tracing::debug!(%peer_id, version = info.protocol_version, "not a peerd; ignored");
+                    return;
+                }
+                if let Some(port) = info.agent_version.split("http-port=").nth(1).and_then(|p| p.trim().parse().ok()) {
+                    if let Some(entry) = self.peers.get_mut(&peer_id) {
+                        entry.1 = port;
+                    }
+                }
+                self.listen_of.insert(peer_id, info.listen_addrs.iter().filter_map(tcp_addr).collect());
+                for addr in info.listen_addrs {
+                    if ip_of(&addr).is_some_and(|ip| !ip.is_unspecified()) {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
+                }
+                let _ = self.swarm.behaviour_mut().kad.bootstrap();
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result,
+                step,
+                ..
+            })) => {
+                if let QueryResult::GetProviders(res) = result {
+                    if let Ok(GetProvidersOk::FoundProviders { providers, .. }) = res {
+                        self.found(id, providers);
+                    }
+                    if step.last {
+                        self.finish_lookup(id);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn found(&mut self, id: QueryId, providers: HashSet<PeerId>) {
+        let me = *self.swarm.local_peer_id();
+        let Some(lookup) = self.lookups.get_mut(&id) else { return };
+        for p in providers {
+            if p == me || lookup.sent.contains(&p) {
+                continue;
+            }
+            let Some((ip, port)) = self.peers.get(&p).copied() else {
+                tracing::debug!(peer = %p, "provider with no known address; skipped");
+                continue;
+            };
+            lookup.sent.insert(p);
+            if lookup.tx.try_send(Peer { id: p.to_base58(), addr: SocketAddr::new(ip, port) }).is_err() {
+                break;
+            }
+        }
+        if lookup.sent.len() >= lookup.max || lookup.tx.is_closed() {
+            self.finish_lookup(id);
+        }
+    }
+
+    fn metrics_record(&mut self, event: &SwarmEvent<BehaviourEvent>) {
+        use libp2p::metrics::Recorder;
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.metrics.record(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.metrics.record(e),
+            other => self.metrics.record(other),
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The libp2p router in one process: 30 nodes on loopback, provide on one, resolve from all;
+//! withdrawal; a node with another cluster secret cannot join.
+
+use peerd::routing::memory::collect_peers;
+use peerd::routing::p2p::{P2pRouter, RouterConfig};
+use peerd::routing::Router;
+use std::time::{Duration, Instant};
+
+fn config(bootstrap: Vec<String>, psk: Option<[u8; 32]>, ttl: Duration) -> RouterConfig {
+    RouterConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        keypair: libp2p::identity::Keypair::generate_ed25519(),
+        psk,
+        http_port: 5000,
+        bootstrap_peers: bootstrap,
+        bootstrap_dns: None,
+        bootstrap_interval: Duration::from_secs(1),
+        provider_ttl: ttl,
+        provider_republish: ttl / 2,
+        max_provided_keys: 10_000,
+        events: None,
+    }
+}
+
+async fn listen_addr(r: &P2pRouter) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = r.status().await.unwrap();
+        if let Some(a) = s.listen_addrs.first() {
+            // /ip4/127.0.0.1/tcp/PORT → 127.0.0.1:PORT
+            let parts: Vec<&str> = a.split('/').collect();
+            return format!("{}:{}", parts[2], parts[4]);
+        }
+        assert!(Instant::now() < deadline, "no listen address");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_routers_provide_resolve_withdraw() {
+    const N: usize = 30;
+    let psk = Some([7u8; 32]);
+    let ttl = Duration::from_secs(4);
+    let (first, _) = P2pRouter::start(config(vec![], psk, ttl)).unwrap();
+    let seed = listen_addr(&first).await;
+    let mut nodes = vec![first];
+    for _ in 1..N {
+        nodes.push(P2pRouter::start(config(vec![seed.clone()], psk, ttl)).unwrap().0);
+    }
+    for (i, n) in nodes.iter().enumerate().skip(1) {
+        wait_until(&format!("node {i} connected"), Duration::from_secs(20), async || n.ready().await).await;
+    }
+    let provider = nodes[N / 2].clone();
+    let provider_id = provider.status().await.unwrap().peer_id;
+    provider.provide(vec!["sha256:aaaa".into()]).await.unwrap();
+
+    let started = Instant::now();
+    for (i, n) in nodes.iter().enumerate() {
+        if i == N / 2 {
+            assert!(
+                collect_peers(n.resolve("sha256:aaaa".into(), 3).await.unwrap(), Duration::from_millis(300))
+                    .await
+                    .is_empty(),
+                "never resolves itself"
+            );
+            continue;
+        }
+        wait_until(&format!("node {i} resolves the provider"), Duration::from_secs(20), async || {
+            let peers = collect_peers(n.resolve("sha256:aaaa".into(), 3).await.unwrap(), Duration::from_secs(2)).await;
+            peers.iter().any(|p| p.id == provider_id)
+        })
+        .await;
+    }
+    eprintln!("all {} nodes resolved the key within {:?}", N - 1, started.elapsed());
+    let unknown = collect_peers(nodes[1].resolve("sha256:none".into(), 3).await.unwrap(), Duration::from_secs(2)).await;
+    assert!(unknown.is_empty());
+
+    // Withdrawal: the record ages out of the others' stores within the TTL.
+    provider.withdraw(vec!["sha256:aaaa".into()]).await.unwrap();
+    assert_eq!(provider.status().await.unwrap().provided_keys, 0);
+    wait_until("withdrawal to take effect", Duration::from_secs(20), async || {
+        collect_peers(nodes[3].resolve("sha256:aaaa".into(), 3).await.unwrap(), Duration::from_millis(500))
+            .await
+            .is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_another_secret_cannot_join() {
+    let ttl = Duration::from_secs(60);
+    let (a, _) = P2pRouter::start(config(vec![], Some([1u8; 32]), ttl)).unwrap();
+    let seed = listen_addr(&a).await;
+    let (b, _) = P2pRouter::start(config(vec![seed.clone()], Some([1u8; 32]), ttl)).unwrap();
+    let (outsider, _) = P2pRouter::start(config(vec![seed.clone()], Some([2u8; 32]), ttl)).unwrap();
+    let (no_secret, _) = P2pRouter::start(config(vec![seed], None, ttl)).unwrap();
+    wait_until("b connected", Duration::from_secs(10), async || b.status().await.unwrap().connected_peers > 0).await;
+    a.provide(vec!["k".into()]).await.unwrap();
+    wait_until("b resolves a", Duration::from_secs(10), async || {
+        !collect_peers(b.resolve("k".into(), 1).await.unwrap(), Duration::from_secs(1)).await.is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (name, r) in [("wrong secret", &outsider), ("no secret", &no_secret)] {
+        let s = r.status().await.unwrap();
+        assert_eq!(s.connected_peers, 0, "{name} must not connect");
+        assert!(!s.ready, "{name} is not ready: it has bootstrap peers but reaches none");
+        assert!(
+            collect_peers(r.resolve("k".into(), 1).await.unwrap(), Duration::from_secs(1)).await.is_empty(),
+            "{name}"
+        );
+    }
+}
