@@ -21,6 +21,7 @@ pub struct Config {
     pub containerd: ContainerdConfig,
     pub registry: RegistryConfig,
     pub upstream: UpstreamConfig,
+    pub p2p: P2pConfig,
     pub log: LogConfig,
 }
 
@@ -71,6 +72,57 @@ pub struct UpstreamConfig {
     pub failure_threshold: u32,
     #[serde(with = "humantime_serde")]
     pub failure_cooldown: Duration,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct P2pConfig {
+    pub enabled: bool,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub secret_file: String,
+    pub secret: String,
+    pub bootstrap_peers: Vec<String>,
+    pub bootstrap_dns: String,
+    #[serde(with = "humantime_serde")]
+    pub bootstrap_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub resolve_timeout: Duration,
+    pub max_peers: usize,
+    #[serde(with = "humantime_serde")]
+    pub hedge_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub provider_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub provider_republish: Duration,
+    pub max_provided_keys: usize,
+    pub resolve_tags: bool,
+    pub tags_on_upstream_error: bool,
+}
+
+impl P2pConfig {
+    /// The cluster secret's bytes, from `secret_file` or `secret`; `None` when neither is set.
+    pub fn secret_bytes(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        if !self.secret_file.is_empty() {
+            let data = std::fs::read(&self.secret_file).map_err(|e| ConfigError::Invalid {
+                key: "p2p.secret_file",
+                reason: format!("{}: {e}", self.secret_file),
+            })?;
+            let trimmed = data.trim_ascii();
+            if trimmed.is_empty() {
+                return Err(ConfigError::Invalid {
+                    key: "p2p.secret_file",
+                    reason: format!("{} is empty", self.secret_file),
+                });
+            }
+            return Ok(Some(trimmed.to_vec()));
+        }
+        Ok((!self.secret.is_empty()).then(|| self.secret.as_bytes().to_vec()))
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -155,7 +207,28 @@ impl Config {
         if self.upstream.failure_threshold == 0 {
             return bad("upstream.failure_threshold", "must be positive".into());
         }
+        if self.p2p.enabled {
+            self.p2p.secret_bytes()?;
+        }
+        if self.p2p.enabled {
+            if self.p2p.max_peers == 0 {
+                return bad("p2p.max_peers", "must be positive".into());
+            }
+            if self.p2p.provider_republish >= self.p2p.provider_ttl {
+                return bad("p2p.provider_republish", "must be shorter than p2p.provider_ttl".into());
+            }
+            if !self.p2p.secret_file.is_empty() && !self.p2p.secret.is_empty() {
+                return bad("p2p.secret", "set either p2p.secret or p2p.secret_file, not both".into());
+            }
+            if !self.p2p.secret.is_empty() && self.p2p.secret.len() < 16 {
+                return bad("p2p.secret", "must be at least 16 characters".into());
+            }
+        }
         for (key, d) in [
+            ("p2p.resolve_timeout", self.p2p.resolve_timeout),
+            ("p2p.connect_timeout", self.p2p.connect_timeout),
+            ("p2p.idle_timeout", self.p2p.idle_timeout),
+            ("p2p.bootstrap_interval", self.p2p.bootstrap_interval),
             ("upstream.connect_timeout", self.upstream.connect_timeout),
             ("upstream.idle_timeout", self.upstream.idle_timeout),
             ("upstream.request_timeout", self.upstream.request_timeout),
@@ -171,8 +244,13 @@ impl Config {
     }
 
     /// The effective config as TOML (`peerd config`).
+    /// The secret is never printed.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}"))
+        let mut shown = self.clone();
+        if !shown.p2p.secret.is_empty() {
+            shown.p2p.secret = "<redacted>".into();
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}"))
     }
 }
 
@@ -249,6 +327,14 @@ mod tests {
             assert!(!err.contains('\n'), "{err}");
             assert!(err.contains(needle), "{e:?} → {err}");
         }
+        let err = Config::load(None, env(&[("PEERD_P2P__SECRET_FILE", "/nonexistent/secret")]), vec![]).unwrap_err();
+        assert!(err.to_string().contains("p2p.secret_file"), "{err}");
+        let err = Config::load(None, env(&[("PEERD_P2P__SECRET", "short")]), vec![]).unwrap_err();
+        assert!(err.to_string().contains("16 characters"), "{err}");
+        let err = Config::load(None, env(&[("PEERD_P2P__PROVIDER_REPUBLISH", "2h")]), vec![]).unwrap_err();
+        assert!(err.to_string().contains("p2p.provider_republish"), "{err}");
+        let c = Config::load(None, env(&[("PEERD_P2P__SECRET", "0123456789abcdef-secret")]), vec![]).unwrap();
+        assert!(!c.to_toml().contains("0123456789abcdef"), "secret must be redacted");
         let err = Config::load(Some(Path::new("/nonexistent/peerd.toml")), env(&[]), vec![]).unwrap_err();
         assert!(err.to_string().contains("not found"));
     }

@@ -12,16 +12,20 @@
 //! - [`stream`]: data-path stream adapters (verification, accounting, slicing).
 //! - [`http`]: actix-web front ends, error mapping, middleware.
 //! - [`metrics`]: metric names and the Prometheus recorder.
+//! - [`peer`]: peer identity, cluster-secret authentication, the peer HTTP client.
+//! - [`fetch`]: multi-source blob fetching (hedged start, resume at the next byte).
 //! - [`node`]: wiring all of the above into a running node (used by `main`).
 
 #![forbid(unsafe_code)]
 
 pub mod actors;
 pub mod config;
+pub mod fetch;
 pub mod http;
 pub mod metrics;
 pub mod node;
 pub mod oci;
+pub mod peer;
 pub mod routing;
 pub mod store;
 pub mod stream;

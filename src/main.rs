@@ -22,7 +22,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a node: the /v2 registry mirror and the metrics listener.
+    /// Run a node: the /v2 registry mirror, the p2p router and the metrics listener.
     Run(RunArgs),
     /// Print the effective configuration (defaults, file, environment and flags merged) as TOML.
     Config(RunArgs),
@@ -57,6 +57,24 @@ struct RunArgs {
     /// A registry reached over plain HTTP (host:port); repeat for several.
     #[arg(long, value_name = "HOST")]
     plain_http_host: Vec<String>,
+    /// libp2p listener [default: 0.0.0.0:5003].
+    #[arg(long, value_name = "ADDR")]
+    p2p_addr: Option<SocketAddr>,
+    /// Run as a single-node mirror: no DHT, no peers.
+    #[arg(long)]
+    no_p2p: bool,
+    /// Directory for the persistent node identity [default: /var/lib/peerd].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// File holding the cluster secret (a mounted Kubernetes Secret); or set PEERD_P2P__SECRET.
+    #[arg(long, value_name = "FILE")]
+    secret_file: Option<PathBuf>,
+    /// A peer's p2p address (host:port) to bootstrap from; repeat for several.
+    #[arg(long, value_name = "HOST:PORT")]
+    bootstrap_peer: Vec<String>,
+    /// A DNS name (name:port) resolving to peers, e.g. a headless Service.
+    #[arg(long, value_name = "NAME:PORT")]
+    bootstrap_dns: Option<String>,
     /// Log filter, e.g. info, debug, peerd=debug [default: info].
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
@@ -94,6 +112,24 @@ impl RunArgs {
         }
         if !self.plain_http_host.is_empty() {
             put("upstream.plain_http_hosts", v(&self.plain_http_host));
+        }
+        if let Some(a) = &self.p2p_addr {
+            put("p2p.addr", v(&a.to_string()));
+        }
+        if self.no_p2p {
+            put("p2p.enabled", v(&false));
+        }
+        if let Some(d) = &self.data_dir {
+            put("p2p.data_dir", v(&d.display().to_string()));
+        }
+        if let Some(f) = &self.secret_file {
+            put("p2p.secret_file", v(&f.display().to_string()));
+        }
+        if !self.bootstrap_peer.is_empty() {
+            put("p2p.bootstrap_peers", v(&self.bootstrap_peer));
+        }
+        if let Some(d) = &self.bootstrap_dns {
+            put("p2p.bootstrap_dns", v(d));
         }
         if let Some(l) = &self.log_level {
             put("log.level", v(l));

@@ -1,11 +1,17 @@
 //! Wiring: the only place where the parts meet. Builds the actors, the content store, the
 //! upstream client and both listeners from a [`Config`], then serves until SIGINT/SIGTERM.
 
+use crate::actors::advertise::Advertiser;
 use crate::actors::events::{Emit, Event, EventsActor, LogSink, Reason};
+use crate::actors::fetch::FetchActor;
 use crate::actors::upstream::{Breaker, UpstreamActor};
 use crate::config::{Config, LogFormat};
-use crate::http::registry::{self, RegistryState};
-use crate::http::{self as front, Readiness};
+use crate::http::registry::{self, PeerPath, RegistryState};
+use crate::http::{self as front, MetricsSources, Readiness};
+use crate::peer::auth::ClusterKey;
+use crate::peer::client::PeerClient;
+use crate::routing::p2p::{P2pRouter, RouterConfig};
+use crate::routing::Router;
 use crate::store::containerd::ContainerdStore;
 use crate::store::ContentStore;
 use crate::upstream::http::HttpUpstream;
@@ -71,10 +77,19 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
         tracing::warn!("registry.hosts is empty: this node mirrors ANY registry named in `ns`");
     }
 
+    let p2p = if cfg.p2p.enabled { Some(start_p2p(&cfg, store.clone(), &events).await?) } else { None };
+    let (peers, router, libp2p_registry, _p2p_arbiter) = match p2p {
+        Some(p) => (Some(p.path), Some(p.router), Some(p.registry), Some(p.arbiter)),
+        None => {
+            tracing::info!("p2p disabled: single-node mirror");
+            (None, None, None, None)
+        }
+    };
+
     let state =
-        web::Data::new(RegistryState { store, upstream: upstream_actor.recipient(), cfg: cfg.registry.clone() });
-    let ready = web::Data::new(Readiness::default());
-    let prom = web::Data::new(prometheus.clone());
+        web::Data::new(RegistryState { store, upstream: upstream_actor.recipient(), cfg: cfg.registry.clone(), peers });
+    let ready = web::Data::new(Readiness::new(router.clone()));
+    let sources = web::Data::new(MetricsSources { peerd: prometheus.clone(), libp2p: libp2p_registry, router });
 
     let r1 = ready.clone();
     let mut main = HttpServer::new(move || {
@@ -96,7 +111,7 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
     let r2 = ready.clone();
     let metrics = HttpServer::new(move || {
         App::new()
-            .app_data(prom.clone())
+            .app_data(sources.clone())
             .app_data(r2.clone())
             .configure(front::metrics_routes)
             .configure(front::health)
@@ -122,4 +137,66 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
     upstream_arbiter.stop();
     tracing::info!("peerd stopped");
     a.and(b).map_err(NodeError::Serve)
+}
+
+struct P2p {
+    path: PeerPath,
+    router: Arc<dyn Router>,
+    registry: prometheus_client::registry::Registry,
+    arbiter: Arbiter,
+}
+
+/// Identity, cluster key, the Swarm (on its own arbiter), and the fetch and advertisement actors.
+async fn start_p2p(cfg: &Config, store: Arc<dyn ContentStore>, events: &Addr<EventsActor>) -> Result<P2p, NodeError> {
+    let p = &cfg.p2p;
+    let key = p.secret_bytes().map_err(|e| NodeError::Setup(e.to_string()))?.map(|s| Arc::new(ClusterKey::derive(&s)));
+    if key.is_none() {
+        tracing::warn!(
+            p2p = %p.addr, http = %cfg.http.addr,
+            "NO CLUSTER SECRET (p2p.secret / p2p.secret_file): any host that reaches these ports can join the DHT and fetch content"
+        );
+    }
+    let keypair = crate::peer::identity::load_or_create(&p.data_dir).map_err(NodeError::Setup)?;
+    let peer_id = keypair.public().to_peer_id().to_base58();
+    let rcfg = RouterConfig {
+        listen: p.addr,
+        keypair,
+        psk: key.as_ref().map(|k| k.psk()),
+        http_port: cfg.http.addr.port(),
+        bootstrap_peers: p.bootstrap_peers.clone(),
+        bootstrap_dns: (!p.bootstrap_dns.is_empty()).then(|| p.bootstrap_dns.clone()),
+        bootstrap_interval: p.bootstrap_interval,
+        provider_ttl: p.provider_ttl,
+        provider_republish: p.provider_republish,
+        max_provided_keys: p.max_provided_keys,
+        events: Some(events.clone().recipient()),
+    };
+    // The Swarm is built inside the arbiter that polls it.
+    let arbiter = Arbiter::new();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    arbiter.spawn(async move {
+        let _ = tx.send(P2pRouter::start(rcfg));
+    });
+    let (router, registry) = rx
+        .await
+        .map_err(|_| NodeError::Setup("p2p arbiter stopped".into()))?
+        .map_err(|e| NodeError::Setup(e.to_string()))?;
+    let router: Arc<dyn Router> = Arc::new(router);
+    tracing::info!(peer_id, secret = key.is_some(), "p2p started");
+
+    let fetch =
+        FetchActor::new(router.clone(), p.resolve_timeout, p.max_peers, Some(events.clone().recipient())).start();
+    let client = PeerClient::new(p.connect_timeout, p.idle_timeout, key.clone(), peer_id).map_err(NodeError::Setup)?;
+    Advertiser::new(store, router.clone()).start();
+    let path = PeerPath {
+        locate: fetch.clone().recipient(),
+        report: fetch.clone().recipient(),
+        served: fetch.recipient(),
+        client: Arc::new(client),
+        key,
+        hedge: p.hedge_delay,
+        resolve_tags: p.resolve_tags,
+        tags_on_upstream_error: p.tags_on_upstream_error,
+    };
+    Ok(P2p { path, router, registry, arbiter })
 }

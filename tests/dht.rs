@@ -119,3 +119,20 @@ async fn a_node_with_another_secret_cannot_join() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_provided_while_alone_reach_peers_that_join_later() {
+    // TTL 10 min, republication 5 min: only the "first peer" re-publication can make this pass.
+    let ttl = Duration::from_secs(600);
+    let (a, _) = P2pRouter::start(config(vec![], Some([3u8; 32]), ttl)).unwrap();
+    a.provide(vec!["sha256:early".into()]).await.unwrap();
+    let seed = listen_addr(&a).await;
+    let (b, _) = P2pRouter::start(config(vec![seed.clone()], Some([3u8; 32]), ttl)).unwrap();
+    let (c, _) = P2pRouter::start(config(vec![seed], Some([3u8; 32]), ttl)).unwrap();
+    for n in [&b, &c] {
+        wait_until("joiner resolves the early key", Duration::from_secs(15), async || {
+            !collect_peers(n.resolve("sha256:early".into(), 1).await.unwrap(), Duration::from_secs(1)).await.is_empty()
+        })
+        .await;
+    }
+}

@@ -5,5 +5,7 @@
 //! - [`events::EventsActor`]: node lifecycle events (`P2P*`), de-duplicated and rate-limited,
 //!   delivered to a sink (logs and metrics; Kubernetes in a later step).
 
+pub mod advertise;
 pub mod events;
+pub mod fetch;
 pub mod upstream;

@@ -8,6 +8,7 @@ pub mod range;
 pub mod registry;
 
 use crate::metrics::{Source, REQUESTS, REQUEST_DURATION};
+use crate::routing::Router;
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
@@ -27,16 +28,29 @@ pub const CORRELATION_HEADER: &str = "x-ms-peerd-correlationid";
 /// Longest client-supplied correlation id kept (longer ones are replaced).
 const MAX_CORRELATION_LEN: usize = 64;
 
-/// Readiness shared by both listeners: set once the node serves.
+/// Readiness shared by both listeners: the node serves, and (with peers) the router is
+/// connected to the DHT or knowingly alone.
 #[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness {
+    serving: Arc<AtomicBool>,
+    router: Option<Arc<dyn Router>>,
+}
 
 impl Readiness {
-    pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::SeqCst);
+    pub fn new(router: Option<Arc<dyn Router>>) -> Self {
+        Self { serving: Arc::default(), router }
     }
-    pub fn get(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+    pub fn set(&self, ready: bool) {
+        self.serving.store(ready, Ordering::SeqCst);
+    }
+    pub async fn get(&self) -> bool {
+        if !self.serving.load(Ordering::SeqCst) {
+            return false;
+        }
+        match &self.router {
+            Some(r) => r.ready().await,
+            None => true,
+        }
     }
 }
 
@@ -46,7 +60,7 @@ pub fn health(cfg: &mut web::ServiceConfig) {
         .route(
             "/readyz",
             web::get().to(|r: web::Data<Readiness>| async move {
-                if r.get() {
+                if r.get().await {
                     HttpResponse::Ok().content_type("text/plain").body("ready\n")
                 } else {
                     HttpResponse::ServiceUnavailable().content_type("text/plain").body("not ready\n")
@@ -159,15 +173,68 @@ impl Drop for Timed {
     }
 }
 
-/// `/metrics/prometheus`
+/// What the metrics listener renders: peerd's metrics, then libp2p's (prefix `libp2p_`).
+pub struct MetricsSources {
+    pub peerd: metrics_exporter_prometheus::PrometheusHandle,
+    pub libp2p: Option<prometheus_client::registry::Registry>,
+    pub router: Option<Arc<dyn Router>>,
+}
+
+/// `/metrics/prometheus`, and the debug pages `/debug/p2p` (routing status) and
+/// `/debug/resolve?key=<digest or host/repo:tag>` (who holds a key) — "how do I know it works".
 pub fn metrics_routes(cfg: &mut web::ServiceConfig) {
     cfg.route(
         "/metrics/prometheus",
-        web::get().to(|h: web::Data<metrics_exporter_prometheus::PrometheusHandle>| async move {
-            HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(h.render())
+        web::get().to(|m: web::Data<MetricsSources>| async move {
+            let mut text = m.peerd.render();
+            if let Some(reg) = &m.libp2p {
+                let mut lib = String::new();
+                if prometheus_client::encoding::text::encode(&mut lib, reg).is_ok() {
+                    // Both are complete expositions; drop libp2p's EOF marker in the middle.
+                    text.push_str(lib.trim_end().trim_end_matches("# EOF"));
+                }
+            }
+            HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(text)
         }),
+    )
+    .route(
+        "/debug/p2p",
+        web::get().to(|m: web::Data<MetricsSources>| async move {
+            match &m.router {
+                Some(r) => match r.status().await {
+                    Ok(s) => HttpResponse::Ok().json(s),
+                    Err(e) => HttpResponse::ServiceUnavailable().body(e.to_string()),
+                },
+                None => HttpResponse::NotFound().body("p2p is disabled\n"),
+            }
+        }),
+    )
+    .route(
+        "/debug/resolve",
+        web::get().to(
+            |m: web::Data<MetricsSources>, q: web::Query<std::collections::HashMap<String, String>>| async move {
+                let (Some(r), Some(key)) = (&m.router, q.get("key")) else {
+                    return HttpResponse::BadRequest().body("p2p disabled or ?key= missing\n");
+                };
+                let started = Instant::now();
+                match r.resolve(key.clone(), DEBUG_RESOLVE_MAX).await {
+                    Ok(rx) => {
+                        let peers = crate::routing::memory::collect_peers(rx, DEBUG_RESOLVE_TIMEOUT).await;
+                        let peers: Vec<_> =
+                            peers.iter().map(|p| serde_json::json!({"id": p.id, "addr": p.addr.to_string()})).collect();
+                        HttpResponse::Ok().json(
+                            serde_json::json!({"key": key, "peers": peers, "seconds": started.elapsed().as_secs_f64()}),
+                        )
+                    }
+                    Err(e) => HttpResponse::ServiceUnavailable().body(e.to_string()),
+                }
+            },
+        ),
     );
 }
+
+const DEBUG_RESOLVE_MAX: usize = 20;
+const DEBUG_RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[cfg(test)]
 mod tests;

@@ -7,10 +7,18 @@
 
 use super::error::ApiError;
 use super::range::{self, ByteRange, RangeSpec};
+use crate::actors::fetch::{Locate, Outcome, ServedPeer};
 use crate::actors::upstream::Fetch;
 use crate::config::RegistryConfig;
-use crate::metrics::{Source, DIGEST_MISMATCHES, LOCAL_STORE_ERRORS, SERVED_BYTES};
+use crate::fetch::{open_first, Opener, PeerOpener, Resume, UpstreamOpener};
+use crate::metrics::{
+    Source, DIGEST_MISMATCHES, LOCAL_STORE_ERRORS, PEER_AUTH_FAILURES, PEER_SERVED_BYTES, SERVED_BYTES,
+};
 use crate::oci::{media, parse_ns, validate_repository, validate_tag, Algorithm, Digest, Registry};
+use crate::peer::auth::{unix_now, ClusterKey};
+use crate::peer::client::PeerClient;
+use crate::peer::{NODE_HEADER, NONCE_HEADER, REQUEST_FROM_PEER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use crate::routing::Peer;
 use crate::store::{self, ByteStream, ContentStore, StoreError};
 use crate::stream::{Count, Slice, Verify};
 use crate::upstream::{Kind, UpstreamError, UpstreamRequest, UpstreamResponse};
@@ -18,7 +26,9 @@ use actix::Recipient;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
 use bytes::Bytes;
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Header carrying a blob or manifest digest (distribution API).
 pub const DIGEST_HEADER: &str = "Docker-Content-Digest";
@@ -27,6 +37,21 @@ pub struct RegistryState {
     pub store: Arc<dyn ContentStore>,
     pub upstream: Recipient<Fetch>,
     pub cfg: RegistryConfig,
+    /// `None` on a single-node mirror.
+    pub peers: Option<PeerPath>,
+}
+
+/// What the handlers need to use peers and to answer them.
+pub struct PeerPath {
+    pub locate: Recipient<Locate>,
+    pub report: Recipient<Outcome>,
+    pub served: Recipient<ServedPeer>,
+    pub client: Arc<PeerClient>,
+    /// `None` when no cluster secret is configured (peer requests are then not authenticated).
+    pub key: Option<Arc<ClusterKey>>,
+    pub hedge: Duration,
+    pub resolve_tags: bool,
+    pub tags_on_upstream_error: bool,
 }
 
 /// Register `/v2` routes. The caller provides `web::Data<RegistryState>`.
@@ -147,6 +172,9 @@ async fn dispatch(req: HttpRequest, st: web::Data<RegistryState>) -> Result<Http
         authorization: header_str(&req, header::AUTHORIZATION),
         range,
     };
+    if req.headers().contains_key(REQUEST_FROM_PEER) {
+        return Ok(serve_peer(&req, &st, &ask, route).await);
+    }
     match route {
         Route::Manifest { repo, reference } => manifest(&st, &ask, &repo, &reference).await,
         Route::Blob { repo, digest } => blob(&st, &ask, &repo, &digest).await,
@@ -311,30 +339,99 @@ async fn manifest(st: &RegistryState, ask: &Ask, repo: &str, reference: &Referen
             if let Some(m) = local_manifest(st, d, ask.accept.as_deref()).await {
                 return Ok(manifest_response(m, ask.head, Source::Local));
             }
+            if let Some(m) = peer_manifest(st, ask, repo, reference).await {
+                return Ok(manifest_response(m, ask.head, Source::Peer));
+            }
             upstream_manifest(st, ask, repo, reference).await
         }
-        Reference::Tag(tag) => match upstream_manifest(st, ask, repo, reference).await {
-            Err(e @ (ApiError::Unavailable { .. } | ApiError::BadGateway { .. }))
-                if st.cfg.local_tags_on_upstream_error =>
-            {
-                let image = format!("{}/{repo}:{tag}", ask.registry);
-                let desc = match st.store.resolve(&image).await {
-                    Ok(d) => d,
-                    Err(se) => {
-                        store_miss(&se, &image);
-                        None
-                    }
-                };
-                let Some(desc) = desc else { return Err(e) };
-                let Some(m) = local_manifest(st, &desc.digest, ask.accept.as_deref()).await else {
-                    return Err(e);
-                };
-                tracing::warn!(image, digest = %m.digest, upstream_error = %e, "upstream unavailable; serving the tag as the local store last saw it");
-                Ok(manifest_response(m, ask.head, Source::Local))
+        Reference::Tag(tag) => {
+            if st.peers.as_ref().is_some_and(|p| p.resolve_tags) {
+                if let Some(m) = peer_manifest(st, ask, repo, reference).await {
+                    return Ok(manifest_response(m, ask.head, Source::Peer));
+                }
             }
-            other => other,
-        },
+            match upstream_manifest(st, ask, repo, reference).await {
+                Err(e @ (ApiError::Unavailable { .. } | ApiError::BadGateway { .. })) => {
+                    if st.cfg.local_tags_on_upstream_error {
+                        if let Some(m) = local_tag(st, ask, repo, tag).await {
+                            tracing::warn!(repo, tag, digest = %m.digest, upstream_error = %e, "upstream unavailable; serving the tag as the local store last saw it");
+                            return Ok(manifest_response(m, ask.head, Source::Local));
+                        }
+                    }
+                    if st.peers.as_ref().is_some_and(|p| p.tags_on_upstream_error) {
+                        if let Some(m) = peer_manifest(st, ask, repo, reference).await {
+                            tracing::warn!(repo, tag, digest = %m.digest, upstream_error = %e, "upstream unavailable; serving the tag as a peer has it");
+                            return Ok(manifest_response(m, ask.head, Source::Peer));
+                        }
+                    }
+                    Err(e)
+                }
+                other => other,
+            }
+        }
     }
+}
+
+/// The manifest a tag points at in the local store.
+async fn local_tag(st: &RegistryState, ask: &Ask, repo: &str, tag: &str) -> Option<Manifest> {
+    let image = format!("{}/{repo}:{tag}", ask.registry);
+    match st.store.resolve(&image).await {
+        Ok(Some(desc)) => local_manifest(st, &desc.digest, ask.accept.as_deref()).await,
+        Ok(None) => None,
+        Err(e) => {
+            store_miss(&e, &image);
+            None
+        }
+    }
+}
+
+/// The routing key of a request: the digest, or `host/repo:tag`.
+fn routing_key(ask: &Ask, repo: &str, reference: &Reference) -> String {
+    match reference {
+        Reference::Digest(d) => d.to_string(),
+        Reference::Tag(t) => format!("{}/{repo}:{t}", ask.registry),
+    }
+}
+
+fn peer_target(ask: &Ask, repo: &str, kind: Kind, reference: &str) -> String {
+    let ns: String = url::form_urlencoded::byte_serialize(ask.registry.name().as_bytes()).collect();
+    format!("/v2/{repo}/{}/{reference}?ns={ns}", kind.path())
+}
+
+async fn locate(p: &PeerPath, key: String) -> Vec<Peer> {
+    p.locate.send(Locate { key }).await.unwrap_or_default()
+}
+
+/// A manifest from the first peer that has it (verified when asked by digest).
+async fn peer_manifest(st: &RegistryState, ask: &Ask, repo: &str, reference: &Reference) -> Option<Manifest> {
+    let p = st.peers.as_ref()?;
+    let target = peer_target(ask, repo, Kind::Manifest, &reference.to_string());
+    for peer in locate(p, routing_key(ask, repo, reference)).await {
+        let resp = match p.client.fetch(&peer, &target, false, None, ask.accept.as_deref()).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(peer = %peer.id, error = %e, "peer manifest fetch failed");
+                p.report.do_send(Outcome { peer: peer.id, ok: false });
+                continue;
+            }
+        };
+        let Ok(body) = store::collect(resp.body, st.cfg.max_manifest_bytes).await else { continue };
+        let digest = match reference {
+            Reference::Digest(d) => {
+                if Digest::compute(d.algorithm(), &body) != *d {
+                    mismatch(Source::Peer, d, "peer manifest");
+                    p.report.do_send(Outcome { peer: peer.id, ok: false });
+                    continue;
+                }
+                d.clone()
+            }
+            Reference::Tag(_) => Digest::compute(Algorithm::Sha256, &body),
+        };
+        let Some(media_type) = resp.content_type.or_else(|| media::sniff_manifest(&body)) else { continue };
+        p.report.do_send(Outcome { peer: peer.id, ok: true });
+        return Some(Manifest { body, media_type, digest });
+    }
+    None
 }
 
 fn blob_headers(b: &mut HttpResponseBuilder, digest: &Digest) {
@@ -354,7 +451,14 @@ fn verified(body: ByteStream, digest: &Digest, len: Option<u64>, source: Source)
 
 /// 200 with the whole body (verified) or 206 with one range (unverifiable: a range alone cannot
 /// be checked against the blob's digest; containerd verifies the assembled blob itself).
-fn blob_body(digest: &Digest, size: u64, range: Option<ByteRange>, body: ByteStream, source: Source) -> HttpResponse {
+fn blob_body(
+    digest: &Digest,
+    size: u64,
+    range: Option<ByteRange>,
+    body: ByteStream,
+    source: Source,
+    to_peer: bool,
+) -> HttpResponse {
     let (mut b, len, body) = match range {
         None => (HttpResponse::Ok(), size, verified(body, digest, Some(size), source)),
         Some(r) => {
@@ -364,10 +468,20 @@ fn blob_body(digest: &Digest, size: u64, range: Option<ByteRange>, body: ByteStr
         }
     };
     blob_headers(&mut b, digest);
-    tag_source(b.no_chunking(len).streaming(counted(body, source)), source)
+    let mut body = counted(body, source);
+    if to_peer {
+        let c = metrics::counter!(PEER_SERVED_BYTES);
+        body = Box::pin(Count::new(body, move |n| c.increment(n)));
+    }
+    tag_source(b.no_chunking(len).streaming(body), source)
 }
 
-async fn local_blob(st: &RegistryState, ask: &Ask, digest: &Digest) -> Option<Result<HttpResponse, ApiError>> {
+async fn local_blob(
+    st: &RegistryState,
+    ask: &Ask,
+    digest: &Digest,
+    to_peer: bool,
+) -> Option<Result<HttpResponse, ApiError>> {
     let size = match st.store.size(digest).await {
         Ok(Some(size)) => size,
         Ok(None) => return None,
@@ -387,7 +501,7 @@ async fn local_blob(st: &RegistryState, ask: &Ask, digest: &Digest) -> Option<Re
     };
     let (offset, len) = range.map_or((0, None), |r| (r.start, Some(r.len())));
     match st.store.read(digest, offset, len).await {
-        Ok(body) => Some(Ok(blob_body(digest, size, range, body, Source::Local))),
+        Ok(body) => Some(Ok(blob_body(digest, size, range, body, Source::Local, to_peer))),
         Err(e) => {
             store_miss(&e, digest);
             None
@@ -396,9 +510,92 @@ async fn local_blob(st: &RegistryState, ask: &Ask, digest: &Digest) -> Option<Re
 }
 
 async fn blob(st: &RegistryState, ask: &Ask, repo: &str, digest: &Digest) -> Result<HttpResponse, ApiError> {
-    if let Some(resp) = local_blob(st, ask, digest).await {
+    if let Some(resp) = local_blob(st, ask, digest, false).await {
         return resp;
     }
+    if let Some(resp) = peer_blob(st, ask, repo, digest).await {
+        return resp;
+    }
+    upstream_blob(st, ask, repo, digest).await
+}
+
+/// A blob from peers: hedged start, resumed from the next peer or the upstream if a source fails
+/// mid-body, verified as a whole. `None` when no peer can serve it (the caller goes upstream).
+async fn peer_blob(
+    st: &RegistryState,
+    ask: &Ask,
+    repo: &str,
+    digest: &Digest,
+) -> Option<Result<HttpResponse, ApiError>> {
+    let p = st.peers.as_ref()?;
+    let peers = locate(p, digest.to_string()).await;
+    if peers.is_empty() {
+        return None;
+    }
+    let target = peer_target(ask, repo, Kind::Blob, &digest.to_string());
+    let peer_sources: Vec<Arc<dyn Opener>> = peers
+        .into_iter()
+        .map(|peer| {
+            Arc::new(PeerOpener {
+                client: p.client.clone(),
+                peer,
+                target: target.clone(),
+                report: Some(p.report.clone()),
+            }) as Arc<dyn Opener>
+        })
+        .collect();
+    let upstream: Arc<dyn Opener> = Arc::new(UpstreamOpener {
+        upstream: st.upstream.clone(),
+        request: upstream_request(ask, repo, Kind::Blob, digest.to_string(), false, None),
+    });
+    if ask.head || ask.range.is_some() {
+        let mut size = None;
+        for s in &peer_sources {
+            match s.size().await {
+                Ok(n) => {
+                    size = Some(n);
+                    break;
+                }
+                Err(e) => tracing::debug!(source = %s.label(), error = %e, "peer size failed"),
+            }
+        }
+        let size = size?;
+        let mut b = HttpResponse::Ok();
+        blob_headers(&mut b, digest);
+        if ask.head {
+            return Some(Ok(tag_source(b.no_chunking(size).streaming(empty()), Source::Peer)));
+        }
+        let range = match ask.range.map(|spec| spec.resolve(size)) {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => return Some(Err(e.into())),
+            None => unreachable!("checked above"),
+        };
+        let mut sources: VecDeque<Arc<dyn Opener>> = peer_sources.into();
+        sources.push_back(upstream);
+        let body: ByteStream = Box::pin(Resume::lazy(sources, range.start, range.end));
+        let mut b = HttpResponse::PartialContent();
+        b.insert_header((header::CONTENT_RANGE, range.content_range(size)));
+        blob_headers(&mut b, digest);
+        return Some(Ok(tag_source(b.no_chunking(range.len()).streaming(body), Source::Peer)));
+    }
+    let (opened, source, mut rest) = match open_first(peer_sources, p.hedge).await {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::debug!(%digest, error = %e, "no peer could serve; going upstream");
+            return None;
+        }
+    };
+    rest.push_back(upstream);
+    let size = opened.size.unwrap_or(0);
+    let whole = Resume::new(opened.body, source, rest, 0, size.saturating_sub(1));
+    let body: ByteStream = if size == 0 { Box::pin(futures_util::stream::empty()) } else { Box::pin(whole) };
+    let body = verified(body, digest, Some(size), source);
+    let mut b = HttpResponse::Ok();
+    blob_headers(&mut b, digest);
+    Some(Ok(tag_source(b.no_chunking(size).streaming(body), source)))
+}
+
+async fn upstream_blob(st: &RegistryState, ask: &Ask, repo: &str, digest: &Digest) -> Result<HttpResponse, ApiError> {
     let what = format!("{}/{repo}@{digest}", ask.registry);
     let map = |e| ApiError::from_upstream(e, Kind::Blob, &what);
     let req = |head, range| upstream_request(ask, repo, Kind::Blob, digest.to_string(), head, range);
@@ -438,5 +635,65 @@ async fn blob(st: &RegistryState, ask: &Ask, repo: &str, digest: &Digest) -> Res
         // The upstream ignored Range and sent everything: cut our range out of it.
         Box::pin(Slice::new(resp.body, range.start, range.len()))
     };
-    Ok(blob_body(digest, size, Some(range), body, Source::Upstream))
+    Ok(blob_body(digest, size, Some(range), body, Source::Upstream, false))
+}
+
+/// A request from another peerd: authenticate it, serve only what this node holds (never ask
+/// peers or upstream: no loops), and sign the answer.
+async fn serve_peer(req: &HttpRequest, st: &RegistryState, ask: &Ask, route: Route) -> HttpResponse {
+    let nonce = header_str(req, header::HeaderName::from_static(NONCE_HEADER)).unwrap_or_default();
+    let key = st.peers.as_ref().and_then(|p| p.key.clone());
+    if let Some(k) = &key {
+        let target = req.uri().path_and_query().map_or(req.path(), |pq| pq.as_str());
+        let h = |n: &'static str| header_str(req, header::HeaderName::from_static(n));
+        if let Err(e) = k.verify_request(
+            req.method().as_str(),
+            target,
+            h(TIMESTAMP_HEADER).as_deref(),
+            Some(nonce.as_str()),
+            h(NODE_HEADER).as_deref(),
+            h(SIGNATURE_HEADER).as_deref(),
+            unix_now(),
+        ) {
+            metrics::counter!(PEER_AUTH_FAILURES, "kind" => "http").increment(1);
+            tracing::warn!(from = ?req.peer_addr(), node = ?h(NODE_HEADER), error = %e, "rejected a peer request");
+            return actix_web::ResponseError::error_response(&ApiError::Unauthorized { www_authenticate: None });
+        }
+    }
+    let result = match route {
+        Route::Blob { digest, .. } => match local_blob(st, ask, &digest, true).await {
+            Some(r) => r,
+            None => Err(ApiError::BlobUnknown(digest.to_string())),
+        },
+        Route::Manifest { repo, reference } => {
+            let m = match &reference {
+                Reference::Digest(d) => local_manifest(st, d, ask.accept.as_deref()).await,
+                Reference::Tag(t) => local_tag(st, ask, &repo, t).await,
+            };
+            m.map(|m| {
+                metrics::counter!(PEER_SERVED_BYTES).increment(m.body.len() as u64);
+                manifest_response(m, ask.head, Source::Local)
+            })
+            .ok_or_else(|| ApiError::ManifestUnknown(reference.to_string()))
+        }
+    };
+    let mut resp = result.unwrap_or_else(|e| actix_web::ResponseError::error_response(&e));
+    if resp.status().is_success() {
+        if let Some(p) = &st.peers {
+            p.served.do_send(ServedPeer);
+        }
+    }
+    if let Some(k) = &key {
+        let h = |n: header::HeaderName| resp.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        let sig = k.sign_response(
+            &nonce,
+            resp.status().as_u16(),
+            &h(header::HeaderName::from_static("docker-content-digest")),
+            &h(header::CONTENT_RANGE),
+        );
+        if let Ok(v) = header::HeaderValue::from_str(&sig) {
+            resp.headers_mut().insert(header::HeaderName::from_static(SIGNATURE_HEADER), v);
+        }
+    }
+    resp
 }

@@ -32,6 +32,9 @@ pub const IDENTIFY_PROTOCOL: &str = "/peerd/id/1.0.0";
 const COMMAND_QUEUE: usize = 256;
 /// Most lookups in flight; more are refused rather than queued without bound.
 const MAX_PENDING_LOOKUPS: usize = 1024;
+/// Provider publications started per sweep tick (250 ms): a node advertising thousands of keys
+/// at start-up does not start thousands of DHT queries at once.
+const PUBLISH_PER_TICK: usize = 64;
 /// How long a lookup may run inside Kademlia before it is abandoned.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -216,6 +219,9 @@ struct Lookup {
     max: usize,
     sent: HashSet<PeerId>,
     started: std::time::Instant,
+    /// Kademlia finished; the lookup stays only for providers still being dialed.
+    done: bool,
+    dialing: usize,
 }
 
 struct SwarmTask {
@@ -230,7 +236,14 @@ struct SwarmTask {
     listen_of: HashMap<PeerId, Vec<SocketAddr>>,
     lookups: HashMap<QueryId, Lookup>,
     provided: HashSet<String>,
+    /// Keys to publish to the DHT, paced by the sweep; held while the routing table is empty
+    /// (a record published to nobody would only reach peers at the next republication).
+    to_publish: std::collections::VecDeque<String>,
+    /// Providers found without a known address, being dialed by peer id (Kademlia supplies the
+    /// addresses it learned in the lookup); the lookups waiting for them.
+    dialing: HashMap<PeerId, Vec<QueryId>>,
     listen_addrs: Vec<Multiaddr>,
+    listen_ip: IpAddr,
     has_bootstrap: bool,
     dial_targets_other_than_self: usize,
 }
@@ -255,7 +268,10 @@ impl SwarmTask {
             listen_of: HashMap::new(),
             lookups: HashMap::new(),
             provided: HashSet::new(),
+            to_publish: std::collections::VecDeque::new(),
+            dialing: HashMap::new(),
             listen_addrs: Vec::new(),
+            listen_ip: cfg.listen.ip(),
             has_bootstrap,
             dial_targets_other_than_self: 0,
         })
@@ -289,23 +305,18 @@ impl SwarmTask {
     fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Provide(keys, reply) => {
-                let mut result = Ok(());
                 for k in keys {
-                    if self.provided.contains(&k) {
-                        continue;
-                    }
-                    match self.swarm.behaviour_mut().kad.start_providing(dht_key(&k).into()) {
-                        Ok(_) => {
-                            self.provided.insert(k);
-                        }
-                        Err(e) => result = Err(RoutingError::Failed(format!("provide {k}: {e:?}"))),
+                    if self.provided.insert(k.clone()) {
+                        self.to_publish.push_back(k);
                     }
                 }
-                let _ = reply.send(result);
+                let _ = reply.send(Ok(()));
+                self.publish();
             }
             Command::Withdraw(keys, reply) => {
                 for k in keys {
                     if self.provided.remove(&k) {
+                        self.to_publish.retain(|q| q != &k);
                         self.swarm.behaviour_mut().kad.stop_providing(&dht_key(&k).into());
                     }
                 }
@@ -317,7 +328,17 @@ impl SwarmTask {
                     return; // dropping tx closes the caller's channel: no peers
                 }
                 let id = self.swarm.behaviour_mut().kad.get_providers(dht_key(&key).into());
-                self.lookups.insert(id, Lookup { tx, max, sent: HashSet::new(), started: std::time::Instant::now() });
+                self.lookups.insert(
+                    id,
+                    Lookup {
+                        tx,
+                        max,
+                        sent: HashSet::new(),
+                        started: std::time::Instant::now(),
+                        done: false,
+                        dialing: 0,
+                    },
+                );
             }
             Command::Status(reply) => {
                 let routing_table_peers = self.swarm.behaviour_mut().kad.kbuckets().map(|b| b.num_entries()).sum();
@@ -348,11 +369,40 @@ impl SwarmTask {
         }
     }
 
+    /// Start publications from the queue, a bounded number at a time, once there are peers.
+    fn publish(&mut self) {
+        let peers: usize = self.swarm.behaviour_mut().kad.kbuckets().map(|b| b.num_entries()).sum();
+        if peers == 0 {
+            return;
+        }
+        for _ in 0..PUBLISH_PER_TICK {
+            let Some(k) = self.to_publish.pop_front() else { break };
+            if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(dht_key(&k).into()) {
+                tracing::warn!(key = k, error = ?e, "cannot provide (p2p.max_provided_keys reached?)");
+                self.provided.remove(&k);
+            }
+        }
+    }
+
     fn sweep(&mut self) {
+        self.publish();
         // Abandon lookups whose caller stopped listening.
         let closed: Vec<QueryId> = self.lookups.iter().filter(|(_, l)| l.tx.is_closed()).map(|(id, _)| *id).collect();
         for id in closed {
             self.finish_lookup(id);
+        }
+        let live: HashSet<QueryId> = self.lookups.keys().copied().collect();
+        self.dialing.retain(|_, ids| {
+            ids.retain(|id| live.contains(id));
+            !ids.is_empty()
+        });
+    }
+
+    /// Kademlia's part is over; the lookup ends once no provider is still being dialed.
+    fn query_done(&mut self, id: QueryId) {
+        match self.lookups.get_mut(&id) {
+            Some(l) if l.dialing > 0 && !l.tx.is_closed() && l.sent.len() < l.max => l.done = true,
+            _ => self.finish_lookup(id),
         }
     }
 
@@ -371,6 +421,13 @@ impl SwarmTask {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, peer_id = %self.swarm.local_peer_id(), "p2p listening");
+                // Inside a cluster the listen addresses are the addresses peers use: declare them
+                // external, so provider records carry them (Kademlia drops address-less providers
+                // the answering node does not know). Loopback only when bound to loopback.
+                let loopback = ip_of(&address).is_some_and(|ip| ip.is_loopback());
+                if !loopback || self.listen_ip.is_loopback() {
+                    self.swarm.add_external_address(address.clone());
+                }
                 self.listen_addrs.push(address);
             }
             SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
@@ -383,6 +440,7 @@ impl SwarmTask {
                 if was_empty {
                     self.emit(Reason::P2PConnected, format!("connected to peer {peer_id}"));
                 }
+                self.deliver_dialed(peer_id);
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                 self.connected.remove(&peer_id);
@@ -396,9 +454,13 @@ impl SwarmTask {
                 metrics::counter!(crate::metrics::PEER_AUTH_FAILURES, "kind" => "p2p").increment(1);
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                if let Some(p) = peer_id {
+                    self.give_up_dialed(p);
+                }
                 tracing::warn!(peer = ?peer_id, error = %error, "p2p dial failed (wrong cluster secret or peer down?)");
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                tracing::debug!(%peer_id, addrs = ?info.listen_addrs, "identify received");
                 if info.protocol_version != IDENTIFY_PROTOCOL {
                     tracing::debug!(%peer_id, version = info.protocol_version, "not a peerd; ignored");
                     return;
@@ -414,7 +476,8 @@ impl SwarmTask {
                         self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                     }
                 }
-                let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                // No manual bootstrap here: Kademlia bootstraps by itself (throttled) when its
+                // routing table changes; one query per identify exhausted its job budget.
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 id,
@@ -423,11 +486,12 @@ impl SwarmTask {
                 ..
             })) => {
                 if let QueryResult::GetProviders(res) = result {
+                    tracing::debug!(?id, ?res, last = step.last, "get_providers progressed");
                     if let Ok(GetProvidersOk::FoundProviders { providers, .. }) = res {
                         self.found(id, providers);
                     }
                     if step.last {
-                        self.finish_lookup(id);
+                        self.query_done(id);
                     }
                 }
             }
@@ -442,17 +506,52 @@ impl SwarmTask {
             if p == me || lookup.sent.contains(&p) {
                 continue;
             }
-            let Some((ip, port)) = self.peers.get(&p).copied() else {
-                tracing::debug!(peer = %p, "provider with no known address; skipped");
+            let Some((ip, port)) = self.peers.get(&p).copied().filter(|_| self.connected.contains(&p)) else {
+                tracing::debug!(?id, provider = %p, "provider not connected; dialing it");
+                let waiting = self.dialing.entry(p).or_default();
+                if !waiting.contains(&id) {
+                    waiting.push(id);
+                    lookup.dialing += 1;
+                }
+                if waiting.len() == 1 {
+                    let _ = self.swarm.dial(libp2p::swarm::dial_opts::DialOpts::peer_id(p).build());
+                }
                 continue;
             };
             lookup.sent.insert(p);
+            tracing::debug!(?id, provider = %p, %ip, "provider delivered");
             if lookup.tx.try_send(Peer { id: p.to_base58(), addr: SocketAddr::new(ip, port) }).is_err() {
                 break;
             }
         }
         if lookup.sent.len() >= lookup.max || lookup.tx.is_closed() {
             self.finish_lookup(id);
+        }
+    }
+
+    /// A provider we dialed is connected: hand it to the lookups waiting for it.
+    fn deliver_dialed(&mut self, peer: PeerId) {
+        let Some(ids) = self.dialing.remove(&peer) else { return };
+        let Some((ip, port)) = self.peers.get(&peer).copied() else { return };
+        for id in ids {
+            let Some(l) = self.lookups.get_mut(&id) else { continue };
+            l.dialing -= 1;
+            if l.sent.len() < l.max && l.sent.insert(peer) {
+                let _ = l.tx.try_send(Peer { id: peer.to_base58(), addr: SocketAddr::new(ip, port) });
+            }
+            if l.done && (l.dialing == 0 || l.sent.len() >= l.max) {
+                self.finish_lookup(id);
+            }
+        }
+    }
+
+    fn give_up_dialed(&mut self, peer: PeerId) {
+        for id in self.dialing.remove(&peer).unwrap_or_default() {
+            let Some(l) = self.lookups.get_mut(&id) else { continue };
+            l.dialing -= 1;
+            if l.done && l.dialing == 0 {
+                self.finish_lookup(id);
+            }
         }
     }
 

@@ -5,15 +5,17 @@
 //! content as soon as containerd's socket answers. Calls are bounded by a timeout, and a store
 //! that cannot be reached is reported as [`StoreError::Unavailable`], which callers treat as a miss.
 
-use super::{ByteStream, ContentStore, Descriptor, StoreError};
+use super::{ByteStream, ContentStore, Descriptor, ImageEvent, ImageEventStream, StoreError};
 use crate::oci::Digest;
 use async_trait::async_trait;
 use bytes::Bytes;
 use containerd_client::services::v1::{
-    content_client::ContentClient, images_client::ImagesClient, GetImageRequest, InfoRequest, ReadContentRequest,
+    content_client::ContentClient, events_client::EventsClient, images_client::ImagesClient, GetImageRequest,
+    ImageCreate, ImageDelete, ImageUpdate, InfoRequest, ListImagesRequest, ReadContentRequest, SubscribeRequest,
 };
 use containerd_client::with_namespace;
 use futures_util::StreamExt;
+use prost::Message;
 use std::path::PathBuf;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
@@ -92,6 +94,50 @@ impl ContentStore for ContainerdStore {
         let stream = client.read(with_namespace!(req, ns)).await.map_err(|s| self.map_status(s))?.into_inner();
         Ok(Box::pin(stream.map(|item| {
             item.map(|m| Bytes::from(m.data)).map_err(|s| std::io::Error::other(format!("containerd read: {s}")))
+        })))
+    }
+
+    async fn list_images(&self) -> Result<Vec<(String, Descriptor)>, StoreError> {
+        let mut client = ImagesClient::new(self.channel.clone());
+        let mut out = Vec::new();
+        for ns in &self.namespaces {
+            let req = with_namespace!(ListImagesRequest { filters: vec![] }, ns.as_str());
+            let images = client.list(req).await.map_err(|s| self.map_status(s))?.into_inner().images;
+            for image in images {
+                let Some(t) = image.target else { continue };
+                let Ok(digest) = t.digest.parse() else { continue };
+                out.push((image.name, Descriptor { media_type: t.media_type, digest, size: t.size.max(0) as u64 }));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn image_events(&self) -> Result<ImageEventStream, StoreError> {
+        let mut client = EventsClient::new(self.channel.clone());
+        // No per-call deadline on a subscription: it lives as long as containerd does.
+        let mut req = Request::new(SubscribeRequest { filters: vec![r#"topic~="/images/""#.to_owned()] });
+        req.set_timeout(Duration::from_secs(365 * 24 * 3600));
+        let stream = client.subscribe(req).await.map_err(|s| self.map_status(s))?.into_inner();
+        let namespaces = self.namespaces.clone();
+        Ok(Box::pin(stream.filter_map(move |item| {
+            let namespaces = namespaces.clone();
+            async move {
+                let env = match item {
+                    Ok(env) => env,
+                    Err(s) => return Some(Err(StoreError::Unavailable(format!("event stream: {}", s.message())))),
+                };
+                if !namespaces.contains(&env.namespace) {
+                    return None;
+                }
+                let value = env.event.map(|a| a.value).unwrap_or_default();
+                let event = match env.topic.as_str() {
+                    "/images/create" => ImageCreate::decode(value.as_slice()).ok().map(|e| ImageEvent::Changed(e.name)),
+                    "/images/update" => ImageUpdate::decode(value.as_slice()).ok().map(|e| ImageEvent::Changed(e.name)),
+                    "/images/delete" => ImageDelete::decode(value.as_slice()).ok().map(|e| ImageEvent::Deleted(e.name)),
+                    _ => None,
+                };
+                event.map(Ok)
+            }
         })))
     }
 

@@ -1,6 +1,6 @@
 //! In-memory [`ContentStore`] for unit tests.
 
-use super::{ByteStream, ContentStore, Descriptor, StoreError};
+use super::{ByteStream, ContentStore, Descriptor, ImageEvent, ImageEventStream, StoreError};
 use crate::oci::{Algorithm, Digest};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -10,6 +10,8 @@ use dashmap::DashMap;
 pub struct MemoryStore {
     blobs: DashMap<Digest, Bytes>,
     images: DashMap<String, Descriptor>,
+    /// The one event subscriber, if any.
+    events: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<Result<ImageEvent, StoreError>>>>,
 }
 
 impl MemoryStore {
@@ -27,6 +29,23 @@ impl MemoryStore {
     pub fn tag(&self, image: &str, media_type: &str, digest: &Digest) {
         let size = self.blobs.get(digest).map_or(0, |b| b.len() as u64);
         self.images.insert(image.into(), Descriptor { media_type: media_type.into(), digest: digest.clone(), size });
+        self.notify(ImageEvent::Changed(image.into()));
+    }
+    pub fn remove_image(&self, image: &str) {
+        self.images.remove(image);
+        self.notify(ImageEvent::Deleted(image.into()));
+    }
+    pub fn remove_blob(&self, digest: &Digest) {
+        self.blobs.remove(digest);
+    }
+    /// End the event stream, as a containerd restart does.
+    pub fn drop_subscriber(&self) {
+        self.events.lock().unwrap().take();
+    }
+    fn notify(&self, e: ImageEvent) {
+        if let Some(tx) = self.events.lock().unwrap().as_ref() {
+            let _ = tx.try_send(Ok(e));
+        }
     }
 }
 
@@ -49,6 +68,16 @@ impl ContentStore for MemoryStore {
 
     async fn resolve(&self, image: &str) -> Result<Option<Descriptor>, StoreError> {
         Ok(self.images.get(image).map(|d| d.clone()))
+    }
+
+    async fn list_images(&self) -> Result<Vec<(String, Descriptor)>, StoreError> {
+        Ok(self.images.iter().map(|e| (e.key().clone(), e.value().clone())).collect())
+    }
+
+    async fn image_events(&self) -> Result<ImageEventStream, StoreError> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        *self.events.lock().unwrap() = Some(tx);
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 }
 

@@ -23,6 +23,16 @@ pub struct Descriptor {
     pub size: u64,
 }
 
+/// A change to the store's image records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ImageEvent {
+    /// Created or updated.
+    Changed(String),
+    Deleted(String),
+}
+
+pub type ImageEventStream = Pin<Box<dyn Stream<Item = Result<ImageEvent, StoreError>> + Send>>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The store cannot be reached (containerd down, socket missing): treat as a miss.
@@ -40,6 +50,10 @@ pub trait ContentStore: Send + Sync + 'static {
     async fn read(&self, digest: &Digest, offset: u64, len: Option<u64>) -> Result<ByteStream, StoreError>;
     /// The target of an image name (`host/repo:tag`), if the store has that image.
     async fn resolve(&self, image: &str) -> Result<Option<Descriptor>, StoreError>;
+    /// Every image record (name, target).
+    async fn list_images(&self) -> Result<Vec<(String, Descriptor)>, StoreError>;
+    /// Image record changes from now on. Ends (or fails) when the store goes away.
+    async fn image_events(&self) -> Result<ImageEventStream, StoreError>;
 }
 
 /// Read a whole blob into memory, refusing more than `limit` bytes (manifests only).

@@ -174,17 +174,42 @@ pub struct Peerd {
     child: Child,
     pub http: SocketAddr,
     pub metrics: SocketAddr,
+    pub p2p: SocketAddr,
     pub log: Arc<Mutex<Vec<String>>>,
+    _data: Option<tempfile::TempDir>,
+}
+
+/// Ports for a node: mirror, metrics, p2p. Clusters use the same ports on every address.
+#[derive(Clone, Copy)]
+pub struct Ports {
+    pub http: u16,
+    pub metrics: u16,
+    pub p2p: u16,
+}
+
+impl Ports {
+    pub fn free(ip: &str) -> Ports {
+        Ports { http: free_port(ip), metrics: free_port(ip), p2p: free_port(ip) }
+    }
 }
 
 impl Peerd {
     /// Start peerd on `ip` with free ports and extra `args`; waits for `/readyz`.
     pub fn start(ip: &str, args: &[&str], env: &[(&str, &str)]) -> Peerd {
-        let http: SocketAddr = format!("{ip}:{}", free_port(ip)).parse().unwrap();
-        let metrics: SocketAddr = format!("{ip}:{}", free_port(ip)).parse().unwrap();
+        Self::start_on(ip, Ports::free(ip), None, args, env)
+    }
+
+    /// Start with given ports and data dir (a fresh temp dir when `None`).
+    pub fn start_on(ip: &str, ports: Ports, data_dir: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> Peerd {
+        let http: SocketAddr = format!("{ip}:{}", ports.http).parse().unwrap();
+        let metrics: SocketAddr = format!("{ip}:{}", ports.metrics).parse().unwrap();
+        let p2p: SocketAddr = format!("{ip}:{}", ports.p2p).parse().unwrap();
+        let tmp = data_dir.is_none().then(|| tempdir("pd-data"));
+        let data = data_dir.map(Path::to_path_buf).unwrap_or_else(|| tmp.as_ref().unwrap().path().to_owned());
         let mut child = Command::new(env!("CARGO_BIN_EXE_peerd"))
             .arg("run")
             .args(["--http-addr", &http.to_string(), "--metrics-addr", &metrics.to_string()])
+            .args(["--p2p-addr", &p2p.to_string(), "--data-dir", data.to_str().unwrap()])
             .args(args)
             .envs(env.iter().copied())
             .env("PEERD_HTTP__WORKERS", "2")
@@ -203,7 +228,7 @@ impl Peerd {
                 sink.lock().unwrap().push(line);
             }
         });
-        let p = Peerd { child, http, metrics, log };
+        let p = Peerd { child, http, metrics, p2p, log, _data: tmp };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(status)) = p.child_status() {

@@ -1,0 +1,412 @@
+//! Multi-source fetching of one blob: start from the first peer that answers (hedging to the
+//! next after a delay), and when a source dies or stalls mid-body, resume at the next byte from
+//! the next source (another peer, finally the upstream). The client sees one body; the caller
+//! wraps it in [`crate::stream::Verify`] so the assembled bytes are checked against the digest.
+
+use crate::actors::upstream::Fetch;
+use crate::http::range::ByteRange;
+use crate::metrics::{Source, PEER_FETCH_FAILURES, SERVED_BYTES};
+use crate::peer::client::PeerClient;
+use crate::routing::Peer;
+use crate::store::ByteStream;
+use crate::stream::{Count, Slice};
+use crate::upstream::{UpstreamError, UpstreamRequest};
+use actix::Recipient;
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, Stream, StreamExt};
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// A body opened from one source, with the total size when the source said it.
+pub struct Opened {
+    pub body: ByteStream,
+    pub size: Option<u64>,
+}
+
+/// One place a blob can be read from.
+#[async_trait]
+pub trait Opener: Send + Sync {
+    fn source(&self) -> Source;
+    fn label(&self) -> String;
+    /// Open `range` (the whole blob when `None`).
+    async fn open(&self, range: Option<ByteRange>) -> Result<Opened, String>;
+    /// The blob's size.
+    async fn size(&self) -> Result<u64, String>;
+}
+
+pub struct PeerOpener {
+    pub client: Arc<PeerClient>,
+    pub peer: Peer,
+    /// `/v2/<repo>/blobs/<digest>?ns=<registry>`
+    pub target: String,
+    /// Told whether the peer worked, so the fetch actor can rank peers.
+    pub report: Option<Recipient<crate::actors::fetch::Outcome>>,
+}
+
+impl PeerOpener {
+    fn report(&self, ok: bool) {
+        if let Some(r) = &self.report {
+            r.do_send(crate::actors::fetch::Outcome { peer: self.peer.id.clone(), ok });
+        }
+    }
+}
+
+#[async_trait]
+impl Opener for PeerOpener {
+    fn source(&self) -> Source {
+        Source::Peer
+    }
+    fn label(&self) -> String {
+        format!("peer {}", self.peer.id)
+    }
+    async fn open(&self, range: Option<ByteRange>) -> Result<Opened, String> {
+        match self.client.fetch(&self.peer, &self.target, false, range, None).await {
+            Ok(r) => {
+                self.report(true);
+                Ok(Opened { body: r.body, size: r.total_size })
+            }
+            Err(e) => {
+                metrics::counter!(PEER_FETCH_FAILURES, "reason" => e.reason()).increment(1);
+                self.report(false);
+                Err(e.to_string())
+            }
+        }
+    }
+    async fn size(&self) -> Result<u64, String> {
+        let r = self.client.fetch(&self.peer, &self.target, true, None, None).await.map_err(|e| e.to_string())?;
+        r.content_length.ok_or_else(|| "no Content-Length".into())
+    }
+}
+
+pub struct UpstreamOpener {
+    pub upstream: Recipient<Fetch>,
+    pub request: UpstreamRequest,
+}
+
+async fn send(up: &Recipient<Fetch>, req: UpstreamRequest) -> Result<crate::upstream::UpstreamResponse, UpstreamError> {
+    up.send(Fetch(req))
+        .await
+        .unwrap_or_else(|e| Err(UpstreamError::Unreachable { host: "upstream actor".into(), reason: e.to_string() }))
+}
+
+#[async_trait]
+impl Opener for UpstreamOpener {
+    fn source(&self) -> Source {
+        Source::Upstream
+    }
+    fn label(&self) -> String {
+        format!("upstream {}", self.request.registry)
+    }
+    async fn open(&self, range: Option<ByteRange>) -> Result<Opened, String> {
+        let mut req = self.request.clone();
+        req.head = false;
+        req.range = range;
+        let resp = send(&self.upstream, req).await.map_err(|e| e.to_string())?;
+        let body = match range {
+            // An upstream that ignored Range: cut the range out of the whole body.
+            Some(r) if resp.status == 200 => Box::pin(Slice::new(resp.body, r.start, r.len())),
+            Some(r) => Box::pin(Slice::new(resp.body, 0, r.len())),
+            None => resp.body,
+        };
+        Ok(Opened { body, size: if range.is_none() { resp.content_length } else { None } })
+    }
+    async fn size(&self) -> Result<u64, String> {
+        let mut req = self.request.clone();
+        req.head = true;
+        req.range = None;
+        let resp = send(&self.upstream, req).await.map_err(|e| e.to_string())?;
+        resp.content_length.ok_or_else(|| "no Content-Length".into())
+    }
+}
+
+fn counted(body: ByteStream, source: Source) -> ByteStream {
+    let counter = metrics::counter!(SERVED_BYTES, "source" => source.as_str());
+    Box::pin(Count::new(body, move |n| counter.increment(n)))
+}
+
+/// Open the whole blob from the first source that answers. Sources are tried in order; when the
+/// current attempt has not answered after `hedge`, the next one is started too (peers only: the
+/// upstream is asked only once every peer has failed). Returns the body, its size, the source it
+/// came from and the sources left for resuming (unstarted, and started-but-slower ones first).
+pub async fn open_first(
+    sources: Vec<Arc<dyn Opener>>,
+    hedge: Duration,
+) -> Result<(Opened, Source, VecDeque<Arc<dyn Opener>>), String> {
+    let mut queue: VecDeque<Arc<dyn Opener>> = sources.into();
+    let mut racing = FuturesUnordered::new();
+    let mut in_race: Vec<Arc<dyn Opener>> = Vec::new();
+    let mut last_error = "no sources".to_string();
+    loop {
+        if racing.is_empty() {
+            let Some(next) = queue.pop_front() else { return Err(last_error) };
+            let idx = in_race.len();
+            in_race.push(next.clone());
+            racing.push(async move { (idx, next.open(None).await) }.boxed());
+        }
+        let can_hedge = queue.front().is_some_and(|o| o.source() == Source::Peer)
+            && in_race.last().is_some_and(|o| o.source() == Source::Peer);
+        let timer = tokio::time::sleep(if can_hedge { hedge } else { Duration::from_secs(86_400) });
+        tokio::select! {
+            Some((idx, res)) = racing.next() => match res {
+                Ok(opened) if opened.size.is_some() => {
+                    let winner = in_race[idx].clone();
+                    tracing::debug!(source = %winner.label(), "fetching from");
+                    // Attempts still running lost only on time: they go first among the fallbacks.
+                    let mut rest: VecDeque<Arc<dyn Opener>> =
+                        in_race.iter().enumerate().filter(|(i, _)| *i != idx).map(|(_, o)| o.clone()).collect();
+                    rest.extend(queue);
+                    return Ok((opened, winner.source(), rest));
+                }
+                Ok(_) => last_error = format!("{} sent no size", in_race[idx].label()),
+                Err(e) => {
+                    tracing::debug!(source = %in_race[idx].label(), error = %e, "source failed");
+                    last_error = format!("{}: {e}", in_race[idx].label());
+                }
+            },
+            _ = timer => {
+                if let Some(next) = queue.pop_front() {
+                    tracing::debug!(source = %next.label(), "hedging");
+                    let idx = in_race.len();
+                    in_race.push(next.clone());
+                    racing.push(async move { (idx, next.open(None).await) }.boxed());
+                }
+            }
+        }
+    }
+}
+
+/// A body assembled from several sources: it follows the current one and, when it fails or
+/// ends short, continues from `offset` with the next source.
+pub struct Resume {
+    current: Option<ByteStream>,
+    pending: Option<BoxFuture<'static, Result<Opened, String>>>,
+    pending_source: Source,
+    sources: VecDeque<Arc<dyn Opener>>,
+    offset: u64,
+    end: u64,
+    finished: bool,
+}
+
+impl Resume {
+    /// Continue `first` (already positioned at `start`) up to `end` inclusive.
+    pub fn new(
+        first: ByteStream,
+        first_source: Source,
+        sources: VecDeque<Arc<dyn Opener>>,
+        start: u64,
+        end: u64,
+    ) -> Self {
+        Self {
+            current: Some(counted(first, first_source)),
+            pending: None,
+            pending_source: first_source,
+            sources,
+            offset: start,
+            end,
+            finished: false,
+        }
+    }
+
+    /// Nothing opened yet: open `start..=end` from the sources in order.
+    pub fn lazy(sources: VecDeque<Arc<dyn Opener>>, start: u64, end: u64) -> Self {
+        Self {
+            current: None,
+            pending: None,
+            pending_source: Source::Upstream,
+            sources,
+            offset: start,
+            end,
+            finished: false,
+        }
+    }
+}
+
+impl Stream for Resume {
+    type Item = std::io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if this.finished {
+                return Poll::Ready(None);
+            }
+            if let Some(fut) = this.pending.as_mut() {
+                match fut.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(opened)) => {
+                        this.current = Some(counted(opened.body, this.pending_source));
+                        this.pending = None;
+                    }
+                    Poll::Ready(Err(e)) => {
+                        tracing::debug!(error = %e, offset = this.offset, "resume source failed");
+                        this.pending = None;
+                    }
+                }
+            }
+            if let Some(cur) = this.current.as_mut() {
+                match cur.as_mut().poll_next(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(Ok(mut chunk))) => {
+                        let room = this.end + 1 - this.offset;
+                        if chunk.len() as u64 > room {
+                            chunk.truncate(room as usize);
+                        }
+                        this.offset += chunk.len() as u64;
+                        if this.offset > this.end {
+                            this.finished = true;
+                        }
+                        if chunk.is_empty() {
+                            continue;
+                        }
+                        return Poll::Ready(Some(Ok(chunk)));
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        tracing::warn!(error = %e, offset = this.offset, "source failed mid-body; resuming from the next source");
+                        metrics::counter!(PEER_FETCH_FAILURES, "reason" => "mid_body").increment(1);
+                        this.current = None;
+                    }
+                    Poll::Ready(None) => {
+                        if this.offset > this.end {
+                            this.finished = true;
+                            return Poll::Ready(None);
+                        }
+                        tracing::warn!(offset = this.offset, "source ended early; resuming from the next source");
+                        this.current = None;
+                    }
+                }
+            }
+            // Open the rest from the next source.
+            let Some(next) = this.sources.pop_front() else {
+                this.finished = true;
+                return Poll::Ready(Some(Err(std::io::Error::other(format!(
+                    "every source failed at byte {} of {}",
+                    this.offset,
+                    this.end + 1
+                )))));
+            };
+            tracing::info!(source = %next.label(), offset = this.offset, "resuming");
+            this.pending_source = next.source();
+            let range = ByteRange { start: this.offset, end: this.end };
+            this.pending = Some(async move { next.open(Some(range)).await }.boxed());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A source over `data` that fails after `fail_after` bytes (per open) and may be slow.
+    struct Fake {
+        data: Bytes,
+        fail_after: Option<usize>,
+        delay: Duration,
+        source: Source,
+        opens: AtomicUsize,
+        broken: bool,
+    }
+
+    fn fake(data: &'static [u8], fail_after: Option<usize>, delay_ms: u64, source: Source) -> Arc<Fake> {
+        Arc::new(Fake {
+            data: Bytes::from_static(data),
+            fail_after,
+            delay: Duration::from_millis(delay_ms),
+            source,
+            opens: AtomicUsize::new(0),
+            broken: false,
+        })
+    }
+
+    #[async_trait]
+    impl Opener for Fake {
+        fn source(&self) -> Source {
+            self.source
+        }
+        fn label(&self) -> String {
+            "fake".into()
+        }
+        async fn open(&self, range: Option<ByteRange>) -> Result<Opened, String> {
+            self.opens.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
+            if self.broken {
+                return Err("broken".into());
+            }
+            let (s, e) = range.map_or((0, self.data.len()), |r| (r.start as usize, r.end as usize + 1));
+            let part = self.data.slice(s..e);
+            let mut items: Vec<std::io::Result<Bytes>> =
+                part.chunks(2).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+            if let Some(n) = self.fail_after {
+                items.truncate(n / 2);
+                items.push(Err(std::io::Error::other("died")));
+            }
+            Ok(Opened { body: Box::pin(futures_util::stream::iter(items)), size: Some(self.data.len() as u64) })
+        }
+        async fn size(&self) -> Result<u64, String> {
+            Ok(self.data.len() as u64)
+        }
+    }
+
+    async fn run(sources: Vec<Arc<dyn Opener>>) -> Result<Vec<u8>, String> {
+        let (opened, src, rest) = open_first(sources, Duration::from_millis(20)).await?;
+        let size = opened.size.unwrap();
+        let mut s = Resume::new(opened.body, src, rest, 0, size - 1);
+        let mut out = Vec::new();
+        while let Some(c) = s.next().await {
+            out.extend_from_slice(&c.map_err(|e| e.to_string())?);
+        }
+        Ok(out)
+    }
+
+    const DATA: &[u8] = b"0123456789abcdefghij";
+
+    #[tokio::test]
+    async fn resumes_from_next_source_at_the_next_byte() {
+        let a = fake(DATA, Some(6), 0, Source::Peer);
+        let b = fake(DATA, Some(10), 0, Source::Peer);
+        let up = fake(DATA, None, 0, Source::Upstream);
+        assert_eq!(run(vec![a.clone(), b.clone(), up.clone()]).await.unwrap(), DATA);
+        assert_eq!(
+            (a.opens.load(Ordering::SeqCst), b.opens.load(Ordering::SeqCst), up.opens.load(Ordering::SeqCst)),
+            (1, 1, 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn hedges_to_a_faster_peer_but_not_to_upstream() {
+        let slow = fake(DATA, None, 500, Source::Peer);
+        let fast = fake(DATA, None, 0, Source::Peer);
+        let up = fake(DATA, None, 0, Source::Upstream);
+        let t = std::time::Instant::now();
+        assert_eq!(run(vec![slow.clone(), fast.clone(), up.clone()]).await.unwrap(), DATA);
+        assert!(t.elapsed() < Duration::from_millis(400), "hedged: {:?}", t.elapsed());
+        assert_eq!(up.opens.load(Ordering::SeqCst), 0, "upstream not asked while a peer works");
+        let lone = fake(DATA, None, 100, Source::Peer);
+        let up2 = fake(DATA, None, 0, Source::Upstream);
+        assert_eq!(run(vec![lone, up2.clone()]).await.unwrap(), DATA);
+        assert_eq!(up2.opens.load(Ordering::SeqCst), 0, "a slow peer is not hedged with the upstream");
+    }
+
+    #[tokio::test]
+    async fn fails_when_every_source_fails() {
+        let a = fake(DATA, Some(4), 0, Source::Peer);
+        let mut broken = Fake {
+            data: Bytes::from_static(DATA),
+            fail_after: None,
+            delay: Duration::ZERO,
+            source: Source::Upstream,
+            opens: AtomicUsize::new(0),
+            broken: true,
+        };
+        broken.broken = true;
+        let err = run(vec![a, Arc::new(broken)]).await.unwrap_err();
+        assert!(err.contains("every source failed at byte 4"), "{err}");
+        assert!(run(vec![]).await.is_err());
+    }
+}

@@ -1,0 +1,143 @@
+//! HTTP client for fetching from peers: signs requests, verifies the peer's response signature
+//! before the body is touched, and bounds connect and idle time so a dead or stalled peer costs
+//! at most those timeouts.
+
+use super::auth::{unix_now, ClusterKey};
+use super::{NODE_HEADER, NONCE_HEADER, REQUEST_FROM_PEER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use crate::http::range::ByteRange;
+use crate::metrics::{PEER_AUTH_FAILURES, PEER_FETCH_BYTES};
+use crate::routing::Peer;
+use crate::store::ByteStream;
+use futures_util::StreamExt;
+use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct PeerClient {
+    http: reqwest::Client,
+    key: Option<Arc<ClusterKey>>,
+    node: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("peer does not have it")]
+    NotFound,
+    #[error("peer failed: {0}")]
+    Failed(String),
+    #[error("peer response signature invalid: {0}")]
+    Auth(String),
+}
+
+impl PeerError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PeerError::NotFound => "not_found",
+            PeerError::Failed(_) => "failed",
+            PeerError::Auth(_) => "auth",
+        }
+    }
+}
+
+pub struct PeerResponse {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub content_length: Option<u64>,
+    /// Total size from `Content-Range` (206) or `Content-Length` (200).
+    pub total_size: Option<u64>,
+    pub digest: Option<String>,
+    pub body: ByteStream,
+}
+
+impl PeerClient {
+    pub fn new(
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        key: Option<Arc<ClusterKey>>,
+        node: String,
+    ) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .read_timeout(idle_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("peerd/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("peer HTTP client: {e}"))?;
+        Ok(Self { http, key, node })
+    }
+
+    /// GET or HEAD `target` (`/v2/...?ns=...`) from `peer`.
+    pub async fn fetch(
+        &self,
+        peer: &Peer,
+        target: &str,
+        head: bool,
+        range: Option<ByteRange>,
+        accept: Option<&str>,
+    ) -> Result<PeerResponse, PeerError> {
+        let method = if head { reqwest::Method::HEAD } else { reqwest::Method::GET };
+        let nonce = uuid::Uuid::new_v4().simple().to_string();
+        let ts = unix_now();
+        let mut req = self
+            .http
+            .request(method.clone(), format!("http://{}{target}", peer.addr))
+            .header(REQUEST_FROM_PEER, "true")
+            .header(NODE_HEADER, &self.node)
+            .header(TIMESTAMP_HEADER, ts.to_string())
+            .header(NONCE_HEADER, &nonce);
+        if let Some(k) = &self.key {
+            req = req.header(SIGNATURE_HEADER, k.sign_request(method.as_str(), target, ts, &nonce, &self.node));
+        }
+        if let Some(r) = range {
+            req = req.header(RANGE, r.header());
+        }
+        if let Some(a) = accept {
+            req = req.header(ACCEPT, a);
+        }
+        let resp = req.send().await.map_err(|e| PeerError::Failed(e.to_string()))?;
+        let h = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        let status = resp.status().as_u16();
+        let (digest, length, content_range) =
+            (h("docker-content-digest"), h(CONTENT_LENGTH.as_str()), h(CONTENT_RANGE.as_str()));
+        if let Some(k) = &self.key {
+            if let Err(e) = k.verify_response(
+                &nonce,
+                status,
+                &digest,
+                &content_range,
+                resp.headers().get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()),
+            ) {
+                metrics::counter!(PEER_AUTH_FAILURES, "kind" => "http").increment(1);
+                tracing::warn!(peer = %peer.id, addr = %peer.addr, error = %e, "peer response rejected");
+                return Err(PeerError::Auth(e.to_string()));
+            }
+        }
+        match status {
+            200 | 206 => {}
+            404 => return Err(PeerError::NotFound),
+            s => return Err(PeerError::Failed(format!("status {s}"))),
+        }
+        let content_length: Option<u64> = length.parse().ok();
+        let total_size =
+            if status == 206 { content_range.rsplit('/').next().and_then(|s| s.parse().ok()) } else { content_length };
+        let content_type = resp.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let counter = metrics::counter!(PEER_FETCH_BYTES);
+        let body: ByteStream = if head {
+            Box::pin(futures_util::stream::empty())
+        } else {
+            Box::pin(resp.bytes_stream().map(move |r| {
+                r.inspect(|b| counter.increment(b.len() as u64))
+                    .map_err(|e| std::io::Error::other(format!("peer body: {e}")))
+            }))
+        };
+        Ok(PeerResponse {
+            status,
+            content_type,
+            content_length,
+            total_size,
+            digest: (!digest.is_empty()).then_some(digest),
+            body,
+        })
+    }
+}
