@@ -29,7 +29,9 @@ fn malformed_requests_against_a_real_registry() {
     let layer = info["single"]["layers"][0]["digest"].as_str().unwrap();
     let size = info["single"]["layers"][0]["size"].as_u64().unwrap();
 
-    let cases: Vec<(&str, String, Vec<(&str, &str)>, u16, &str)> = vec![
+    // (method, path, headers, expected status, expected OCI code)
+    type Case<'a> = (&'a str, String, Vec<(&'a str, &'a str)>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         ("GET", format!("/v2/Test/single/manifests/v1?{ns}"), vec![], 400, "NAME_INVALID"),
         ("GET", format!("/v2/test//single/manifests/v1?{ns}"), vec![], 400, "NAME_INVALID"),
         ("GET", format!("/v2/test/../single/manifests/v1?{ns}"), vec![], 400, "NAME_INVALID"),

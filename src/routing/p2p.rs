@@ -481,18 +481,16 @@ impl SwarmTask {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 id,
-                result,
+                result: QueryResult::GetProviders(res),
                 step,
                 ..
             })) => {
-                if let QueryResult::GetProviders(res) = result {
-                    tracing::debug!(?id, ?res, last = step.last, "get_providers progressed");
-                    if let Ok(GetProvidersOk::FoundProviders { providers, .. }) = res {
-                        self.found(id, providers);
-                    }
-                    if step.last {
-                        self.query_done(id);
-                    }
+                tracing::debug!(?id, ?res, last = step.last, "get_providers progressed");
+                if let Ok(GetProvidersOk::FoundProviders { providers, .. }) = res {
+                    self.found(id, providers);
+                }
+                if step.last {
+                    self.query_done(id);
                 }
             }
             _ => {}
