@@ -282,3 +282,24 @@ async fn ns_handling_and_upstream_failures() {
     assert_eq!((s, error_code(&body).as_str()), (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"));
     assert_eq!(h(&hd, "www-authenticate"), "Bearer realm=\"x\"", "challenge passed to the client");
 }
+
+#[actix_web::test]
+async fn peer_requests_are_served_locally_only() {
+    let f = fixture();
+    let local = f.store.put("held here");
+    let remote = Digest::compute(Algorithm::Sha256, b"only upstream");
+    f.up.put(REG, "a", Kind::Blob, &remote.to_string(), media::OCTET_STREAM, "only upstream");
+    let app = app!(f);
+    let peer = [(crate::peer::REQUEST_FROM_PEER, "true")];
+    let (s, _, body) = call(&app, Method::GET, &format!("/v2/a/blobs/{local}?ns={REG}"), &peer).await;
+    assert_eq!((s, body.unwrap()), (StatusCode::OK, Bytes::from_static(b"held here")));
+    let (s, _, body) = call(&app, Method::GET, &format!("/v2/a/blobs/{remote}?ns={REG}"), &peer).await;
+    assert_eq!((s, error_code(&body).as_str()), (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"));
+    let (s, _, _) = call(&app, Method::GET, &format!("/v2/a/manifests/v1?ns={REG}"), &peer).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(
+        f.up.calls.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a peer request never goes upstream (loop guard)"
+    );
+}

@@ -196,10 +196,32 @@ impl Ports {
 impl Peerd {
     /// Start peerd on `ip` with free ports and extra `args`; waits for `/readyz`.
     pub fn start(ip: &str, args: &[&str], env: &[(&str, &str)]) -> Peerd {
-        Self::start_on(ip, Ports::free(ip), None, args, env)
+        let p = Self::start_on(ip, Ports::free(ip), None, args, env);
+        p.wait_ready();
+        p
     }
 
-    /// Start with given ports and data dir (a fresh temp dir when `None`).
+    /// Wait until `/readyz` answers 200.
+    pub fn wait_ready(&self) {
+        self.wait_for("/readyz");
+    }
+
+    fn wait_for(&self, path: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child_status() {
+                panic!("peerd exited early with {status}:\n{}", self.log_text());
+            }
+            if http_get_status(&format!("http://{}{path}", self.http)) == Some(200) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "peerd: {path} not 200 in time:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Start with given ports and data dir (a fresh temp dir when `None`); waits for `/healthz`
+    /// only (a node whose bootstrap peers are not up yet is rightly not ready).
     pub fn start_on(ip: &str, ports: Ports, data_dir: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> Peerd {
         let http: SocketAddr = format!("{ip}:{}", ports.http).parse().unwrap();
         let metrics: SocketAddr = format!("{ip}:{}", ports.metrics).parse().unwrap();
@@ -229,17 +251,8 @@ impl Peerd {
             }
         });
         let p = Peerd { child, http, metrics, p2p, log, _data: tmp };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(status)) = p.child_status() {
-                panic!("peerd exited early with {status}:\n{}", p.log_text());
-            }
-            if http_get_status(&format!("http://{}/readyz", p.http)) == Some(200) {
-                return p;
-            }
-            assert!(Instant::now() < deadline, "peerd not ready in time:\n{}", p.log_text());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        p.wait_for("/healthz");
+        p
     }
 
     fn child_status(&self) -> std::io::Result<Option<std::process::ExitStatus>> {
@@ -283,8 +296,17 @@ impl Peerd {
         proc_status_kib(self.pid(), "VmHWM")
     }
 
+    /// SIGKILL: a node dying, not shutting down.
+    pub fn stop_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM, then SIGKILL after 10 s.
     pub fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
