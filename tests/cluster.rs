@@ -161,6 +161,15 @@ fn nodes_pull_from_each_other_when_the_registry_is_gone() {
     wait("A withdrawn", Duration::from_secs(40), || !resolves(&b.peerd, &single).contains(&a_id));
     eprintln!("withdrawal visible after {:?} (provider TTL 10 s)", t.elapsed());
     assert!(a.peerd.log_text().contains("image deleted; withdrawing its keys"));
+
+    // containerd restarts under a running peerd: it re-subscribes and advertises new content.
+    a.containerd.restart();
+    let out = a.containerd.ctr(&["image", "pull", "--plain-http", &img2]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait("advertised after a containerd restart", Duration::from_secs(60), || {
+        resolves(&b.peerd, &single).contains(&a_id)
+    });
+    assert!(a.peerd.log_text().contains("re-subscribing"), "the event stream loss was noticed");
 }
 
 /// While B streams a large layer from a peer, that peer is killed: B's client still gets the

@@ -20,6 +20,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Time for a subscription request to reach containerd before the walk starts.
+const SUBSCRIBE_GRACE: Duration = Duration::from_millis(200);
 /// Longest wait between attempts to reach containerd.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A full re-walk even without events, to heal anything missed.
@@ -241,17 +243,35 @@ async fn watch(store: Arc<dyn ContentStore>, me: Addr<Advertiser>) {
     let mut backoff = Duration::from_secs(1);
     let mut warned = false;
     loop {
-        match store.image_events().await {
+        // containerd answers a subscription only with its first event: send the request, give it
+        // a moment to be registered, walk, then wait for the stream.
+        let subscribe = store.image_events();
+        tokio::pin!(subscribe);
+        let early = tokio::time::timeout(SUBSCRIBE_GRACE, &mut subscribe).await;
+        if let Ok(Err(e)) = &early {
+            if !warned {
+                tracing::warn!(error = %e, "cannot subscribe to containerd events; retrying");
+                warned = true;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            continue;
+        }
+        match all_keys(store.as_ref()).await {
+            Ok(all) => {
+                tracing::info!(images = all.len(), "walked local images");
+                me.do_send(Resync(all));
+                backoff = Duration::from_secs(1);
+                warned = false;
+            }
+            Err(e) => tracing::warn!(error = %e, "walking images failed"),
+        }
+        let subscribed = match early {
+            Ok(r) => r,
+            Err(_) => subscribe.await,
+        };
+        match subscribed {
             Ok(mut events) => {
-                match all_keys(store.as_ref()).await {
-                    Ok(all) => {
-                        tracing::info!(images = all.len(), "walked local images");
-                        me.do_send(Resync(all));
-                        backoff = Duration::from_secs(1);
-                        warned = false;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "walking images failed"),
-                }
                 let mut resync = tokio::time::interval(RESYNC_EVERY);
                 resync.tick().await;
                 loop {

@@ -23,6 +23,9 @@ use tonic::{Code, Request, Status};
 
 pub struct ContainerdStore {
     channel: Channel,
+    /// For the event subscription: no per-call timeout (containerd sends the response headers of
+    /// `Subscribe` only with the first event, so a deadline would cut every quiet subscription).
+    events_channel: Channel,
     namespaces: Vec<String>,
     socket: PathBuf,
 }
@@ -31,18 +34,22 @@ impl ContainerdStore {
     /// A store over the socket at `socket`, looking in `namespaces` in order. Never fails for a
     /// missing socket: the connection is made on first use and re-made after containerd restarts.
     pub fn new(socket: PathBuf, namespaces: Vec<String>, timeout: Duration) -> Result<Self, StoreError> {
-        let path = socket.clone();
-        let channel = Endpoint::try_from("http://[::]")
-            .map_err(|e| StoreError::Other(e.to_string()))?
-            .connect_timeout(timeout)
-            .timeout(timeout)
-            .connect_with_connector_lazy(tower::service_fn(move |_| {
+        let endpoint = Endpoint::try_from("http://[::]").map_err(|e| StoreError::Other(e.to_string()))?;
+        let connector = |path: PathBuf| {
+            tower::service_fn(move |_| {
                 let path = path.clone();
                 async move {
                     Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
                 }
-            }));
-        Ok(Self { channel, namespaces, socket })
+            })
+        };
+        let channel = endpoint
+            .clone()
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .connect_with_connector_lazy(connector(socket.clone()));
+        let events_channel = endpoint.connect_timeout(timeout).connect_with_connector_lazy(connector(socket.clone()));
+        Ok(Self { channel, events_channel, namespaces, socket })
     }
 
     /// containerd's version, or why it cannot be reached (logged at start-up).
@@ -113,10 +120,8 @@ impl ContentStore for ContainerdStore {
     }
 
     async fn image_events(&self) -> Result<ImageEventStream, StoreError> {
-        let mut client = EventsClient::new(self.channel.clone());
-        // No per-call deadline on a subscription: it lives as long as containerd does.
-        let mut req = Request::new(SubscribeRequest { filters: vec![r#"topic~="/images/""#.to_owned()] });
-        req.set_timeout(Duration::from_secs(365 * 24 * 3600));
+        let mut client = EventsClient::new(self.events_channel.clone());
+        let req = Request::new(SubscribeRequest { filters: vec![r#"topic~="/images/""#.to_owned()] });
         let stream = client.subscribe(req).await.map_err(|s| self.map_status(s))?.into_inner();
         let namespaces = self.namespaces.clone();
         Ok(Box::pin(stream.filter_map(move |item| {

@@ -134,6 +134,12 @@ impl Containerd {
         let socket = run(Command::new(fixtures().join("containerd.sh")).arg("start").arg(dir));
         Containerd { dir: dir.to_owned(), socket: socket.into() }
     }
+    /// Stop and start again on the same state (a containerd restart).
+    pub fn restart(&self) {
+        run(Command::new(fixtures().join("containerd.sh")).arg("stop").arg(&self.dir));
+        run(Command::new(fixtures().join("containerd.sh")).arg("start").arg(&self.dir));
+    }
+
     pub fn ctr(&self, args: &[&str]) -> std::process::Output {
         Command::new("ctr").arg("-a").arg(&self.socket).args(["-n", "k8s.io"]).args(args).output().unwrap()
     }
