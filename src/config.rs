@@ -22,6 +22,7 @@ pub struct Config {
     pub registry: RegistryConfig,
     pub upstream: UpstreamConfig,
     pub p2p: P2pConfig,
+    pub kubernetes: KubernetesConfig,
     pub log: LogConfig,
 }
 
@@ -127,6 +128,40 @@ impl P2pConfig {
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+pub struct KubernetesConfig {
+    pub events: EventsMode,
+    pub api_url: String,
+    pub token_file: PathBuf,
+    pub ca_file: PathBuf,
+    pub pod_name: String,
+    pub pod_namespace: String,
+    pub pod_uid: String,
+    pub node_name: String,
+    #[serde(with = "humantime_serde")]
+    pub min_event_interval: Duration,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EventsMode {
+    Auto,
+    On,
+    Off,
+}
+
+impl KubernetesConfig {
+    /// Whether events go to the API server.
+    pub fn events_enabled(&self) -> bool {
+        match self.events {
+            EventsMode::On => true,
+            EventsMode::Off => false,
+            EventsMode::Auto => !self.api_url.is_empty() && !self.pod_name.is_empty(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogConfig {
     pub level: String,
     pub format: LogFormat,
@@ -170,6 +205,15 @@ impl Config {
         // (arrays, numbers, booleans, strings). Taken as an argument so tests need no globals.
         // Only PEERD_<SECTION>__<KEY>: other PEERD_* variables (Kubernetes service links such as
         // PEERD_SERVICE_HOST, test switches) are not configuration.
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let k8s_env: Vec<(String, String)> = env
+            .iter()
+            .filter(|(n, _)| {
+                matches!(n.as_str(), "POD_NAME" | "POD_NAMESPACE" | "POD_UID" | "NODE_NAME")
+                    || n.starts_with("KUBERNETES_SERVICE_")
+            })
+            .cloned()
+            .collect();
         for (name, value) in env {
             let Some(rest) = name.strip_prefix(ENV_PREFIX).filter(|r| r.contains("__")) else {
                 continue;
@@ -181,7 +225,28 @@ impl Config {
         for (key, value) in overrides {
             fig = fig.merge((key, value));
         }
-        let cfg: Config = fig.extract().map_err(|e| ConfigError::Figment(one_line(&e.to_string())))?;
+        // The Pod's identity (downward API) and the API server (service discovery) fill in
+        // kubernetes.* keys left empty.
+        let mut cfg: Config = fig.extract().map_err(|e| ConfigError::Figment(one_line(&e.to_string())))?;
+        let k = &mut cfg.kubernetes;
+        let get = |name: &str| k8s_env.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()).unwrap_or_default();
+        for (field, var) in [
+            (&mut k.pod_name, "POD_NAME"),
+            (&mut k.pod_namespace, "POD_NAMESPACE"),
+            (&mut k.pod_uid, "POD_UID"),
+            (&mut k.node_name, "NODE_NAME"),
+        ] {
+            if field.is_empty() {
+                *field = get(var);
+            }
+        }
+        if k.api_url.is_empty() {
+            let (host, port) = (get("KUBERNETES_SERVICE_HOST"), get("KUBERNETES_SERVICE_PORT"));
+            if !host.is_empty() {
+                let host = if host.contains(':') { format!("[{host}]") } else { host };
+                k.api_url = format!("https://{host}:{}", if port.is_empty() { "443".into() } else { port });
+            }
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -233,9 +298,21 @@ impl Config {
             ("upstream.idle_timeout", self.upstream.idle_timeout),
             ("upstream.request_timeout", self.upstream.request_timeout),
             ("containerd.timeout", self.containerd.timeout),
+            ("kubernetes.min_event_interval", self.kubernetes.min_event_interval),
         ] {
             if d.is_zero() {
                 return bad(key, "must be longer than zero".into());
+            }
+        }
+        if self.kubernetes.events == EventsMode::On {
+            for (key, v) in [
+                ("kubernetes.api_url", &self.kubernetes.api_url),
+                ("kubernetes.pod_name", &self.kubernetes.pod_name),
+                ("kubernetes.pod_namespace", &self.kubernetes.pod_namespace),
+            ] {
+                if v.is_empty() {
+                    return bad(key, "needed when kubernetes.events = \"on\" (or set POD_NAME, POD_NAMESPACE, KUBERNETES_SERVICE_HOST)".into());
+                }
             }
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
@@ -337,6 +414,30 @@ mod tests {
         assert!(!c.to_toml().contains("0123456789abcdef"), "secret must be redacted");
         let err = Config::load(Some(Path::new("/nonexistent/peerd.toml")), env(&[]), vec![]).unwrap_err();
         assert!(err.to_string().contains("not found"));
+    }
+
+    #[test]
+    fn kubernetes_identity_from_the_downward_api() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("POD_NAME", "peerd-x"),
+                ("POD_NAMESPACE", "peerd-ns"),
+                ("POD_UID", "u1"),
+                ("NODE_NAME", "n1"),
+                ("KUBERNETES_SERVICE_HOST", "10.0.0.1"),
+                ("KUBERNETES_SERVICE_PORT", "6443"),
+            ]),
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(c.kubernetes.api_url, "https://10.0.0.1:6443");
+        assert_eq!((c.kubernetes.pod_name.as_str(), c.kubernetes.pod_uid.as_str()), ("peerd-x", "u1"));
+        assert!(c.kubernetes.events_enabled(), "auto: on inside a Pod");
+        let outside = Config::load(None, env(&[]), vec![]).unwrap();
+        assert!(!outside.kubernetes.events_enabled(), "auto: off outside Kubernetes");
+        let err = Config::load(None, env(&[("PEERD_KUBERNETES__EVENTS", "on")]), vec![]).unwrap_err();
+        assert!(err.to_string().contains("kubernetes.api_url"), "{err}");
     }
 
     #[test]

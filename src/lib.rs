@@ -11,9 +11,11 @@
 //! - [`actors`]: upstream fallback policy and event emission, as actix actors.
 //! - [`stream`]: data-path stream adapters (verification, accounting, slicing).
 //! - [`http`]: actix-web front ends, error mapping, middleware.
+//! - [`kube`]: Kubernetes events on the node's Pod (Events API, bounded worker).
 //! - [`metrics`]: metric names and the Prometheus recorder.
 //! - [`peer`]: peer identity, cluster-secret authentication, the peer HTTP client.
 //! - [`fetch`]: multi-source blob fetching (hedged start, resume at the next byte).
+//! - [`hosts`]: containerd hosts.toml install/uninstall (`peerd hosts`).
 //! - [`node`]: wiring all of the above into a running node (used by `main`).
 
 #![forbid(unsafe_code)]
@@ -21,7 +23,9 @@
 pub mod actors;
 pub mod config;
 pub mod fetch;
+pub mod hosts;
 pub mod http;
+pub mod kube;
 pub mod metrics;
 pub mod node;
 pub mod oci;

@@ -26,6 +26,71 @@ enum Command {
     Run(RunArgs),
     /// Print the effective configuration (defaults, file, environment and flags merged) as TOML.
     Config(RunArgs),
+    /// Configure containerd to use the node-local peerd as its mirror (hosts.toml), or undo it.
+    #[command(subcommand)]
+    Hosts(HostsCommand),
+}
+
+#[derive(Subcommand)]
+enum HostsCommand {
+    /// Write <certs-dir>/<registry>/hosts.toml for each registry; an existing file is kept as
+    /// hosts.toml.peerd-backup.
+    Install {
+        /// containerd's registry config_path.
+        #[arg(long, value_name = "DIR", default_value = "/etc/containerd/certs.d")]
+        certs_dir: PathBuf,
+        /// The node-local peerd mirror.
+        #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:5000")]
+        mirror: String,
+        /// A registry to mirror; repeat for several.
+        #[arg(long, value_name = "HOST", required = true)]
+        registry: Vec<String>,
+        /// A registry whose own endpoint is plain HTTP; repeat for several.
+        #[arg(long, value_name = "HOST")]
+        plain_http: Vec<String>,
+        /// How long containerd waits for peerd before going to the registry itself.
+        #[arg(long, value_name = "DURATION", default_value = "200ms")]
+        dial_timeout: String,
+        /// Capabilities of the mirror (containerd: pull, resolve, push).
+        #[arg(long, value_name = "CAP", default_values = ["pull", "resolve"])]
+        capability: Vec<String>,
+    },
+    /// Remove peerd's hosts.toml files and restore the backups byte for byte.
+    Uninstall {
+        #[arg(long, value_name = "DIR", default_value = "/etc/containerd/certs.d")]
+        certs_dir: PathBuf,
+        #[arg(long, value_name = "HOST", required = true)]
+        registry: Vec<String>,
+    },
+}
+
+fn hosts(cmd: &HostsCommand) -> ExitCode {
+    let result = match cmd {
+        HostsCommand::Install { certs_dir, mirror, registry, plain_http, dial_timeout, capability } => {
+            if humantime::parse_duration(dial_timeout).is_err() {
+                eprintln!("peerd: invalid --dial-timeout {dial_timeout:?}");
+                return ExitCode::from(2);
+            }
+            peerd::hosts::install(&peerd::hosts::Install {
+                certs_dir,
+                mirror,
+                registries: registry,
+                plain_http,
+                dial_timeout,
+                capabilities: capability,
+            })
+            .map(|files| files.iter().for_each(|f| println!("wrote {}", f.display())))
+        }
+        HostsCommand::Uninstall { certs_dir, registry } => peerd::hosts::uninstall(certs_dir, registry)
+            .map(|files| files.iter().for_each(|f| println!("restored {}", f.display()))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("peerd: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[derive(Args)]
@@ -162,6 +227,7 @@ fn main() -> ExitCode {
     let (args, print_only) = match &cli.command {
         Command::Run(a) => (a, false),
         Command::Config(a) => (a, true),
+        Command::Hosts(h) => return hosts(h),
     };
     let cfg = match args.load() {
         Ok(c) => c,

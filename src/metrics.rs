@@ -45,6 +45,8 @@ pub fn install() -> Result<PrometheusHandle, String> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), DURATION_BUCKETS)
         .map_err(|e| e.to_string())?
+        .set_buckets_for_metric(Matcher::Full(PEERS_FOUND.into()), &[0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0])
+        .map_err(|e| e.to_string())?
         .install_recorder()
         .map_err(|e| e.to_string())?;
     describe();

@@ -22,8 +22,6 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How often repeated warning events may be emitted.
-const EVENT_INTERVAL: Duration = Duration::from_secs(60);
 /// How often histogram buckets are compacted by the exporter.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
@@ -51,7 +49,25 @@ pub fn init_tracing(cfg: &crate::config::LogConfig) {
 pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeError> {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), http = %cfg.http.addr, metrics = %cfg.metrics.addr, "peerd starting");
 
-    let events = EventsActor::new(Box::new(LogSink), EVENT_INTERVAL).start();
+    let sink: Box<dyn crate::actors::events::EventSink> = if cfg.kubernetes.events_enabled() {
+        match crate::kube::KubeSink::start(&cfg.kubernetes) {
+            Ok(s) => {
+                tracing::info!(
+                    api = cfg.kubernetes.api_url,
+                    pod = cfg.kubernetes.pod_name,
+                    "posting events to Kubernetes"
+                );
+                Box::new(s)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot post Kubernetes events; logging them only");
+                Box::new(LogSink)
+            }
+        }
+    } else {
+        Box::new(LogSink)
+    };
+    let events = EventsActor::new(sink, cfg.kubernetes.min_event_interval).start();
     events.do_send(Emit(Event { reason: Reason::P2PInitializing, message: "peerd is starting".into() }));
 
     let store =

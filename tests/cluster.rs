@@ -143,7 +143,10 @@ fn nodes_pull_from_each_other_when_the_registry_is_gone() {
         assert!(n.peerd.metric("peerd_events_total", &["reason=\"P2PActive\""]) >= 1.0);
         assert!(n.peerd.metric("peerd_events_total", &["reason=\"P2PConnected\""]) >= 1.0);
     }
-    assert!(b.peerd.metrics_text().contains("libp2p_"), "libp2p metrics are exposed");
+    let text = b.peerd.metrics_text();
+    assert!(text.contains("libp2p_kad_") && text.contains("libp2p_swarm_"), "libp2p metrics are exposed");
+    assert!(!text.contains("libp2p_libp2p_"), "prefix only once");
+    assert!(text.contains("peerd_peers_found_bucket"), "peers found is a histogram");
 
     // Withdrawal: only A has this one; after A deletes it, nobody resolves A for it.
     let single = info["single"]["manifest"]["digest"].as_str().unwrap().to_owned();

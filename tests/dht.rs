@@ -136,3 +136,38 @@ async fn keys_provided_while_alone_reach_peers_that_join_later() {
         .await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_from_a_dns_name() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let ttl = Duration::from_secs(600);
+    let mut seed_cfg = config(vec![], Some([4u8; 32]), ttl);
+    seed_cfg.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    let (seed, _) = P2pRouter::start(seed_cfg).unwrap();
+    seed.provide(vec!["sha256:dns".into()]).await.unwrap();
+    let mut joiners = Vec::new();
+    for _ in 0..2 {
+        let mut c = config(vec![], Some([4u8; 32]), ttl);
+        c.bootstrap_dns = Some(format!("localhost:{port}"));
+        joiners.push(P2pRouter::start(c).unwrap().0);
+    }
+    for j in &joiners {
+        wait_until("joined through the DNS name", Duration::from_secs(15), async || j.ready().await).await;
+        wait_until("resolves the seed's key", Duration::from_secs(15), async || {
+            !collect_peers(j.resolve("sha256:dns".into(), 1).await.unwrap(), Duration::from_secs(1)).await.is_empty()
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_before_any_bootstrap_peer_answers() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let (r, _) = P2pRouter::start(config(vec![closed], Some([5u8; 32]), Duration::from_secs(600))).unwrap();
+    for _ in 0..10 {
+        assert!(!r.ready().await, "bootstrap peers configured but none reachable: not ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (alone, _) = P2pRouter::start(config(vec![], Some([5u8; 32]), Duration::from_secs(600))).unwrap();
+    assert!(alone.ready().await, "no bootstrap peers: knowingly alone");
+}

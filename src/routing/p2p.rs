@@ -80,7 +80,8 @@ impl P2pRouter {
     /// Build the swarm and spawn its task on the current tokio runtime. Returns the handle and
     /// the libp2p metrics registry (rendered with prefix `libp2p_`).
     pub fn start(cfg: RouterConfig) -> Result<(P2pRouter, prometheus_client::registry::Registry), RoutingError> {
-        let mut registry = prometheus_client::registry::Registry::with_prefix("libp2p");
+        // libp2p-metrics names its metrics `libp2p_*` itself.
+        let mut registry = prometheus_client::registry::Registry::default();
         let metrics = libp2p::metrics::Metrics::new(&mut registry);
         let swarm = build_swarm(&cfg)?;
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
@@ -245,7 +246,8 @@ struct SwarmTask {
     listen_addrs: Vec<Multiaddr>,
     listen_ip: IpAddr,
     has_bootstrap: bool,
-    dial_targets_other_than_self: usize,
+    /// Bootstrap targets other than this node, from the last lookup; `None` before the first.
+    dial_targets_other_than_self: Option<usize>,
 }
 
 impl SwarmTask {
@@ -273,7 +275,7 @@ impl SwarmTask {
             listen_addrs: Vec::new(),
             listen_ip: cfg.listen.ip(),
             has_bootstrap,
-            dial_targets_other_than_self: 0,
+            dial_targets_other_than_self: None,
         })
     }
 
@@ -285,7 +287,7 @@ impl SwarmTask {
 
     fn ready(&self) -> bool {
         // Connected to the DHT, or knowingly alone (nothing to bootstrap from but ourselves).
-        !self.connected.is_empty() || !self.has_bootstrap || self.dial_targets_other_than_self == 0
+        !self.connected.is_empty() || !self.has_bootstrap || self.dial_targets_other_than_self == Some(0)
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
@@ -356,7 +358,7 @@ impl SwarmTask {
                 let connected: HashSet<SocketAddr> =
                     self.connected.iter().filter_map(|p| self.listen_of.get(p)).flatten().copied().collect();
                 let others: Vec<SocketAddr> = targets.into_iter().filter(|a| !own.contains(a)).collect();
-                self.dial_targets_other_than_self = others.len();
+                self.dial_targets_other_than_self = Some(others.len());
                 for a in others {
                     if connected.contains(&a) {
                         continue;
@@ -456,6 +458,9 @@ impl SwarmTask {
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 if let Some(p) = peer_id {
                     self.give_up_dialed(p);
+                }
+                if self.connected.is_empty() {
+                    self.emit(Reason::P2PFailed, format!("cannot reach any peer: {error}"));
                 }
                 tracing::warn!(peer = ?peer_id, error = %error, "p2p dial failed (wrong cluster secret or peer down?)");
             }

@@ -448,6 +448,7 @@ pub struct Seen {
     pub method: String,
     pub target: String,
     pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
 }
 
 impl Seen {
@@ -496,7 +497,14 @@ impl FakeUpstream {
                             headers.push((k.trim().to_owned(), v.trim().to_owned()));
                         }
                     }
-                    let req = Seen { method: method.clone(), target, headers };
+                    let len: usize = headers
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                        .and_then(|(_, v)| v.parse().ok())
+                        .unwrap_or(0);
+                    let mut body = vec![0u8; len.min(1 << 20)];
+                    let _ = reader.read_exact(&mut body);
+                    let req = Seen { method: method.clone(), target, headers, body };
                     log.lock().unwrap().push(req.clone());
                     match handler(&req) {
                         Reply::Hang => {

@@ -1,0 +1,142 @@
+//! Kubernetes events on peerd's own Pod (`P2PConnected`, `P2PDisconnected`, ...), posted with the
+//! in-cluster service account. A plain client of the Events API (`core/v1`): one POST the first
+//! time a reason occurs, then merge-PATCHes of `count` and `lastTimestamp` — the way kubelet
+//! aggregates repeats. Requests run on a worker behind a bounded queue: emitting never waits
+//! on the API server, and a full queue drops the event (counted), never blocks.
+//!
+//! A full client library (kube-rs) would add a large dependency tree for two HTTP calls; the
+//! request shapes are checked against a fake API server in `tests/events.rs`.
+
+use crate::actors::events::{Event, EventSink, LogSink};
+use crate::config::KubernetesConfig;
+use serde_json::json;
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+use tokio::sync::mpsc;
+
+/// Events waiting for the API server; more are dropped.
+const QUEUE: usize = 64;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub const EVENTS_DROPPED: &str = "peerd_kubernetes_events_dropped_total";
+pub const EVENTS_FAILED: &str = "peerd_kubernetes_event_errors_total";
+
+/// Logs every event and forwards it to the API server worker.
+pub struct KubeSink {
+    log: LogSink,
+    tx: mpsc::Sender<(Event, u32)>,
+}
+
+impl EventSink for KubeSink {
+    fn emit(&mut self, event: &Event, count: u32) {
+        self.log.emit(event, count);
+        if self.tx.try_send((event.clone(), count)).is_err() {
+            metrics::counter!(EVENTS_DROPPED).increment(1);
+        }
+    }
+}
+
+impl KubeSink {
+    /// Start the worker on the current runtime.
+    pub fn start(cfg: &KubernetesConfig) -> Result<KubeSink, String> {
+        let mut builder = reqwest::Client::builder().timeout(REQUEST_TIMEOUT);
+        if cfg.api_url.starts_with("https://") {
+            let pem = std::fs::read(&cfg.ca_file).map_err(|e| format!("{}: {e}", cfg.ca_file.display()))?;
+            let ca = reqwest::Certificate::from_pem(&pem).map_err(|e| format!("{}: {e}", cfg.ca_file.display()))?;
+            builder = builder.add_root_certificate(ca);
+        }
+        let http = builder.build().map_err(|e| e.to_string())?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let worker = Worker { http, cfg: cfg.clone(), posted: HashMap::new() };
+        tokio::spawn(worker.run(rx));
+        Ok(KubeSink { log: LogSink, tx })
+    }
+}
+
+struct Worker {
+    http: reqwest::Client,
+    cfg: KubernetesConfig,
+    /// reason → (event name, count so far)
+    posted: HashMap<&'static str, (String, u32)>,
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+impl Worker {
+    async fn run(mut self, mut rx: mpsc::Receiver<(Event, u32)>) {
+        while let Some((event, count)) = rx.recv().await {
+            if let Err(e) = self.send(&event, count).await {
+                metrics::counter!(EVENTS_FAILED).increment(1);
+                tracing::warn!(reason = event.reason.as_str(), error = %e, "posting a Kubernetes event failed");
+            }
+        }
+    }
+
+    fn token(&self) -> Option<String> {
+        std::fs::read_to_string(&self.cfg.token_file).ok().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty())
+    }
+
+    fn events_url(&self) -> String {
+        format!("{}/api/v1/namespaces/{}/events", self.cfg.api_url.trim_end_matches('/'), self.cfg.pod_namespace)
+    }
+
+    async fn send(&mut self, event: &Event, count: u32) -> Result<(), String> {
+        let reason = event.reason.as_str();
+        if let Some((name, total)) = self.posted.get(reason).cloned() {
+            let total = total + count;
+            let patch = json!({ "count": total, "lastTimestamp": now(), "message": event.message });
+            let mut req = self
+                .http
+                .patch(format!("{}/{name}", self.events_url()))
+                .header("Content-Type", "application/merge-patch+json")
+                .body(patch.to_string());
+            if let Some(t) = self.token() {
+                req = req.bearer_auth(t);
+            }
+            let resp = req.send().await.map_err(|e| e.to_string())?;
+            if resp.status().is_success() {
+                self.posted.insert(reason, (name, total));
+                return Ok(());
+            }
+            if resp.status().as_u16() != 404 {
+                return Err(format!("PATCH {name}: {}", resp.status()));
+            }
+            // The event expired on the server: start a new one.
+        }
+        let stamp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let name = format!("{}.{stamp:x}", self.cfg.pod_name);
+        let ts = now();
+        let body = json!({
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": { "name": name, "namespace": self.cfg.pod_namespace },
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": self.cfg.pod_name,
+                "namespace": self.cfg.pod_namespace,
+                "uid": self.cfg.pod_uid,
+            },
+            "reason": reason,
+            "message": event.message,
+            "type": if event.reason.is_warning() { "Warning" } else { "Normal" },
+            "count": count,
+            "firstTimestamp": ts,
+            "lastTimestamp": ts,
+            "source": { "component": "peerd", "host": self.cfg.node_name },
+            "reportingComponent": "peerd",
+            "reportingInstance": self.cfg.node_name,
+        });
+        let mut req = self.http.post(self.events_url()).json(&body);
+        if let Some(t) = self.token() {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("POST event: {}", resp.status()));
+        }
+        self.posted.insert(reason, (name, count));
+        Ok(())
+    }
+}
