@@ -1,9 +1,10 @@
 # peerd developer commands. `make help` lists them.
 CARGO ?= cargo
 ARGS ?=
+IMAGE_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build release run config test test-unit test-integration lint fmt bench chart-check clean
+.PHONY: help deps build release image run config test test-unit test-integration lint fmt bench chart-check clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -16,6 +17,9 @@ build: ## Debug build
 
 release: ## Optimised build (target/release/peerd)
 	$(CARGO) build --release --locked
+
+image: release ## Build the OCI image without Docker (target/image); IMAGE_ARGS=--smoke to run it under containerd
+	scripts/build-image.sh $(IMAGE_ARGS)
 
 run: ## Install protoc if missing, then run a node on the embedded defaults (ARGS="--http-addr ...")
 	@command -v protoc >/dev/null || scripts/install-test-deps.sh
@@ -44,7 +48,7 @@ bench: ## Benchmarks (writes docs/benchmarks.md)
 	@echo "benchmarks are not written yet (issue: Benchmarks)"; exit 1
 
 chart-check: ## Render and validate the Helm chart offline
-	@echo "the Helm chart is not written yet (issue: Deploy on Kubernetes)"; exit 1
+	scripts/chart-check.sh
 
 clean: ## Remove build output
 	$(CARGO) clean

@@ -10,3 +10,10 @@ cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 # Two test threads: the integration tests start registries, containerds and peerds.
 cargo test --all-targets --locked -- --test-threads 2
+# The HTTP API against api/swagger.yaml (offline; built by the cargo test above).
+python3 scripts/api-check.py target/debug/peerd
+# The container image, built without Docker from the debug binary above and run under a private
+# containerd (registry push, ctr pull, /healthz and /readyz as uid 65532 and as root).
+scripts/build-image.sh --binary target/debug/peerd --smoke
+# The Helm chart: lint, render, schema validation and assertions (offline once tools are cached).
+scripts/chart-check.sh

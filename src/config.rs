@@ -23,6 +23,7 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub p2p: P2pConfig,
     pub kubernetes: KubernetesConfig,
+    pub blobs: BlobsConfig,
     pub log: LogConfig,
 }
 
@@ -124,6 +125,21 @@ impl P2pConfig {
         }
         Ok((!self.secret.is_empty()).then(|| self.secret.as_bytes().to_vec()))
     }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlobsConfig {
+    pub enabled: bool,
+    pub allowed_hosts: Vec<String>,
+    pub cache_dir: String,
+    pub chunk_size: u64,
+    pub max_cache_bytes: u64,
+    #[serde(with = "humantime_serde")]
+    pub revalidate_after: Duration,
+    pub prefetch: bool,
+    pub prefetch_workers: usize,
+    pub parallel_chunks: usize,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -302,6 +318,21 @@ impl Config {
         ] {
             if d.is_zero() {
                 return bad(key, "must be longer than zero".into());
+            }
+        }
+        if self.blobs.enabled {
+            if !(4096..=64 << 20).contains(&self.blobs.chunk_size) {
+                return bad("blobs.chunk_size", "must be between 4 KiB and 64 MiB".into());
+            }
+            if self.blobs.max_cache_bytes < self.blobs.chunk_size * 16 {
+                return bad("blobs.max_cache_bytes", "must hold at least 16 chunks".into());
+            }
+            if self.blobs.parallel_chunks == 0 || self.blobs.prefetch_workers == 0 {
+                return bad("blobs.parallel_chunks", "parallel_chunks and prefetch_workers must be positive".into());
+            }
+            for h in &self.blobs.allowed_hosts {
+                crate::blobs::AllowRule::parse(h)
+                    .map_err(|e| ConfigError::Invalid { key: "blobs.allowed_hosts", reason: e })?;
             }
         }
         if self.kubernetes.events == EventsMode::On {

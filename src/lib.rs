@@ -3,6 +3,7 @@
 //! Peer-to-peer distribution of container images and large files inside a Kubernetes cluster.
 //!
 //! ## Layout
+//! - [`blobs`]: `/blobs/<URL>` byte-range proxy with an on-disk chunk cache (overlaybd).
 //! - [`config`]: the one config tree (defaults → file → `PEERD_*` env → flags).
 //! - [`oci`]: digests, names, `ns` hosts, media types (pure parsers).
 //! - [`store`]: the local content store boundary; containerd and in-memory implementations.
@@ -21,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod actors;
+pub mod blobs;
 pub mod config;
 pub mod fetch;
 pub mod hosts;

@@ -68,6 +68,14 @@ fn describe() {
     describe_counter!(PEER_AUTH_FAILURES, "Peer requests or connections rejected for authentication, by kind");
     describe_counter!(PEER_SERVED_BYTES, Unit::Bytes, "Bytes served to peers");
     metrics::describe_gauge!(ADVERTISED_KEYS, "Keys advertised in the DHT by kind");
+    describe_counter!(crate::blobs::BLOBS_BYTES, Unit::Bytes, "/blobs chunk bytes by source (local, peer, upstream)");
+    describe_counter!(crate::blobs::cache::CACHE_HITS, "/blobs chunk cache hits");
+    describe_counter!(crate::blobs::cache::CACHE_MISSES, "/blobs chunk cache misses");
+    describe_counter!(crate::blobs::cache::CACHE_CORRUPT, "/blobs cached chunks found corrupt and dropped");
+    describe_counter!(crate::blobs::cache::CACHE_EVICTIONS, "/blobs chunks evicted");
+    metrics::describe_gauge!(crate::blobs::cache::CACHE_BYTES, Unit::Bytes, "/blobs chunk cache size");
+    describe_counter!(crate::blobs::PREFETCH_FILES, "/blobs files queued for prefetch");
+    describe_counter!(crate::blobs::PREFETCH_CHUNKS, "/blobs chunks prefetched");
 }
 
 /// Time from starting a provider lookup to its end (enough peers, exhausted, or abandoned).

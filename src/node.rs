@@ -94,6 +94,33 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
     }
 
     let p2p = if cfg.p2p.enabled { Some(start_p2p(&cfg, store.clone(), &events).await?) } else { None };
+    let blob_peers = p2p.as_ref().map(|p| crate::blobs::BlobPeers {
+        locate: p.path.locate.clone(),
+        report: p.path.report.clone(),
+        served: p.path.served.clone(),
+        client: p.path.client.clone(),
+        router: p.router.clone(),
+        key: p.path.key.clone(),
+    });
+    let blobs = if cfg.blobs.enabled {
+        let dir = if cfg.blobs.cache_dir.is_empty() {
+            cfg.p2p.data_dir.join("blobs")
+        } else {
+            cfg.blobs.cache_dir.clone().into()
+        };
+        let state = crate::blobs::BlobsState::new(
+            cfg.blobs.clone(),
+            &dir,
+            cfg.upstream.connect_timeout,
+            cfg.upstream.idle_timeout,
+            blob_peers,
+        )
+        .map_err(NodeError::Setup)?;
+        tracing::info!(cache = %dir.display(), cached_bytes = state.cache().total_bytes(), allowed = ?cfg.blobs.allowed_hosts, "/blobs enabled");
+        Some(web::Data::new(Arc::new(state)))
+    } else {
+        None
+    };
     let (peers, router, libp2p_registry, _p2p_arbiter) = match p2p {
         Some(p) => (Some(p.path), Some(p.router), Some(p.registry), Some(p.arbiter)),
         None => {
@@ -109,11 +136,17 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
 
     let r1 = ready.clone();
     let mut main = HttpServer::new(move || {
-        App::new()
-            .app_data(state.clone())
-            .app_data(r1.clone())
-            .wrap(from_fn(front::observe))
+        let mut app = App::new().app_data(state.clone()).app_data(r1.clone());
+        if let Some(b) = &blobs {
+            app = app.app_data(b.clone());
+        }
+        app.wrap(from_fn(front::observe))
             .configure(registry::configure)
+            .configure(|c| {
+                if blobs.is_some() {
+                    crate::blobs::configure(c)
+                }
+            })
             .configure(front::health)
             .default_service(web::to(front::not_found))
     })

@@ -32,6 +32,9 @@ pub enum ApiError {
     Unauthorized { www_authenticate: Option<String> },
     #[error("access to the resource denied by the upstream registry")]
     Denied,
+    /// peerd itself refuses (a /blobs upstream that is not allowed).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("upstream registry rate limit reached")]
     TooManyRequests,
     /// Upstream down, timing out or resting: 503/504 so the client moves on quickly.
@@ -53,7 +56,7 @@ impl ApiError {
             ApiError::RangeInvalid(_) | ApiError::RangeNotSatisfiable { .. } => "RANGE_INVALID",
             ApiError::Unsupported { .. } => "UNSUPPORTED",
             ApiError::Unauthorized { .. } => "UNAUTHORIZED",
-            ApiError::Denied => "DENIED",
+            ApiError::Denied | ApiError::Forbidden(_) => "DENIED",
             ApiError::TooManyRequests => "TOOMANYREQUESTS",
             ApiError::Unavailable { .. } => "UNAVAILABLE",
             ApiError::BadGateway { code, .. } => code,
@@ -114,7 +117,7 @@ impl ResponseError for ApiError {
             ApiError::RangeInvalid(_) | ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::Unsupported { status, .. } | ApiError::Unavailable { status, .. } => *status,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            ApiError::Denied => StatusCode::FORBIDDEN,
+            ApiError::Denied | ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
         }

@@ -7,6 +7,8 @@ pub mod error;
 pub mod range;
 pub mod registry;
 
+pub use registry::method_not_allowed;
+
 use crate::metrics::{Source, REQUESTS, REQUEST_DURATION};
 use crate::routing::Router;
 use actix_web::body::{BodySize, BoxBody, MessageBody};
@@ -83,6 +85,8 @@ fn handler_label(path: &str) -> &'static str {
         "/healthz" => "healthz",
         "/readyz" => "readyz",
         "/metrics/prometheus" => "metrics",
+        p if p.starts_with("/blobs/") => "blobs_file",
+        p if p.starts_with("/blobs-chunk/") => "blobs_chunk",
         p if p.starts_with("/v2/") => {
             let mut segs = p.rsplit('/');
             match (segs.next(), segs.next()) {

@@ -77,7 +77,7 @@ async fn base() -> HttpResponse {
         .body("{}")
 }
 
-async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
+pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
     actix_web::ResponseError::error_response(&ApiError::Unsupported {
         status: StatusCode::METHOD_NOT_ALLOWED,
         message: format!("{} is not supported: peerd is a pull-only mirror", req.method()),
@@ -638,28 +638,56 @@ async fn upstream_blob(st: &RegistryState, ask: &Ask, repo: &str, digest: &Diges
     Ok(blob_body(digest, size, Some(range), body, Source::Upstream, false))
 }
 
+/// Check a peer request's signature (when a cluster key is configured). Returns the request's
+/// nonce for signing the answer, or the 401 to send. (The response is returned, not boxed: this
+/// runs once per peer request and the error path is the rare one.)
+#[allow(clippy::result_large_err)]
+pub fn authenticate_peer(req: &HttpRequest, key: Option<&ClusterKey>) -> Result<String, HttpResponse> {
+    let nonce = header_str(req, header::HeaderName::from_static(NONCE_HEADER)).unwrap_or_default();
+    let Some(k) = key else { return Ok(nonce) };
+    let target = req.uri().path_and_query().map_or(req.path(), |pq| pq.as_str());
+    let h = |n: &'static str| header_str(req, header::HeaderName::from_static(n));
+    match k.verify_request(
+        req.method().as_str(),
+        target,
+        h(TIMESTAMP_HEADER).as_deref(),
+        Some(nonce.as_str()),
+        h(NODE_HEADER).as_deref(),
+        h(SIGNATURE_HEADER).as_deref(),
+        unix_now(),
+    ) {
+        Ok(()) => Ok(nonce),
+        Err(e) => {
+            metrics::counter!(PEER_AUTH_FAILURES, "kind" => "http").increment(1);
+            tracing::warn!(from = ?req.peer_addr(), node = ?h(NODE_HEADER), error = %e, "rejected a peer request");
+            Err(actix_web::ResponseError::error_response(&ApiError::Unauthorized { www_authenticate: None }))
+        }
+    }
+}
+
+/// Sign an answer to a peer (status, digest and range bound to the request's nonce).
+pub fn sign_peer_response(resp: &mut HttpResponse, key: Option<&ClusterKey>, nonce: &str) {
+    let Some(k) = key else { return };
+    let h = |n: header::HeaderName| resp.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let sig = k.sign_response(
+        nonce,
+        resp.status().as_u16(),
+        &h(header::HeaderName::from_static("docker-content-digest")),
+        &h(header::CONTENT_RANGE),
+    );
+    if let Ok(v) = header::HeaderValue::from_str(&sig) {
+        resp.headers_mut().insert(header::HeaderName::from_static(SIGNATURE_HEADER), v);
+    }
+}
+
 /// A request from another peerd: authenticate it, serve only what this node holds (never ask
 /// peers or upstream: no loops), and sign the answer.
 async fn serve_peer(req: &HttpRequest, st: &RegistryState, ask: &Ask, route: Route) -> HttpResponse {
-    let nonce = header_str(req, header::HeaderName::from_static(NONCE_HEADER)).unwrap_or_default();
     let key = st.peers.as_ref().and_then(|p| p.key.clone());
-    if let Some(k) = &key {
-        let target = req.uri().path_and_query().map_or(req.path(), |pq| pq.as_str());
-        let h = |n: &'static str| header_str(req, header::HeaderName::from_static(n));
-        if let Err(e) = k.verify_request(
-            req.method().as_str(),
-            target,
-            h(TIMESTAMP_HEADER).as_deref(),
-            Some(nonce.as_str()),
-            h(NODE_HEADER).as_deref(),
-            h(SIGNATURE_HEADER).as_deref(),
-            unix_now(),
-        ) {
-            metrics::counter!(PEER_AUTH_FAILURES, "kind" => "http").increment(1);
-            tracing::warn!(from = ?req.peer_addr(), node = ?h(NODE_HEADER), error = %e, "rejected a peer request");
-            return actix_web::ResponseError::error_response(&ApiError::Unauthorized { www_authenticate: None });
-        }
-    }
+    let nonce = match authenticate_peer(req, key.as_deref()) {
+        Ok(n) => n,
+        Err(resp) => return resp,
+    };
     let result = match route {
         Route::Blob { digest, .. } => match local_blob(st, ask, &digest, true).await {
             Some(r) => r,
@@ -683,17 +711,6 @@ async fn serve_peer(req: &HttpRequest, st: &RegistryState, ask: &Ask, route: Rou
             p.served.do_send(ServedPeer);
         }
     }
-    if let Some(k) = &key {
-        let h = |n: header::HeaderName| resp.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-        let sig = k.sign_response(
-            &nonce,
-            resp.status().as_u16(),
-            &h(header::HeaderName::from_static("docker-content-digest")),
-            &h(header::CONTENT_RANGE),
-        );
-        if let Ok(v) = header::HeaderValue::from_str(&sig) {
-            resp.headers_mut().insert(header::HeaderName::from_static(SIGNATURE_HEADER), v);
-        }
-    }
+    sign_peer_response(&mut resp, key.as_deref(), &nonce);
     resp
 }

@@ -1,0 +1,221 @@
+//! The on-disk chunk cache for `/blobs`.
+//!
+//! A chunk is the file `<dir>/<id[..2]>/<id>/<index>.<sha256>`: written to a temporary name and
+//! renamed when complete (so a crash never leaves a visible partial chunk), and hashed again
+//! whenever it is read (a corrupt chunk is deleted and reported as a miss, never served). The
+//! index of chunks lives in memory, rebuilt by scanning the directory at start, so the cache
+//! survives restarts. Total size is bounded; the least recently used chunks are evicted.
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+pub const CACHE_HITS: &str = "peerd_blobs_cache_hits_total";
+pub const CACHE_MISSES: &str = "peerd_blobs_cache_misses_total";
+pub const CACHE_CORRUPT: &str = "peerd_blobs_cache_corrupt_total";
+pub const CACHE_EVICTIONS: &str = "peerd_blobs_cache_evictions_total";
+pub const CACHE_BYTES: &str = "peerd_blobs_cache_bytes";
+
+#[derive(Clone, Debug)]
+struct Entry {
+    sha256: String,
+    size: u64,
+    used: Instant,
+}
+
+pub struct ChunkCache {
+    dir: PathBuf,
+    max_bytes: u64,
+    index: DashMap<(String, u64), Entry>,
+    total: AtomicU64,
+}
+
+fn hex_sha256(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+fn valid_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+impl ChunkCache {
+    /// Open (creating) the cache directory and index what is already there.
+    pub fn open(dir: &Path, max_bytes: u64) -> std::io::Result<ChunkCache> {
+        std::fs::create_dir_all(dir)?;
+        let cache = ChunkCache { dir: dir.to_owned(), max_bytes, index: DashMap::new(), total: AtomicU64::new(0) };
+        for shard in std::fs::read_dir(dir)?.flatten() {
+            if shard.file_name().len() != 2 {
+                continue; // not a chunk shard (e.g. the metadata directory)
+            }
+            let Ok(files) = std::fs::read_dir(shard.path()) else { continue };
+            for file_dir in files.flatten() {
+                let id = file_dir.file_name().to_string_lossy().into_owned();
+                let Ok(chunks) = std::fs::read_dir(file_dir.path()) else { continue };
+                for chunk in chunks.flatten() {
+                    let name = chunk.file_name().to_string_lossy().into_owned();
+                    let parsed = name.split_once('.').and_then(|(i, h)| Some((i.parse::<u64>().ok()?, h.to_owned())));
+                    match parsed {
+                        Some((index, sha256)) if valid_id(&id) && valid_id(&sha256) => {
+                            let size = chunk.metadata().map(|m| m.len()).unwrap_or(0);
+                            cache.total.fetch_add(size, Ordering::Relaxed);
+                            cache.index.insert((id.clone(), index), Entry { sha256, size, used: Instant::now() });
+                        }
+                        // Temporary files of an interrupted write, or anything else: not ours.
+                        _ => {
+                            let _ = std::fs::remove_file(chunk.path());
+                        }
+                    }
+                }
+            }
+        }
+        cache.gauge();
+        Ok(cache)
+    }
+
+    fn chunk_dir(&self, id: &str) -> PathBuf {
+        self.dir.join(&id[..2]).join(id)
+    }
+
+    fn path(&self, id: &str, index: u64, sha256: &str) -> PathBuf {
+        self.chunk_dir(id).join(format!("{index}.{sha256}"))
+    }
+
+    fn gauge(&self) {
+        metrics::gauge!(CACHE_BYTES).set(self.total.load(Ordering::Relaxed) as f64);
+    }
+
+    pub fn contains(&self, id: &str, index: u64) -> bool {
+        self.index.contains_key(&(id.to_owned(), index))
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// The chunk and its sha256, verified; `None` when absent or found corrupt (then removed).
+    pub async fn get(&self, id: &str, index: u64) -> Option<(Bytes, String)> {
+        let key = (id.to_owned(), index);
+        let entry = self.index.get(&key).map(|e| e.clone());
+        let Some(entry) = entry else {
+            metrics::counter!(CACHE_MISSES).increment(1);
+            return None;
+        };
+        let path = self.path(id, index, &entry.sha256);
+        let data = match tokio::fs::read(&path).await {
+            Ok(d) => Bytes::from(d),
+            Err(_) => {
+                self.forget(&key, entry.size);
+                metrics::counter!(CACHE_MISSES).increment(1);
+                return None;
+            }
+        };
+        if hex_sha256(&data) != entry.sha256 {
+            metrics::counter!(CACHE_CORRUPT).increment(1);
+            tracing::warn!(path = %path.display(), "cached chunk is corrupt; dropped");
+            let _ = tokio::fs::remove_file(&path).await;
+            self.forget(&key, entry.size);
+            metrics::counter!(CACHE_MISSES).increment(1);
+            return None;
+        }
+        if let Some(mut e) = self.index.get_mut(&key) {
+            e.used = Instant::now();
+        }
+        metrics::counter!(CACHE_HITS).increment(1);
+        Some((data, entry.sha256))
+    }
+
+    fn forget(&self, key: &(String, u64), size: u64) {
+        if self.index.remove(key).is_some() {
+            self.total.fetch_sub(size, Ordering::Relaxed);
+            self.gauge();
+        }
+    }
+
+    /// Store a chunk; returns its sha256. Evicts least recently used chunks past the bound.
+    pub async fn put(&self, id: &str, index: u64, data: &Bytes) -> std::io::Result<String> {
+        let sha256 = hex_sha256(data);
+        let dir = self.chunk_dir(id);
+        tokio::fs::create_dir_all(&dir).await?;
+        let tmp = dir.join(format!("{index}.tmp-{}", uuid::Uuid::new_v4().simple()));
+        tokio::fs::write(&tmp, data).await?;
+        tokio::fs::rename(&tmp, self.path(id, index, &sha256)).await?;
+        let old = self.index.insert(
+            (id.to_owned(), index),
+            Entry { sha256: sha256.clone(), size: data.len() as u64, used: Instant::now() },
+        );
+        if let Some(old) = old {
+            self.total.fetch_sub(old.size, Ordering::Relaxed);
+            if old.sha256 != sha256 {
+                let _ = tokio::fs::remove_file(self.path(id, index, &old.sha256)).await;
+            }
+        }
+        self.total.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.evict().await;
+        self.gauge();
+        Ok(sha256)
+    }
+
+    async fn evict(&self) {
+        if self.total.load(Ordering::Relaxed) <= self.max_bytes {
+            return;
+        }
+        // Down to 90% so eviction does not run on every put.
+        let target = self.max_bytes / 10 * 9;
+        let mut entries: Vec<((String, u64), Entry)> =
+            self.index.iter().map(|e| (e.key().clone(), e.value().clone())).collect();
+        entries.sort_by_key(|(_, e)| e.used);
+        for ((id, index), e) in entries {
+            if self.total.load(Ordering::Relaxed) <= target {
+                break;
+            }
+            let _ = tokio::fs::remove_file(self.path(&id, index, &e.sha256)).await;
+            self.forget(&(id, index), e.size);
+            metrics::counter!(CACHE_EVICTIONS).increment(1);
+        }
+    }
+
+    /// The file path of a cached chunk (tests corrupt it on purpose).
+    pub fn chunk_path(&self, id: &str, index: u64) -> Option<PathBuf> {
+        self.index.get(&(id.to_owned(), index)).map(|e| self.path(id, index, &e.sha256))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[tokio::test]
+    async fn put_get_persist_corrupt_evict() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ChunkCache::open(dir.path(), 10).unwrap();
+        assert!(cache.get(ID, 0).await.is_none());
+        cache.put(ID, 0, &Bytes::from_static(b"abcd")).await.unwrap();
+        cache.put(ID, 1, &Bytes::from_static(b"efgh")).await.unwrap();
+        assert_eq!(cache.get(ID, 0).await.unwrap().0, "abcd");
+        // A leftover temporary file is not a chunk.
+        std::fs::write(cache.chunk_dir(ID).join("2.tmp-xyz"), b"partial").unwrap();
+
+        let reopened = ChunkCache::open(dir.path(), 10).unwrap();
+        assert_eq!(reopened.total_bytes(), 8);
+        assert_eq!(reopened.get(ID, 1).await.unwrap().0, "efgh");
+        assert!(!reopened.chunk_dir(ID).join("2.tmp-xyz").exists());
+
+        let path = reopened.chunk_path(ID, 1).unwrap();
+        std::fs::write(&path, b"EFGH").unwrap();
+        assert!(reopened.get(ID, 1).await.is_none(), "corrupt chunk is never served");
+        assert!(!path.exists(), "and is dropped");
+        assert!(!reopened.contains(ID, 1));
+
+        // Bound 10 bytes: a third 4-byte chunk evicts the least recently used one.
+        reopened.get(ID, 0).await.unwrap();
+        reopened.put(ID, 3, &Bytes::from_static(b"ijkl")).await.unwrap();
+        reopened.put(ID, 4, &Bytes::from_static(b"mnop")).await.unwrap();
+        assert!(reopened.total_bytes() <= 10);
+        assert!(reopened.contains(ID, 4), "the newest stays");
+    }
+}

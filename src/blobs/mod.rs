@@ -1,0 +1,571 @@
+//! `/blobs/<URL>`: byte ranges of files in any HTTP blob store (an Azure Blob SAS URL, an
+//! nginx...), for overlaybd's lazy image streaming. Chunks are found in the local cache, then on
+//! peers, then upstream; cached, advertised and prefetched.
+//!
+//! - **Identity**: a file is `sha256(URL without query, ETag or Last-Modified, size)`, so two
+//!   files never share chunks and a changed file gets new ones. Metadata is revalidated with a
+//!   HEAD of the client's exact URL (`blobs.revalidate_after`), which also means cached bytes are
+//!   served only for URLs the upstream accepted; stale metadata is used only when the upstream
+//!   cannot be reached, and only for a URL it accepted before.
+//! - **Peers** see chunk ids only (`/blobs-chunk/<file id>/<index>`): never the URL, its
+//!   signature or the client's headers.
+//! - **Safety**: upstreams must match `blobs.allowed_hosts`; redirects are not followed; a
+//!   resolver refuses link-local and cloud metadata addresses (so DNS cannot point around it).
+
+pub mod cache;
+
+use crate::actors::fetch::{Locate, Outcome, ServedPeer};
+use crate::config::BlobsConfig;
+use crate::http::error::ApiError;
+use crate::http::range::{self, ByteRange};
+use crate::http::registry::{authenticate_peer, sign_peer_response};
+use crate::peer::auth::ClusterKey;
+use crate::peer::client::PeerClient;
+use crate::peer::REQUEST_FROM_PEER;
+use crate::routing::Router;
+use actix::Recipient;
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
+use cache::ChunkCache;
+use dashmap::DashMap;
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+pub const BLOBS_BYTES: &str = "peerd_blobs_bytes_total";
+pub const PREFETCH_CHUNKS: &str = "peerd_blobs_prefetch_chunks_total";
+pub const PREFETCH_FILES: &str = "peerd_blobs_prefetch_files_total";
+/// Chunk fetches (peer or upstream) in flight on this node, all requests together.
+const MAX_FETCHES: usize = 64;
+/// Files whose metadata is remembered.
+const MAX_META: usize = 100_000;
+
+/// One entry of `blobs.allowed_hosts`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllowRule {
+    scheme: String,
+    host: String,
+    wildcard: bool,
+    port: Option<u16>,
+}
+
+impl AllowRule {
+    pub fn parse(s: &str) -> Result<AllowRule, String> {
+        let (scheme, rest) = match s.split_once("://") {
+            Some((sc, r)) if sc == "http" || sc == "https" => (sc.to_owned(), r),
+            Some(_) => return Err(format!("{s:?}: only http:// and https:// are allowed")),
+            None => ("https".to_owned(), s),
+        };
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.contains(']') || h.ends_with(']') => {
+                (h, Some(p.parse::<u16>().map_err(|_| format!("{s:?}: bad port"))?))
+            }
+            _ => (rest, None),
+        };
+        let (wildcard, host) = match host.strip_prefix("*.") {
+            Some(h) => (true, h),
+            None => (false, host),
+        };
+        if host.is_empty() || host.contains('/') || host.contains('*') {
+            return Err(format!("{s:?}: expected [scheme://]host[:port] or *.domain"));
+        }
+        Ok(AllowRule { scheme, host: host.to_ascii_lowercase(), wildcard, port })
+    }
+
+    fn allows(&self, url: &url::Url) -> bool {
+        let Some(host) = url.host_str().map(|h| h.to_ascii_lowercase()) else { return false };
+        let host_ok = if self.wildcard { host.ends_with(&format!(".{}", self.host)) } else { host == self.host };
+        host_ok && url.scheme() == self.scheme && self.port.is_none_or(|p| url.port_or_known_default() == Some(p))
+    }
+}
+
+/// Addresses never fetched from: link-local (169.254.0.0/16 holds the AWS, Azure and GCP metadata
+/// services), Alibaba's metadata address, AWS's IPv6 metadata address, unspecified, multicast.
+pub fn forbidden_ip(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || o[0] == 0
+                || o == [100, 100, 100, 200]
+        }
+        IpAddr::V6(v6) => {
+            v6.is_unspecified()
+                || v6.is_multicast()
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+                || v6.to_ipv4_mapped().is_some_and(|v4| forbidden_ip(IpAddr::V4(v4)))
+        }
+    }
+}
+
+/// DNS for blob upstreams: system resolution minus forbidden addresses.
+struct SafeResolver;
+
+impl reqwest::dns::Resolve for SafeResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.filter(|a| !forbidden_ip(a.ip())).collect();
+            if addrs.is_empty() {
+                return Err(format!("{host} resolves only to forbidden addresses").into());
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// What peerd knows of one upstream file.
+#[derive(Clone, Debug)]
+struct Meta {
+    id: String,
+    size: u64,
+    etag: Option<String>,
+    checked: Instant,
+}
+
+/// Metadata as persisted under `<cache>/meta/<sha256(full URL)>`, so a restarted node can serve
+/// its cache for URLs the upstream accepted before, while the upstream is down.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredMeta {
+    id: String,
+    size: u64,
+    etag: Option<String>,
+}
+
+pub struct BlobPeers {
+    pub locate: Recipient<Locate>,
+    pub report: Recipient<Outcome>,
+    pub served: Recipient<ServedPeer>,
+    pub client: Arc<PeerClient>,
+    pub router: Arc<dyn Router>,
+    pub key: Option<Arc<ClusterKey>>,
+}
+
+pub struct BlobsState {
+    cfg: BlobsConfig,
+    allow: Vec<AllowRule>,
+    http: reqwest::Client,
+    cache: Arc<ChunkCache>,
+    meta_dir: std::path::PathBuf,
+    /// sha256(full URL) → metadata, for URLs the upstream accepted.
+    meta: DashMap<String, Meta>,
+    peers: Option<BlobPeers>,
+    /// Per-chunk locks: concurrent requests for one chunk share one fetch.
+    inflight: DashMap<(String, u64), Arc<tokio::sync::Mutex<()>>>,
+    fetches: Arc<Semaphore>,
+    prefetched: DashMap<String, ()>,
+    prefetch_slots: Arc<Semaphore>,
+}
+
+fn hex_sha256(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+fn bad(code: &'static str, status: StatusCode, message: String) -> ApiError {
+    match status {
+        StatusCode::FORBIDDEN => ApiError::Forbidden(message),
+        _ => ApiError::BadGateway { code, message },
+    }
+}
+
+impl BlobsState {
+    pub fn new(
+        cfg: BlobsConfig,
+        cache_dir: &std::path::Path,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        peers: Option<BlobPeers>,
+    ) -> Result<BlobsState, String> {
+        let allow = cfg.allowed_hosts.iter().map(|h| AllowRule::parse(h)).collect::<Result<Vec<_>, _>>()?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .read_timeout(idle_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(SafeResolver))
+            .user_agent(concat!("peerd/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let cache =
+            ChunkCache::open(cache_dir, cfg.max_cache_bytes).map_err(|e| format!("{}: {e}", cache_dir.display()))?;
+        let workers = cfg.prefetch_workers;
+        let meta_dir = cache_dir.join("meta");
+        std::fs::create_dir_all(&meta_dir).map_err(|e| format!("{}: {e}", meta_dir.display()))?;
+        Ok(BlobsState {
+            cfg,
+            allow,
+            http,
+            cache: Arc::new(cache),
+            meta_dir,
+            meta: DashMap::new(),
+            peers,
+            inflight: DashMap::new(),
+            fetches: Arc::new(Semaphore::new(MAX_FETCHES)),
+            prefetched: DashMap::new(),
+            prefetch_slots: Arc::new(Semaphore::new(workers)),
+        })
+    }
+
+    pub fn cache(&self) -> &ChunkCache {
+        &self.cache
+    }
+
+    /// Parse and police the upstream URL of a request.
+    fn upstream_url(&self, req: &HttpRequest) -> Result<url::Url, ApiError> {
+        let raw = req.uri().path().strip_prefix("/blobs/").unwrap_or("");
+        let full = match req.uri().query() {
+            Some(q) => format!("{raw}?{q}"),
+            None => raw.to_owned(),
+        };
+        let url = url::Url::parse(&full).map_err(|e| ApiError::NameInvalid(format!("malformed blob URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(ApiError::NameInvalid("blob URL must be http(s)://host/path".into()));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(ApiError::NameInvalid("blob URL must not carry credentials".into()));
+        }
+        let literal_ip = match url.host() {
+            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+            _ => None,
+        };
+        if literal_ip.is_some_and(forbidden_ip) {
+            return Err(bad("DENIED", StatusCode::FORBIDDEN, "link-local and metadata addresses are refused".into()));
+        }
+        if !self.allow.iter().any(|r| r.allows(&url)) {
+            return Err(bad(
+                "DENIED",
+                StatusCode::FORBIDDEN,
+                format!("{}://{} is not in blobs.allowed_hosts", url.scheme(), url.host_str().unwrap_or("")),
+            ));
+        }
+        Ok(url)
+    }
+
+    /// The file's identity and size: revalidated by HEAD, or remembered when the upstream is down.
+    async fn metadata(&self, url: &url::Url) -> Result<Meta, ApiError> {
+        let key = hex_sha256(url.as_str().as_bytes());
+        if let Some(m) = self.meta.get(&key).filter(|m| m.checked.elapsed() < self.cfg.revalidate_after) {
+            return Ok(m.clone());
+        }
+        let resp = match self.http.head(url.clone()).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let known = self.meta.get(&key).map(|m| m.clone()).or_else(|| self.load_meta(&key));
+                return match known {
+                    Some(m) => {
+                        tracing::debug!(error = %e, "blob upstream unreachable; using the metadata it last confirmed");
+                        Ok(m)
+                    }
+                    None => Err(ApiError::Unavailable {
+                        status: StatusCode::SERVICE_UNAVAILABLE,
+                        message: format!("blob upstream unreachable: {e}"),
+                    }),
+                };
+            }
+        };
+        match resp.status().as_u16() {
+            200 => {}
+            404 => return Err(ApiError::BlobUnknown("no such file upstream".into())),
+            401 | 403 => return Err(ApiError::Denied),
+            s => return Err(bad("UNKNOWN", StatusCode::BAD_GATEWAY, format!("upstream answered {s} to HEAD"))),
+        }
+        let h = |n: header::HeaderName| resp.headers().get(n.as_str()).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let size: u64 = h(header::CONTENT_LENGTH)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad("UNKNOWN", StatusCode::BAD_GATEWAY, "upstream HEAD has no Content-Length".into()))?;
+        let etag = h(header::ETAG);
+        // A digest in the path (content-addressed stores) is the strongest validator.
+        let digest = url.path_segments().and_then(|mut s| s.find(|p| p.starts_with("sha256:")).map(str::to_owned));
+        let validator = digest.or(etag.clone()).or_else(|| h(header::LAST_MODIFIED)).unwrap_or_default();
+        let mut stable = url.clone();
+        stable.set_query(None);
+        stable.set_fragment(None);
+        let id = hex_sha256(format!("{stable}\n{validator}\n{size}").as_bytes());
+        let meta = Meta { id, size, etag, checked: Instant::now() };
+        if self.meta.len() >= MAX_META {
+            self.meta.clear();
+        }
+        let stored = StoredMeta { id: meta.id.clone(), size, etag: meta.etag.clone() };
+        if let Ok(json) = serde_json::to_vec(&stored) {
+            let tmp = self.meta_dir.join(format!("{key}.tmp"));
+            if tokio::fs::write(&tmp, json).await.is_ok() {
+                let _ = tokio::fs::rename(&tmp, self.meta_dir.join(&key)).await;
+            }
+        }
+        self.meta.insert(key, meta.clone());
+        Ok(meta)
+    }
+
+    fn load_meta(&self, key: &str) -> Option<Meta> {
+        let data = std::fs::read(self.meta_dir.join(key)).ok()?;
+        let s: StoredMeta = serde_json::from_slice(&data).ok()?;
+        Some(Meta {
+            id: s.id,
+            size: s.size,
+            etag: s.etag,
+            checked: Instant::now().checked_sub(self.cfg.revalidate_after).unwrap_or_else(Instant::now),
+        })
+    }
+
+    fn chunk_range(&self, meta: &Meta, index: u64) -> ByteRange {
+        let start = index * self.cfg.chunk_size;
+        ByteRange { start, end: (start + self.cfg.chunk_size).min(meta.size) - 1 }
+    }
+
+    /// One chunk: cache, then peers, then upstream (one fetch per chunk per node at a time).
+    async fn chunk(self: &Arc<Self>, url: &url::Url, meta: &Meta, index: u64) -> Result<Bytes, String> {
+        if let Some((data, _)) = self.cache.get(&meta.id, index).await {
+            metrics::counter!(BLOBS_BYTES, "source" => "local").increment(data.len() as u64);
+            return Ok(data);
+        }
+        let lock = self.inflight.entry((meta.id.clone(), index)).or_default().clone();
+        let _guard = lock.lock().await;
+        let result = self.fetch_chunk(url, meta, index).await;
+        self.inflight.remove(&(meta.id.clone(), index));
+        result
+    }
+
+    async fn fetch_chunk(self: &Arc<Self>, url: &url::Url, meta: &Meta, index: u64) -> Result<Bytes, String> {
+        if let Some((data, _)) = self.cache.get(&meta.id, index).await {
+            metrics::counter!(BLOBS_BYTES, "source" => "local").increment(data.len() as u64);
+            return Ok(data);
+        }
+        let _slot = self.fetches.acquire().await.map_err(|e| e.to_string())?;
+        let range = self.chunk_range(meta, index);
+        let (data, source) = match self.chunk_from_peers(meta, index, range).await {
+            Some(d) => (d, "peer"),
+            None => (self.chunk_from_upstream(url, meta, range).await?, "upstream"),
+        };
+        metrics::counter!(BLOBS_BYTES, "source" => source).increment(data.len() as u64);
+        if let Err(e) = self.cache.put(&meta.id, index, &data).await {
+            tracing::warn!(error = %e, "caching a chunk failed");
+        } else if let Some(p) = &self.peers {
+            let key = format!("{}_{}", meta.id, range.start);
+            let router = p.router.clone();
+            actix_rt::spawn(async move {
+                let _ = router.provide(vec![key]).await;
+            });
+        }
+        Ok(data)
+    }
+
+    async fn chunk_from_peers(&self, meta: &Meta, index: u64, range: ByteRange) -> Option<Bytes> {
+        let p = self.peers.as_ref()?;
+        let peers = p.locate.send(Locate { key: format!("{}_{}", meta.id, range.start) }).await.unwrap_or_default();
+        let target = format!("/blobs-chunk/{}/{index}", meta.id);
+        for peer in peers {
+            let got = async {
+                let resp = p.client.fetch(&peer, &target, false, None, None).await.map_err(|e| e.to_string())?;
+                let want = resp.digest.clone().unwrap_or_default();
+                let body = crate::store::collect(resp.body, range.len()).await.map_err(|e| e.to_string())?;
+                if body.len() as u64 != range.len() || want != format!("sha256:{}", hex_sha256(&body)) {
+                    return Err("chunk does not match its size or checksum".to_string());
+                }
+                Ok(body)
+            }
+            .await;
+            match got {
+                Ok(body) => {
+                    p.report.do_send(Outcome { peer: peer.id, ok: true });
+                    return Some(body);
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %peer.id, error = %e, "peer chunk fetch failed");
+                    p.report.do_send(Outcome { peer: peer.id, ok: false });
+                }
+            }
+        }
+        None
+    }
+
+    async fn chunk_from_upstream(&self, url: &url::Url, meta: &Meta, range: ByteRange) -> Result<Bytes, String> {
+        // Always an absolute range: some stores (Azurite) fail on suffix ranges.
+        let mut req = self.http.get(url.clone()).header(header::RANGE.as_str(), range.header());
+        if let Some(etag) = &meta.etag {
+            req = req.header(header::IF_MATCH.as_str(), etag);
+        }
+        let resp = req.send().await.map_err(|e| format!("upstream: {e}"))?;
+        let status = resp.status().as_u16();
+        if status == 412 {
+            self.meta.retain(|_, m| m.id != meta.id);
+            return Err("the file changed upstream while it was being read".into());
+        }
+        if status != 206 && status != 200 {
+            return Err(format!("upstream answered {status}"));
+        }
+        let body: crate::store::ByteStream =
+            Box::pin(resp.bytes_stream().map(|r| r.map_err(|e| std::io::Error::other(e.to_string()))));
+        let body: crate::store::ByteStream =
+            if status == 200 { Box::pin(crate::stream::Slice::new(body, range.start, range.len())) } else { body };
+        let data = crate::store::collect(body, range.len()).await.map_err(|e| e.to_string())?;
+        if data.len() as u64 != range.len() {
+            return Err(format!("upstream sent {} of {} bytes", data.len(), range.len()));
+        }
+        Ok(data)
+    }
+
+    /// After the first read of a file, fetch the rest in the background (bounded workers; a file
+    /// is queued once per process, however often it is read).
+    fn prefetch(self: &Arc<Self>, url: url::Url, meta: Meta) {
+        if !self.cfg.prefetch || self.prefetched.insert(meta.id.clone(), ()).is_some() || meta.size == 0 {
+            return;
+        }
+        metrics::counter!(PREFETCH_FILES).increment(1);
+        let this = self.clone();
+        actix_rt::spawn(async move {
+            let chunks = meta.size.div_ceil(this.cfg.chunk_size);
+            for index in 0..chunks {
+                if this.cache.contains(&meta.id, index) {
+                    continue;
+                }
+                let Ok(slot) = this.prefetch_slots.clone().acquire_owned().await else { return };
+                let (t, u, m) = (this.clone(), url.clone(), meta.clone());
+                actix_rt::spawn(async move {
+                    if t.chunk(&u, &m, index).await.is_ok() {
+                        metrics::counter!(PREFETCH_CHUNKS).increment(1);
+                    }
+                    drop(slot);
+                });
+            }
+        });
+    }
+}
+
+/// `GET|HEAD /blobs/<URL>` and the peer endpoint `/blobs-chunk/<id>/<index>`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/blobs/{tail:.*}")
+            .route(web::get().to(blob))
+            .route(web::head().to(blob))
+            .default_service(web::to(crate::http::method_not_allowed)),
+    )
+    .route("/blobs-chunk/{id}/{index}", web::get().to(peer_chunk));
+}
+
+async fn blob(req: HttpRequest, st: web::Data<Arc<BlobsState>>) -> Result<HttpResponse, ApiError> {
+    let url = st.upstream_url(&req)?;
+    let meta = st.metadata(&url).await?;
+    let spec = match req.headers().get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        Some(v) => range::parse(v)?,
+        None => None,
+    };
+    let mut b = match spec {
+        Some(_) => HttpResponse::PartialContent(),
+        None => HttpResponse::Ok(),
+    };
+    b.insert_header((header::ACCEPT_RANGES, "bytes")).insert_header((header::CONTENT_TYPE, "application/octet-stream"));
+    if let Some(e) = &meta.etag {
+        b.insert_header((header::ETAG, e.as_str()));
+    }
+    let range = match spec {
+        Some(s) => {
+            let r = s.resolve(meta.size)?;
+            b.insert_header((header::CONTENT_RANGE, r.content_range(meta.size)));
+            Some(r)
+        }
+        None => None,
+    };
+    let empty: crate::store::ByteStream = Box::pin(futures_util::stream::empty());
+    if req.method() == actix_web::http::Method::HEAD || meta.size == 0 {
+        let len = range.map_or(meta.size, |r| r.len());
+        return Ok(b.no_chunking(len).streaming(empty));
+    }
+    let r = range.unwrap_or(ByteRange { start: 0, end: meta.size - 1 });
+    let cs = st.cfg.chunk_size;
+    let (first, last) = (r.start / cs, r.end / cs);
+    let this = st.get_ref().clone();
+    st.prefetch(url.clone(), meta.clone());
+    let chunks = futures_util::stream::iter(first..=last)
+        .map(move |index| {
+            let (t, u, m) = (this.clone(), url.clone(), meta.clone());
+            async move {
+                let data = t.chunk(&u, &m, index).await.map_err(std::io::Error::other)?;
+                let chunk_start = index * cs;
+                let from = r.start.saturating_sub(chunk_start) as usize;
+                let to = ((r.end + 1).min(chunk_start + data.len() as u64) - chunk_start) as usize;
+                Ok::<Bytes, std::io::Error>(data.slice(from..to))
+            }
+        })
+        .buffered(st.cfg.parallel_chunks);
+    Ok(b.no_chunking(r.len()).streaming(chunks))
+}
+
+/// A peer asks for a cached chunk: authenticated, answered from the cache only, signed.
+async fn peer_chunk(req: HttpRequest, st: web::Data<Arc<BlobsState>>, path: web::Path<(String, u64)>) -> HttpResponse {
+    let key = st.peers.as_ref().and_then(|p| p.key.clone());
+    if !req.headers().contains_key(REQUEST_FROM_PEER) {
+        return actix_web::ResponseError::error_response(&ApiError::Unsupported {
+            status: StatusCode::NOT_FOUND,
+            message: "peer endpoint".into(),
+        });
+    }
+    let nonce = match authenticate_peer(&req, key.as_deref()) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let (id, index) = path.into_inner();
+    let mut resp = match st.cache.get(&id, index).await {
+        Some((data, sha)) => {
+            metrics::counter!(crate::metrics::PEER_SERVED_BYTES).increment(data.len() as u64);
+            if let Some(p) = &st.peers {
+                p.served.do_send(ServedPeer);
+            }
+            HttpResponse::Ok()
+                .insert_header(("Docker-Content-Digest", format!("sha256:{sha}")))
+                .content_type("application/octet-stream")
+                .body(data)
+        }
+        None => actix_web::ResponseError::error_response(&ApiError::BlobUnknown(format!("{id}/{index}"))),
+    };
+    sign_peer_response(&mut resp, key.as_deref(), &nonce);
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_rules() {
+        let u = |s: &str| url::Url::parse(s).unwrap();
+        let az = AllowRule::parse("*.blob.core.windows.net").unwrap();
+        assert!(az.allows(&u("https://acct.blob.core.windows.net/c/b?sig=x")));
+        assert!(!az.allows(&u("http://acct.blob.core.windows.net/c/b")), "https only by default");
+        assert!(!az.allows(&u("https://blob.core.windows.net.evil.com/c")));
+        assert!(!az.allows(&u("https://evilblob.core.windows.net/c")));
+        let local = AllowRule::parse("http://127.0.0.1:8080").unwrap();
+        assert!(local.allows(&u("http://127.0.0.1:8080/f")));
+        assert!(!local.allows(&u("http://127.0.0.1:8081/f")));
+        assert!(!local.allows(&u("https://127.0.0.1:8080/f")));
+        for bad in ["ftp://x", "", "*.", "a/b", "h:port"] {
+            assert!(AllowRule::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn forbidden_addresses() {
+        for ip in [
+            "169.254.169.254",
+            "100.100.100.200",
+            "0.0.0.0",
+            "fe80::1",
+            "fd00:ec2::254",
+            "::ffff:169.254.169.254",
+            "224.0.0.1",
+        ] {
+            assert!(forbidden_ip(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["127.0.0.1", "10.0.0.1", "52.1.2.3", "::1"] {
+            assert!(!forbidden_ip(ip.parse().unwrap()), "{ip}");
+        }
+    }
+}
