@@ -79,7 +79,11 @@ impl Opener for PeerOpener {
         }
     }
     async fn size(&self) -> Result<u64, String> {
-        let r = self.client.fetch(&self.peer, &self.target, true, None, None).await.map_err(|e| e.to_string())?;
+        let r = self.client.fetch(&self.peer, &self.target, true, None, None).await.map_err(|e| {
+            metrics::counter!(PEER_FETCH_FAILURES, "reason" => e.reason()).increment(1);
+            self.report(false);
+            e.to_string()
+        })?;
         r.content_length.ok_or_else(|| "no Content-Length".into())
     }
 }

@@ -38,7 +38,9 @@ pub enum NodeError {
 /// Install the tracing subscriber (text or JSON).
 pub fn init_tracing(cfg: &crate::config::LogConfig) {
     let filter = tracing_subscriber::EnvFilter::new(&cfg.level);
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only on a terminal: `kubectl logs` and files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match cfg.format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),

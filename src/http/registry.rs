@@ -161,9 +161,10 @@ async fn dispatch(req: HttpRequest, st: web::Data<RegistryState>) -> Result<Http
         .find(|(k, _)| k == "ns")
         .map(|(_, v)| v.into_owned());
     let registry = parse_ns(ns.as_deref(), &st.cfg.default_ns)?;
-    let range = match header_str(&req, header::RANGE) {
-        Some(v) => range::parse(&v)?,
-        None => None,
+    // Range applies to blob GETs only; elsewhere it is ignored (RFC 9110 §14.2).
+    let range = match (&route, header_str(&req, header::RANGE)) {
+        (Route::Blob { .. }, Some(v)) if req.method() == actix_web::http::Method::GET => range::parse(&v)?,
+        _ => None,
     };
     let ask = Ask {
         registry,
