@@ -24,3 +24,11 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+# Azurite (Azure Blob emulator) for the /blobs tests with real SAS URLs, from the npm registry.
+TOOLS=${PEERD_TOOLS_DIR:-$HOME/.cache/peerd-tools}
+if [[ ! -x "$TOOLS/azurite/node_modules/.bin/azurite-blob" ]]; then
+  command -v npm >/dev/null || { SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"; $SUDO apt-get install -y -qq nodejs npm; }
+  mkdir -p "$TOOLS/azurite"
+  npm install --prefix "$TOOLS/azurite" azurite@3 --no-audit --no-fund --loglevel=error
+fi
