@@ -76,15 +76,6 @@ fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn layers(info: &serde_json::Value, image: &str) -> Vec<(String, u64)> {
-    info[image]["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| (l["digest"].as_str().unwrap().to_owned(), l["size"].as_u64().unwrap()))
-        .collect()
-}
-
 const TOOLS: &[&str] = &["docker-registry", "skopeo", "umoci", "busybox", "containerd", "ctr", "runc", "curl"];
 
 /// A pulls through its peerd from the registry; the registry stops; B and C pull the same image
@@ -102,7 +93,7 @@ fn nodes_pull_from_each_other_when_the_registry_is_gone() {
     all_ready(&nodes);
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let image = format!("{}/test/multi:v1", reg.addr);
-    let multi = layers(&info, "multi");
+    let multi = image_layers(&info, "multi");
     let multi_bytes: u64 = multi.iter().map(|(_, s)| s).sum();
     let manifest = info["multi"]["manifest"]["digest"].as_str().unwrap().to_owned();
 
@@ -188,7 +179,7 @@ fn a_peer_dying_mid_stream_does_not_break_the_download() {
     let mut nodes = start_nodes(work.path(), &reg, &IPS, ports, &env);
     all_ready(&nodes);
     let image = format!("{}/test/multi:v1", reg.addr);
-    let (big, big_size) = layers(&info, "multi").into_iter().max_by_key(|(_, s)| *s).unwrap();
+    let (big, big_size) = image_layers(&info, "multi").into_iter().max_by_key(|(_, s)| *s).unwrap();
     nodes[0].containerd.pull(&nodes[0].hosts, &image);
     nodes[2].containerd.pull(&nodes[2].hosts, &image);
     let ids = [peer_id(&nodes[0].peerd), peer_id(&nodes[2].peerd)];

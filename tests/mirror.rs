@@ -6,15 +6,6 @@ mod common;
 use common::*;
 use std::process::Command;
 
-fn layer_digests(info: &serde_json::Value, image: &str) -> Vec<(String, u64)> {
-    info[image]["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| (l["digest"].as_str().unwrap().to_owned(), l["size"].as_u64().unwrap()))
-        .collect()
-}
-
 fn skopeo(args: &[&str]) -> String {
     let out = Command::new("skopeo").args(args).output().unwrap();
     assert!(out.status.success(), "skopeo {args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -60,7 +51,7 @@ fn skopeo_through_peerd_without_containerd() {
         &format!("{mirror}/test/multi:v1"),
         &format!("oci:{}:v1", out.display()),
     ]);
-    for (digest, size) in layer_digests(&info, "multi") {
+    for (digest, size) in image_layers(&info, "multi") {
         let f = out.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
         assert_eq!(std::fs::metadata(&f).unwrap().len(), size, "{digest}");
     }
@@ -77,7 +68,7 @@ fn skopeo_through_peerd_without_containerd() {
     let v2 = skopeo(&["inspect", "--tls-verify=false", "--raw", &format!("{mirror}/test/v2s2:v1")]);
     assert!(v2.contains("application/vnd.docker.distribution.manifest.v2+json"), "{v2}");
 
-    let multi_bytes: u64 = layer_digests(&info, "multi").iter().map(|(_, s)| s).sum();
+    let multi_bytes: u64 = image_layers(&info, "multi").iter().map(|(_, s)| s).sum();
     let upstream_bytes = peerd.metric("peerd_served_bytes_total", &["source=\"upstream\""]);
     assert!(
         upstream_bytes >= multi_bytes as f64,
@@ -122,7 +113,7 @@ fn containerd_pulls_through_peerd_and_local_store_serves_when_upstream_is_gone()
     for image in ["multi", "index", "v2s2"] {
         node_a.pull(&hosts, &format!("{}/test/{image}:v1", reg.addr));
     }
-    let multi: Vec<(String, u64)> = layer_digests(&info, "multi");
+    let multi: Vec<(String, u64)> = image_layers(&info, "multi");
     let multi_bytes: u64 = multi.iter().map(|(_, s)| s).sum();
     let upstream_bytes = peerd.metric("peerd_served_bytes_total", &["source=\"upstream\""]);
     assert!(

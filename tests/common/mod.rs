@@ -83,6 +83,16 @@ pub fn registry_with_images(prefix: &str) -> (tempfile::TempDir, Registry, serde
     (work, reg, info)
 }
 
+/// `(digest, size)` of every layer of `image` in `images.json`.
+pub fn image_layers(info: &serde_json::Value, image: &str) -> Vec<(String, u64)> {
+    info[image]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["digest"].as_str().unwrap().to_owned(), l["size"].as_u64().unwrap()))
+        .collect()
+}
+
 pub fn tempdir(prefix: &str) -> tempfile::TempDir {
     // Short paths: containerd's socket path must fit in sun_path.
     tempfile::Builder::new().prefix(prefix).tempdir_in("/tmp").unwrap()
