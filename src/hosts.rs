@@ -98,7 +98,8 @@ pub fn uninstall(certs_dir: &Path, registries: &[String]) -> Result<Vec<PathBuf>
         let path = dir.join(FILE);
         let backup = dir.join(BACKUP);
         if path.exists() && !is_ours(&path) {
-            tracing::warn!(path = %path.display(), "hosts.toml is not peerd's; left as it is");
+            // A command-line tool: tell the operator directly (no log subscriber here).
+            eprintln!("peerd: {} is not peerd's; left as it is", path.display());
             continue;
         }
         if path.exists() {

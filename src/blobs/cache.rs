@@ -26,11 +26,15 @@ struct Entry {
     used: Instant,
 }
 
+/// Told about every chunk the cache drops (evicted or corrupt), so its advertisement can go.
+pub type OnDrop = Box<dyn Fn(&str, u64) + Send + Sync>;
+
 pub struct ChunkCache {
     dir: PathBuf,
     max_bytes: u64,
     index: DashMap<(String, u64), Entry>,
     total: AtomicU64,
+    on_drop: Option<OnDrop>,
 }
 
 fn hex_sha256(data: &[u8]) -> String {
@@ -45,7 +49,13 @@ impl ChunkCache {
     /// Open (creating) the cache directory and index what is already there.
     pub fn open(dir: &Path, max_bytes: u64) -> std::io::Result<ChunkCache> {
         std::fs::create_dir_all(dir)?;
-        let cache = ChunkCache { dir: dir.to_owned(), max_bytes, index: DashMap::new(), total: AtomicU64::new(0) };
+        let cache = ChunkCache {
+            dir: dir.to_owned(),
+            max_bytes,
+            index: DashMap::new(),
+            total: AtomicU64::new(0),
+            on_drop: None,
+        };
         for shard in std::fs::read_dir(dir)?.flatten() {
             if shard.file_name().len() != 2 {
                 continue; // not a chunk shard (e.g. the metadata directory)
@@ -73,6 +83,11 @@ impl ChunkCache {
         }
         cache.gauge();
         Ok(cache)
+    }
+
+    pub fn with_on_drop(mut self, f: OnDrop) -> Self {
+        self.on_drop = Some(f);
+        self
     }
 
     fn chunk_dir(&self, id: &str) -> PathBuf {
@@ -131,6 +146,9 @@ impl ChunkCache {
         if self.index.remove(key).is_some() {
             self.total.fetch_sub(size, Ordering::Relaxed);
             self.gauge();
+            if let Some(f) = &self.on_drop {
+                f(&key.0, key.1);
+            }
         }
     }
 

@@ -194,8 +194,18 @@ impl BlobsState {
             .user_agent(concat!("peerd/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| e.to_string())?;
-        let cache =
+        let mut cache =
             ChunkCache::open(cache_dir, cfg.max_cache_bytes).map_err(|e| format!("{}: {e}", cache_dir.display()))?;
+        if let Some(p) = &peers {
+            // A dropped chunk is no longer advertised (peers asking meanwhile get a 404).
+            let (router, chunk_size) = (p.router.clone(), cfg.chunk_size);
+            cache = cache.with_on_drop(Box::new(move |id, index| {
+                let (router, key) = (router.clone(), format!("{id}_{}", index * chunk_size));
+                actix_rt::spawn(async move {
+                    let _ = router.withdraw(vec![key]).await;
+                });
+            }));
+        }
         let workers = cfg.prefetch_workers;
         let meta_dir = cache_dir.join("meta");
         std::fs::create_dir_all(&meta_dir).map_err(|e| format!("{}: {e}", meta_dir.display()))?;
@@ -256,7 +266,7 @@ impl BlobsState {
         if let Some(m) = self.meta.get(&key).filter(|m| m.checked.elapsed() < self.cfg.revalidate_after) {
             return Ok(m.clone());
         }
-        let resp = match self.http.head(url.clone()).send().await {
+        let resp = match self.http.head(url.clone()).send().await.map_err(reqwest::Error::without_url) {
             Ok(r) => r,
             Err(e) => {
                 let known = self.meta.get(&key).map(|m| m.clone()).or_else(|| self.load_meta(&key));
@@ -289,7 +299,8 @@ impl BlobsState {
         let mut stable = url.clone();
         stable.set_query(None);
         stable.set_fragment(None);
-        let id = hex_sha256(format!("{stable}\n{validator}\n{size}").as_bytes());
+        // The chunk size is part of the identity: chunks are cached by index.
+        let id = hex_sha256(format!("{stable}\n{validator}\n{size}\n{}", self.cfg.chunk_size).as_bytes());
         let meta = Meta { id, size, etag, checked: Instant::now() };
         if self.meta.len() >= MAX_META {
             self.meta.clear();
@@ -393,7 +404,8 @@ impl BlobsState {
         if let Some(etag) = &meta.etag {
             req = req.header(header::IF_MATCH.as_str(), etag);
         }
-        let resp = req.send().await.map_err(|e| format!("upstream: {e}"))?;
+        // Errors never carry the URL: it holds the client's signature.
+        let resp = req.send().await.map_err(|e| format!("upstream: {}", e.without_url()))?;
         let status = resp.status().as_u16();
         if status == 412 {
             self.meta.retain(|_, m| m.id != meta.id);
@@ -403,7 +415,7 @@ impl BlobsState {
             return Err(format!("upstream answered {status}"));
         }
         let body: crate::store::ByteStream =
-            Box::pin(resp.bytes_stream().map(|r| r.map_err(|e| std::io::Error::other(e.to_string()))));
+            Box::pin(resp.bytes_stream().map(|r| r.map_err(|e| std::io::Error::other(e.without_url().to_string()))));
         let body: crate::store::ByteStream =
             if status == 200 { Box::pin(crate::stream::Slice::new(body, range.start, range.len())) } else { body };
         let data = crate::store::collect(body, range.len()).await.map_err(|e| e.to_string())?;
