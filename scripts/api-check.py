@@ -6,18 +6,30 @@
 1. Validates the spec with openapi-spec-validator. When this interpreter lacks it (or PyYAML),
    a venv under ${PEERD_TOOLS_DIR:-$HOME/.cache/peerd-tools} gets it from PyPI and the script
    re-runs itself there.
-2. Starts the peerd binary on 127.0.0.1 with free ports, --no-p2p, a containerd socket that does
-   not exist and, as its only upstream, a closed loopback port: nothing leaves the machine.
+2. Starts a small HTTP file server on 127.0.0.1 (this interpreter running UPSTREAM_SERVER: one
+   file with an ETag, paths answering 403 and 500, Range ignored) as the /blobs upstream, and the
+   peerd binary on 127.0.0.1 with free ports, --no-p2p, a containerd socket that does not exist,
+   a closed loopback port as its only registry, and blobs.allowed_hosts = that file server and
+   another closed port: nothing leaves the machine.
 3. Sends a request for every path and method in the spec (example values, plus variants: the
    `ns` example, header examples, a peer request, a malformed Range, invalid path values) and
    checks that the status is one the operation declares, that error bodies are
    `application/json` OCI errors with a code the status allows, and that required headers are
    there. Methods a path does not declare must get the status in its `x-peerd-other-methods`
-   (405 with `Allow: GET, HEAD` under /v2). Unknown routes must get 404.
+   (405 with `Allow: GET, HEAD` under /v2 and /blobs). Unknown routes must get 404.
+4. /blobs in detail, with exact statuses, codes, headers and bytes: whole file, HEAD, single,
+   open-ended, suffix and cross-chunk ranges, 416s, refusals (allow-list, metadata address,
+   credentials, upstream 403/500/404, unreachable upstream), the query passed upstream with
+   If-Match, /blobs-chunk answered from the cache with the chunk's sha256, and the cached file
+   served after the upstream is stopped. Then a second peerd with p2p on (127.0.0.1, no
+   bootstrap peers) and a cluster secret: /blobs-chunk unsigned or wrongly signed gets 401, and
+   signed requests get signed 200 and 404 answers.
 
-peerd is always stopped (by PID) at the end. Exit 1 on any mismatch, listing each one.
+Every process started is stopped by PID at the end. Exit 1 on any mismatch, listing each one.
 """
 
+import hashlib
+import hmac
 import http.client
 import itertools
 import json
@@ -30,6 +42,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
+import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_SPEC = os.path.normpath(os.path.join(HERE, "..", "api", "swagger.yaml"))
@@ -127,14 +140,56 @@ def example_values(param):
 
 
 # Values that break each path parameter's grammar (each must get 400).
-INVALID_PATH = {"name": "Not_A_Valid/NAME", "reference": "sha256:nothex", "digest": "md5:abc"}
+INVALID_PATH = {"name": "Not_A_Valid/NAME", "reference": "sha256:nothex", "digest": "md5:abc", "url": "ftp://127.0.0.1/f"}
+
+# /blobs test settings: small chunks so a small file spans several (4 KiB is the smallest allowed).
+CHUNK = 4096
+FILE_SIZE = 3 * CHUNK + 1234
+SECRET = "api-check-cluster-secret-0001"
+
+# The /blobs upstream, run as `python3 -c UPSTREAM_SERVER PORT DIR LOG`: files from DIR with an
+# ETag (size and mtime), /denied/* -> 403, /broken/* -> 500; Range is ignored (200, whole file),
+# so peerd has to cut chunks out itself. Each request is logged as "METHOD PATH RANGE IF-MATCH".
+UPSTREAM_SERVER = r"""
+import http.server, os, sys
+port, root, log = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+class H(http.server.SimpleHTTPRequestHandler):
+    def __init__(self, *a, **k):
+        super().__init__(*a, directory=root, **k)
+    def log_message(self, *a):
+        pass
+    def route(self):
+        with open(log, "a") as f:
+            f.write(f"{self.command} {self.path} {self.headers.get('Range')} {self.headers.get('If-Match')}\n")
+        for prefix, status in (("/denied/", 403), ("/broken/", 500)):
+            if self.path.startswith(prefix):
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return False
+        return True
+    def do_GET(self):
+        if self.route():
+            super().do_GET()
+    def do_HEAD(self):
+        if self.route():
+            super().do_HEAD()
+    def end_headers(self):
+        p = os.path.join(root, self.path.split("?")[0].lstrip("/"))
+        if os.path.isfile(p):
+            st = os.stat(p)
+            self.send_header("ETag", f'"{st.st_size:x}-{st.st_mtime_ns:x}"')
+        super().end_headers()
+http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+"""
 
 
 class Checker:
-    def __init__(self, spec, ports, upstream):
+    def __init__(self, spec, ports, upstream, path_values=None):
         self.spec = spec
         self.ports = ports  # listener default port -> actual port
         self.upstream = upstream
+        self.path_values = path_values or {}  # path parameter -> values used instead of its examples
         self.failures = []
         self.count = 0
 
@@ -211,7 +266,7 @@ class Checker:
             p = self.spec.resolve(p)
             params[(p["in"], p["name"])] = p  # operation-level wins
         path_params = [p for (where, _), p in params.items() if where == "path"]
-        choices = [[(p["name"], v) for v in example_values(p)] for p in path_params]
+        choices = [[(p["name"], v) for v in self.path_values.get(p["name"]) or example_values(p)] for p in path_params]
         combos = [dict(c) for c in itertools.product(*choices)] if choices else [{}]
 
         def target(values, query):
@@ -292,7 +347,7 @@ class Checker:
         for p in item.get("parameters", []):
             p = self.spec.resolve(p)
             if p["in"] == "path":
-                values[p["name"]] = example_values(p)[0]
+                values[p["name"]] = (self.path_values.get(p["name"]) or example_values(p))[0]
         tgt = path
         for k, v in values.items():
             tgt = tgt.replace("{" + k + "}", str(v))
@@ -312,35 +367,71 @@ class Checker:
                 self.fail(what, f"405 without 'Allow: GET, HEAD' (got {headers.get('allow')!r})")
 
 
-def start_peerd(binary, tmp, http_port, metrics_port, upstream):
-    log = open(os.path.join(tmp, "peerd.log"), "wb")
+def wait_http(proc, port, path, what, timeout=30):
+    """Wait until GET path on port answers 200 (any answer when path is None)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            c.request("GET", path or "/")
+            status = c.getresponse().status
+            c.close()
+            if path is None or status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not become ready within {timeout} s")
+
+
+def start_peerd(binary, tmp, name, http_port, metrics_port, upstream, blobs_hosts, p2p_port=None):
+    log = open(os.path.join(tmp, f"{name}.log"), "wb")
     # Only PEERD_<SECTION>__<KEY> variables are configuration: drop them so the run is the same anywhere.
     env = {k: v for k, v in os.environ.items() if not (k.startswith("PEERD_") and "__" in k)}
+    env.update(
+        PEERD_BLOBS__ALLOWED_HOSTS=json.dumps(blobs_hosts),
+        PEERD_BLOBS__CHUNK_SIZE=str(CHUNK),
+        PEERD_BLOBS__MAX_CACHE_BYTES=str(16 * CHUNK),
+    )
+    p2p = ["--no-p2p"]
+    if p2p_port:  # p2p on, alone (no bootstrap peers: ready at once), with a cluster secret
+        p2p = ["--p2p-addr", f"127.0.0.1:{p2p_port}"]
+        env["PEERD_P2P__SECRET"] = SECRET
     cmd = [
-        binary, "run", "--no-p2p",
+        binary, "run", *p2p,
         "--http-addr", f"127.0.0.1:{http_port}",
         "--metrics-addr", f"127.0.0.1:{metrics_port}",
         "--containerd-socket", os.path.join(tmp, "no-containerd.sock"),
-        "--data-dir", os.path.join(tmp, "data"),
+        "--data-dir", os.path.join(tmp, f"{name}-data"),
         "--default-ns", upstream, "--mirror-host", upstream, "--plain-http-host", upstream,
         "--log-level", "warn",
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"peerd exited with {proc.returncode}")
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", http_port, timeout=2)
-            c.request("GET", "/readyz")
-            if c.getresponse().status == 200:
-                c.close()
-                return proc
-            c.close()
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("peerd did not become ready within 30 s")
+    try:
+        wait_http(proc, http_port, "/readyz", name)
+    except Exception:
+        stop(proc)
+        raise
+    return proc
+
+
+def start_file_server(tmp, port, data):
+    root = os.path.join(tmp, "www")
+    os.makedirs(root)
+    with open(os.path.join(root, "file.bin"), "wb") as f:
+        f.write(data)
+    log = os.path.join(tmp, "upstream-requests.log")
+    open(log, "w").close()
+    err = open(os.path.join(tmp, "upstream.log"), "wb")
+    proc = subprocess.Popen([sys.executable, "-c", UPSTREAM_SERVER, str(port), root, log], stdout=err, stderr=err)
+    try:
+        wait_http(proc, port, None, "file server")
+    except Exception:
+        stop(proc)
+        raise
+    return proc, log
 
 
 def stop(proc):
@@ -352,6 +443,156 @@ def stop(proc):
     except subprocess.TimeoutExpired:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def peer_headers(target, secret=SECRET):
+    """Headers of a signed peer request, as another peerd would send them."""
+    key = hashlib.sha256(b"peerd-http-v1\x00" + secret.encode()).digest()
+    ts, nonce, node = str(int(time.time())), uuid.uuid4().hex, "12D3KooWApiCheck"
+    msg = "".join(f"{p}\n" for p in ["req", "GET", target, ts, nonce, node]).encode()
+    return {
+        "X-MS-Peerd-RequestFromPeer": "true",
+        "X-MS-Peerd-Node": node,
+        "X-Peerd-Timestamp": ts,
+        "X-Peerd-Nonce": nonce,
+        "X-Peerd-Signature": hmac.new(key, msg, hashlib.sha256).hexdigest(),
+    }
+
+
+def response_signature(nonce, status, headers, secret=SECRET):
+    key = hashlib.sha256(b"peerd-http-v1\x00" + secret.encode()).digest()
+    parts = ["resp", nonce, str(status), headers.get("docker-content-digest", ""), headers.get("content-range", "")]
+    return hmac.new(key, "".join(f"{p}\n" for p in parts).encode(), hashlib.sha256).hexdigest()
+
+
+class BlobsCheck:
+    """/blobs and /blobs-chunk with exact expectations; every answer is also checked against the spec."""
+
+    def __init__(self, checker, port, up_port, closed_port, data, upstream_log):
+        self.c = checker
+        self.port = port
+        self.base = f"http://127.0.0.1:{up_port}"
+        self.closed = f"http://127.0.0.1:{closed_port}"
+        self.data = data
+        self.upstream_log = upstream_log
+        self.etag = None
+
+    def req(self, spec_path, method, target, headers=None, status=None, code=None, port=None):
+        port = port or self.port
+        headers = headers or {}
+        what = f"{method} :{port}{target} {headers.get('Range', '')}".rstrip()
+        got, h, body = self.c.send(port, method, target, headers)
+        self.c.count += 1
+        op = self.c.spec.doc["paths"][spec_path][method.lower()]
+        resp = op["responses"].get(str(got))
+        if resp is None:
+            self.c.fail(what, f"status {got} is not declared for {spec_path}; body {body[:200]!r}")
+        else:
+            self.c.check_response(what, method.lower(), got, h, body, resp, headers, port)
+        if status is not None and got != status:
+            self.c.fail(what, f"expected {status}, got {got}; body {body[:200]!r}")
+        if code is not None and f'"code":"{code}"'.encode() not in body:
+            self.c.fail(what, f"expected code {code}: {body[:200]!r}")
+        return got, h, body
+
+    def blob(self, method, url, headers=None, status=None, code=None):
+        return self.req("/blobs/{url}", method, f"/blobs/{url}", headers, status, code)
+
+    def file_id(self):
+        """sha256(URL without query, validator (the ETag here), size), as peerd computes it."""
+        return hashlib.sha256(f"{self.base}/file.bin\n{self.etag}\n{len(self.data)}".encode()).hexdigest()
+
+    def run(self):
+        c, data, size, url = self.c, self.data, len(self.data), f"{self.base}/file.bin"
+        _, h, body = self.blob("GET", url, status=200)
+        self.etag = h.get("etag")
+        if body != data:
+            c.fail(f"GET {url}", f"body differs from the file ({len(body)} of {size} bytes)")
+        if not self.etag:
+            c.fail(f"GET {url}", "no ETag passed on from the upstream")
+        _, h, body = self.blob("HEAD", url, status=200)
+        if h.get("content-length") != str(size) or body:
+            c.fail(f"HEAD {url}", f"Content-Length {h.get('content-length')!r}, body {len(body)} bytes")
+        # Single, cross-chunk, open-ended and suffix ranges (the upstream ignores Range: peerd slices).
+        for rng, first, last in [
+            ("bytes=10-19", 10, 19),
+            (f"bytes={CHUNK - 100}-{2 * CHUNK + 99}", CHUNK - 100, 2 * CHUNK + 99),
+            (f"bytes={size - 100}-", size - 100, size - 1),
+            ("bytes=-77", size - 77, size - 1),
+            (f"bytes=5-{size + 1000}", 5, size - 1),
+        ]:
+            for method in ("GET", "HEAD"):
+                _, h, body = self.blob(method, url, {"Range": rng}, status=206)
+                want_cr = f"bytes {first}-{last}/{size}"
+                if h.get("content-range") != want_cr or h.get("content-length") != str(last - first + 1):
+                    c.fail(f"{method} {url} {rng}", f"Content-Range {h.get('content-range')!r} (want {want_cr!r}), Content-Length {h.get('content-length')!r}")
+                if method == "GET" and body != data[first : last + 1]:
+                    c.fail(f"GET {url} {rng}", "bytes differ")
+        _, h, _ = self.blob("GET", url, {"Range": f"bytes={size}-"}, status=416, code="RANGE_INVALID")
+        if h.get("content-range") != f"bytes */{size}":
+            c.fail(f"GET {url} bytes={size}-", f"Content-Range {h.get('content-range')!r}, want 'bytes */{size}'")
+        _, h, _ = self.blob("GET", url, {"Range": "bytes=5-2"}, status=416, code="RANGE_INVALID")
+        if "content-range" in h:
+            c.fail(f"GET {url} bytes=5-2", "a malformed range must not carry Content-Range")
+        self.blob("GET", url, {"Range": "bytes=0-1,5-6"}, status=200)
+        # The query goes upstream as is (HEAD), and chunks are read with If-Match: <ETag>.
+        self.blob("GET", f"{url}?sv=2024&sig=api%2Fcheck", {"Range": "bytes=0-0"}, status=206)
+        with open(self.upstream_log) as f:
+            seen = f.read().splitlines()
+        if not any(line.startswith("HEAD /file.bin?sv=2024&sig=api%2Fcheck ") for line in seen):
+            c.fail("upstream", f"the HEAD with the client's query never arrived: {seen[-5:]}")
+        if not any(line.startswith("GET /file.bin ") and line.endswith(f" {self.etag}") and "bytes=" in line for line in seen):
+            c.fail("upstream", f"no ranged GET with If-Match: {self.etag}: {seen[-5:]}")
+        # Refusals.
+        for target, status, code in [
+            (f"{self.base}/missing.bin", 404, "BLOB_UNKNOWN"),
+            (f"{self.base}/denied/file.bin", 403, "DENIED"),
+            (f"{self.base}/broken/file.bin", 502, "UNKNOWN"),
+            (f"{self.closed}/file.bin", 503, "UNAVAILABLE"),
+            (f"http://127.0.0.2:{self.base.rsplit(':', 1)[1]}/file.bin", 403, "DENIED"),
+            (f"https://127.0.0.1:{self.base.rsplit(':', 1)[1]}/file.bin", 403, "DENIED"),
+            ("http://169.254.169.254/latest/meta-data/", 403, "DENIED"),
+            (f"http://user:pass@127.0.0.1:{self.base.rsplit(':', 1)[1]}/file.bin", 400, "NAME_INVALID"),
+            ("ftp://127.0.0.1/file.bin", 400, "NAME_INVALID"),
+            ("not-a-url", 400, "NAME_INVALID"),
+        ]:
+            self.blob("GET", target, status=status, code=code)
+        # /blobs-chunk: peer-only, from the cache, with the chunk's sha256.
+        fid, last = self.file_id(), (size - 1) // CHUNK
+        chunk = "/blobs-chunk/{id}/{index}"
+        self.req(chunk, "GET", f"/blobs-chunk/{fid}/0", {}, 404, "UNSUPPORTED")
+        peer = {"X-MS-Peerd-RequestFromPeer": "true"}
+        for index in (0, last):
+            _, h, body = self.req(chunk, "GET", f"/blobs-chunk/{fid}/{index}", peer, 200)
+            if body != data[index * CHUNK : (index + 1) * CHUNK]:
+                c.fail(f"GET /blobs-chunk/{fid}/{index}", "bytes differ from the file's chunk")
+            if h.get("docker-content-digest") != "sha256:" + hashlib.sha256(body).hexdigest():
+                c.fail(f"GET /blobs-chunk/{fid}/{index}", f"Docker-Content-Digest {h.get('docker-content-digest')!r} is not the body's sha256")
+        self.req(chunk, "GET", f"/blobs-chunk/{fid}/{last + 1}", peer, 404, "BLOB_UNKNOWN")
+
+    def after_upstream_stopped(self):
+        """The upstream is gone: cached chunks are served on the metadata last confirmed."""
+        url = f"{self.base}/file.bin"
+        _, _, body = self.blob("GET", url, status=200)
+        if body != self.data:
+            self.c.fail(f"GET {url} (upstream stopped)", "the cached file was not served whole")
+        self.blob("GET", f"{url}?never=confirmed", status=503, code="UNAVAILABLE")
+
+    def signed_peer(self, port):
+        """A peerd with a cluster secret: /blobs-chunk must be signed both ways."""
+        c, chunk = self.c, "/blobs-chunk/{id}/{index}"
+        self.req("/blobs/{url}", "GET", f"/blobs/{self.base}/file.bin", {"Range": "bytes=0-0"}, 206, port=port)
+        fid = self.file_id()
+        target = f"/blobs-chunk/{fid}/0"
+        self.req(chunk, "GET", target, {"X-MS-Peerd-RequestFromPeer": "true"}, 401, "UNAUTHORIZED", port=port)
+        self.req(chunk, "GET", target, peer_headers(target, "not-the-cluster-secret"), 401, "UNAUTHORIZED", port=port)
+        for target, status in [(target, 200), (f"/blobs-chunk/{fid}/99", 404)]:
+            hdrs = peer_headers(target)
+            _, h, body = self.req(chunk, "GET", target, hdrs, status, port=port)
+            if h.get("x-peerd-signature") != response_signature(hdrs["X-Peerd-Nonce"], status, h):
+                c.fail(f"GET :{port}{target} (signed)", f"answer signature does not verify: {h.get('x-peerd-signature')!r}")
+            if status == 200 and body != self.data[:CHUNK]:
+                c.fail(f"GET :{port}{target} (signed)", "bytes differ from the file's first chunk")
 
 
 def main():
@@ -370,14 +611,27 @@ def main():
     print(f"api-check: {spec_path} is valid OpenAPI {doc['openapi']}")
 
     tmp = tempfile.mkdtemp(prefix="peerd-api-check-")
-    proc = None
+    procs = {}
     ok = False
     try:
-        http_port, metrics_port = free_port(), free_port()
-        upstream = f"127.0.0.1:{free_port()}"  # closed: every upstream request is refused
-        proc = start_peerd(binary, tmp, http_port, metrics_port, upstream)
-        checker = Checker(Spec(doc), {MIRROR_PORT: http_port, METRICS_PORT: metrics_port}, upstream)
+        http_port, metrics_port, up_port, closed_port = free_port(), free_port(), free_port(), free_port()
+        upstream = f"127.0.0.1:{free_port()}"  # closed: every registry request is refused
+        data = bytes((i * 7 + i // 251) % 256 for i in range(FILE_SIZE))
+        procs["upstream"], upstream_log = start_file_server(tmp, up_port, data)
+        blobs_hosts = [f"http://127.0.0.1:{up_port}", f"http://127.0.0.1:{closed_port}"]
+        procs["peerd"] = start_peerd(binary, tmp, "peerd", http_port, metrics_port, upstream, blobs_hosts)
+        ports = {MIRROR_PORT: http_port, METRICS_PORT: metrics_port}
+        checker = Checker(Spec(doc), ports, upstream, {"url": [f"http://127.0.0.1:{up_port}/file.bin"]})
         checker.run()
+        blobs = BlobsCheck(checker, http_port, up_port, closed_port, data, upstream_log)
+        blobs.run()
+        p2p_http = free_port()
+        procs["peerd-p2p"] = start_peerd(
+            binary, tmp, "peerd-p2p", p2p_http, free_port(), upstream, blobs_hosts, p2p_port=free_port()
+        )
+        blobs.signed_peer(p2p_http)
+        stop(procs["upstream"])
+        blobs.after_upstream_stopped()
         if checker.failures:
             print(f"api-check: {len(checker.failures)} mismatch(es) between peerd and {spec_path}:", file=sys.stderr)
             for f in checker.failures:
@@ -388,14 +642,16 @@ def main():
     except Exception as e:
         print(f"api-check: {e}", file=sys.stderr)
     finally:
-        stop(proc)
+        for proc in procs.values():
+            stop(proc)
         if not ok:
-            try:
-                with open(os.path.join(tmp, "peerd.log"), "rb") as f:
-                    tail = f.read()[-3000:].decode(errors="replace")
-                print(f"--- peerd log (tail) ---\n{tail}", file=sys.stderr)
-            except OSError:
-                pass
+            for name in ("peerd", "peerd-p2p", "upstream"):
+                try:
+                    with open(os.path.join(tmp, f"{name}.log"), "rb") as f:
+                        tail = f.read()[-3000:].decode(errors="replace")
+                    print(f"--- {name} log (tail) ---\n{tail}", file=sys.stderr)
+                except OSError:
+                    pass
         shutil.rmtree(tmp, ignore_errors=True)
     sys.exit(0 if ok else 1)
 
