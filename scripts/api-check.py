@@ -499,8 +499,8 @@ class BlobsCheck:
         return self.req("/blobs/{url}", method, f"/blobs/{url}", headers, status, code)
 
     def file_id(self):
-        """sha256(URL without query, validator (the ETag here), size), as peerd computes it."""
-        return hashlib.sha256(f"{self.base}/file.bin\n{self.etag}\n{len(self.data)}".encode()).hexdigest()
+        """sha256(URL without query, validator (the ETag here), size, chunk size), as peerd computes it."""
+        return hashlib.sha256(f"{self.base}/file.bin\n{self.etag}\n{len(self.data)}\n{CHUNK}".encode()).hexdigest()
 
     def run(self):
         c, data, size, url = self.c, self.data, len(self.data), f"{self.base}/file.bin"
