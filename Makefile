@@ -2,6 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 IMAGE_ARGS ?=
+BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help deps build release image run config test test-unit test-integration lint fmt bench chart-check clean
@@ -44,8 +45,8 @@ lint: ## rustfmt check and clippy with warnings as errors
 fmt: ## Format the code
 	$(CARGO) fmt
 
-bench: ## Benchmarks (writes docs/benchmarks.md)
-	@echo "benchmarks are not written yet (issue: Benchmarks)"; exit 1
+bench: ## Benchmarks (root; writes docs/benchmarks.md); BENCH_ARGS="--only throughput" or --smoke
+	python3 bench/run.py $(BENCH_ARGS)
 
 chart-check: ## Render and validate the Helm chart offline
 	scripts/chart-check.sh

@@ -17,3 +17,6 @@ python3 scripts/api-check.py target/debug/peerd
 scripts/build-image.sh --binary target/debug/peerd --smoke
 # The Helm chart: lint, render, schema validation and assertions (offline once tools are cached).
 scripts/chart-check.sh
+# Benchmarks with tiny sizes (about a minute): every measurement must produce a number. Uses the
+# debug binary built above; `make bench` runs the full sizes and writes docs/benchmarks.md.
+python3 bench/run.py --smoke

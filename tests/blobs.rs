@@ -44,7 +44,18 @@ impl Nginx {
         }
         Nginx { child, addr, root }
     }
+    /// SIGTERM (nginx's fast shutdown): the master stops its workers too; SIGKILL would orphan them.
     fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -138,7 +149,9 @@ async fn random_reads(node: &Peerd, nginx: &str, files: &[(String, Vec<u8>)], co
             }
         };
         jobs.push((
-            format!("{}/blobs/http://{nginx}/{name}?sig=secret-{seed}", node.url("")),
+            // The URL each node warmed up with: during an outage peerd serves only URLs the
+            // upstream confirmed (a new signature is refused, rightly; checked below).
+            format!("{}/blobs/http://{nginx}/{name}?sv=2021&sig=c2VjcmV0", node.url("")),
             range,
             name.clone(),
             want,
@@ -221,6 +234,10 @@ async fn blobs_through_a_cluster_with_nginx() {
     for n in &nodes[1..] {
         assert!(n.metric("peerd_blobs_bytes_total", &["source=\"peer\""]) > 0.0, "B/C fetched chunks from peers");
     }
+    assert!(std::net::TcpStream::connect(&up).is_err(), "the upstream is really gone");
+    let unconfirmed = format!("{}/blobs/http://{up}/f6.bin?sig=never-seen", nodes[1].url(""));
+    let (status, _, _) = get(&client, &unconfirmed, Some("bytes=0-9".into())).await;
+    assert_eq!(status, 503, "a URL the upstream never confirmed is not served from cache during an outage");
     assert_eq!(nodes[1].metric("peerd_blobs_bytes_total", &["source=\"upstream\""]), upstream_before);
     assert!(nodes[0].metric("peerd_peer_served_bytes_total", &[]) > 0.0);
     assert!(nodes[0].metric("peerd_blobs_prefetch_chunks_total", &[]) > 0.0);

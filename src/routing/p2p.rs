@@ -435,9 +435,13 @@ impl SwarmTask {
             SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
                 let was_empty = self.connected.is_empty();
                 self.connected.insert(peer_id);
+                // The connection's address is a first guess only until identify tells the peer's
+                // own listen addresses (a source address may not be one it listens on).
                 if let Some(ip) = ip_of(endpoint.get_remote_address()) {
-                    let port = self.peers.get(&peer_id).map_or(self.own_http_port, |(_, p)| *p);
-                    self.peers.insert(peer_id, (ip, port));
+                    if !self.listen_of.contains_key(&peer_id) {
+                        let port = self.peers.get(&peer_id).map_or(self.own_http_port, |(_, p)| *p);
+                        self.peers.insert(peer_id, (ip, port));
+                    }
                 }
                 if was_empty {
                     self.emit(Reason::P2PConnected, format!("connected to peer {peer_id}"));
@@ -475,7 +479,19 @@ impl SwarmTask {
                         entry.1 = port;
                     }
                 }
-                self.listen_of.insert(peer_id, info.listen_addrs.iter().filter_map(tcp_addr).collect());
+                let listens: Vec<SocketAddr> =
+                    info.listen_addrs.iter().filter_map(tcp_addr).filter(|a| !a.ip().is_unspecified()).collect();
+                if let Some(entry) = self.peers.get_mut(&peer_id) {
+                    // Reach the peer where it listens: keep the connection's IP if it is one of
+                    // them, else prefer a non-loopback listen address.
+                    if !listens.iter().any(|a| a.ip() == entry.0) {
+                        let best = listens.iter().find(|a| !a.ip().is_loopback()).or(listens.first());
+                        if let Some(a) = best {
+                            entry.0 = a.ip();
+                        }
+                    }
+                }
+                self.listen_of.insert(peer_id, listens);
                 for addr in info.listen_addrs {
                     if ip_of(&addr).is_some_and(|ip| !ip.is_unspecified()) {
                         self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
