@@ -45,7 +45,7 @@ lint: ## rustfmt check and clippy with warnings as errors
 fmt: ## Format the code
 	$(CARGO) fmt
 
-bench: ## Benchmarks (root; writes docs/benchmarks.md); BENCH_ARGS="--only throughput" or --smoke
+bench: release ## Benchmarks (root; writes docs/benchmarks.md); BENCH_ARGS="--only throughput" or --smoke
 	python3 bench/run.py $(BENCH_ARGS)
 
 chart-check: ## Render and validate the Helm chart offline
