@@ -110,19 +110,7 @@ class Cleanup:
         return p
 
     def stop(self, p, timeout=20):
-        if p.poll() is None:
-            try:
-                os.kill(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(p.pid, signal.SIGKILL)
-                p.wait(10)
-        with self.lock:
-            if p in self.procs:
-                self.procs.remove(p)
+        self.stop_many([p], timeout)
 
     def stop_many(self, ps, timeout=20):
         for p in ps:
