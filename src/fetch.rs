@@ -93,7 +93,11 @@ pub struct UpstreamOpener {
     pub request: UpstreamRequest,
 }
 
-async fn send(up: &Recipient<Fetch>, req: UpstreamRequest) -> Result<crate::upstream::UpstreamResponse, UpstreamError> {
+/// Ask the upstream actor; a dead mailbox reads as an unreachable upstream.
+pub async fn send(
+    up: &Recipient<Fetch>,
+    req: UpstreamRequest,
+) -> Result<crate::upstream::UpstreamResponse, UpstreamError> {
     up.send(Fetch(req))
         .await
         .unwrap_or_else(|e| Err(UpstreamError::Unreachable { host: "upstream actor".into(), reason: e.to_string() }))
@@ -129,7 +133,8 @@ impl Opener for UpstreamOpener {
     }
 }
 
-fn counted(body: ByteStream, source: Source) -> ByteStream {
+/// Count the bytes of `body` as served from `source`.
+pub fn counted(body: ByteStream, source: Source) -> ByteStream {
     let counter = metrics::counter!(SERVED_BYTES, "source" => source.as_str());
     Box::pin(Count::new(body, move |n| counter.increment(n)))
 }

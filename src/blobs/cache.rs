@@ -37,7 +37,7 @@ pub struct ChunkCache {
     on_drop: Option<OnDrop>,
 }
 
-fn hex_sha256(data: &[u8]) -> String {
+pub(crate) fn hex_sha256(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 

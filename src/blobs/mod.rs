@@ -27,10 +27,9 @@ use actix::Recipient;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
-use cache::ChunkCache;
+use cache::{hex_sha256, ChunkCache};
 use dashmap::DashMap;
 use futures_util::StreamExt;
-use sha2::{Digest, Sha256};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -164,10 +163,6 @@ pub struct BlobsState {
     fetches: Arc<Semaphore>,
     prefetched: DashMap<String, ()>,
     prefetch_slots: Arc<Semaphore>,
-}
-
-fn hex_sha256(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
 }
 
 fn bad(code: &'static str, status: StatusCode, message: String) -> ApiError {

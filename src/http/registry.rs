@@ -10,7 +10,7 @@ use super::range::{self, ByteRange, RangeSpec};
 use crate::actors::fetch::{Locate, Outcome, ServedPeer};
 use crate::actors::upstream::Fetch;
 use crate::config::RegistryConfig;
-use crate::fetch::{open_first, Opener, PeerOpener, Resume, UpstreamOpener};
+use crate::fetch::{counted, open_first, Opener, PeerOpener, Resume, UpstreamOpener};
 use crate::metrics::{
     Source, DIGEST_MISMATCHES, LOCAL_STORE_ERRORS, PEER_AUTH_FAILURES, PEER_SERVED_BYTES, SERVED_BYTES,
 };
@@ -250,10 +250,7 @@ async fn local_manifest(st: &RegistryState, digest: &Digest, accept: Option<&str
 }
 
 async fn fetch(st: &RegistryState, req: UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
-    st.upstream
-        .send(Fetch(req))
-        .await
-        .unwrap_or_else(|e| Err(UpstreamError::Unreachable { host: "upstream actor".into(), reason: e.to_string() }))
+    crate::fetch::send(&st.upstream, req).await
 }
 
 fn upstream_request(
@@ -439,11 +436,6 @@ fn blob_headers(b: &mut HttpResponseBuilder, digest: &Digest) {
     b.insert_header((header::CONTENT_TYPE, media::OCTET_STREAM))
         .insert_header((DIGEST_HEADER, digest.to_string()))
         .insert_header((header::ACCEPT_RANGES, "bytes"));
-}
-
-fn counted(body: ByteStream, source: Source) -> ByteStream {
-    let counter = metrics::counter!(SERVED_BYTES, "source" => source.as_str());
-    Box::pin(Count::new(body, move |n| counter.increment(n)))
 }
 
 fn verified(body: ByteStream, digest: &Digest, len: Option<u64>, source: Source) -> ByteStream {

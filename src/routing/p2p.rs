@@ -343,7 +343,7 @@ impl SwarmTask {
                 );
             }
             Command::Status(reply) => {
-                let routing_table_peers = self.swarm.behaviour_mut().kad.kbuckets().map(|b| b.num_entries()).sum();
+                let routing_table_peers = self.routing_table_size();
                 let _ = reply.send(Status {
                     peer_id: self.swarm.local_peer_id().to_base58(),
                     connected_peers: self.connected.len(),
@@ -371,9 +371,13 @@ impl SwarmTask {
         }
     }
 
+    fn routing_table_size(&mut self) -> usize {
+        self.swarm.behaviour_mut().kad.kbuckets().map(|b| b.num_entries()).sum()
+    }
+
     /// Start publications from the queue, a bounded number at a time, once there are peers.
     fn publish(&mut self) {
-        let peers: usize = self.swarm.behaviour_mut().kad.kbuckets().map(|b| b.num_entries()).sum();
+        let peers: usize = self.routing_table_size();
         if peers == 0 {
             return;
         }
