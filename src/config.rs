@@ -24,6 +24,7 @@ pub struct Config {
     pub p2p: P2pConfig,
     pub kubernetes: KubernetesConfig,
     pub blobs: BlobsConfig,
+    pub swarm: SwarmConfig,
     pub log: LogConfig,
 }
 
@@ -140,6 +141,32 @@ pub struct BlobsConfig {
     pub prefetch: bool,
     pub prefetch_workers: usize,
     pub parallel_chunks: usize,
+}
+
+/// Swarming: blobs shared while they download, each part fetched from upstream once per cluster.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwarmConfig {
+    pub enabled: bool,
+    pub spool_dir: String,
+    pub max_spool_bytes: u64,
+    pub min_size: u64,
+    pub chunk_size: u64,
+    #[serde(with = "humantime_serde")]
+    pub gather: Duration,
+    #[serde(with = "humantime_serde")]
+    pub refresh: Duration,
+    pub parallel: usize,
+    pub upstream_parallel: usize,
+    pub per_peer: usize,
+    pub max_fetches: usize,
+    pub upload_slots: usize,
+    #[serde(with = "humantime_serde")]
+    pub takeover: Duration,
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    pub upload_rate: u64,
+    pub download_rate: u64,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -303,6 +330,32 @@ impl Config {
             }
             if !self.p2p.secret.is_empty() && self.p2p.secret.len() < 16 {
                 return bad("p2p.secret", "must be at least 16 characters".into());
+            }
+        }
+        if self.swarm.enabled {
+            if !(64 << 10..=64 << 20).contains(&self.swarm.chunk_size) {
+                return bad("swarm.chunk_size", "must be between 64 KiB and 64 MiB".into());
+            }
+            if self.swarm.parallel == 0
+                || self.swarm.upstream_parallel == 0
+                || self.swarm.per_peer == 0
+                || self.swarm.max_fetches == 0
+                || self.swarm.upload_slots == 0
+            {
+                return bad(
+                    "swarm.parallel",
+                    "parallel, upstream_parallel, per_peer, max_fetches and upload_slots must be positive".into(),
+                );
+            }
+            if self.swarm.refresh.is_zero() || self.swarm.takeover.is_zero() {
+                return bad("swarm.refresh", "refresh and takeover must be positive".into());
+            }
+            for (key, rate) in
+                [("swarm.upload_rate", self.swarm.upload_rate), ("swarm.download_rate", self.swarm.download_rate)]
+            {
+                if rate != 0 && rate < self.swarm.chunk_size {
+                    return bad(key, "0 (unlimited) or at least one chunk per second".into());
+                }
             }
         }
         for (key, d) in [

@@ -35,4 +35,5 @@ pub mod peer;
 pub mod routing;
 pub mod store;
 pub mod stream;
+pub mod swarm;
 pub mod upstream;

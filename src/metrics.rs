@@ -25,6 +25,8 @@ pub enum Source {
     Local,
     Peer,
     Upstream,
+    /// Assembled by a swarm download (chunks from peers and the upstream).
+    Swarm,
 }
 
 impl Source {
@@ -33,6 +35,7 @@ impl Source {
             Source::Local => "local",
             Source::Peer => "peer",
             Source::Upstream => "upstream",
+            Source::Swarm => "swarm",
         }
     }
 }
@@ -76,6 +79,7 @@ fn describe() {
     metrics::describe_gauge!(crate::blobs::cache::CACHE_BYTES, Unit::Bytes, "/blobs chunk cache size");
     describe_counter!(crate::blobs::PREFETCH_FILES, "/blobs files queued for prefetch");
     describe_counter!(crate::blobs::PREFETCH_CHUNKS, "/blobs chunks prefetched");
+    crate::swarm::describe();
 }
 
 /// Time from starting a provider lookup to its end (enough peers, exhausted, or abandoned).

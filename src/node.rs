@@ -123,6 +123,28 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
     } else {
         None
     };
+    // Swarming is between nodes: a single-node mirror streams directly.
+    let swarm = if cfg.swarm.enabled && p2p.is_some() {
+        let dir = if cfg.swarm.spool_dir.is_empty() {
+            cfg.p2p.data_dir.join("swarm")
+        } else {
+            cfg.swarm.spool_dir.clone().into()
+        };
+        let peers = p2p.as_ref().map(|p| crate::swarm::SwarmPeers {
+            router: p.router.clone(),
+            client: p.path.client.clone(),
+            key: p.path.key.clone(),
+            me: p.peer_id.clone(),
+            active: p.path.served.clone(),
+        });
+        let sw = crate::swarm::Swarm::new(cfg.swarm.clone(), dir.clone(), upstream_actor.clone().recipient(), peers)
+            .map_err(NodeError::Setup)?;
+        tracing::info!(spool = %dir.display(), chunk_size = cfg.swarm.chunk_size, "swarming enabled");
+        Some(sw)
+    } else {
+        None
+    };
+    let swarm_data = swarm.clone().map(web::Data::new);
     let (peers, router, libp2p_registry, _p2p_arbiter) = match p2p {
         Some(p) => (Some(p.path), Some(p.router), Some(p.registry), Some(p.arbiter)),
         None => {
@@ -131,8 +153,13 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
         }
     };
 
-    let state =
-        web::Data::new(RegistryState { store, upstream: upstream_actor.recipient(), cfg: cfg.registry.clone(), peers });
+    let state = web::Data::new(RegistryState {
+        store,
+        upstream: upstream_actor.recipient(),
+        cfg: cfg.registry.clone(),
+        peers,
+        swarm,
+    });
     let ready = web::Data::new(Readiness::new(router.clone()));
     let sources = web::Data::new(MetricsSources { peerd: prometheus.clone(), libp2p: libp2p_registry, router });
 
@@ -142,11 +169,17 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
         if let Some(b) = &blobs {
             app = app.app_data(b.clone());
         }
+        if let Some(sw) = &swarm_data {
+            app = app.app_data(sw.clone());
+        }
         app.wrap(from_fn(front::observe))
             .configure(registry::configure)
             .configure(|c| {
                 if blobs.is_some() {
                     crate::blobs::configure(c)
+                }
+                if swarm_data.is_some() {
+                    crate::swarm::http::configure(c)
                 }
             })
             .configure(front::health)
@@ -192,6 +225,7 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
 
 struct P2p {
     path: PeerPath,
+    peer_id: String,
     router: Arc<dyn Router>,
     registry: prometheus_client::registry::Registry,
     arbiter: Arbiter,
@@ -237,7 +271,8 @@ async fn start_p2p(cfg: &Config, store: Arc<dyn ContentStore>, events: &Addr<Eve
 
     let fetch =
         FetchActor::new(router.clone(), p.resolve_timeout, p.max_peers, Some(events.clone().recipient())).start();
-    let client = PeerClient::new(p.connect_timeout, p.idle_timeout, key.clone(), peer_id).map_err(NodeError::Setup)?;
+    let client =
+        PeerClient::new(p.connect_timeout, p.idle_timeout, key.clone(), peer_id.clone()).map_err(NodeError::Setup)?;
     Advertiser::new(store, router.clone()).start();
     let path = PeerPath {
         locate: fetch.clone().recipient(),
@@ -249,5 +284,5 @@ async fn start_p2p(cfg: &Config, store: Arc<dyn ContentStore>, events: &Addr<Eve
         resolve_tags: p.resolve_tags,
         tags_on_upstream_error: p.tags_on_upstream_error,
     };
-    Ok(P2p { path, router, registry, arbiter })
+    Ok(P2p { path, peer_id, router, registry, arbiter })
 }

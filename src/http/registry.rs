@@ -39,6 +39,8 @@ pub struct RegistryState {
     pub cfg: RegistryConfig,
     /// `None` on a single-node mirror.
     pub peers: Option<PeerPath>,
+    /// `None` when swarming is off.
+    pub swarm: Option<Arc<crate::swarm::Swarm>>,
 }
 
 /// What the handlers need to use peers and to answer them.
@@ -508,10 +510,62 @@ async fn blob(st: &RegistryState, ask: &Ask, repo: &str, digest: &Digest) -> Res
     if let Some(resp) = local_blob(st, ask, digest, false).await {
         return resp;
     }
-    if let Some(resp) = peer_blob(st, ask, repo, digest).await {
+    // A download in progress on this node is joined, whoever else holds the blob.
+    if let Some(dl) = st.swarm.as_ref().and_then(|sw| sw.get(digest)).filter(|_| !ask.head) {
+        return swarm_response(ask, dl);
+    }
+    let holders = match &st.peers {
+        Some(p) => locate(p, digest.to_string()).await,
+        None => Vec::new(),
+    };
+    if !holders.is_empty() {
+        if let Some(resp) = peer_blob(st, ask, repo, digest, holders).await {
+            return resp;
+        }
+    } else if let Some(resp) = swarm_blob(st, ask, repo, digest).await {
         return resp;
     }
     upstream_blob(st, ask, repo, digest).await
+}
+
+/// No peer holds the blob completely: join (or start) a swarm download of it. `None` when
+/// swarming does not apply (off, a HEAD, a small blob, no room, or no size from the upstream —
+/// then the upstream path reports what is wrong).
+async fn swarm_blob(
+    st: &RegistryState,
+    ask: &Ask,
+    repo: &str,
+    digest: &Digest,
+) -> Option<Result<HttpResponse, ApiError>> {
+    let sw = st.swarm.as_ref()?;
+    if ask.head {
+        return None;
+    }
+    let head = fetch(st, upstream_request(ask, repo, Kind::Blob, digest.to_string(), true, None)).await.ok()?;
+    let size = head.content_length?;
+    if size < sw.cfg.min_size.max(1) {
+        return None;
+    }
+    let dl = sw.join(digest, size, upstream_request(ask, repo, Kind::Blob, digest.to_string(), false, None))?;
+    Some(swarm_response(ask, dl))
+}
+
+/// The whole blob (the last piece held back until the digest checked out) or one range, as the
+/// download's chunks arrive.
+fn swarm_response(ask: &Ask, dl: Arc<crate::swarm::Download>) -> Result<HttpResponse, ApiError> {
+    let (digest, size) = (dl.digest.clone(), dl.size);
+    let range = ask.range.map(|spec| spec.resolve(size)).transpose()?;
+    let (mut b, r) = match range {
+        Some(r) => {
+            let mut b = HttpResponse::PartialContent();
+            b.insert_header((header::CONTENT_RANGE, r.content_range(size)));
+            (b, r)
+        }
+        None => (HttpResponse::Ok(), ByteRange { start: 0, end: size - 1 }),
+    };
+    blob_headers(&mut b, &digest);
+    let body = counted(dl.body(r.start, r.end, range.is_none()), Source::Swarm);
+    Ok(tag_source(b.no_chunking(r.len()).streaming(body), Source::Swarm))
 }
 
 /// A blob from peers: hedged start, resumed from the next peer or the upstream if a source fails
@@ -521,12 +575,9 @@ async fn peer_blob(
     ask: &Ask,
     repo: &str,
     digest: &Digest,
+    peers: Vec<Peer>,
 ) -> Option<Result<HttpResponse, ApiError>> {
     let p = st.peers.as_ref()?;
-    let peers = locate(p, digest.to_string()).await;
-    if peers.is_empty() {
-        return None;
-    }
     let target = peer_target(ask, repo, Kind::Blob, &digest.to_string());
     let peer_sources: Vec<Arc<dyn Opener>> = peers
         .into_iter()

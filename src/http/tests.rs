@@ -30,7 +30,13 @@ fn fixture() -> Fixture {
     cfg.hosts = vec![REG.into(), "docker.io".into()];
     cfg.max_manifest_bytes = 1024;
     let actor = UpstreamActor::new(up.clone(), &cfg.hosts, Breaker::new(100, Duration::from_secs(1))).start();
-    let state = web::Data::new(RegistryState { store: store.clone(), upstream: actor.recipient(), cfg, peers: None });
+    let state = web::Data::new(RegistryState {
+        store: store.clone(),
+        upstream: actor.recipient(),
+        cfg,
+        peers: None,
+        swarm: None,
+    });
     Fixture { store, up, state }
 }
 

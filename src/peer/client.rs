@@ -3,7 +3,7 @@
 //! at most those timeouts.
 
 use super::auth::{unix_now, ClusterKey};
-use super::{NODE_HEADER, NONCE_HEADER, REQUEST_FROM_PEER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use super::{NODE_HEADER, NONCE_HEADER, PROGRESS_HEADER, REQUEST_FROM_PEER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use crate::http::range::ByteRange;
 use crate::metrics::{PEER_AUTH_FAILURES, PEER_FETCH_BYTES};
 use crate::routing::Peer;
@@ -27,6 +27,12 @@ pub enum PeerError {
     Failed(String),
     #[error("peer response signature invalid: {0}")]
     Auth(String),
+    /// The peer is downloading it but does not have it yet (swarm chunks); the bytes it has of
+    /// that part so far, when it is fetching the part itself.
+    #[error("peer does not have it yet")]
+    Pending(Option<u64>),
+    #[error("peer is busy")]
+    Busy,
 }
 
 impl PeerError {
@@ -35,6 +41,8 @@ impl PeerError {
             PeerError::NotFound => "not_found",
             PeerError::Failed(_) => "failed",
             PeerError::Auth(_) => "auth",
+            PeerError::Pending(_) => "pending",
+            PeerError::Busy => "busy",
         }
     }
 }
@@ -116,6 +124,8 @@ impl PeerClient {
         match status {
             200 | 206 => {}
             404 => return Err(PeerError::NotFound),
+            425 => return Err(PeerError::Pending(h(PROGRESS_HEADER).parse().ok())),
+            503 => return Err(PeerError::Busy),
             s => return Err(PeerError::Failed(format!("status {s}"))),
         }
         let content_length: Option<u64> = length.parse().ok();

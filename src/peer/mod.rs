@@ -13,3 +13,5 @@ pub const NODE_HEADER: &str = "x-ms-peerd-node";
 pub const TIMESTAMP_HEADER: &str = "x-peerd-timestamp";
 pub const NONCE_HEADER: &str = "x-peerd-nonce";
 pub const SIGNATURE_HEADER: &str = "x-peerd-signature";
+/// On a "not yet" (425) answer for a swarm chunk: the bytes of it the peer has received so far.
+pub const PROGRESS_HEADER: &str = "x-peerd-progress";

@@ -49,6 +49,10 @@ pub trait Router: Send + Sync + 'static {
     async fn status(&self) -> Result<Status, RoutingError>;
     /// Announce that this node holds `keys`.
     async fn provide(&self, keys: Vec<String>) -> Result<(), RoutingError>;
+    /// Announce `keys` ahead of any queued announcements (a download others should find now).
+    async fn provide_now(&self, keys: Vec<String>) -> Result<(), RoutingError> {
+        self.provide(keys).await
+    }
     /// Stop announcing `keys`.
     async fn withdraw(&self, keys: Vec<String>) -> Result<(), RoutingError>;
     /// Peers holding `key` (never this node), sent as they are found; at most `max`. The channel

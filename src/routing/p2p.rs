@@ -63,7 +63,8 @@ struct Behaviour {
 }
 
 enum Command {
-    Provide(Vec<String>, oneshot::Sender<Result<(), RoutingError>>),
+    /// Keys, whether they go ahead of the queue, reply.
+    Provide(Vec<String>, bool, oneshot::Sender<Result<(), RoutingError>>),
     Withdraw(Vec<String>, oneshot::Sender<()>),
     Resolve(String, usize, mpsc::Sender<Peer>),
     Status(oneshot::Sender<Status>),
@@ -129,7 +130,10 @@ impl Router for P2pRouter {
         self.call(Command::Status).await
     }
     async fn provide(&self, keys: Vec<String>) -> Result<(), RoutingError> {
-        self.call(|r| Command::Provide(keys, r)).await?
+        self.call(|r| Command::Provide(keys, false, r)).await?
+    }
+    async fn provide_now(&self, keys: Vec<String>) -> Result<(), RoutingError> {
+        self.call(|r| Command::Provide(keys, true, r)).await?
     }
     async fn withdraw(&self, keys: Vec<String>) -> Result<(), RoutingError> {
         self.call(|r| Command::Withdraw(keys, r)).await
@@ -306,10 +310,14 @@ impl SwarmTask {
 
     fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Provide(keys, reply) => {
+            Command::Provide(keys, urgent, reply) => {
                 for k in keys {
                     if self.provided.insert(k.clone()) {
-                        self.to_publish.push_back(k);
+                        if urgent {
+                            self.to_publish.push_front(k);
+                        } else {
+                            self.to_publish.push_back(k);
+                        }
                     }
                 }
                 let _ = reply.send(Ok(()));

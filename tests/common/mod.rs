@@ -556,3 +556,174 @@ impl FakeUpstream {
         self.seen.lock().unwrap().clone()
     }
 }
+
+/// A TCP proxy in front of a server that counts the bytes the server sends (what a registry's
+/// egress meter would say) and can cap their rate, all connections together.
+pub struct CountingProxy {
+    pub addr: String,
+    sent: Arc<std::sync::atomic::AtomicU64>,
+    /// Bytes per second (0: unlimited).
+    rate: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CountingProxy {
+    pub fn start(target: &str, rate: u64) -> CountingProxy {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let sent = Arc::new(AtomicU64::new(0));
+        let rate = Arc::new(AtomicU64::new(rate));
+        let stop = Arc::new(AtomicBool::new(false));
+        // The pacing clock: (start, bytes allowed since start at the current rate).
+        let pace = Arc::new(Mutex::new((Instant::now(), 0u64)));
+        let (target, s, r, st) = (target.to_owned(), sent.clone(), rate.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                let client = match listener.accept() {
+                    Ok((c, _)) => c,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                };
+                let Ok(server) = std::net::TcpStream::connect(&target) else { continue };
+                client.set_nonblocking(false).unwrap();
+                let (mut c_r, mut s_w) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c_r, &mut s_w);
+                    let _ = s_w.shutdown(std::net::Shutdown::Write);
+                });
+                let (mut s_r, mut c_w) = (server, client);
+                let (s, r, pace) = (s.clone(), r.clone(), pace.clone());
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let mut buf = vec![0u8; 64 << 10];
+                    loop {
+                        let n = match s_r.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        s.fetch_add(n as u64, Ordering::Relaxed);
+                        let rate = r.load(Ordering::Relaxed);
+                        if rate > 0 {
+                            let due = {
+                                let mut p = pace.lock().unwrap();
+                                if p.0.elapsed()
+                                    > Duration::from_millis(500) + Duration::from_secs_f64(p.1 as f64 / rate as f64)
+                                {
+                                    *p = (Instant::now(), 0); // idle for a while: no burst credit
+                                }
+                                p.1 += n as u64;
+                                p.0 + Duration::from_secs_f64(p.1 as f64 / rate as f64)
+                            };
+                            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                                std::thread::sleep(wait);
+                            }
+                        }
+                        if c_w.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = c_w.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        CountingProxy { addr, sent, rate, stop }
+    }
+
+    /// Bytes the server has sent through the proxy.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_rate(&self, bytes_per_s: u64) {
+        self.rate.store(bytes_per_s, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for CountingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// One node of a test cluster: peerd, its containerd, and a hosts dir pointing at the peerd.
+pub struct Node {
+    pub peerd: Peerd,
+    pub containerd: Containerd,
+    pub hosts: PathBuf,
+}
+
+/// Environment for cluster nodes: short timers so tests see DHT changes quickly.
+pub fn cluster_env(secret: &'static str) -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("PEERD_P2P__SECRET", secret),
+        ("PEERD_P2P__RESOLVE_TIMEOUT", "500ms"),
+        ("PEERD_P2P__BOOTSTRAP_INTERVAL", "1s"),
+        ("PEERD_P2P__PROVIDER_TTL", "10s"),
+        ("PEERD_P2P__PROVIDER_REPUBLISH", "4s"),
+        ("PEERD_LOG__LEVEL", "info,peerd=debug"),
+    ]
+}
+
+/// Start nodes on `ips` (same ports everywhere, as in a DaemonSet), each with its own
+/// containerd, mirroring `registry` and bootstrapping from the nodes on `boot_ips`.
+pub fn start_nodes(
+    work: &Path,
+    registry: &str,
+    ips: &[&str],
+    boot_ips: &[&str],
+    ports: Ports,
+    env: &[(&str, &str)],
+) -> Vec<Node> {
+    let boot: Vec<String> = boot_ips.iter().map(|ip| format!("{ip}:{}", ports.p2p)).collect();
+    ips.iter()
+        .map(|ip| {
+            let containerd = Containerd::start(&work.join(format!("ctr-{ip}")));
+            let mut args = vec!["--mirror-host", registry, "--plain-http-host", registry];
+            args.extend(["--containerd-socket", containerd.socket.to_str().unwrap()]);
+            for b in &boot {
+                args.extend(["--bootstrap-peer", b.as_str()]);
+            }
+            let peerd = Peerd::start_on(ip, ports, None, &args, env);
+            let hosts = work.join(format!("hosts-{ip}"));
+            hosts_toml(&hosts, registry, &peerd.http.to_string());
+            Node { peerd, containerd, hosts }
+        })
+        .collect::<Vec<_>>()
+}
+
+pub fn all_ready(nodes: &[Node]) {
+    for n in nodes {
+        n.peerd.wait_ready();
+    }
+}
+
+pub fn get_json(url: &str) -> serde_json::Value {
+    let out = Command::new("curl").args(["-sf", "--max-time", "10", url]).output().unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+pub fn peer_id(p: &Peerd) -> String {
+    get_json(&format!("http://{}/debug/p2p", p.metrics))["peer_id"].as_str().unwrap_or("").to_owned()
+}
+
+/// Peer ids a node resolves `key` to.
+pub fn resolves(p: &Peerd, key: &str) -> Vec<String> {
+    let v = get_json(&format!("http://{}/debug/resolve?key={key}", p.metrics));
+    v["peers"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p["id"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+/// Poll `f` every 200 ms until it holds; panics after `timeout`.
+pub fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,125 @@
+//! The peer side of swarming, on the mirror port next to `/v2` (authenticated and signed like
+//! every peer request):
+//! - `GET /swarm/<digest>/<chunk size>`: what this node has of a download, JSON [`StatusDoc`],
+//!   its sha256 in `Docker-Content-Digest` (so the signature covers the body).
+//! - `GET /swarm/<digest>/<chunk size>/<index>?wait=<ms>`: one chunk with its sha256 in
+//!   `Docker-Content-Digest`; if the node is downloading it but does not have that chunk yet,
+//!   the request waits up to `wait` ms, then answers 425 (with the bytes received so far when
+//!   this node fetches the chunk itself). 404: no such download here. 503: too many uploads.
+//!
+//! [`StatusDoc`]: super::StatusDoc
+
+use super::engine::LONG_POLL;
+use super::{throttle, Swarm, SWARM_UPLOAD_BYTES};
+use crate::http::error::ApiError;
+use crate::http::registry::{authenticate_peer, sign_peer_response};
+use crate::oci::Digest;
+use crate::peer::{PROGRESS_HEADER, REQUEST_FROM_PEER};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use sha2::Digest as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/swarm/{digest}/{chunk_size}", web::get().to(status))
+        .route("/swarm/{digest}/{chunk_size}/{index}", web::get().to(chunk));
+}
+
+fn error(e: ApiError) -> HttpResponse {
+    actix_web::ResponseError::error_response(&e)
+}
+
+/// Authenticate, run `answer`, sign.
+async fn as_peer(
+    req: &HttpRequest,
+    sw: &Swarm,
+    answer: impl std::future::Future<Output = HttpResponse>,
+) -> HttpResponse {
+    if !req.headers().contains_key(REQUEST_FROM_PEER) {
+        return error(ApiError::Unsupported { status: StatusCode::NOT_FOUND, message: "peer endpoint".into() });
+    }
+    let nonce = match authenticate_peer(req, sw.key.as_deref()) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let mut resp = answer.await;
+    sign_peer_response(&mut resp, sw.key.as_deref(), &nonce);
+    resp
+}
+
+fn download(sw: &Swarm, digest: &str, chunk_size: u64) -> Result<Arc<super::Download>, ApiError> {
+    let digest: Digest = digest.parse()?;
+    match sw.get(&digest) {
+        Some(d) if d.chunk_size == chunk_size => Ok(d),
+        _ => Err(ApiError::BlobUnknown(format!("no download of {digest} in {chunk_size}-byte chunks here"))),
+    }
+}
+
+async fn status(req: HttpRequest, sw: web::Data<Arc<Swarm>>, path: web::Path<(String, u64)>) -> HttpResponse {
+    let (digest, chunk_size) = path.into_inner();
+    as_peer(&req, &sw, async {
+        match download(&sw, &digest, chunk_size) {
+            Ok(dl) if !matches!(dl.end(), super::End::Failed(_)) => {
+                let body = serde_json::to_vec(&dl.status()).unwrap_or_default();
+                HttpResponse::Ok()
+                    .insert_header((
+                        "Docker-Content-Digest",
+                        format!("sha256:{}", hex::encode(sha2::Sha256::digest(&body))),
+                    ))
+                    .content_type("application/json")
+                    .body(body)
+            }
+            Ok(_) => error(ApiError::BlobUnknown("download failed".into())),
+            Err(e) => error(e),
+        }
+    })
+    .await
+}
+
+async fn chunk(req: HttpRequest, sw: web::Data<Arc<Swarm>>, path: web::Path<(String, u64, u64)>) -> HttpResponse {
+    let (digest, chunk_size, index) = path.into_inner();
+    let wait = url::form_urlencoded::parse(req.query_string().as_bytes())
+        .find(|(k, _)| k == "wait")
+        .and_then(|(_, v)| v.parse::<u64>().ok())
+        .map_or(Duration::ZERO, |ms| Duration::from_millis(ms).min(LONG_POLL));
+    as_peer(&req, &sw, async {
+        let dl = match download(&sw, &digest, chunk_size) {
+            Ok(d) => d,
+            Err(e) => return error(e),
+        };
+        if index >= dl.chunks {
+            return error(ApiError::RangeNotSatisfiable { size: dl.chunks });
+        }
+        match dl.wait_chunk_for(index, wait).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let mut b = HttpResponse::build(StatusCode::from_u16(425).expect("valid status"));
+                if let Some(p) = dl.progress(index) {
+                    b.insert_header((PROGRESS_HEADER, p.to_string()));
+                }
+                return b.finish();
+            }
+            Err(e) => return error(ApiError::BlobUnknown(format!("download failed: {e}"))),
+        }
+        let Ok(_slot) = sw.upload_slots.try_acquire() else {
+            return HttpResponse::ServiceUnavailable().insert_header(("Retry-After", "1")).finish();
+        };
+        throttle(sw.upload_limit.as_ref(), dl.chunk_len(index) as usize).await;
+        match dl.read_chunk(index).await {
+            Some((data, sha)) => {
+                metrics::counter!(SWARM_UPLOAD_BYTES).increment(data.len() as u64);
+                metrics::counter!(crate::metrics::PEER_SERVED_BYTES).increment(data.len() as u64);
+                if let Some(a) = &sw.active {
+                    a.do_send(crate::actors::fetch::ServedPeer);
+                }
+                HttpResponse::Ok()
+                    .insert_header(("Docker-Content-Digest", format!("sha256:{}", hex::encode(sha))))
+                    .content_type("application/octet-stream")
+                    .body(data)
+            }
+            None => error(ApiError::BlobUnknown(format!("chunk {index}"))),
+        }
+    })
+    .await
+}

@@ -1,0 +1,530 @@
+//! Swarming: many nodes wanting the same new blob at once fetch it from the upstream once.
+//!
+//! A node that needs a blob no peer holds completely starts a [`Download`]: it announces
+//! `swarm/<digest>` in the DHT, waits `swarm.gather` for the others wanting it to do the same,
+//! and splits the blob into chunks. Each chunk is fetched from the upstream by one node, its
+//! *owner*, chosen by rendezvous hashing over the nodes downloading it (no coordinator: every
+//! node computes the same owner from the same view, and views converge through the DHT and
+//! the peers' status pages). Every other node takes the chunk from whichever peer has it —
+//! several peers in parallel, the least loaded first, so faster peers serve more — and serves
+//! the chunks it has to others while it is still downloading.
+//!
+//! - **Verification**: the node that fetches a chunk from the upstream computes its sha256; the
+//!   hash travels with the chunk (in the signed answer) and is checked on every hop. The whole
+//!   blob is hashed against its digest before the last byte reaches a client.
+//! - **Takeover**: a node waiting for a chunk from a peer that dies, or that makes no progress
+//!   for `swarm.takeover`, drops that peer for that chunk and recomputes the owner — possibly
+//!   itself, which then fetches it from the upstream.
+//! - **Bounds**: chunks in flight per blob (from peers, from the upstream, to one peer) and per
+//!   node; chunks sent at once; spool bytes; optional upload and download rates.
+//!
+//! The engine that makes these decisions is in [`engine`]; the peer endpoints in [`http`]; the
+//! bytes live in a sparse spool file ([`spool`]) and flow from it straight to the responses.
+
+pub mod engine;
+pub mod http;
+pub mod spool;
+
+use crate::actors::upstream::Fetch;
+use crate::config::SwarmConfig;
+use crate::oci::Digest;
+use crate::peer::auth::ClusterKey;
+use crate::peer::client::PeerClient;
+use crate::routing::{Peer, Router};
+use crate::store::ByteStream;
+use crate::upstream::UpstreamRequest;
+use actix::Recipient;
+use bytes::Bytes;
+use dashmap::DashMap;
+use sha2::Digest as _;
+use spool::Spool;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{watch, Semaphore};
+
+/// Chunk bytes received, by `source` (peer, upstream).
+pub const SWARM_CHUNK_BYTES: &str = "peerd_swarm_chunk_bytes_total";
+/// Downloads by `outcome` (started, verified, failed).
+pub const SWARM_DOWNLOADS: &str = "peerd_swarm_downloads_total";
+/// Chunks taken over from a dead or stalled peer.
+pub const SWARM_TAKEOVERS: &str = "peerd_swarm_takeovers_total";
+/// Failed chunk fetches by `reason`.
+pub const SWARM_CHUNK_FAILURES: &str = "peerd_swarm_chunk_failures_total";
+/// Peers that were downloading with this node and stopped answering.
+pub const SWARM_PEERS_LOST: &str = "peerd_swarm_peers_lost_total";
+/// Chunk bytes sent to peers.
+pub const SWARM_UPLOAD_BYTES: &str = "peerd_swarm_upload_bytes_total";
+
+pub fn describe() {
+    use metrics::{describe_counter, Unit};
+    describe_counter!(SWARM_CHUNK_BYTES, Unit::Bytes, "Swarm chunk bytes received by source (peer, upstream)");
+    describe_counter!(SWARM_DOWNLOADS, "Swarm downloads by outcome (started, verified, failed)");
+    describe_counter!(SWARM_TAKEOVERS, "Swarm chunks taken over from a dead or stalled peer");
+    describe_counter!(SWARM_CHUNK_FAILURES, "Failed swarm chunk fetches by reason");
+    describe_counter!(SWARM_PEERS_LOST, "Peers downloading with this node that stopped answering");
+    describe_counter!(SWARM_UPLOAD_BYTES, Unit::Bytes, "Swarm chunk bytes sent to peers");
+}
+
+/// The DHT key under which nodes downloading `digest` announce themselves.
+pub fn swarm_key(digest: &Digest) -> String {
+    format!("swarm/{digest}")
+}
+
+/// Which of `candidates` fetches chunk `index` of `digest` from the upstream: the highest
+/// rendezvous score. Every node computes the same answer from the same candidates, and one with
+/// a partial view still never waits in a cycle (scores are one total order per chunk).
+pub fn owner<'a>(digest: &Digest, index: u64, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates.into_iter().max_by_key(|id| (score(digest, index, id), *id))
+}
+
+fn score(digest: &Digest, index: u64, id: &str) -> u64 {
+    let h = sha2::Sha256::new()
+        .chain_update(id)
+        .chain_update(b"\n")
+        .chain_update(digest.hex())
+        .chain_update(index.to_be_bytes())
+        .finalize();
+    u64::from_be_bytes(h[..8].try_into().expect("8 bytes"))
+}
+
+type Limiter = governor::DefaultDirectRateLimiter;
+
+/// A byte-rate limiter counting KiB (governor's cells are u32), with bursts of one chunk.
+fn limiter(bytes_per_s: u64, chunk: u64) -> Option<Limiter> {
+    let rate = NonZeroU32::new(u32::try_from(bytes_per_s / 1024).unwrap_or(u32::MAX))?;
+    let burst = NonZeroU32::new(u32::try_from(chunk.div_ceil(1024)).unwrap_or(u32::MAX))?.max(rate);
+    Some(governor::RateLimiter::direct(governor::Quota::per_second(rate).allow_burst(burst)))
+}
+
+/// Wait until `bytes` may pass `limit` (none: at once).
+pub(crate) async fn throttle(limit: Option<&Limiter>, bytes: usize) {
+    if let (Some(l), Some(n)) = (limit, NonZeroU32::new(u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX))) {
+        let _ = l.until_n_ready(n).await;
+    }
+}
+
+/// How a download ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum End {
+    Running,
+    Verified,
+    Failed(String),
+}
+
+struct State {
+    /// sha256 of each chunk held.
+    have: Vec<Option<[u8; 32]>>,
+    /// Bytes received so far of each chunk this node fetches from the upstream.
+    fetching: Vec<Option<Arc<AtomicU64>>>,
+    end: End,
+    /// The other nodes the engine knows are downloading this blob.
+    view: Vec<PeerDoc>,
+}
+
+/// One blob being downloaded by this node (shared by every request for it, and by peers).
+pub struct Download {
+    pub digest: Digest,
+    pub size: u64,
+    pub chunk_size: u64,
+    pub chunks: u64,
+    spool: Arc<Spool>,
+    state: Mutex<State>,
+    changed: watch::Sender<u64>,
+}
+
+/// What a node tells peers about one download (`GET /swarm/<digest>/<chunk size>`).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct StatusDoc {
+    pub size: u64,
+    pub chunk_size: u64,
+    /// Bitmaps (hex, bit i of byte i/8, most significant first): chunks held, chunks being
+    /// fetched from the upstream.
+    pub have: String,
+    pub fetching: String,
+    /// Other nodes this one knows are downloading the blob (so views converge).
+    pub peers: Vec<PeerDoc>,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct PeerDoc {
+    pub id: String,
+    pub addr: std::net::SocketAddr,
+}
+
+pub fn bitmap(bits: impl Iterator<Item = bool>) -> String {
+    let mut bytes = Vec::new();
+    for (i, b) in bits.enumerate() {
+        if i % 8 == 0 {
+            bytes.push(0u8);
+        }
+        if b {
+            *bytes.last_mut().expect("pushed") |= 0x80 >> (i % 8);
+        }
+    }
+    hex::encode(bytes)
+}
+
+/// Bit `n` of `len` from a [`bitmap`]; a malformed or short map reads as all clear.
+pub fn unbitmap(s: &str, len: u64) -> Vec<bool> {
+    let bytes = hex::decode(s).unwrap_or_default();
+    (0..len).map(|i| bytes.get((i / 8) as usize).is_some_and(|b| b & (0x80 >> (i % 8)) != 0)).collect()
+}
+
+impl Download {
+    fn new(digest: Digest, size: u64, chunk_size: u64, spool: Arc<Spool>) -> Download {
+        let chunks = size.div_ceil(chunk_size);
+        Download {
+            digest,
+            size,
+            chunk_size,
+            chunks,
+            spool,
+            state: Mutex::new(State {
+                have: vec![None; chunks as usize],
+                fetching: vec![None; chunks as usize],
+                end: End::Running,
+                view: Vec::new(),
+            }),
+            changed: watch::channel(0).0,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Byte length of chunk `index`.
+    pub fn chunk_len(&self, index: u64) -> u64 {
+        (self.size - index * self.chunk_size).min(self.chunk_size)
+    }
+
+    pub fn has(&self, index: u64) -> Option<[u8; 32]> {
+        self.lock().have.get(index as usize).copied().flatten()
+    }
+
+    pub fn end(&self) -> End {
+        self.lock().end.clone()
+    }
+
+    /// Bytes received so far of a chunk this node is fetching from the upstream.
+    pub fn progress(&self, index: u64) -> Option<u64> {
+        self.lock().fetching.get(index as usize).cloned().flatten().map(|p| p.load(Ordering::Relaxed))
+    }
+
+    fn set_fetching(&self, index: u64, progress: Option<Arc<AtomicU64>>) {
+        self.lock().fetching[index as usize] = progress;
+    }
+
+    fn set_view(&self, view: Vec<PeerDoc>) {
+        self.lock().view = view;
+    }
+
+    pub fn status(&self) -> StatusDoc {
+        let s = self.lock();
+        StatusDoc {
+            size: self.size,
+            chunk_size: self.chunk_size,
+            have: bitmap(s.have.iter().map(Option::is_some)),
+            fetching: bitmap(s.fetching.iter().map(Option::is_some)),
+            peers: s.view.clone(),
+        }
+    }
+
+    /// Store a chunk whose sha256 was checked.
+    async fn put(&self, index: u64, data: Bytes, sha: [u8; 32]) -> std::io::Result<()> {
+        self.spool.write(index * self.chunk_size, data).await?;
+        {
+            let mut s = self.lock();
+            s.have[index as usize] = Some(sha);
+            s.fetching[index as usize] = None;
+        }
+        self.bump();
+        Ok(())
+    }
+
+    fn finish(&self, end: End) {
+        self.lock().end = end;
+        self.bump();
+    }
+
+    /// Wait until chunk `index` is here (or the download failed).
+    pub async fn wait_chunk(&self, index: u64) -> Result<(), String> {
+        self.wait(|s| s.have[index as usize].is_some()).await
+    }
+
+    /// Wait until the whole blob checked out against its digest.
+    pub async fn wait_verified(&self) -> Result<(), String> {
+        self.wait(|s| s.end == End::Verified).await
+    }
+
+    /// Like [`Self::wait_chunk`], giving up after `limit`: `Ok(false)` when still not here.
+    pub async fn wait_chunk_for(&self, index: u64, limit: std::time::Duration) -> Result<bool, String> {
+        match tokio::time::timeout(limit, self.wait_chunk(index)).await {
+            Ok(r) => r.map(|()| true),
+            Err(_) => Ok(false),
+        }
+    }
+
+    async fn wait(&self, ready: impl Fn(&State) -> bool) -> Result<(), String> {
+        let mut rx = self.changed.subscribe();
+        loop {
+            {
+                let s = self.lock();
+                if ready(&s) {
+                    return Ok(());
+                }
+                if let End::Failed(e) = &s.end {
+                    return Err(e.clone());
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Err("download dropped".into());
+            }
+        }
+    }
+
+    /// A chunk and its sha256, for a peer.
+    pub async fn read_chunk(&self, index: u64) -> Option<(Bytes, [u8; 32])> {
+        let sha = self.has(index)?;
+        let data = self.spool.read(index * self.chunk_size, self.chunk_len(index) as usize).await.ok()?;
+        Some((data, sha))
+    }
+
+    /// Bytes `start..=end` as they arrive. With `whole`, the last piece is held back until the
+    /// whole blob matched its digest, so a client never gets a complete body with wrong bytes.
+    pub fn body(self: Arc<Self>, start: u64, end: u64, whole: bool) -> ByteStream {
+        Box::pin(futures_util::stream::unfold(Some(start), move |pos| {
+            let dl = self.clone();
+            async move {
+                let pos = pos?;
+                if pos > end {
+                    return None;
+                }
+                let index = pos / dl.chunk_size;
+                let upto = end.min((index + 1) * dl.chunk_size - 1);
+                let ready = async {
+                    dl.wait_chunk(index).await?;
+                    if whole && upto == end {
+                        dl.wait_verified().await?;
+                    }
+                    dl.spool.read(pos, (upto - pos + 1) as usize).await.map_err(|e| e.to_string())
+                };
+                Some(match ready.await {
+                    Ok(data) => (Ok(data), Some(upto + 1)),
+                    Err(e) => (Err(std::io::Error::other(format!("swarm download failed: {e}"))), None),
+                })
+            }
+        }))
+    }
+}
+
+/// Everything a node's downloads share.
+pub struct Swarm {
+    pub cfg: SwarmConfig,
+    dir: PathBuf,
+    downloads: DashMap<String, Arc<Download>>,
+    spooled: AtomicU64,
+    router: Option<Arc<dyn Router>>,
+    client: Option<Arc<PeerClient>>,
+    key: Option<Arc<ClusterKey>>,
+    upstream: Recipient<Fetch>,
+    /// This node's peer id (rendezvous hashing), "local" without p2p.
+    me: String,
+    /// Told when content moves between peers (the `P2PActive` event).
+    active: Option<Recipient<crate::actors::fetch::ServedPeer>>,
+    fetch_slots: Arc<Semaphore>,
+    upload_slots: Arc<Semaphore>,
+    upload_limit: Option<Limiter>,
+    download_limit: Option<Limiter>,
+}
+
+/// What the swarm needs from the p2p side.
+pub struct SwarmPeers {
+    pub router: Arc<dyn Router>,
+    pub client: Arc<PeerClient>,
+    pub key: Option<Arc<ClusterKey>>,
+    pub me: String,
+    pub active: Recipient<crate::actors::fetch::ServedPeer>,
+}
+
+impl Swarm {
+    pub fn new(
+        cfg: SwarmConfig,
+        dir: PathBuf,
+        upstream: Recipient<Fetch>,
+        peers: Option<SwarmPeers>,
+    ) -> Result<Arc<Swarm>, String> {
+        // Spools of a previous run are incomplete by definition.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let (router, client, key, me, active) = match peers {
+            Some(p) => (Some(p.router), Some(p.client), p.key, p.me, Some(p.active)),
+            None => (None, None, None, "local".to_owned(), None),
+        };
+        Ok(Arc::new(Swarm {
+            upload_limit: limiter(cfg.upload_rate, cfg.chunk_size),
+            download_limit: limiter(cfg.download_rate, cfg.chunk_size),
+            fetch_slots: Arc::new(Semaphore::new(cfg.max_fetches)),
+            upload_slots: Arc::new(Semaphore::new(cfg.upload_slots)),
+            cfg,
+            dir,
+            downloads: DashMap::new(),
+            spooled: AtomicU64::new(0),
+            router,
+            client,
+            key,
+            upstream,
+            me,
+            active,
+        }))
+    }
+
+    /// The download of `digest` in progress (or lingering), if any.
+    pub fn get(&self, digest: &Digest) -> Option<Arc<Download>> {
+        self.downloads.get(&digest.to_string()).map(|d| d.clone())
+    }
+
+    /// Join the download of `digest`, starting it (fetching with `request`) if there is none.
+    /// `None` when the spool has no room: the caller streams the blob directly.
+    pub fn join(self: &Arc<Self>, digest: &Digest, size: u64, request: UpstreamRequest) -> Option<Arc<Download>> {
+        use dashmap::mapref::entry::Entry;
+        let entry = match self.downloads.entry(digest.to_string()) {
+            Entry::Occupied(e) => return Some(e.get().clone()),
+            Entry::Vacant(v) => v,
+        };
+        let used = self.spooled.fetch_add(size, Ordering::SeqCst);
+        if used + size > self.cfg.max_spool_bytes {
+            self.spooled.fetch_sub(size, Ordering::SeqCst);
+            tracing::info!(%digest, size, used, "swarm spool full; streaming directly");
+            return None;
+        }
+        let spool = match Spool::create(self.dir.join(digest.hex()), size) {
+            Ok(s) => s,
+            Err(e) => {
+                self.spooled.fetch_sub(size, Ordering::SeqCst);
+                tracing::warn!(%digest, error = %e, "cannot create a swarm spool; streaming directly");
+                return None;
+            }
+        };
+        let dl = Arc::new(Download::new(digest.clone(), size, self.cfg.chunk_size, spool));
+        entry.insert(dl.clone());
+        metrics::counter!(SWARM_DOWNLOADS, "outcome" => "started").increment(1);
+        tracing::info!(%digest, size, chunks = dl.chunks, "swarm download started");
+        let (this, d) = (self.clone(), dl.clone());
+        actix_rt::spawn(async move {
+            let end = engine::Engine::new(this.clone(), d.clone(), request).run().await;
+            this.retire(d, end).await;
+        });
+        Some(dl)
+    }
+
+    /// After the end: a verified download keeps serving peers for `linger`, then goes.
+    async fn retire(&self, dl: Arc<Download>, end: End) {
+        match &end {
+            End::Verified => {
+                metrics::counter!(SWARM_DOWNLOADS, "outcome" => "verified").increment(1);
+                tracing::info!(digest = %dl.digest, "swarm download verified");
+                dl.finish(end);
+                tokio::time::sleep(self.cfg.linger).await;
+            }
+            End::Failed(why) => {
+                metrics::counter!(SWARM_DOWNLOADS, "outcome" => "failed").increment(1);
+                tracing::warn!(digest = %dl.digest, why, "swarm download failed");
+                dl.finish(end);
+            }
+            End::Running => {}
+        }
+        self.downloads.remove_if(&dl.digest.to_string(), |_, d| Arc::ptr_eq(d, &dl));
+        self.spooled.fetch_sub(dl.size, Ordering::SeqCst);
+        if let Some(r) = &self.router {
+            let _ = r.withdraw(vec![swarm_key(&dl.digest)]).await;
+        }
+    }
+
+    /// Downloads in progress or lingering.
+    pub fn active(&self) -> usize {
+        self.downloads.len()
+    }
+}
+
+impl From<&Peer> for PeerDoc {
+    fn from(p: &Peer) -> Self {
+        PeerDoc { id: p.id.clone(), addr: p.addr }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::Algorithm;
+
+    #[test]
+    fn owners_are_spread_and_stable() {
+        let d = Digest::compute(Algorithm::Sha256, b"blob");
+        let ids = ["a", "b", "c", "d"];
+        let mut count = std::collections::HashMap::new();
+        for i in 0..400 {
+            let o = owner(&d, i, ids).unwrap();
+            assert_eq!(owner(&d, i, ids.iter().rev().copied()), Some(o), "order of the view does not matter");
+            *count.entry(o).or_insert(0) += 1;
+        }
+        for id in ids {
+            assert!((60..140).contains(&count[id]), "{id} owns {} of 400", count[id]);
+        }
+        // Dropping a node moves only its chunks.
+        for i in 0..400 {
+            let o = owner(&d, i, ids).unwrap();
+            let o2 = owner(&d, i, ["a", "b", "c"]).unwrap();
+            assert!(o == "d" || o == o2);
+        }
+        assert_eq!(owner(&d, 0, []), None);
+    }
+
+    #[test]
+    fn bitmaps_round_trip() {
+        let bits: Vec<bool> = (0..19).map(|i| i % 3 == 0 || i == 18).collect();
+        let s = bitmap(bits.iter().copied());
+        assert_eq!(unbitmap(&s, 19), bits);
+        assert_eq!(unbitmap("zz", 4), vec![false; 4], "malformed reads as empty");
+        assert_eq!(unbitmap("", 3), vec![false; 3]);
+    }
+
+    #[tokio::test]
+    async fn readers_wait_for_chunks_and_the_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..10u8).collect();
+        let digest = Digest::compute(Algorithm::Sha256, &data);
+        let spool = Spool::create(dir.path().join("x"), 10).unwrap();
+        let dl = Arc::new(Download::new(digest, 10, 4, spool));
+        assert_eq!((dl.chunks, dl.chunk_len(2)), (3, 2));
+        let reader = tokio::spawn(crate::store::collect(dl.clone().body(0, 9, true), 100));
+        let part = tokio::spawn(crate::store::collect(dl.clone().body(5, 8, false), 100));
+        for i in [2u64, 0, 1] {
+            let (s, e) = ((i * 4) as usize, ((i * 4 + 4) as usize).min(10));
+            let sha: [u8; 32] = sha2::Sha256::digest(&data[s..e]).into();
+            dl.put(i, Bytes::copy_from_slice(&data[s..e]), sha).await.unwrap();
+        }
+        assert_eq!(&part.await.unwrap().unwrap()[..], &data[5..=8], "a range needs no verification");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!reader.is_finished(), "the last piece waits for the digest check");
+        dl.finish(End::Verified);
+        assert_eq!(&reader.await.unwrap().unwrap()[..], &data[..]);
+        assert_eq!(dl.read_chunk(1).await.unwrap().0, &data[4..8]);
+
+        let failing = Arc::new(Download::new(
+            Digest::compute(Algorithm::Sha256, b"x"),
+            10,
+            4,
+            Spool::create(dir.path().join("y"), 10).unwrap(),
+        ));
+        let r = tokio::spawn(crate::store::collect(failing.clone().body(0, 9, true), 100));
+        failing.finish(End::Failed("digest mismatch".into()));
+        assert!(r.await.unwrap().unwrap_err().to_string().contains("digest mismatch"));
+    }
+}
