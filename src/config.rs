@@ -141,6 +141,9 @@ pub struct BlobsConfig {
     pub prefetch: bool,
     pub prefetch_workers: usize,
     pub parallel_chunks: usize,
+    pub coalesce: bool,
+    #[serde(with = "humantime_serde")]
+    pub coalesce_gather: Duration,
 }
 
 /// Swarming: blobs shared while they download, each part fetched from upstream once per cluster.

@@ -103,6 +103,7 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
         client: p.path.client.clone(),
         router: p.router.clone(),
         key: p.path.key.clone(),
+        me: p.peer_id.clone(),
     });
     let blobs = if cfg.blobs.enabled {
         let dir = if cfg.blobs.cache_dir.is_empty() {

@@ -147,7 +147,24 @@ pub struct BlobPeers {
     pub client: Arc<PeerClient>,
     pub router: Arc<dyn Router>,
     pub key: Option<Arc<ClusterKey>>,
+    /// This node's peer id (rendezvous hashing).
+    pub me: String,
 }
+
+/// The nodes interested in one file, as last looked up.
+struct Interest {
+    at: Instant,
+    peers: Vec<crate::routing::Peer>,
+}
+
+/// How long a file's interested nodes are trusted before they are looked up again.
+const INTEREST_TTL: Duration = Duration::from_secs(1);
+/// Longest a peer holds a chunk request open while it fetches the chunk for us.
+const CHUNK_WAIT: Duration = Duration::from_secs(2);
+/// Longest a node waits for the owner of a chunk before fetching it itself.
+const TAKEOVER: Duration = Duration::from_secs(10);
+/// How long an owner that could not be reached is skipped.
+const DEAD_FOR: Duration = Duration::from_secs(30);
 
 pub struct BlobsState {
     cfg: BlobsConfig,
@@ -163,6 +180,13 @@ pub struct BlobsState {
     fetches: Arc<Semaphore>,
     prefetched: DashMap<String, ()>,
     prefetch_slots: Arc<Semaphore>,
+    /// File id → the URL and metadata a client last used (so this node can fetch chunks of it
+    /// for peers, with its own client's credentials; peers never see the URL).
+    sources: DashMap<String, (url::Url, Meta)>,
+    /// File id → the other nodes reading it (from the DHT key `swarm/<id>`).
+    interest: DashMap<String, Interest>,
+    /// Owners that could not be reached, until when they are skipped.
+    dead: DashMap<String, Instant>,
 }
 
 fn bad(code: &'static str, status: StatusCode, message: String) -> ApiError {
@@ -216,6 +240,9 @@ impl BlobsState {
             fetches: Arc::new(Semaphore::new(MAX_FETCHES)),
             prefetched: DashMap::new(),
             prefetch_slots: Arc::new(Semaphore::new(workers)),
+            sources: DashMap::new(),
+            interest: DashMap::new(),
+            dead: DashMap::new(),
         })
     }
 
@@ -327,27 +354,46 @@ impl BlobsState {
         ByteRange { start, end: (start + self.cfg.chunk_size).min(meta.size) - 1 }
     }
 
-    /// One chunk: cache, then peers, then upstream (one fetch per chunk per node at a time).
-    async fn chunk(self: &Arc<Self>, url: &url::Url, meta: &Meta, index: u64) -> Result<Bytes, String> {
+    /// One chunk: cache, then peers that have it, then the node that fetches it for everyone
+    /// reading the file (unless this is that fetch), then upstream. One fetch per chunk per node
+    /// at a time.
+    async fn chunk(
+        self: &Arc<Self>,
+        url: &url::Url,
+        meta: &Meta,
+        index: u64,
+        on_behalf: bool,
+    ) -> Result<Bytes, String> {
         if let Some((data, _)) = self.cache.get(&meta.id, index).await {
             metrics::counter!(BLOBS_BYTES, "source" => "local").increment(data.len() as u64);
             return Ok(data);
         }
         let lock = self.inflight.entry((meta.id.clone(), index)).or_default().clone();
         let _guard = lock.lock().await;
-        let result = self.fetch_chunk(url, meta, index).await;
+        let result = self.fetch_chunk(url, meta, index, on_behalf).await;
         self.inflight.remove(&(meta.id.clone(), index));
         result
     }
 
-    async fn fetch_chunk(self: &Arc<Self>, url: &url::Url, meta: &Meta, index: u64) -> Result<Bytes, String> {
+    async fn fetch_chunk(
+        self: &Arc<Self>,
+        url: &url::Url,
+        meta: &Meta,
+        index: u64,
+        on_behalf: bool,
+    ) -> Result<Bytes, String> {
         if let Some((data, _)) = self.cache.get(&meta.id, index).await {
             metrics::counter!(BLOBS_BYTES, "source" => "local").increment(data.len() as u64);
             return Ok(data);
         }
         let _slot = self.fetches.acquire().await.map_err(|e| e.to_string())?;
         let range = self.chunk_range(meta, index);
-        let (data, source) = match self.chunk_from_peers(meta, index, range).await {
+        let from_peers = match self.chunk_from_peers(meta, index, range).await {
+            Some(d) => Some(d),
+            None if !on_behalf => self.chunk_from_owner(meta, index, range).await,
+            None => None,
+        };
+        let (data, source) = match from_peers {
             Some(d) => (d, "peer"),
             None => (self.chunk_from_upstream(url, meta, range).await?, "upstream"),
         };
@@ -391,6 +437,82 @@ impl BlobsState {
             }
         }
         None
+    }
+
+    /// Coalescing: the nodes reading this file (announced as `swarm/<id>`) split its chunks by
+    /// rendezvous hashing; a chunk another node owns is asked of that node, which fetches it from
+    /// the upstream (once, for everyone) and answers when it has it. `None`: this node owns the
+    /// chunk, or the owner died or stalled past the takeover time — fetch it yourself.
+    async fn chunk_from_owner(&self, meta: &Meta, index: u64, range: ByteRange) -> Option<Bytes> {
+        let p = self.peers.as_ref().filter(|_| self.cfg.coalesce)?;
+        let view = self.interested(&meta.id).await;
+        let now = Instant::now();
+        let alive: Vec<&crate::routing::Peer> =
+            view.iter().filter(|v| self.dead.get(&v.id).is_none_or(|t| now >= *t)).collect();
+        let owner_id =
+            crate::swarm::owner(&meta.id, index, alive.iter().map(|v| v.id.as_str()).chain([p.me.as_str()]))?;
+        let owner = alive.into_iter().find(|v| v.id == owner_id)?.clone();
+        let target = format!("/blobs-chunk/{}/{index}?fetch=1&wait={}", meta.id, CHUNK_WAIT.as_millis());
+        let deadline = Instant::now() + TAKEOVER;
+        loop {
+            let resp = match p.client.fetch(&owner, &target, false, None, None).await {
+                Ok(r) => r,
+                Err(crate::peer::client::PeerError::Pending(_)) if Instant::now() < deadline => continue,
+                Err(e) => {
+                    tracing::info!(peer = %owner.id, chunk = index, error = %e, "chunk owner did not deliver; fetching it here");
+                    metrics::counter!(crate::swarm::SWARM_TAKEOVERS).increment(1);
+                    if !matches!(
+                        e,
+                        crate::peer::client::PeerError::Pending(_) | crate::peer::client::PeerError::NotFound
+                    ) {
+                        self.dead.insert(owner.id.clone(), Instant::now() + DEAD_FOR);
+                    }
+                    return None;
+                }
+            };
+            let want = resp.digest.clone().unwrap_or_default();
+            let body = crate::store::collect(resp.body, range.len()).await.ok()?;
+            if body.len() as u64 != range.len() || want != format!("sha256:{}", hex_sha256(&body)) {
+                p.report.do_send(Outcome { peer: owner.id, ok: false });
+                return None;
+            }
+            p.report.do_send(Outcome { peer: owner.id, ok: true });
+            return Some(body);
+        }
+    }
+
+    /// The other nodes reading file `id`. The first time, wait `coalesce_gather` so nodes that
+    /// start at the same moment see each other before anyone fetches.
+    async fn interested(&self, id: &str) -> Vec<crate::routing::Peer> {
+        let Some(p) = &self.peers else { return Vec::new() };
+        match self.interest.get(id) {
+            Some(i) if i.at.elapsed() < INTEREST_TTL => return i.peers.clone(),
+            Some(_) => {}
+            None => tokio::time::sleep(self.cfg.coalesce_gather).await,
+        }
+        let peers = match p.router.resolve(format!("swarm/{id}"), 64).await {
+            Ok(rx) => crate::routing::memory::collect_peers(rx, Duration::from_millis(300)).await,
+            Err(_) => Vec::new(),
+        };
+        if self.interest.len() >= MAX_META {
+            self.interest.clear();
+        }
+        self.interest.insert(id.to_owned(), Interest { at: Instant::now(), peers: peers.clone() });
+        peers
+    }
+
+    /// Note a client's URL for a file and announce that this node reads it (once per file).
+    fn reading(&self, url: &url::Url, meta: &Meta) {
+        if self.sources.len() >= MAX_META {
+            self.sources.clear();
+        }
+        let first = self.sources.insert(meta.id.clone(), (url.clone(), meta.clone())).is_none();
+        if let (true, Some(p), true) = (first, &self.peers, self.cfg.coalesce) {
+            let (router, key) = (p.router.clone(), format!("swarm/{}", meta.id));
+            actix_rt::spawn(async move {
+                let _ = router.provide_now(vec![key]).await;
+            });
+        }
     }
 
     async fn chunk_from_upstream(&self, url: &url::Url, meta: &Meta, range: ByteRange) -> Result<Bytes, String> {
@@ -437,7 +559,7 @@ impl BlobsState {
                 let Ok(slot) = this.prefetch_slots.clone().acquire_owned().await else { return };
                 let (t, u, m) = (this.clone(), url.clone(), meta.clone());
                 actix_rt::spawn(async move {
-                    if t.chunk(&u, &m, index).await.is_ok() {
+                    if t.chunk(&u, &m, index, false).await.is_ok() {
                         metrics::counter!(PREFETCH_CHUNKS).increment(1);
                     }
                     drop(slot);
@@ -461,6 +583,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 async fn blob(req: HttpRequest, st: web::Data<Arc<BlobsState>>) -> Result<HttpResponse, ApiError> {
     let url = st.upstream_url(&req)?;
     let meta = st.metadata(&url).await?;
+    st.reading(&url, &meta);
     let spec = match req.headers().get(header::RANGE).and_then(|v| v.to_str().ok()) {
         Some(v) => range::parse(v)?,
         None => None,
@@ -495,7 +618,7 @@ async fn blob(req: HttpRequest, st: web::Data<Arc<BlobsState>>) -> Result<HttpRe
         .map(move |index| {
             let (t, u, m) = (this.clone(), url.clone(), meta.clone());
             async move {
-                let data = t.chunk(&u, &m, index).await.map_err(std::io::Error::other)?;
+                let data = t.chunk(&u, &m, index, false).await.map_err(std::io::Error::other)?;
                 let chunk_start = index * cs;
                 let from = r.start.saturating_sub(chunk_start) as usize;
                 let to = ((r.end + 1).min(chunk_start + data.len() as u64) - chunk_start) as usize;
@@ -506,7 +629,10 @@ async fn blob(req: HttpRequest, st: web::Data<Arc<BlobsState>>) -> Result<HttpRe
     Ok(b.no_chunking(r.len()).streaming(chunks))
 }
 
-/// A peer asks for a cached chunk: authenticated, answered from the cache only, signed.
+/// A peer asks for a chunk: authenticated, signed, answered from the cache. With `fetch=1`
+/// (the peer computed that this node fetches the chunk for everyone), a missing chunk of a file
+/// this node reads is fetched from the upstream with this node's own URL; the request waits up
+/// to `wait` ms for it, then answers 425 (ask again).
 async fn peer_chunk(req: HttpRequest, st: web::Data<Arc<BlobsState>>, path: web::Path<(String, u64)>) -> HttpResponse {
     let key = st.peers.as_ref().and_then(|p| p.key.clone());
     if !req.headers().contains_key(REQUEST_FROM_PEER) {
@@ -520,7 +646,30 @@ async fn peer_chunk(req: HttpRequest, st: web::Data<Arc<BlobsState>>, path: web:
         Err(r) => return r,
     };
     let (id, index) = path.into_inner();
-    let mut resp = match st.cache.get(&id, index).await {
+    let query: Vec<(String, String)> =
+        url::form_urlencoded::parse(req.query_string().as_bytes()).into_owned().collect();
+    let fetch = query.iter().any(|(k, v)| k == "fetch" && v == "1");
+    let wait = query
+        .iter()
+        .find(|(k, _)| k == "wait")
+        .and_then(|(_, v)| v.parse::<u64>().ok())
+        .map_or(Duration::ZERO, |ms| Duration::from_millis(ms).min(CHUNK_WAIT));
+    let mut found = st.cache.get(&id, index).await;
+    if found.is_none() && fetch {
+        let source = st.sources.get(&id).map(|s| s.clone());
+        if let Some((url, meta)) = source.filter(|(_, m)| index < m.size.div_ceil(st.cfg.chunk_size)) {
+            let this = st.get_ref().clone();
+            let job = actix_rt::spawn(async move { this.chunk(&url, &meta, index, true).await });
+            if let Ok(Ok(Ok(_))) = tokio::time::timeout(wait, job).await {
+                found = st.cache.get(&id, index).await;
+            } else {
+                let mut resp = HttpResponse::build(StatusCode::from_u16(425).expect("valid status")).finish();
+                sign_peer_response(&mut resp, key.as_deref(), &nonce);
+                return resp;
+            }
+        }
+    }
+    let mut resp = match found {
         Some((data, sha)) => {
             metrics::counter!(crate::metrics::PEER_SERVED_BYTES).increment(data.len() as u64);
             if let Some(p) = &st.peers {

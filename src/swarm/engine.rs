@@ -78,6 +78,8 @@ enum Done {
 }
 
 pub struct Engine {
+    /// The digest as a string (the rendezvous key).
+    key: String,
     sw: Arc<Swarm>,
     dl: Arc<Download>,
     request: UpstreamRequest,
@@ -99,8 +101,10 @@ pub struct Engine {
 impl Engine {
     pub fn new(sw: Arc<Swarm>, dl: Arc<Download>, request: UpstreamRequest) -> Engine {
         let n = dl.chunks as usize;
+        let key = dl.digest.to_string();
         let hasher = Some(Hasher::new(dl.digest.algorithm()));
         Engine {
+            key,
             sw,
             dl,
             request,
@@ -250,7 +254,7 @@ impl Engine {
                         .filter(|k| k.active && ok(k))
                         .map(|k| k.peer.id.as_str())
                         .chain([self.sw.me.as_str()]);
-                    owner(&self.dl.digest, i, cands).unwrap_or(&self.sw.me).to_owned()
+                    owner(&self.key, i, cands).unwrap_or(&self.sw.me).to_owned()
                 }
             };
             if target == self.sw.me {

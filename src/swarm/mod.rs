@@ -72,18 +72,19 @@ pub fn swarm_key(digest: &Digest) -> String {
     format!("swarm/{digest}")
 }
 
-/// Which of `candidates` fetches chunk `index` of `digest` from the upstream: the highest
-/// rendezvous score. Every node computes the same answer from the same candidates, and one with
-/// a partial view still never waits in a cycle (scores are one total order per chunk).
-pub fn owner<'a>(digest: &Digest, index: u64, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    candidates.into_iter().max_by_key(|id| (score(digest, index, id), *id))
+/// Which of `candidates` fetches chunk `index` of `key` (a digest, a /blobs file id) from the
+/// upstream: the highest rendezvous score. Every node computes the same answer from the same
+/// candidates, and one with a partial view still never waits in a cycle (scores are one total
+/// order per chunk, so each wait is on a node with a higher score).
+pub fn owner<'a>(key: &str, index: u64, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates.into_iter().max_by_key(|id| (score(key, index, id), *id))
 }
 
-fn score(digest: &Digest, index: u64, id: &str) -> u64 {
+fn score(key: &str, index: u64, id: &str) -> u64 {
     let h = sha2::Sha256::new()
         .chain_update(id)
         .chain_update(b"\n")
-        .chain_update(digest.hex())
+        .chain_update(key)
         .chain_update(index.to_be_bytes())
         .finalize();
     u64::from_be_bytes(h[..8].try_into().expect("8 bytes"))
@@ -466,7 +467,7 @@ mod tests {
 
     #[test]
     fn owners_are_spread_and_stable() {
-        let d = Digest::compute(Algorithm::Sha256, b"blob");
+        let d = Digest::compute(Algorithm::Sha256, b"blob").to_string();
         let ids = ["a", "b", "c", "d"];
         let mut count = std::collections::HashMap::new();
         for i in 0..400 {
