@@ -276,6 +276,55 @@ async fn blobs_through_a_cluster_with_nginx() {
     nginx.stop();
 }
 
+/// Body bytes nginx sent, from its access log (combined format: `"request" status bytes`).
+fn nginx_body_bytes(dir: &Path) -> u64 {
+    let log = std::fs::read_to_string(dir.join("access.log")).unwrap_or_default();
+    log.lines()
+        .filter_map(|l| l.split('"').nth(2))
+        .filter_map(|after| after.split_whitespace().nth(1))
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum()
+}
+
+/// Three nodes read the same new file at the same moment (and prefetch it): its chunks are split
+/// among them, so nginx sends the file about once, and every node gets every byte right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_read_at_once_by_three_nodes_come_from_the_upstream_once() {
+    if !require("blobs_coalesce", &["nginx", "curl"], false) {
+        return;
+    }
+    let work = tempdir("pd-bc");
+    let nginx = Nginx::start(work.path());
+    let data = content(99, (48 * CHUNK + 4321) as usize);
+    std::fs::write(nginx.root.join("shared.bin"), &data).unwrap();
+    let ports = Ports::free("127.0.0.2");
+    let ips = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
+    let nodes: Vec<Peerd> =
+        (0..3).map(|i| start_node(ips[i], ports, &work.path().join(format!("d{i}")), &nginx.addr, true)).collect();
+    for n in &nodes {
+        n.wait_ready();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await; // the DHT connects
+    let before = nginx_body_bytes(work.path());
+    let client = reqwest::Client::new();
+    let up = nginx.addr.clone();
+    let reads = nodes.iter().map(|n| {
+        let (client, u) = (client.clone(), format!("{}/blobs/http://{up}/shared.bin?sig=s", n.url("")));
+        async move { get(&client, &u, None).await }
+    });
+    for (i, (status, body, _)) in futures_util::future::join_all(reads).await.into_iter().enumerate() {
+        assert_eq!(status, 200, "node {i}");
+        assert!(body == data, "node {i}: bytes differ");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await; // the access log is written after each request
+    let sent = nginx_body_bytes(work.path()) - before;
+    let size = data.len() as u64;
+    eprintln!("nginx sent {sent} body bytes for a {size}-byte file read by 3 nodes ({:.2}x)", sent as f64 / size as f64);
+    let from_peers: f64 = nodes.iter().map(|n| n.metric("peerd_blobs_bytes_total", &["source=\"peer\""])).sum();
+    assert!(from_peers >= size as f64, "chunks moved between the nodes: {from_peers}");
+    assert!(sent as f64 <= 1.1 * size as f64, "nginx sent {sent} bytes: more than 1.1 x the file ({size})");
+}
+
 fn find_chunk(dir: &Path, index: u64) -> Option<PathBuf> {
     for shard in std::fs::read_dir(dir).ok()?.flatten() {
         if shard.file_name().len() != 2 {
