@@ -16,14 +16,20 @@
    checks that the status is one the operation declares, that error bodies are
    `application/json` OCI errors with a code the status allows, and that required headers are
    there. Methods a path does not declare must get the status in its `x-peerd-other-methods`
-   (405 with `Allow: GET, HEAD` under /v2 and /blobs). Unknown routes must get 404.
+   (405 with `Allow: GET, HEAD` under /v2 and /blobs). Unknown routes must get 404. Paths marked
+   `x-peerd-requires: p2p` (/swarm) do not exist with --no-p2p: every request there, whatever
+   the method or variant, must get the unknown route's 404 (`no route for <path>`).
 4. /blobs in detail, with exact statuses, codes, headers and bytes: whole file, HEAD, single,
    open-ended, suffix and cross-chunk ranges, 416s, refusals (allow-list, metadata address,
    credentials, upstream 403/500/404, unreachable upstream), the query passed upstream with
    If-Match, /blobs-chunk answered from the cache with the chunk's sha256, and the cached file
    served after the upstream is stopped. Then a second peerd with p2p on (127.0.0.1, no
    bootstrap peers) and a cluster secret: /blobs-chunk unsigned or wrongly signed gets 401, and
-   signed requests get signed 200 and 404 answers.
+   signed requests (also with `fetch=1&wait=`) get signed 200 and 404 answers.
+5. /swarm on that second peerd, with no download in progress: without the peer header 404
+   `UNSUPPORTED`, unsigned or wrongly signed 401, signed status and chunk requests signed 404
+   `BLOB_UNKNOWN`, a malformed digest signed 400 `DIGEST_INVALID`, a chunk size or index that
+   is not a number the framework's plain-text 404, other methods 404 `UNSUPPORTED`.
 
 Every process started is stopped by PID at the end. Exit 1 on any mismatch, listing each one.
 """
@@ -185,11 +191,12 @@ http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
 
 
 class Checker:
-    def __init__(self, spec, ports, upstream, path_values=None):
+    def __init__(self, spec, ports, upstream, path_values=None, features=()):
         self.spec = spec
         self.ports = ports  # listener default port -> actual port
         self.upstream = upstream
         self.path_values = path_values or {}  # path parameter -> values used instead of its examples
+        self.features = set(features)  # `x-peerd-requires` values the peerd under test has (p2p)
         self.failures = []
         self.count = 0
 
@@ -304,6 +311,8 @@ class Checker:
             out.append(("required query missing", target(combos[0], {}), {}, None))
         if "400" in op.get("responses", {}):
             for p in path_params:
+                if p["name"] not in INVALID_PATH:
+                    continue  # numbers (chunk_size, index): a non-number gets the framework's 404, not 400
                 bad = dict(combos[0], **{p["name"]: INVALID_PATH[p["name"]]})
                 out.append((f"invalid {p['name']}", target(bad, required_q), {}, 400))
         return out
@@ -317,8 +326,12 @@ class Checker:
                         continue
                     op = item[method]
                     declared = {int(s) for s in op["responses"] if s != "default"}
+                    # A path this peerd does not have is an unknown route, whatever the variant.
+                    absent = item.get("x-peerd-requires", None) not in (None, *self.features)
                     for label, tgt, hdrs, expect in self.cases(path, item, method, op):
-                        if expect not in declared:
+                        if absent:
+                            expect = 404
+                        elif expect not in declared:
                             expect = None  # e.g. PUT: 405 whatever the variant
                         what = f"{method.upper()} :{port}{tgt} ({label})"
                         status, headers, body = self.send(port, method, tgt, hdrs)
@@ -328,6 +341,8 @@ class Checker:
                             continue
                         if expect is not None and status != expect:
                             self.fail(what, f"expected {expect}, got {status}; body {body[:200]!r}")
+                        if absent and b"no route for" not in body:
+                            self.fail(what, f"requires {item['x-peerd-requires']}: expected the unknown route's 404, got {body[:200]!r}")
                         resp = op["responses"].get(str(status)) or op["responses"].get("default")
                         self.check_response(what, method, status, headers, body, resp, hdrs, port)
                 self.check_undeclared(path, item, port)
@@ -586,13 +601,61 @@ class BlobsCheck:
         target = f"/blobs-chunk/{fid}/0"
         self.req(chunk, "GET", target, {"X-MS-Peerd-RequestFromPeer": "true"}, 401, "UNAUTHORIZED", port=port)
         self.req(chunk, "GET", target, peer_headers(target, "not-the-cluster-secret"), 401, "UNAUTHORIZED", port=port)
-        for target, status in [(target, 200), (f"/blobs-chunk/{fid}/99", 404)]:
+        for target, status in [
+            (target, 200),
+            (f"/blobs-chunk/{fid}/99", 404),
+            # fetch=1: a cached chunk is served; an index past the end or a file never read is
+            # not fetched (this node knows no URL for it): 404 at once, not 425 after `wait`.
+            (f"/blobs-chunk/{fid}/0?fetch=1&wait=100", 200),
+            (f"/blobs-chunk/{fid}/99?fetch=1&wait=100", 404),
+            (f"/blobs-chunk/{'0' * 64}/0?fetch=1&wait=100", 404),
+        ]:
             hdrs = peer_headers(target)
             _, h, body = self.req(chunk, "GET", target, hdrs, status, port=port)
             if h.get("x-peerd-signature") != response_signature(hdrs["X-Peerd-Nonce"], status, h):
                 c.fail(f"GET :{port}{target} (signed)", f"answer signature does not verify: {h.get('x-peerd-signature')!r}")
             if status == 200 and body != self.data[:CHUNK]:
                 c.fail(f"GET :{port}{target} (signed)", "bytes differ from the file's first chunk")
+
+
+class SwarmCheck:
+    """/swarm on the peerd with p2p and a cluster secret, no download in progress there."""
+
+    def __init__(self, blobs, port):
+        self.c, self.req, self.port = blobs.c, blobs.req, port
+
+    def signed(self, spec_path, target, status, code, headers=None):
+        hdrs = dict(peer_headers(target), **(headers or {}))
+        _, h, _ = self.req(spec_path, "GET", target, hdrs, status, code, port=self.port)
+        if h.get("x-peerd-signature") != response_signature(hdrs["X-Peerd-Nonce"], status, h):
+            self.c.fail(f"GET :{self.port}{target} (signed)", f"answer signature does not verify: {h.get('x-peerd-signature')!r}")
+
+    def run(self):
+        c, port = self.c, self.port
+        paths = c.spec.doc["paths"]
+        digest = example_values(c.spec.resolve({"$ref": "#/components/parameters/Digest"}))[0]
+        size = example_values(c.spec.resolve({"$ref": "#/components/parameters/SwarmChunkSize"}))[0]
+        status_path, chunk_path = "/swarm/{digest}/{chunk_size}", "/swarm/{digest}/{chunk_size}/{index}"
+        for spec_path, target in [
+            (status_path, f"/swarm/{digest}/{size}"),
+            (chunk_path, f"/swarm/{digest}/{size}/0?wait=100"),
+        ]:
+            self.req(spec_path, "GET", target, {}, 404, "UNSUPPORTED", port=port)
+            for hdrs in ({"X-MS-Peerd-RequestFromPeer": "true"}, peer_headers(target, "not-the-cluster-secret")):
+                _, h, _ = self.req(spec_path, "GET", target, hdrs, 401, "UNAUTHORIZED", port=port)
+                if "x-peerd-signature" in h:
+                    c.fail(f"GET :{port}{target} (bad signature)", "a 401 must not be signed")
+            self.signed(spec_path, target, 404, "BLOB_UNKNOWN", {"X-MS-Peerd-CorrelationId": "api-check-swarm"})
+            bad = target.replace(digest, INVALID_PATH["digest"])
+            self.signed(spec_path, bad, 400, "DIGEST_INVALID")
+            c.check_undeclared(spec_path, paths[spec_path], port)
+        self.signed(chunk_path, f"/swarm/{INVALID_PATH['reference']}/{size}/3", 400, "DIGEST_INVALID")
+        # Not a number: the HTTP framework's plain-text 404, before any peer check.
+        for target in (f"/swarm/{digest}/abc", f"/swarm/{digest}/{size}/abc"):
+            status, h, body = c.send(port, "GET", target, peer_headers(target))
+            c.count += 1
+            if status != 404 or (h.get("content-type") or "").startswith("application/json"):
+                c.fail(f"GET :{port}{target}", f"expected the framework's plain-text 404, got {status} {h.get('content-type')!r} {body[:120]!r}")
 
 
 def main():
@@ -630,6 +693,7 @@ def main():
             binary, tmp, "peerd-p2p", p2p_http, free_port(), upstream, blobs_hosts, p2p_port=free_port()
         )
         blobs.signed_peer(p2p_http)
+        SwarmCheck(blobs, p2p_http).run()
         stop(procs["upstream"])
         blobs.after_upstream_stopped()
         if checker.failures:

@@ -319,7 +319,10 @@ async fn blobs_read_at_once_by_three_nodes_come_from_the_upstream_once() {
     tokio::time::sleep(Duration::from_millis(500)).await; // the access log is written after each request
     let sent = nginx_body_bytes(work.path()) - before;
     let size = data.len() as u64;
-    eprintln!("nginx sent {sent} body bytes for a {size}-byte file read by 3 nodes ({:.2}x)", sent as f64 / size as f64);
+    eprintln!(
+        "nginx sent {sent} body bytes for a {size}-byte file read by 3 nodes ({:.2}x)",
+        sent as f64 / size as f64
+    );
     let from_peers: f64 = nodes.iter().map(|n| n.metric("peerd_blobs_bytes_total", &["source=\"peer\""])).sum();
     assert!(from_peers >= size as f64, "chunks moved between the nodes: {from_peers}");
     assert!(sent as f64 <= 1.1 * size as f64, "nginx sent {sent} bytes: more than 1.1 x the file ({size})");

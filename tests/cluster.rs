@@ -32,8 +32,7 @@ fn nodes_pull_from_each_other_when_the_registry_is_gone() {
 
     a.containerd.pull(&a.hosts, &image);
     // Alone, A fetched the layers itself (directly, or as a swarm of one for the large ones).
-    let a_bytes = a.peerd.metric("peerd_served_bytes_total", &["source=\"upstream\""])
-        + a.peerd.metric("peerd_served_bytes_total", &["source=\"swarm\""]);
+    let a_bytes = fetched_bytes(&a.peerd);
     assert!(a_bytes >= multi_bytes as f64, "{a_bytes} < {multi_bytes}");
     let a_id = peer_id(&a.peerd);
     assert!(!a_id.is_empty());

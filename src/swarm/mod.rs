@@ -92,6 +92,9 @@ fn score(key: &str, index: u64, id: &str) -> u64 {
 
 type Limiter = governor::DefaultDirectRateLimiter;
 
+/// Largest piece a reader takes from the spool at once.
+const READ_PIECE: u64 = 256 << 10;
+
 /// A byte-rate limiter counting KiB (governor's cells are u32), with bursts of one chunk.
 fn limiter(bytes_per_s: u64, chunk: u64) -> Option<Limiter> {
     let rate = NonZeroU32::new(u32::try_from(bytes_per_s / 1024).unwrap_or(u32::MAX))?;
@@ -308,7 +311,8 @@ impl Download {
                     return None;
                 }
                 let index = pos / dl.chunk_size;
-                let upto = end.min((index + 1) * dl.chunk_size - 1);
+                // At most READ_PIECE bytes at a time, so a reader holds little memory.
+                let upto = end.min((index + 1) * dl.chunk_size - 1).min(pos + READ_PIECE - 1);
                 let ready = async {
                     dl.wait_chunk(index).await?;
                     if whole && upto == end {

@@ -727,3 +727,10 @@ pub fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Bytes a node served that it fetched for the request: straight from the upstream, or through
+/// a swarm download (chunks from the upstream and peers).
+pub fn fetched_bytes(p: &Peerd) -> f64 {
+    p.metric("peerd_served_bytes_total", &["source=\"upstream\""])
+        + p.metric("peerd_served_bytes_total", &["source=\"swarm\""])
+}
