@@ -195,6 +195,7 @@ must_fail() { # must_fail WHAT EXPECTED-MESSAGE ARGS...
 must_fail "Kubernetes 1.29 (chart needs >=1.30)" "kubeVersion" --kube-version 1.29.0
 must_fail "an empty peerd.hosts" "peerd.hosts must list at least one registry" --kube-version "$KUBE_VERSION" --set peerd.hosts=null
 must_fail "a peerd.hosts entry with a path" "is not host\[:port\]" --kube-version "$KUBE_VERSION" --set 'peerd.hosts[0]=ghcr.io/org'
+must_fail "peerd.swarm.maxSpoolBytes=20Gi (bytes only)" "peerd.swarm.maxSpoolBytes must be a non-negative integer" --kube-version "$KUBE_VERSION" --set peerd.swarm.maxSpoolBytes=20Gi
 
 # NOTES.txt: `helm template` skips it, so render it through tpl in a copy of the chart.
 step "NOTES.txt"

@@ -256,6 +256,26 @@ def check_common(docs, case, ns, registries, secret_name, secret_key, domain):
     return ds
 
 
+def check_swarm_env(ds, want):
+    """The peerd container's PEERD_SWARM__* env vars: exactly `want` (name -> value), each a
+    plain string (integers as decimal digits, never 2.147483648e+10), before the extraEnv
+    entries so that those can override them."""
+    pod = ds["spec"]["template"]["spec"]
+    c = [x for x in pod["containers"] if x["name"] == "peerd"][0]
+    env = c.get("env", [])
+    got = {e["name"]: e.get("value") for e in env if e["name"].startswith("PEERD_SWARM__")}
+    check(got == want, f"swarm env vars are {want} (got {got})")
+    check(all(isinstance(v, str) for v in got.values()), "swarm env values are strings (quoted)")
+    ints = {k: v for k, v in got.items() if k != "PEERD_SWARM__ENABLED"}
+    check(all(isinstance(v, str) and re.fullmatch(r"[0-9]+", v) for v in ints.values()),
+          f"swarm integer env values are plain digits ({ints})")
+    names = [e["name"] for e in env]
+    swarm_at = [i for i, n in enumerate(names) if n.startswith("PEERD_SWARM__")]
+    other_at = [i for i, n in enumerate(names) if n.startswith("PEERD_") and not n.startswith("PEERD_SWARM__")]
+    check(not swarm_at or not other_at or max(swarm_at) < min(other_at),
+          "swarm env vars come before extraEnv (which can override them)")
+
+
 def check_mirrors(docs, ds, registries):
     pod = ds["spec"]["template"]["spec"]
     inits = pod.get("initContainers", [])
@@ -410,6 +430,8 @@ def main():
     ds = check_common(docs, "default values", "peerd", default_regs, "peerd-secret", "secret", "cluster.local")
     if ds:
         check_mirrors(docs, ds, default_regs)
+        check_swarm_env(ds, {"PEERD_SWARM__ENABLED": "true", "PEERD_SWARM__MAX_SPOOL_BYTES": "21474836480",
+                             "PEERD_SWARM__UPLOAD_RATE": "0", "PEERD_SWARM__DOWNLOAD_RATE": "0"})
     sec = one(docs, "Secret", "peerd-secret")
     raw = base64.b64decode(sec["data"]["secret"]).decode()
     check(len(raw) == 48 and all(ch in string.ascii_letters + string.digits for ch in raw),
@@ -426,6 +448,8 @@ def main():
     ds = check_common(docs, "all features", "peerd-ns", regs, "peerd-cluster-secret", "token", "cluster.example")
     if ds:
         check_mirrors(docs, ds, regs)
+        check_swarm_env(ds, {"PEERD_SWARM__ENABLED": "false", "PEERD_SWARM__MAX_SPOOL_BYTES": "107374182400",
+                             "PEERD_SWARM__UPLOAD_RATE": "52428800", "PEERD_SWARM__DOWNLOAD_RATE": "5368709120"})
         ann = ds["spec"]["template"]["metadata"].get("annotations", {})
         check(ann.get("prometheus.io/scrape") == "true" and ann.get("prometheus.io/port") == "5004"
               and ann.get("prometheus.io/path") == "/metrics/prometheus",

@@ -70,6 +70,8 @@ enum ChunkResult {
     Dead(String),
     Bad(String),
     UpstreamFailed(UpstreamError),
+    /// The upstream fetch was given up: a peer has the chunk.
+    Abandoned,
 }
 
 enum Done {
@@ -92,7 +94,14 @@ pub struct Engine {
     /// chunk → (peer waited on, since when without progress, its last progress)
     waiting: HashMap<u64, (String, Instant, Option<u64>)>,
     upstream_attempts: HashMap<u64, (u32, Instant)>,
+    /// Upstream fetches in flight, to give up on when a peer has the chunk first.
+    aborts: HashMap<u64, futures_util::future::AbortHandle>,
     refreshing: bool,
+    /// Candidates of the cached owners, and the owners (per chunk).
+    cands: Vec<String>,
+    owners: Vec<Option<String>>,
+    /// No chunk below this index is missing.
+    first_missing: u64,
     hashed: u64,
     hasher: Option<Hasher>,
     failed: Option<String>,
@@ -115,7 +124,11 @@ impl Engine {
             excluded: HashMap::new(),
             waiting: HashMap::new(),
             upstream_attempts: HashMap::new(),
+            aborts: HashMap::new(),
             refreshing: false,
+            cands: Vec::new(),
+            owners: vec![None; n],
+            first_missing: 0,
             hashed: 0,
             hasher,
             failed: None,
@@ -217,11 +230,48 @@ impl Engine {
         self.peers.values().filter(|k| k.active).map(|k| PeerDoc::from(&k.peer)).collect()
     }
 
+    /// The nodes chunks are shared among now: this one and the peers downloading the blob that
+    /// answer (a peer that is only busy stays; one that stopped answering does not).
+    fn candidates(&self, now: Instant) -> Vec<String> {
+        let mut c: Vec<String> = self
+            .peers
+            .values()
+            .filter(|k| k.active && k.dead_until.is_none_or(|t| now >= t))
+            .map(|k| k.peer.id.clone())
+            .collect();
+        c.push(self.sw.me.clone());
+        c.sort();
+        c
+    }
+
+    /// The owner of chunk `i`: cached while the candidates stay the same (hashing every chunk
+    /// against every candidate on every event would cost more than the chunks).
+    fn owner_of(&mut self, i: u64) -> String {
+        if let Some(x) = self.excluded.get(&i) {
+            let cands = self.cands.iter().filter(|c| !x.contains(*c)).map(String::as_str);
+            return owner(&self.key, i, cands).unwrap_or(&self.sw.me).to_owned();
+        }
+        if let Some(o) = &self.owners[i as usize] {
+            return o.clone();
+        }
+        let o = owner(&self.key, i, self.cands.iter().map(String::as_str)).unwrap_or(&self.sw.me).to_owned();
+        self.owners[i as usize] = Some(o.clone());
+        o
+    }
+
     fn schedule(&mut self, futs: &mut FuturesUnordered<BoxFuture<'static, Done>>) {
         let now = Instant::now();
         let cfg = &self.sw.cfg;
         let (parallel, up_parallel, per_peer) = (cfg.parallel, cfg.upstream_parallel, cfg.per_peer);
-        for i in 0..self.dl.chunks {
+        let cands = self.candidates(now);
+        if cands != self.cands {
+            self.cands = cands;
+            self.owners.iter_mut().for_each(|o| *o = None);
+        }
+        while self.first_missing < self.dl.chunks && self.dl.has(self.first_missing).is_some() {
+            self.first_missing += 1;
+        }
+        for i in self.first_missing..self.dl.chunks {
             if self.peer_inflight >= parallel && self.upstream_inflight >= up_parallel {
                 break;
             }
@@ -247,22 +297,16 @@ impl Engine {
             let fetcher = self.peers.values().find(|k| k.fetching[i as usize] && k.active && ok(k));
             let target = match fetcher {
                 Some(k) => k.peer.id.clone(),
-                None => {
-                    let cands = self
-                        .peers
-                        .values()
-                        .filter(|k| k.active && ok(k))
-                        .map(|k| k.peer.id.as_str())
-                        .chain([self.sw.me.as_str()]);
-                    owner(&self.key, i, cands).unwrap_or(&self.sw.me).to_owned()
-                }
+                None => self.owner_of(i),
             };
             if target == self.sw.me {
                 let retry_ok = self.upstream_attempts.get(&i).is_none_or(|(_, at)| now >= *at);
                 if self.upstream_inflight < up_parallel && retry_ok {
                     self.start_upstream(i, futs);
                 }
-            } else if self.peer_inflight < parallel && self.peers.get(&target).is_some_and(|k| k.inflight < per_peer) {
+            } else if self.peer_inflight < parallel
+                && self.peers.get(&target).is_some_and(|k| k.inflight < per_peer && k.usable(now))
+            {
                 self.start_peer(i, target, futs);
             }
         }
@@ -290,14 +334,40 @@ impl Engine {
         let progress = Arc::new(AtomicU64::new(0));
         self.dl.set_fetching(index, Some(progress.clone()));
         let (sw, dl, req) = (self.sw.clone(), self.dl.clone(), self.request.clone());
+        let t = Instant::now();
+        let (fetch, abort) = futures_util::future::abortable(async move {
+            let result = fetch_upstream_chunk(&sw, &dl, req, index, progress).await;
+            Done::Chunk { index, lane: Lane::Upstream, result, took: t.elapsed() }
+        });
+        self.aborts.insert(index, abort);
         futs.push(
-            async move {
-                let t = Instant::now();
-                let result = fetch_upstream_chunk(&sw, &dl, req, index, progress).await;
-                Done::Chunk { index, lane: Lane::Upstream, result, took: t.elapsed() }
-            }
-            .boxed(),
+            fetch
+                .map(move |r| {
+                    r.unwrap_or_else(|_| Done::Chunk {
+                        index,
+                        lane: Lane::Upstream,
+                        result: ChunkResult::Abandoned,
+                        took: t.elapsed(),
+                    })
+                })
+                .boxed(),
         );
+    }
+
+    /// Stop fetching from the upstream what a peer already has (a slow or stuck upstream read,
+    /// or two nodes that both thought they owned a chunk): the peer is asked instead.
+    fn abandon_fetched_elsewhere(&mut self) {
+        let now = Instant::now();
+        for (i, handle) in &self.aborts {
+            if self.peers.values().any(|k| k.have[*i as usize] && k.usable(now)) {
+                tracing::debug!(
+                    chunk = i,
+                    "a peer has the chunk being fetched from the upstream; taking it from the peer"
+                );
+                metrics::counter!(SWARM_CHUNK_FAILURES, "reason" => "abandoned").increment(1);
+                handle.abort();
+            }
+        }
     }
 
     async fn on_done(&mut self, done: Done, _futs: &mut FuturesUnordered<BoxFuture<'static, Done>>) {
@@ -336,12 +406,14 @@ impl Engine {
                     }
                 }
                 self.dl.set_view(self.view());
+                self.abandon_fetched_elsewhere();
             }
             Done::Chunk { index, lane, result, took } => {
                 self.inflight[index as usize] = false;
                 let source = match &lane {
                     Lane::Upstream => {
                         self.upstream_inflight -= 1;
+                        self.aborts.remove(&index);
                         "upstream"
                     }
                     Lane::Peer(id) => {
@@ -415,6 +487,7 @@ impl Engine {
                             self.excluded.entry(index).or_default().insert(id);
                         }
                     }
+                    ChunkResult::Abandoned => {}
                     ChunkResult::UpstreamFailed(e) => {
                         metrics::counter!(SWARM_CHUNK_FAILURES, "reason" => "upstream").increment(1);
                         let attempts = self.upstream_attempts.entry(index).or_insert((0, Instant::now()));

@@ -465,6 +465,9 @@ impl From<&Peer> for PeerDoc {
 }
 
 #[cfg(test)]
+mod engine_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::oci::Algorithm;

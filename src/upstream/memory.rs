@@ -4,7 +4,7 @@ use super::{Kind, Upstream, UpstreamError, UpstreamRequest, UpstreamResponse};
 use async_trait::async_trait;
 use bytes::Bytes;
 use dashmap::DashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 #[derive(Default)]
@@ -14,6 +14,8 @@ pub struct MemoryUpstream {
     /// When set, every fetch fails with this error.
     pub fail_with: Mutex<Option<UpstreamError>>,
     pub calls: AtomicUsize,
+    /// Body bytes sent (not counting HEAD).
+    pub body_bytes: AtomicU64,
 }
 
 impl MemoryUpstream {
@@ -53,6 +55,9 @@ impl Upstream for MemoryUpstream {
             _ => (200, body),
         };
         let len = body.len() as u64;
+        if !req.head {
+            self.body_bytes.fetch_add(len, Ordering::SeqCst);
+        }
         let stream: crate::store::ByteStream = if req.head {
             Box::pin(futures_util::stream::empty())
         } else {

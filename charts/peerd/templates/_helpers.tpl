@@ -139,3 +139,35 @@ loses its scheme and any trailing slash. Use with fromJsonArray.
 {{- define "peerd.containerdSocketDir" -}}
 {{- dir .Values.peerd.containerd.socket }}
 {{- end }}
+
+{{/*
+A non-negative integer value as plain decimal digits, for an environment variable. Call with
+(list "name.of.value" value). Numbers from a values file arrive as float64 and would otherwise
+print as 2.147483648e+10, which peerd would not read as an integer; --set gives int64 and
+--set-string a string. Anything that is not a whole number >= 0 (a fraction, "20Gi", a
+negative number) fails the render rather than reach peerd as 0 or garbage.
+*/}}
+{{- define "peerd.uint" -}}
+{{- $name := index . 0 }}
+{{- $v := index . 1 }}
+{{- $s := toString $v }}
+{{- if kindIs "float64" $v }}
+{{- $s = printf "%.0f" $v }}
+{{- if ne (float64 $s) $v }}
+{{- fail (printf "%s must be a whole number of bytes (got %v)" $name $v) }}
+{{- end }}
+{{- end }}
+{{- if not (regexMatch "^[0-9]+$" $s) }}
+{{- fail (printf "%s must be a non-negative integer (got %v)" $name $v) }}
+{{- end }}
+{{- $s }}
+{{- end }}
+
+{{/* A boolean value as "true" or "false", for an environment variable. Call with (list "name" value). */}}
+{{- define "peerd.bool" -}}
+{{- $s := toString (index . 1) }}
+{{- if not (has $s (list "true" "false")) }}
+{{- fail (printf "%s must be true or false (got %v)" (index . 0) (index . 1)) }}
+{{- end }}
+{{- $s }}
+{{- end }}

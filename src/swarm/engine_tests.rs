@@ -1,0 +1,181 @@
+//! Three in-process nodes (real `/swarm` HTTP endpoints on loopback, in-memory DHT, one
+//! in-memory upstream each so every node's upstream reads are counted apart): coalescing,
+//! sharing, takeover from a stalled owner, and a dead peer.
+
+use super::*;
+use crate::actors::fetch::FetchActor;
+use crate::actors::upstream::{Breaker, UpstreamActor};
+use crate::config::{Config, SwarmConfig};
+use crate::oci::{parse_ns, Algorithm};
+use crate::routing::memory::{MemoryNetwork, MemoryRouter};
+use crate::upstream::memory::MemoryUpstream;
+use crate::upstream::{Kind, Upstream, UpstreamError, UpstreamResponse};
+use actix::Actor;
+use actix_web::{web, App, HttpServer};
+use std::time::Duration;
+
+const CHUNK: u64 = 64 << 10;
+
+fn cfg() -> SwarmConfig {
+    let mut c = Config::load(None, Vec::<(String, String)>::new(), Vec::new()).unwrap().swarm;
+    c.chunk_size = CHUNK;
+    c.gather = Duration::from_millis(100);
+    c.refresh = Duration::from_millis(100);
+    c.takeover = Duration::from_millis(800);
+    c.linger = Duration::from_secs(2);
+    c
+}
+
+/// An upstream whose ranged reads never answer (an owner stuck on its upstream).
+struct Stalled(MemoryUpstream);
+
+#[async_trait::async_trait]
+impl Upstream for Stalled {
+    async fn fetch(&self, req: crate::upstream::UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
+        if req.range.is_some() {
+            std::future::pending::<()>().await;
+        }
+        self.0.fetch(req).await
+    }
+}
+
+struct Node {
+    sw: Arc<Swarm>,
+    up: Arc<MemoryUpstream>,
+    server: actix_web::dev::ServerHandle,
+}
+
+fn request(digest: &Digest) -> UpstreamRequest {
+    UpstreamRequest {
+        registry: parse_ns(Some("example.com"), "").unwrap(),
+        repository: "app".into(),
+        kind: Kind::Blob,
+        reference: digest.to_string(),
+        head: false,
+        accept: None,
+        authorization: None,
+        range: None,
+    }
+}
+
+fn bytes_of(up: &MemoryUpstream) -> u64 {
+    up.body_bytes.load(Ordering::SeqCst)
+}
+
+async fn node(net: &Arc<MemoryNetwork>, name: &str, blob: &Bytes, digest: &Digest, stalled: bool) -> Node {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let me = Peer { id: name.into(), addr: listener.local_addr().unwrap() };
+    let router: Arc<dyn Router> = Arc::new(MemoryRouter::new(net.clone(), me.clone()));
+    let up = Arc::new(MemoryUpstream::default());
+    up.put("example.com", "app", Kind::Blob, &digest.to_string(), "application/octet-stream", blob.clone());
+    let upstream: Arc<dyn Upstream> = if stalled { Arc::new(Stalled(MemoryUpstream::default())) } else { up.clone() };
+    if stalled {
+        // The stalled node's own reads are not counted: it never gets any bytes.
+        up.body_bytes.store(0, Ordering::SeqCst);
+    }
+    let actor = UpstreamActor::new(upstream, &[], Breaker::new(100, Duration::from_secs(1))).start();
+    let fetch = FetchActor::new(router.clone(), Duration::from_millis(50), 3, None).start();
+    let client =
+        Arc::new(PeerClient::new(Duration::from_millis(500), Duration::from_secs(5), None, name.into()).unwrap());
+    let dir = tempfile::tempdir().unwrap().keep();
+    let peers = SwarmPeers { router, client, key: None, me: name.into(), active: fetch.recipient() };
+    let sw = Swarm::new(cfg(), dir.join("spool"), actor.recipient(), Some(peers)).unwrap();
+    let data = web::Data::new(sw.clone());
+    let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(http::configure))
+        .workers(1)
+        .disable_signals()
+        .listen(listener)
+        .unwrap()
+        .run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    Node { sw, up, server: handle }
+}
+
+fn blob(len: usize) -> (Bytes, Digest) {
+    let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 251) as u8).collect();
+    let d = Digest::compute(Algorithm::Sha256, &data);
+    (Bytes::from(data), d)
+}
+
+async fn read_all(dl: Arc<Download>) -> Result<Bytes, std::io::Error> {
+    let size = dl.size;
+    tokio::time::timeout(Duration::from_secs(30), crate::store::collect(dl.body(0, size - 1, true), size + 1))
+        .await
+        .map_err(|_| std::io::Error::other("timed out"))?
+}
+
+#[actix_rt::test]
+async fn three_nodes_fetch_each_chunk_once_and_share() {
+    let net = Arc::new(MemoryNetwork::default());
+    let (data, digest) = blob((40 * CHUNK + 123) as usize);
+    let nodes = [
+        node(&net, "a", &data, &digest, false).await,
+        node(&net, "b", &data, &digest, false).await,
+        node(&net, "c", &data, &digest, false).await,
+    ];
+    let dls: Vec<Arc<Download>> =
+        nodes.iter().map(|n| n.sw.join(&digest, data.len() as u64, request(&digest)).unwrap()).collect();
+    // Single flight within a node: joining again gives the same download.
+    let again = nodes[0].sw.join(&digest, data.len() as u64, request(&digest)).unwrap();
+    assert!(Arc::ptr_eq(&again, &dls[0]));
+    for dl in dls {
+        assert_eq!(read_all(dl).await.unwrap(), data);
+    }
+    let per_node: Vec<u64> = nodes.iter().map(|n| bytes_of(&n.up)).collect();
+    let total: u64 = per_node.iter().sum();
+    assert!(total as f64 <= 1.1 * data.len() as f64, "upstream sent {total} for {} ({per_node:?})", data.len());
+    assert!(per_node.iter().all(|b| *b > 0), "every node fetched its share: {per_node:?}");
+    for n in &nodes {
+        n.server.stop(false).await;
+    }
+}
+
+#[actix_rt::test]
+async fn a_stalled_owner_and_a_dead_peer_lose_their_chunks() {
+    let net = Arc::new(MemoryNetwork::default());
+    let (data, digest) = blob((24 * CHUNK + 5) as usize);
+    let size = data.len() as u64;
+    // c answers its peers but never gets a byte from its upstream.
+    let nodes = [
+        node(&net, "a", &data, &digest, false).await,
+        node(&net, "b", &data, &digest, false).await,
+        node(&net, "c", &data, &digest, true).await,
+    ];
+    let dls: Vec<Arc<Download>> = nodes.iter().map(|n| n.sw.join(&digest, size, request(&digest)).unwrap()).collect();
+    for dl in &dls[..2] {
+        assert_eq!(read_all(dl.clone()).await.unwrap(), data, "a and b took over c's chunks");
+    }
+    let total = bytes_of(&nodes[0].up) + bytes_of(&nodes[1].up);
+    assert!(total >= size, "a and b fetched everything between them: {total}");
+    // c can now complete from them.
+    assert_eq!(read_all(dls[2].clone()).await.unwrap(), data);
+
+    // A dead peer: b's server goes away in the middle of a second blob.
+    let (data2, digest2) = blob((24 * CHUNK + 77) as usize);
+    for n in &nodes {
+        n.up.put("example.com", "app", Kind::Blob, &digest2.to_string(), "application/octet-stream", data2.clone());
+    }
+    let a2 = nodes[0].sw.join(&digest2, data2.len() as u64, request(&digest2)).unwrap();
+    let _b2 = nodes[1].sw.join(&digest2, data2.len() as u64, request(&digest2)).unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    nodes[1].server.stop(false).await;
+    assert_eq!(read_all(a2).await.unwrap(), data2, "a completed without b");
+    nodes[0].server.stop(false).await;
+    nodes[2].server.stop(false).await;
+}
+
+#[actix_rt::test]
+async fn a_wrong_blob_fails_the_download_and_its_readers() {
+    let net = Arc::new(MemoryNetwork::default());
+    let (data, _) = blob((3 * CHUNK) as usize);
+    let claimed = Digest::compute(Algorithm::Sha256, b"something else");
+    let n = node(&net, "a", &data, &claimed, false).await;
+    let dl = n.sw.join(&claimed, data.len() as u64, request(&claimed)).unwrap();
+    let err = read_all(dl.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("hashes to"), "{err}");
+    assert!(matches!(dl.end(), End::Failed(_)));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(n.sw.get(&claimed).is_none(), "a failed download is dropped at once");
+    n.server.stop(false).await;
+}
