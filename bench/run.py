@@ -1439,7 +1439,10 @@ class Bench:
                 r["max_over_bound"] = r["max_s"] / r["bound_s"]
                 if peers:
                     r["served_bytes"] = {s: sum(p.metric("peerd_served_bytes_total", f'source="{s}"') for p in peers)
-                                         for s in ("local", "peer", "upstream")}
+                                         for s in ("local", "peer", "upstream", "swarm")}
+                    # swarm chunks received, by where they came from
+                    r["swarm_chunk_bytes"] = {s: sum(p.metric("peerd_swarm_chunk_bytes_total", f'source="{s}"')
+                                                     for p in peers) for s in ("peer", "upstream")}
                 cases[case] = r
                 log(f"  ({case}) total {r['total_s']:.1f} s, p50 {r['p50_s']:.1f} s, max {r['max_s']:.1f} s, "
                     f"registry egress {r['registry_egress_images']:.2f} images, {r['total_over_bound']:.2f}x bound; "
@@ -1849,14 +1852,19 @@ def write_markdown(res, path, plots):
               f"resolvable from every other node {rb['advertise_wait_s']:.2f} s later, then the other "
               f"{cl['nodes'] - 1} pulled together from it (p50 {rb['p50_s']:.1f} s, max {rb['max_s']:.1f} s); "
               "p50/max in the table are over those.")
-        for k in ("b", "c"):
+        for k in ("b", "c", "c4"):
             r = cl["cases"].get(k)
             if r and r.get("served_bytes"):
                 sb = r["served_bytes"]
                 a(f"Case ({k}) bytes served by all peerds: local {sb['local'] / MiB:.0f} MiB, peer "
-                  f"{sb['peer'] / MiB:.0f} MiB, upstream {sb['upstream'] / MiB:.0f} MiB"
+                  f"{sb['peer'] / MiB:.0f} MiB, upstream {sb['upstream'] / MiB:.0f} MiB, swarm "
+                  f"{sb.get('swarm', 0) / MiB:.0f} MiB"
                   + (" (`local` counts what a node served from its own store, here to the peers that fetched "
-                     "from it)." if k == "b" else "."))
+                     "from it; the first node's pull was a swarm of one)." if k == "b" else "."))
+                sc = r.get("swarm_chunk_bytes")
+                if sc and k != "b":
+                    a(f"Swarm chunks received in ({k}): {sc['upstream'] / MiB:.0f} MiB from the registry, "
+                      f"{sc['peer'] / MiB:.0f} MiB from other nodes.")
         a("\nCases (c) and (c4) are swarming: every node that wants a layer announces it, the layer's 2 MiB "
           "chunks are split among them by rendezvous hashing, each chunk comes from the registry once (to its "
           "owner) and moves between the nodes while they are all still downloading. Registry egress is the image "

@@ -354,6 +354,13 @@ impl BlobsState {
         ByteRange { start, end: (start + self.cfg.chunk_size).min(meta.size) - 1 }
     }
 
+    /// A chunk from the local cache, counted as served locally.
+    async fn cached(&self, id: &str, index: u64) -> Option<Bytes> {
+        let (data, _) = self.cache.get(id, index).await?;
+        metrics::counter!(BLOBS_BYTES, "source" => "local").increment(data.len() as u64);
+        Some(data)
+    }
+
     /// One chunk: cache, then peers that have it, then the node that fetches it for everyone
     /// reading the file (unless this is that fetch), then upstream. One fetch per chunk per node
     /// at a time.
@@ -364,8 +371,7 @@ impl BlobsState {
         index: u64,
         on_behalf: bool,
     ) -> Result<Bytes, String> {
-        if let Some((data, _)) = self.cache.get(&meta.id, index).await {
-            metrics::counter!(BLOBS_BYTES, "source" => "local").increment(data.len() as u64);
+        if let Some(data) = self.cached(&meta.id, index).await {
             return Ok(data);
         }
         let lock = self.inflight.entry((meta.id.clone(), index)).or_default().clone();
@@ -382,8 +388,7 @@ impl BlobsState {
         index: u64,
         on_behalf: bool,
     ) -> Result<Bytes, String> {
-        if let Some((data, _)) = self.cache.get(&meta.id, index).await {
-            metrics::counter!(BLOBS_BYTES, "source" => "local").increment(data.len() as u64);
+        if let Some(data) = self.cached(&meta.id, index).await {
             return Ok(data);
         }
         let _slot = self.fetches.acquire().await.map_err(|e| e.to_string())?;
@@ -660,12 +665,17 @@ async fn peer_chunk(req: HttpRequest, st: web::Data<Arc<BlobsState>>, path: web:
         if let Some((url, meta)) = source.filter(|(_, m)| index < m.size.div_ceil(st.cfg.chunk_size)) {
             let this = st.get_ref().clone();
             let job = actix_rt::spawn(async move { this.chunk(&url, &meta, index, true).await });
-            if let Ok(Ok(Ok(_))) = tokio::time::timeout(wait, job).await {
-                found = st.cache.get(&id, index).await;
-            } else {
-                let mut resp = HttpResponse::build(StatusCode::from_u16(425).expect("valid status")).finish();
-                sign_peer_response(&mut resp, key.as_deref(), &nonce);
-                return resp;
+            match tokio::time::timeout(wait, job).await {
+                Ok(Ok(Ok(_))) => found = st.cache.get(&id, index).await,
+                // Still fetching: ask again.
+                Err(_) => {
+                    let mut resp = HttpResponse::build(StatusCode::from_u16(425).expect("valid status")).finish();
+                    sign_peer_response(&mut resp, key.as_deref(), &nonce);
+                    return resp;
+                }
+                // This node could not fetch it (its URL expired, the upstream refused): 404, so
+                // the asking node fetches the chunk itself at once.
+                Ok(_) => tracing::debug!(chunk = index, "fetch for a peer failed"),
             }
         }
     }

@@ -365,9 +365,16 @@ impl Swarm {
         upstream: Recipient<Fetch>,
         peers: Option<SwarmPeers>,
     ) -> Result<Arc<Swarm>, String> {
-        // Spools of a previous run are incomplete by definition.
-        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        // Spools of a previous run are incomplete by definition. Only files named like a spool
+        // (a digest's hex) are removed: the directory may be shared with other things.
+        for entry in std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let spool_name = matches!(name.len(), 64 | 128) && name.bytes().all(|b| b.is_ascii_hexdigit());
+            if spool_name && entry.file_type().is_ok_and(|t| t.is_file()) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         let (router, client, key, me, active) = match peers {
             Some(p) => (Some(p.router), Some(p.client), p.key, p.me, Some(p.active)),
             None => (None, None, None, "local".to_owned(), None),
@@ -492,6 +499,23 @@ mod tests {
             assert!(o == "d" || o == o2);
         }
         assert_eq!(owner(&d, 0, []), None);
+    }
+
+    #[tokio::test]
+    async fn rate_limits_hold_transfers_to_the_rate() {
+        assert!(limiter(0, 1 << 20).is_none(), "0: no limit");
+        // 1 MiB/s with 256 KiB chunks: the first second's worth passes at once (the burst), the
+        // next 1 MiB can only pass a second later. (A lower bound: a limiter is never faster.)
+        let l = limiter(1 << 20, 256 << 10).unwrap();
+        let t = std::time::Instant::now();
+        for _ in 0..8 {
+            throttle(Some(&l), 256 << 10).await;
+        }
+        let took = t.elapsed();
+        assert!(took >= std::time::Duration::from_millis(900), "2 MiB at 1 MiB/s took {took:?}");
+        let t = std::time::Instant::now();
+        throttle(None, 1 << 30).await;
+        assert!(t.elapsed() < std::time::Duration::from_millis(100), "no limiter: no wait");
     }
 
     #[test]
