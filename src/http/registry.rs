@@ -511,7 +511,12 @@ async fn blob(st: &RegistryState, ask: &Ask, repo: &str, digest: &Digest) -> Res
         return resp;
     }
     // A download in progress on this node is joined, whoever else holds the blob.
-    if let Some(dl) = st.swarm.as_ref().and_then(|sw| sw.get(digest)).filter(|_| !ask.head) {
+    if let Some(dl) = st.swarm.as_ref().and_then(|sw| sw.get(digest)) {
+        if ask.head {
+            let mut b = HttpResponse::Ok();
+            blob_headers(&mut b, digest);
+            return Ok(tag_source(b.no_chunking(dl.size).streaming(empty()), Source::Swarm));
+        }
         return swarm_response(ask, dl);
     }
     let holders = match &st.peers {
@@ -541,8 +546,19 @@ async fn swarm_blob(
     if ask.head {
         return None;
     }
-    let head = fetch(st, upstream_request(ask, repo, Kind::Blob, digest.to_string(), true, None)).await.ok()?;
-    let size = head.content_length?;
+    let size = match fetch(st, upstream_request(ask, repo, Kind::Blob, digest.to_string(), true, None)).await {
+        Ok(head) => head.content_length?,
+        // The upstream cannot be reached: other nodes downloading the blob know its size (and
+        // hold some of its chunks), so join them rather than fail.
+        Err(
+            e @ (UpstreamError::Unreachable { .. } | UpstreamError::Timeout { .. } | UpstreamError::CircuitOpen { .. }),
+        ) => {
+            let size = sw.size_from_peers(digest).await;
+            tracing::info!(%digest, error = %e, from_peers = ?size, "upstream unreachable; size of the blob from swarm peers");
+            size?
+        }
+        Err(_) => return None,
+    };
     if size < sw.cfg.min_size.max(1) {
         return None;
     }

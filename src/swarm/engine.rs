@@ -7,7 +7,7 @@
 use super::{owner, swarm_key, throttle, unbitmap, Download, End, PeerDoc, StatusDoc, Swarm};
 use super::{SWARM_CHUNK_BYTES, SWARM_CHUNK_FAILURES, SWARM_PEERS_LOST, SWARM_TAKEOVERS};
 use crate::http::range::ByteRange;
-use crate::oci::Hasher;
+use crate::oci::{Digest, Hasher};
 use crate::peer::client::PeerError;
 use crate::routing::Peer;
 use crate::stream::Slice;
@@ -552,8 +552,13 @@ fn rand_tiebreak(id: &str, index: u64) -> u64 {
 }
 
 async fn fetch_status(sw: &Swarm, dl: &Download, peer: &Peer) -> Result<StatusDoc, String> {
+    status_of(sw, &dl.digest, dl.chunk_size, peer).await
+}
+
+/// A peer's status page for its download of `digest` in `chunk_size`-byte chunks.
+pub(super) async fn status_of(sw: &Swarm, digest: &Digest, chunk_size: u64, peer: &Peer) -> Result<StatusDoc, String> {
     let client = sw.client.as_ref().ok_or("no peer client")?;
-    let target = format!("/swarm/{}/{}", dl.digest, dl.chunk_size);
+    let target = format!("/swarm/{digest}/{chunk_size}");
     let resp = client.fetch(peer, &target, false, None, None).await.map_err(|e| match e {
         PeerError::NotFound => "not found".to_owned(),
         e => e.to_string(),

@@ -119,6 +119,12 @@ async fn three_nodes_fetch_each_chunk_once_and_share() {
     // Single flight within a node: joining again gives the same download.
     let again = nodes[0].sw.join(&digest, data.len() as u64, request(&digest)).unwrap();
     assert!(Arc::ptr_eq(&again, &dls[0]));
+    // A node that cannot ask the upstream learns the size from the others' status pages (once
+    // their announcements are out).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(nodes[1].sw.size_from_peers(&digest).await, Some(data.len() as u64));
+    let unknown = Digest::compute(Algorithm::Sha256, b"nobody downloads this");
+    assert_eq!(nodes[1].sw.size_from_peers(&unknown).await, None);
     for dl in dls {
         assert_eq!(read_all(dl).await.unwrap(), data);
     }

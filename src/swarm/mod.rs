@@ -399,7 +399,8 @@ impl Swarm {
 
     /// The download of `digest` in progress (or lingering), if any.
     pub fn get(&self, digest: &Digest) -> Option<Arc<Download>> {
-        self.downloads.get(&digest.to_string()).map(|d| d.clone())
+        // A failed download is on its way out: not joined, not served.
+        self.downloads.get(&digest.to_string()).map(|d| d.clone()).filter(|d| !matches!(d.end(), End::Failed(_)))
     }
 
     /// Join the download of `digest`, starting it (fetching with `request`) if there is none.
@@ -407,7 +408,9 @@ impl Swarm {
     pub fn join(self: &Arc<Self>, digest: &Digest, size: u64, request: UpstreamRequest) -> Option<Arc<Download>> {
         use dashmap::mapref::entry::Entry;
         let entry = match self.downloads.entry(digest.to_string()) {
-            Entry::Occupied(e) => return Some(e.get().clone()),
+            Entry::Occupied(e) if !matches!(e.get().end(), End::Failed(_)) => return Some(e.get().clone()),
+            // A failed one is being removed: this request streams directly.
+            Entry::Occupied(_) => return None,
             Entry::Vacant(v) => v,
         };
         let used = self.spooled.fetch_add(size, Ordering::SeqCst);
@@ -457,6 +460,20 @@ impl Swarm {
         if let Some(r) = &self.router {
             let _ = r.withdraw(vec![swarm_key(&dl.digest)]).await;
         }
+    }
+
+    /// The size of a blob other nodes are downloading (when the upstream cannot say): from the
+    /// status page of the first node announcing `swarm/<digest>` that answers.
+    pub async fn size_from_peers(&self, digest: &Digest) -> Option<u64> {
+        let router = self.router.as_ref()?;
+        let rx = router.resolve(swarm_key(digest), 8).await.ok()?;
+        let peers = crate::routing::memory::collect_peers(rx, std::time::Duration::from_millis(500)).await;
+        for p in peers {
+            if let Ok(doc) = engine::status_of(self, digest, self.cfg.chunk_size, &p).await {
+                return Some(doc.size);
+            }
+        }
+        None
     }
 
     /// Downloads in progress or lingering.
