@@ -185,3 +185,74 @@ async fn a_wrong_blob_fails_the_download_and_its_readers() {
     assert!(n.sw.get(&claimed).is_none(), "a failed download is dropped at once");
     n.server.stop(false).await;
 }
+
+/// A peer that claims every chunk and sends bytes that do not match the hash it sends.
+async fn liar(
+    net: &Arc<MemoryNetwork>,
+    digest: &Digest,
+    size: u64,
+    asked: Arc<std::sync::atomic::AtomicUsize>,
+) -> actix_web::dev::ServerHandle {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let me = Peer { id: "liar".into(), addr: listener.local_addr().unwrap() };
+    MemoryRouter::new(net.clone(), me).provide(vec![swarm_key(digest)]).await.unwrap();
+    let chunks = size.div_ceil(CHUNK);
+    let status = serde_json::to_vec(&StatusDoc {
+        size,
+        chunk_size: CHUNK,
+        have: bitmap((0..chunks).map(|_| true)),
+        fetching: bitmap((0..chunks).map(|_| false)),
+        peers: Vec::new(),
+    })
+    .unwrap();
+    let server = HttpServer::new(move || {
+        let (status, asked) = (status.clone(), asked.clone());
+        App::new()
+            .route(
+                "/swarm/{d}/{cs}",
+                web::get().to(move || {
+                    let body = status.clone();
+                    let sha = hex::encode(sha2::Sha256::digest(&body));
+                    async move {
+                        actix_web::HttpResponse::Ok()
+                            .insert_header(("Docker-Content-Digest", format!("sha256:{sha}")))
+                            .body(body)
+                    }
+                }),
+            )
+            .route(
+                "/swarm/{d}/{cs}/{i}",
+                web::get().to(move || {
+                    asked.fetch_add(1, Ordering::SeqCst);
+                    async {
+                        actix_web::HttpResponse::Ok()
+                            .insert_header(("Docker-Content-Digest", format!("sha256:{}", "0".repeat(64))))
+                            .body(vec![0u8; CHUNK as usize])
+                    }
+                }),
+            )
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .unwrap()
+    .run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    handle
+}
+
+#[actix_rt::test]
+async fn chunks_that_do_not_match_their_hash_are_refused() {
+    let net = Arc::new(MemoryNetwork::default());
+    let (data, digest) = blob((10 * CHUNK) as usize);
+    let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let liar = liar(&net, &digest, data.len() as u64, asked.clone()).await;
+    let a = node(&net, "a", &data, &digest, false).await;
+    let dl = a.sw.join(&digest, data.len() as u64, request(&digest)).unwrap();
+    assert_eq!(read_all(dl).await.unwrap(), data, "the liar's chunks were refused and fetched elsewhere");
+    assert_eq!(bytes_of(&a.up), data.len() as u64, "from the upstream instead");
+    assert!(asked.load(Ordering::SeqCst) >= 1, "the liar was asked (it claimed every chunk)");
+    liar.stop(false).await;
+    a.server.stop(false).await;
+}
