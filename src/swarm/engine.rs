@@ -28,6 +28,8 @@ pub const LONG_POLL: Duration = Duration::from_secs(2);
 const DEAD_FOR: Duration = Duration::from_secs(30);
 /// Most peers in one download's view.
 const MAX_VIEW: usize = 64;
+/// One refresh in this many looks the download up in the DHT.
+const DHT_EVERY: u64 = 3;
 /// Upstream attempts per chunk before the download fails.
 const UPSTREAM_ATTEMPTS: u32 = 4;
 
@@ -97,6 +99,7 @@ pub struct Engine {
     /// Upstream fetches in flight, to give up on when a peer has the chunk first.
     aborts: HashMap<u64, futures_util::future::AbortHandle>,
     refreshing: bool,
+    refreshes: u64,
     /// Candidates of the cached owners, and the owners (per chunk).
     cands: Vec<String>,
     owners: Vec<Option<String>>,
@@ -126,6 +129,7 @@ impl Engine {
             upstream_attempts: HashMap::new(),
             aborts: HashMap::new(),
             refreshing: false,
+            refreshes: 0,
             cands: Vec::new(),
             owners: vec![None; n],
             first_missing: 0,
@@ -176,18 +180,22 @@ impl Engine {
     }
 
     /// Look the download up in the DHT and ask every known peer what it has.
-    fn refresh_future(&self) -> BoxFuture<'static, Done> {
+    fn refresh_future(&mut self) -> BoxFuture<'static, Done> {
         let (sw, dl) = (self.sw.clone(), self.dl.clone());
+        // The DHT is asked every few refreshes (and while no peer is known); in between, the
+        // peers' status pages name the nodes they know, which is cheaper than a lookup.
+        self.refreshes += 1;
+        let lookup = self.refreshes % DHT_EVERY == 1 || self.peers.values().all(|k| !k.active);
         let mut known: Vec<Peer> = self.peers.values().map(|k| k.peer.clone()).collect();
         let now = Instant::now();
         known.retain(|p| self.peers.get(&p.id).is_none_or(|k| k.dead_until.is_none_or(|t| now >= t)));
         async move {
             let found = match &sw.router {
-                Some(r) => match r.resolve(swarm_key(&dl.digest), MAX_VIEW).await {
+                Some(r) if lookup => match r.resolve(swarm_key(&dl.digest), MAX_VIEW).await {
                     Ok(rx) => crate::routing::memory::collect_peers(rx, Duration::from_millis(500)).await,
                     Err(_) => Vec::new(),
                 },
-                None => Vec::new(),
+                _ => Vec::new(),
             };
             let mut ask: Vec<Peer> = known;
             for p in &found {
