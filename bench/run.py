@@ -1443,6 +1443,11 @@ class Bench:
                     # swarm chunks received, by where they came from
                     r["swarm_chunk_bytes"] = {s: sum(p.metric("peerd_swarm_chunk_bytes_total", f'source="{s}"')
                                                      for p in peers) for s in ("peer", "upstream")}
+                    # where duplicate registry reads come from: chunks taken over from a peer that made
+                    # no progress, and upstream reads given up because a peer had the chunk first
+                    r["swarm_takeovers"] = sum(p.metric("peerd_swarm_takeovers_total") for p in peers)
+                    r["swarm_abandoned"] = sum(p.metric("peerd_swarm_chunk_failures_total", 'reason="abandoned"')
+                                               for p in peers)
                 cases[case] = r
                 log(f"  ({case}) total {r['total_s']:.1f} s, p50 {r['p50_s']:.1f} s, max {r['max_s']:.1f} s, "
                     f"registry egress {r['registry_egress_images']:.2f} images, {r['total_over_bound']:.2f}x bound; "
@@ -1864,7 +1869,10 @@ def write_markdown(res, path, plots):
                 sc = r.get("swarm_chunk_bytes")
                 if sc and k != "b":
                     a(f"Swarm chunks received in ({k}): {sc['upstream'] / MiB:.0f} MiB from the registry, "
-                      f"{sc['peer'] / MiB:.0f} MiB from other nodes.")
+                      f"{sc['peer'] / MiB:.0f} MiB from other nodes"
+                      + (f"; {r['swarm_takeovers']:.0f} chunks taken over from a peer without progress, "
+                         f"{r['swarm_abandoned']:.0f} registry reads given up because a peer had the chunk first."
+                         if "swarm_takeovers" in r else "."))
         a("\nCases (c) and (c4) are swarming: every node that wants a layer announces it, the layer's 2 MiB "
           "chunks are split among them by rendezvous hashing, each chunk comes from the registry once (to its "
           "owner) and moves between the nodes while they are all still downloading. Registry egress is the image "

@@ -18,7 +18,7 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use sha2::Digest as _;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,15 @@ impl Known {
     }
 }
 
+/// Waiting for a chunk from a peer.
+struct Wait {
+    peer: String,
+    /// Since when without progress.
+    since: Instant,
+    /// The peer's last reported progress (bytes it received from the upstream for this blob).
+    progress: Option<u64>,
+}
+
 enum Lane {
     Upstream,
     Peer(String),
@@ -93,8 +102,8 @@ pub struct Engine {
     upstream_inflight: usize,
     /// Peers no longer asked for a chunk (took over from them, or they sent bad bytes).
     excluded: HashMap<u64, HashSet<String>>,
-    /// chunk → (peer waited on, since when without progress, its last progress)
-    waiting: HashMap<u64, (String, Instant, Option<u64>)>,
+    /// chunk → the wait on the peer that should deliver it
+    waiting: HashMap<u64, Wait>,
     upstream_attempts: HashMap<u64, (u32, Instant)>,
     /// Upstream fetches in flight, to give up on when a peer has the chunk first.
     aborts: HashMap<u64, futures_util::future::AbortHandle>,
@@ -339,12 +348,11 @@ impl Engine {
     fn start_upstream(&mut self, index: u64, futs: &mut FuturesUnordered<BoxFuture<'static, Done>>) {
         self.upstream_inflight += 1;
         self.inflight[index as usize] = true;
-        let progress = Arc::new(AtomicU64::new(0));
-        self.dl.set_fetching(index, Some(progress.clone()));
+        self.dl.set_fetching(index, true);
         let (sw, dl, req) = (self.sw.clone(), self.dl.clone(), self.request.clone());
         let t = Instant::now();
         let (fetch, abort) = futures_util::future::abortable(async move {
-            let result = fetch_upstream_chunk(&sw, &dl, req, index, progress).await;
+            let result = fetch_upstream_chunk(&sw, &dl, req, index).await;
             Done::Chunk { index, lane: Lane::Upstream, result, took: t.elapsed() }
         });
         self.aborts.insert(index, abort);
@@ -433,7 +441,7 @@ impl Engine {
                     }
                 };
                 if !matches!(result, ChunkResult::Got(..)) && matches!(lane, Lane::Upstream) {
-                    self.dl.set_fetching(index, None);
+                    self.dl.set_fetching(index, false);
                 }
                 match result {
                     ChunkResult::Got(data, sha) => {
@@ -482,7 +490,7 @@ impl Engine {
                             if let Some(k) = self.peers.get_mut(&id) {
                                 k.lost();
                             }
-                            if self.waiting.get(&index).is_some_and(|(p, ..)| *p == id) {
+                            if self.waiting.get(&index).is_some_and(|w| w.peer == id) {
                                 metrics::counter!(SWARM_TAKEOVERS).increment(1);
                                 self.waiting.remove(&index);
                             }
@@ -514,15 +522,21 @@ impl Engine {
         }
     }
 
-    /// A peer said "not yet": keep waiting while it makes progress, take over when it does not.
+    /// A peer said "not yet". Keep waiting while it makes progress on this blob's upstream reads
+    /// (it is working through the chunks it owns); take the chunk over when it made none for
+    /// `swarm.takeover` (stuck, or not fetching at all). A peer that is slow but moving keeps its
+    /// chunks: taking them over would read them from the upstream twice.
     fn note_wait(&mut self, index: u64, id: String, progress: Option<u64>) {
         let now = Instant::now();
-        let entry = self.waiting.entry(index).or_insert((id.clone(), now, progress));
-        if entry.0 != id || progress.is_some_and(|p| entry.2.is_none_or(|q| p > q)) {
-            *entry = (id.clone(), now, progress);
+        let entry = self.waiting.entry(index).or_insert(Wait { peer: id.clone(), since: now, progress });
+        if entry.peer != id {
+            *entry = Wait { peer: id.clone(), since: now, progress };
+        } else if progress.is_some_and(|p| entry.progress.is_none_or(|q| p > q)) {
+            entry.since = now;
+            entry.progress = progress;
         }
-        if now.duration_since(entry.1) >= self.sw.cfg.takeover {
-            tracing::warn!(peer = %id, chunk = index, "no progress from the peer fetching this chunk; taking it over");
+        if now.duration_since(entry.since) >= self.sw.cfg.takeover {
+            tracing::warn!(peer = %id, chunk = index, "no progress from the peer that should fetch this chunk; taking it over");
             metrics::counter!(SWARM_TAKEOVERS).increment(1);
             self.excluded.entry(index).or_default().insert(id);
             self.waiting.remove(&index);
@@ -605,13 +619,7 @@ async fn fetch_peer_chunk(sw: &Swarm, dl: &Download, peer: &Peer, index: u64) ->
     ChunkResult::Got(body, sha)
 }
 
-async fn fetch_upstream_chunk(
-    sw: &Swarm,
-    dl: &Download,
-    mut req: UpstreamRequest,
-    index: u64,
-    progress: Arc<AtomicU64>,
-) -> ChunkResult {
+async fn fetch_upstream_chunk(sw: &Swarm, dl: &Download, mut req: UpstreamRequest, index: u64) -> ChunkResult {
     let Ok(_slot) = sw.fetch_slots.acquire().await else { return ChunkResult::Dead("shutting down".into()) };
     let len = dl.chunk_len(index);
     throttle(sw.download_limit.as_ref(), len as usize).await;
@@ -635,7 +643,7 @@ async fn fetch_upstream_chunk(
         match piece {
             Ok(p) => {
                 buf.extend_from_slice(&p);
-                progress.store(buf.len() as u64, Ordering::Relaxed);
+                dl.upstream_bytes.fetch_add(p.len() as u64, Ordering::Relaxed);
                 received.increment(p.len() as u64);
             }
             Err(e) => {

@@ -4,8 +4,8 @@
 //!   its sha256 in `Docker-Content-Digest` (so the signature covers the body).
 //! - `GET /swarm/<digest>/<chunk size>/<index>?wait=<ms>`: one chunk with its sha256 in
 //!   `Docker-Content-Digest`; if the node is downloading it but does not have that chunk yet,
-//!   the request waits up to `wait` ms, then answers 425 (with the bytes received so far when
-//!   this node fetches the chunk itself). 404: no such download here. 503: too many uploads.
+//!   the request waits up to `wait` ms, then answers 425 with the bytes this node has received
+//!   from the upstream for the blob so far (the asker keeps waiting while that grows). 404: no such download here. 503: too many uploads.
 //!
 //! [`StatusDoc`]: super::StatusDoc
 
@@ -94,11 +94,9 @@ async fn chunk(req: HttpRequest, sw: web::Data<Arc<Swarm>>, path: web::Path<(Str
         match dl.wait_chunk_for(index, wait).await {
             Ok(true) => {}
             Ok(false) => {
-                let mut b = HttpResponse::build(StatusCode::from_u16(425).expect("valid status"));
-                if let Some(p) = dl.progress(index) {
-                    b.insert_header((PROGRESS_HEADER, p.to_string()));
-                }
-                return b.finish();
+                return HttpResponse::build(StatusCode::from_u16(425).expect("valid status"))
+                    .insert_header((PROGRESS_HEADER, dl.progress().to_string()))
+                    .finish();
             }
             Err(e) => return error(ApiError::BlobUnknown(format!("download failed: {e}"))),
         }

@@ -120,8 +120,8 @@ pub enum End {
 struct State {
     /// sha256 of each chunk held.
     have: Vec<Option<[u8; 32]>>,
-    /// Bytes received so far of each chunk this node fetches from the upstream.
-    fetching: Vec<Option<Arc<AtomicU64>>>,
+    /// Chunks this node is fetching from the upstream.
+    fetching: Vec<bool>,
     end: End,
     /// The other nodes the engine knows are downloading this blob.
     view: Vec<PeerDoc>,
@@ -136,6 +136,8 @@ pub struct Download {
     spool: Arc<Spool>,
     state: Mutex<State>,
     changed: watch::Sender<u64>,
+    /// Bytes received from the upstream, all chunks together.
+    upstream_bytes: AtomicU64,
 }
 
 /// What a node tells peers about one download (`GET /swarm/<digest>/<chunk size>`).
@@ -187,11 +189,12 @@ impl Download {
             spool,
             state: Mutex::new(State {
                 have: vec![None; chunks as usize],
-                fetching: vec![None; chunks as usize],
+                fetching: vec![false; chunks as usize],
                 end: End::Running,
                 view: Vec::new(),
             }),
             changed: watch::channel(0).0,
+            upstream_bytes: AtomicU64::new(0),
         }
     }
 
@@ -216,13 +219,14 @@ impl Download {
         self.lock().end.clone()
     }
 
-    /// Bytes received so far of a chunk this node is fetching from the upstream.
-    pub fn progress(&self, index: u64) -> Option<u64> {
-        self.lock().fetching.get(index as usize).cloned().flatten().map(|p| p.load(Ordering::Relaxed))
+    /// Bytes this node has received from the upstream for this blob so far (all chunks): a peer
+    /// waiting on it for a chunk keeps waiting while this grows.
+    pub fn progress(&self) -> u64 {
+        self.upstream_bytes.load(Ordering::Relaxed)
     }
 
-    fn set_fetching(&self, index: u64, progress: Option<Arc<AtomicU64>>) {
-        self.lock().fetching[index as usize] = progress;
+    fn set_fetching(&self, index: u64, fetching: bool) {
+        self.lock().fetching[index as usize] = fetching;
     }
 
     fn set_view(&self, view: Vec<PeerDoc>) {
@@ -235,7 +239,7 @@ impl Download {
             size: self.size,
             chunk_size: self.chunk_size,
             have: bitmap(s.have.iter().map(Option::is_some)),
-            fetching: bitmap(s.fetching.iter().map(Option::is_some)),
+            fetching: bitmap(s.fetching.iter().copied()),
             peers: s.view.clone(),
         }
     }
@@ -246,7 +250,7 @@ impl Download {
         {
             let mut s = self.lock();
             s.have[index as usize] = Some(sha);
-            s.fetching[index as usize] = None;
+            s.fetching[index as usize] = false;
         }
         self.bump();
         Ok(())
