@@ -43,6 +43,23 @@ struct Node {
     sw: Arc<Swarm>,
     up: Arc<MemoryUpstream>,
     server: actix_web::dev::ServerHandle,
+    _dir: tempfile::TempDir,
+}
+
+/// Serve `routes` on `listener` (one worker) until the returned handle stops it.
+fn serve(
+    listener: std::net::TcpListener,
+    routes: impl Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
+) -> actix_web::dev::ServerHandle {
+    let server = HttpServer::new(move || App::new().configure(routes.clone()))
+        .workers(1)
+        .disable_signals()
+        .listen(listener)
+        .unwrap()
+        .run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    handle
 }
 
 fn request(digest: &Digest) -> UpstreamRequest {
@@ -77,19 +94,15 @@ async fn node(net: &Arc<MemoryNetwork>, name: &str, blob: &Bytes, digest: &Diges
     let fetch = FetchActor::new(router.clone(), Duration::from_millis(50), 3, None).start();
     let client =
         Arc::new(PeerClient::new(Duration::from_millis(500), Duration::from_secs(5), None, name.into()).unwrap());
-    let dir = tempfile::tempdir().unwrap().keep();
+    let dir = tempfile::tempdir().unwrap();
     let peers = SwarmPeers { router, client, key: None, me: name.into(), active: fetch.recipient() };
-    let sw = Swarm::new(cfg(), dir.join("spool"), actor.recipient(), Some(peers)).unwrap();
+    let sw = Swarm::new(cfg(), dir.path().join("spool"), actor.recipient(), Some(peers)).unwrap();
     let data = web::Data::new(sw.clone());
-    let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(http::configure))
-        .workers(1)
-        .disable_signals()
-        .listen(listener)
-        .unwrap()
-        .run();
-    let handle = server.handle();
-    actix_rt::spawn(server);
-    Node { sw, up, server: handle }
+    let server = serve(listener, move |c| {
+        c.app_data(data.clone());
+        http::configure(c);
+    });
+    Node { sw, up, server, _dir: dir }
 }
 
 fn blob(len: usize) -> (Bytes, Digest) {
@@ -205,41 +218,32 @@ async fn liar(
         peers: Vec::new(),
     })
     .unwrap();
-    let server = HttpServer::new(move || {
+    serve(listener, move |c| {
         let (status, asked) = (status.clone(), asked.clone());
-        App::new()
-            .route(
-                "/swarm/{d}/{cs}",
-                web::get().to(move || {
-                    let body = status.clone();
-                    let sha = hex::encode(sha2::Sha256::digest(&body));
-                    async move {
-                        actix_web::HttpResponse::Ok()
-                            .insert_header(("Docker-Content-Digest", format!("sha256:{sha}")))
-                            .body(body)
-                    }
-                }),
-            )
-            .route(
-                "/swarm/{d}/{cs}/{i}",
-                web::get().to(move || {
-                    asked.fetch_add(1, Ordering::SeqCst);
-                    async {
-                        actix_web::HttpResponse::Ok()
-                            .insert_header(("Docker-Content-Digest", format!("sha256:{}", "0".repeat(64))))
-                            .body(vec![0u8; CHUNK as usize])
-                    }
-                }),
-            )
+        c.route(
+            "/swarm/{d}/{cs}",
+            web::get().to(move || {
+                let body = status.clone();
+                let sha = hex::encode(sha2::Sha256::digest(&body));
+                async move {
+                    actix_web::HttpResponse::Ok()
+                        .insert_header(("Docker-Content-Digest", format!("sha256:{sha}")))
+                        .body(body)
+                }
+            }),
+        )
+        .route(
+            "/swarm/{d}/{cs}/{i}",
+            web::get().to(move || {
+                asked.fetch_add(1, Ordering::SeqCst);
+                async {
+                    actix_web::HttpResponse::Ok()
+                        .insert_header(("Docker-Content-Digest", format!("sha256:{}", "0".repeat(64))))
+                        .body(vec![0u8; CHUNK as usize])
+                }
+            }),
+        );
     })
-    .workers(1)
-    .disable_signals()
-    .listen(listener)
-    .unwrap()
-    .run();
-    let handle = server.handle();
-    actix_rt::spawn(server);
-    handle
 }
 
 #[actix_rt::test]
