@@ -479,11 +479,6 @@ impl Swarm {
         }
         None
     }
-
-    /// Downloads in progress or lingering.
-    pub fn active(&self) -> usize {
-        self.downloads.len()
-    }
 }
 
 impl From<&Peer> for PeerDoc {
