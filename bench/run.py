@@ -1907,6 +1907,13 @@ def make_plots(res, outdir):
 
     os.makedirs(outdir, exist_ok=True)
     made = {}
+
+    def save(fig, name):
+        fig.tight_layout()
+        fig.savefig(os.path.join(outdir, f"{name}.png"), dpi=110)
+        plt.close(fig)
+        made[name] = f"benchmarks/{name}.png"
+
     S = str(res["config"]["streams"])
     tp = res.get("throughput")
     if tp:
@@ -1928,10 +1935,7 @@ def make_plots(res, outdir):
         ax.set_title(f"Whole-blob GET, {human(res['config']['big'])} blob (label: GB/s, ratio to nginx)")
         ax.legend()
         ax.margins(y=0.25)
-        fig.tight_layout()
-        fig.savefig(os.path.join(outdir, "throughput.png"), dpi=110)
-        plt.close(fig)
-        made["throughput"] = "benchmarks/throughput.png"
+        save(fig, "throughput")
     lat = res.get("latency")
     if lat:
         kinds = [k for k in ("manifest_head", "manifest_get", "blob_4k_get", "manifest_get_by_tag") if k in lat]
@@ -1946,10 +1950,7 @@ def make_plots(res, outdir):
         ax.set_ylabel("ms (lower is better)")
         ax.set_title("Request latency: peerd (local hit) vs docker-registry")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(os.path.join(outdir, "latency.png"), dpi=110)
-        plt.close(fig)
-        made["latency"] = "benchmarks/latency.png"
+        save(fig, "latency")
     dht = res.get("dht")
     if dht and dht.get("provide_to_resolvable_s"):
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -1967,10 +1968,7 @@ def make_plots(res, outdir):
         ax2.set_ylabel("lookups")
         ax2.set_title("DHT lookup times")
         ax2.legend()
-        fig.tight_layout()
-        fig.savefig(os.path.join(outdir, "dht.png"), dpi=110)
-        plt.close(fig)
-        made["dht"] = "benchmarks/dht.png"
+        save(fig, "dht")
     bl = res.get("blobs")
     if bl:
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -1985,10 +1983,7 @@ def make_plots(res, outdir):
         ax.set_title("/blobs random 4 KiB–1 MiB reads")
         ax.grid(alpha=0.3, which="both")
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(os.path.join(outdir, "blobs.png"), dpi=110)
-        plt.close(fig)
-        made["blobs"] = "benchmarks/blobs.png"
+        save(fig, "blobs")
     cl = res.get("cluster")
     if cl and cl.get("cases"):
         fig, ax = plt.subplots(figsize=(8, 4.2))
@@ -2012,10 +2007,7 @@ def make_plots(res, outdir):
         top = max([cl["no_p2p_bound_s"]] + [cl["cases"][k]["total_s"] for k in ks])
         ax.set_ylim(0, top * 1.35)
         ax.legend(fontsize=8, loc="upper center", ncol=2)
-        fig.tight_layout()
-        fig.savefig(os.path.join(outdir, "cluster.png"), dpi=110)
-        plt.close(fig)
-        made["cluster"] = "benchmarks/cluster.png"
+        save(fig, "cluster")
     return made
 
 

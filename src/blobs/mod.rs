@@ -18,10 +18,9 @@ use crate::actors::fetch::{Locate, Outcome, ServedPeer};
 use crate::config::BlobsConfig;
 use crate::http::error::ApiError;
 use crate::http::range::{self, ByteRange};
-use crate::http::registry::{authenticate_peer, sign_peer_response};
+use crate::http::registry::{answer_peer, wait_param};
 use crate::peer::auth::ClusterKey;
 use crate::peer::client::PeerClient;
-use crate::peer::REQUEST_FROM_PEER;
 use crate::routing::Router;
 use actix::Recipient;
 use actix_web::http::{header, StatusCode};
@@ -640,60 +639,41 @@ async fn blob(req: HttpRequest, st: web::Data<Arc<BlobsState>>) -> Result<HttpRe
 /// to `wait` ms for it, then answers 425 (ask again).
 async fn peer_chunk(req: HttpRequest, st: web::Data<Arc<BlobsState>>, path: web::Path<(String, u64)>) -> HttpResponse {
     let key = st.peers.as_ref().and_then(|p| p.key.clone());
-    if !req.headers().contains_key(REQUEST_FROM_PEER) {
-        return actix_web::ResponseError::error_response(&ApiError::Unsupported {
-            status: StatusCode::NOT_FOUND,
-            message: "peer endpoint".into(),
-        });
-    }
-    let nonce = match authenticate_peer(&req, key.as_deref()) {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
     let (id, index) = path.into_inner();
-    let query: Vec<(String, String)> =
-        url::form_urlencoded::parse(req.query_string().as_bytes()).into_owned().collect();
-    let fetch = query.iter().any(|(k, v)| k == "fetch" && v == "1");
-    let wait = query
-        .iter()
-        .find(|(k, _)| k == "wait")
-        .and_then(|(_, v)| v.parse::<u64>().ok())
-        .map_or(Duration::ZERO, |ms| Duration::from_millis(ms).min(CHUNK_WAIT));
-    let mut found = st.cache.get(&id, index).await;
-    if found.is_none() && fetch {
-        let source = st.sources.get(&id).map(|s| s.clone());
-        if let Some((url, meta)) = source.filter(|(_, m)| index < m.size.div_ceil(st.cfg.chunk_size)) {
-            let this = st.get_ref().clone();
-            let job = actix_rt::spawn(async move { this.chunk(&url, &meta, index, true).await });
-            match tokio::time::timeout(wait, job).await {
-                Ok(Ok(Ok(_))) => found = st.cache.get(&id, index).await,
-                // Still fetching: ask again.
-                Err(_) => {
-                    let mut resp = HttpResponse::build(StatusCode::from_u16(425).expect("valid status")).finish();
-                    sign_peer_response(&mut resp, key.as_deref(), &nonce);
-                    return resp;
+    let fetch = url::form_urlencoded::parse(req.query_string().as_bytes()).any(|(k, v)| k == "fetch" && v == "1");
+    let wait = wait_param(&req, CHUNK_WAIT);
+    answer_peer(&req, key.as_deref(), async {
+        let mut found = st.cache.get(&id, index).await;
+        if found.is_none() && fetch {
+            let source = st.sources.get(&id).map(|s| s.clone());
+            if let Some((url, meta)) = source.filter(|(_, m)| index < m.size.div_ceil(st.cfg.chunk_size)) {
+                let this = st.get_ref().clone();
+                let job = actix_rt::spawn(async move { this.chunk(&url, &meta, index, true).await });
+                match tokio::time::timeout(wait, job).await {
+                    Ok(Ok(Ok(_))) => found = st.cache.get(&id, index).await,
+                    // Still fetching: ask again.
+                    Err(_) => return HttpResponse::build(StatusCode::from_u16(425).expect("valid status")).finish(),
+                    // This node could not fetch it (its URL expired, the upstream refused): 404, so
+                    // the asking node fetches the chunk itself at once.
+                    Ok(_) => tracing::debug!(chunk = index, "fetch for a peer failed"),
                 }
-                // This node could not fetch it (its URL expired, the upstream refused): 404, so
-                // the asking node fetches the chunk itself at once.
-                Ok(_) => tracing::debug!(chunk = index, "fetch for a peer failed"),
             }
         }
-    }
-    let mut resp = match found {
-        Some((data, sha)) => {
-            metrics::counter!(crate::metrics::PEER_SERVED_BYTES).increment(data.len() as u64);
-            if let Some(p) = &st.peers {
-                p.served.do_send(ServedPeer);
+        match found {
+            Some((data, sha)) => {
+                metrics::counter!(crate::metrics::PEER_SERVED_BYTES).increment(data.len() as u64);
+                if let Some(p) = &st.peers {
+                    p.served.do_send(ServedPeer);
+                }
+                HttpResponse::Ok()
+                    .insert_header(("Docker-Content-Digest", format!("sha256:{sha}")))
+                    .content_type("application/octet-stream")
+                    .body(data)
             }
-            HttpResponse::Ok()
-                .insert_header(("Docker-Content-Digest", format!("sha256:{sha}")))
-                .content_type("application/octet-stream")
-                .body(data)
+            None => actix_web::ResponseError::error_response(&ApiError::BlobUnknown(format!("{id}/{index}"))),
         }
-        None => actix_web::ResponseError::error_response(&ApiError::BlobUnknown(format!("{id}/{index}"))),
-    };
-    sign_peer_response(&mut resp, key.as_deref(), &nonce);
-    resp
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -742,14 +742,45 @@ pub fn sign_peer_response(resp: &mut HttpResponse, key: Option<&ClusterKey>, non
     }
 }
 
+/// Answer a request from another peerd: without the peer header 404 `UNSUPPORTED`; with a
+/// cluster key, authenticate it (else 401), then run `answer` and sign what it returns.
+pub async fn answer_peer(
+    req: &HttpRequest,
+    key: Option<&ClusterKey>,
+    answer: impl std::future::Future<Output = HttpResponse>,
+) -> HttpResponse {
+    if !req.headers().contains_key(REQUEST_FROM_PEER) {
+        return actix_web::ResponseError::error_response(&ApiError::Unsupported {
+            status: StatusCode::NOT_FOUND,
+            message: "peer endpoint".into(),
+        });
+    }
+    let nonce = match authenticate_peer(req, key) {
+        Ok(n) => n,
+        Err(resp) => return resp,
+    };
+    let mut resp = answer.await;
+    sign_peer_response(&mut resp, key, &nonce);
+    resp
+}
+
+/// The `wait=<ms>` query parameter of a long-polling peer request, at most `cap` (0 if absent).
+pub fn wait_param(req: &HttpRequest, cap: Duration) -> Duration {
+    url::form_urlencoded::parse(req.query_string().as_bytes())
+        .find(|(k, _)| k == "wait")
+        .and_then(|(_, v)| v.parse::<u64>().ok())
+        .map_or(Duration::ZERO, |ms| Duration::from_millis(ms).min(cap))
+}
+
 /// A request from another peerd: authenticate it, serve only what this node holds (never ask
 /// peers or upstream: no loops), and sign the answer.
 async fn serve_peer(req: &HttpRequest, st: &RegistryState, ask: &Ask, route: Route) -> HttpResponse {
     let key = st.peers.as_ref().and_then(|p| p.key.clone());
-    let nonce = match authenticate_peer(req, key.as_deref()) {
-        Ok(n) => n,
-        Err(resp) => return resp,
-    };
+    answer_peer(req, key.as_deref(), serve_local(st, ask, route)).await
+}
+
+/// What this node holds for a peer's request.
+async fn serve_local(st: &RegistryState, ask: &Ask, route: Route) -> HttpResponse {
     let result = match route {
         Route::Blob { digest, .. } => match local_blob(st, ask, &digest, true).await {
             Some(r) => r,
@@ -767,12 +798,11 @@ async fn serve_peer(req: &HttpRequest, st: &RegistryState, ask: &Ask, route: Rou
             .ok_or_else(|| ApiError::ManifestUnknown(reference.to_string()))
         }
     };
-    let mut resp = result.unwrap_or_else(|e| actix_web::ResponseError::error_response(&e));
+    let resp = result.unwrap_or_else(|e| actix_web::ResponseError::error_response(&e));
     if resp.status().is_success() {
         if let Some(p) = &st.peers {
             p.served.do_send(ServedPeer);
         }
     }
-    sign_peer_response(&mut resp, key.as_deref(), &nonce);
     resp
 }

@@ -12,14 +12,13 @@
 use super::engine::LONG_POLL;
 use super::{throttle, Swarm, SWARM_UPLOAD_BYTES};
 use crate::http::error::ApiError;
-use crate::http::registry::{authenticate_peer, sign_peer_response};
+use crate::http::registry::{answer_peer, wait_param};
 use crate::oci::Digest;
-use crate::peer::{PROGRESS_HEADER, REQUEST_FROM_PEER};
+use crate::peer::PROGRESS_HEADER;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use sha2::Digest as _;
 use std::sync::Arc;
-use std::time::Duration;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/swarm/{digest}/{chunk_size}", web::get().to(status))
@@ -28,24 +27,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 fn error(e: ApiError) -> HttpResponse {
     actix_web::ResponseError::error_response(&e)
-}
-
-/// Authenticate, run `answer`, sign.
-async fn as_peer(
-    req: &HttpRequest,
-    sw: &Swarm,
-    answer: impl std::future::Future<Output = HttpResponse>,
-) -> HttpResponse {
-    if !req.headers().contains_key(REQUEST_FROM_PEER) {
-        return error(ApiError::Unsupported { status: StatusCode::NOT_FOUND, message: "peer endpoint".into() });
-    }
-    let nonce = match authenticate_peer(req, sw.key.as_deref()) {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
-    let mut resp = answer.await;
-    sign_peer_response(&mut resp, sw.key.as_deref(), &nonce);
-    resp
 }
 
 fn download(sw: &Swarm, digest: &str, chunk_size: u64) -> Result<Arc<super::Download>, ApiError> {
@@ -58,7 +39,7 @@ fn download(sw: &Swarm, digest: &str, chunk_size: u64) -> Result<Arc<super::Down
 
 async fn status(req: HttpRequest, sw: web::Data<Arc<Swarm>>, path: web::Path<(String, u64)>) -> HttpResponse {
     let (digest, chunk_size) = path.into_inner();
-    as_peer(&req, &sw, async {
+    answer_peer(&req, sw.key.as_deref(), async {
         match download(&sw, &digest, chunk_size) {
             Ok(dl) if !matches!(dl.end(), super::End::Failed(_)) => {
                 let body = serde_json::to_vec(&dl.status()).unwrap_or_default();
@@ -79,11 +60,8 @@ async fn status(req: HttpRequest, sw: web::Data<Arc<Swarm>>, path: web::Path<(St
 
 async fn chunk(req: HttpRequest, sw: web::Data<Arc<Swarm>>, path: web::Path<(String, u64, u64)>) -> HttpResponse {
     let (digest, chunk_size, index) = path.into_inner();
-    let wait = url::form_urlencoded::parse(req.query_string().as_bytes())
-        .find(|(k, _)| k == "wait")
-        .and_then(|(_, v)| v.parse::<u64>().ok())
-        .map_or(Duration::ZERO, |ms| Duration::from_millis(ms).min(LONG_POLL));
-    as_peer(&req, &sw, async {
+    let wait = wait_param(&req, LONG_POLL);
+    answer_peer(&req, sw.key.as_deref(), async {
         let dl = match download(&sw, &digest, chunk_size) {
             Ok(d) => d,
             Err(e) => return error(e),
