@@ -17,6 +17,7 @@ pub const ENV_PREFIX: &str = "PEERD_";
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub http: HttpConfig,
+    pub peer: PeerConfig,
     pub metrics: MetricsConfig,
     pub containerd: ContainerdConfig,
     pub registry: RegistryConfig,
@@ -32,6 +33,8 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     pub addr: SocketAddr,
+    /// A second node-local listener with the same front end (Azure/peerd's :30000); "" = off.
+    pub compat_addr: String,
     pub workers: usize,
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -42,6 +45,29 @@ pub struct HttpConfig {
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     pub addr: SocketAddr,
+    /// Also serve `/debug/*` here (they are always on the node-local front end).
+    pub debug: bool,
+}
+
+/// The listener other nodes fetch from; every request on it is authenticated.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub addr: SocketAddr,
+}
+
+impl HttpConfig {
+    /// The compatibility listener's address, if one is configured.
+    pub fn compat(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let a = self.compat_addr.trim();
+        if a.is_empty() || a == "off" {
+            return Ok(None);
+        }
+        a.parse().map(Some).map_err(|e| ConfigError::Invalid {
+            key: "http.compat_addr",
+            reason: format!("{a:?}: {e} (expected IP:PORT, e.g. 127.0.0.1:30000, or \"\" for off)"),
+        })
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -75,6 +101,9 @@ pub struct UpstreamConfig {
     pub failure_threshold: u32,
     #[serde(with = "humantime_serde")]
     pub failure_cooldown: Duration,
+    /// Allow upstream connections (and redirects, token realms) to loopback addresses even when
+    /// no configured registry is on loopback.
+    pub allow_loopback: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -85,6 +114,14 @@ pub struct P2pConfig {
     pub data_dir: PathBuf,
     pub secret_file: String,
     pub secret: String,
+    /// Run p2p without a cluster secret: anyone who reaches the peer and p2p ports can join
+    /// and read content. Only for isolated test networks.
+    pub insecure_no_secret: bool,
+    /// Most established inbound libp2p connections, in all and per peer, and inbound
+    /// connections still in their handshake.
+    pub max_connections: u32,
+    pub max_connections_per_peer: u32,
+    pub max_pending_incoming: u32,
     pub bootstrap_peers: Vec<String>,
     pub bootstrap_dns: String,
     #[serde(with = "humantime_serde")]
@@ -318,8 +355,18 @@ impl Config {
         if self.upstream.failure_threshold == 0 {
             return bad("upstream.failure_threshold", "must be positive".into());
         }
+        self.http.compat()?;
         if self.p2p.enabled {
             self.p2p.secret_bytes()?;
+            if self.p2p.max_connections == 0
+                || self.p2p.max_connections_per_peer == 0
+                || self.p2p.max_pending_incoming == 0
+            {
+                return bad(
+                    "p2p.max_connections",
+                    "max_connections, max_connections_per_peer and max_pending_incoming must be positive".into(),
+                );
+            }
         }
         if self.p2p.enabled {
             if self.p2p.max_peers == 0 {
@@ -431,10 +478,16 @@ mod tests {
     }
 
     #[test]
-    fn defaults_match_azure_peerd() {
+    fn defaults_match_azure_peerd_and_are_safe() {
         let c = Config::load(None, env(&[]), vec![]).unwrap();
-        assert_eq!(c.http.addr.to_string(), "0.0.0.0:5000");
+        // Azure/peerd's ports; the front end (content for anyone who reaches it) on loopback only.
+        assert_eq!(c.http.addr.to_string(), "127.0.0.1:5000");
+        assert_eq!(c.http.compat().unwrap(), None);
+        assert_eq!(c.peer.addr.to_string(), "0.0.0.0:5001");
         assert_eq!(c.metrics.addr.to_string(), "0.0.0.0:5004");
+        assert!(!c.metrics.debug, "who-holds-what pages are not on the metrics port by default");
+        assert!(!c.p2p.insecure_no_secret && c.p2p.secret.is_empty(), "p2p needs a secret by default");
+        assert!(!c.upstream.allow_loopback);
         assert_eq!(c.containerd.namespaces, vec!["k8s.io"]);
         assert_eq!(c.registry.default_ns, "docker.io");
         assert_eq!(c.upstream.connect_timeout, Duration::from_secs(3));

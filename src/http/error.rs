@@ -84,6 +84,7 @@ impl ApiError {
                 ApiError::Unavailable { status: StatusCode::SERVICE_UNAVAILABLE, message: e.to_string() }
             }
             UpstreamError::Protocol(_) => ApiError::BadGateway { code: "UNKNOWN", message: e.to_string() },
+            UpstreamError::Forbidden { .. } => ApiError::BadGateway { code: "DENIED", message: e.to_string() },
         }
     }
 }

@@ -43,8 +43,12 @@ pub struct RouterConfig {
     pub listen: SocketAddr,
     pub keypair: Keypair,
     pub psk: Option<[u8; 32]>,
-    /// This node's mirror port, told to peers through identify.
+    /// This node's peer listener port, told to peers through identify.
     pub http_port: u16,
+    /// Inbound connection bounds (see `p2p.max_connections` in the config).
+    pub max_connections: u32,
+    pub max_connections_per_peer: u32,
+    pub max_pending_incoming: u32,
     /// `host:port` (or multiaddr) of peers to dial.
     pub bootstrap_peers: Vec<String>,
     /// `name:port` resolving to peers (a headless Service).
@@ -56,8 +60,14 @@ pub struct RouterConfig {
     pub events: Option<Recipient<Emit>>,
 }
 
+/// Rejected inbound connections are logged at most this often.
+const REJECT_LOG_EVERY: Duration = Duration::from_secs(10);
+
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    /// Bounds inbound connections (established, per peer, in handshake): a host that opens
+    /// thousands of connections cannot exhaust the node's file descriptors.
+    limits: libp2p::connection_limits::Behaviour,
     kad: kad::Behaviour<MemoryStore>,
     identify: identify::Behaviour,
 }
@@ -148,6 +158,8 @@ impl Router for P2pRouter {
 fn build_swarm(cfg: &RouterConfig) -> Result<Swarm<Behaviour>, RoutingError> {
     let psk = cfg.psk.map(PreSharedKey::new);
     let http_port = cfg.http_port;
+    let (max_connections, max_per_peer, max_pending) =
+        (cfg.max_connections, cfg.max_connections_per_peer, cfg.max_pending_incoming);
     let store_cfg = MemoryStoreConfig {
         max_records: 16,
         max_value_bytes: 1024,
@@ -187,7 +199,13 @@ fn build_swarm(cfg: &RouterConfig) -> Result<Swarm<Behaviour>, RoutingError> {
                 identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
                     .with_agent_version(format!("peerd/{}; http-port={http_port}", env!("CARGO_PKG_VERSION"))),
             );
-            Behaviour { kad, identify }
+            let limits = libp2p::connection_limits::Behaviour::new(
+                libp2p::connection_limits::ConnectionLimits::default()
+                    .with_max_established_incoming(Some(max_connections))
+                    .with_max_established_per_peer(Some(max_per_peer))
+                    .with_max_pending_incoming(Some(max_pending)),
+            );
+            Behaviour { limits, kad, identify }
         })
         .map_err(|e| RoutingError::Failed(format!("behaviour: {e}")))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
@@ -234,6 +252,7 @@ struct SwarmTask {
     metrics: libp2p::metrics::Metrics,
     events: Option<Recipient<Emit>>,
     own_http_port: u16,
+    last_reject_log: Option<std::time::Instant>,
     /// Peer → (IP it connects from, its mirror port).
     peers: HashMap<PeerId, (IpAddr, u16)>,
     connected: HashSet<PeerId>,
@@ -269,6 +288,7 @@ impl SwarmTask {
             metrics,
             events: cfg.events,
             own_http_port: cfg.http_port,
+            last_reject_log: None,
             peers: HashMap::new(),
             connected: HashSet::new(),
             listen_of: HashMap::new(),
@@ -468,7 +488,11 @@ impl SwarmTask {
                 }
             }
             SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
-                tracing::warn!(from = %send_back_addr, error = %error, "rejected an incoming p2p connection (wrong cluster secret or not a peerd?)");
+                // At most one line per REJECT_LOG_EVERY: a scan or flood must not flood the log.
+                if self.last_reject_log.is_none_or(|t| t.elapsed() >= REJECT_LOG_EVERY) {
+                    self.last_reject_log = Some(std::time::Instant::now());
+                    tracing::warn!(from = %send_back_addr, error = %error, "rejected an incoming p2p connection (wrong cluster secret, not a peerd, or over the connection limits); further rejections for 10 s are only counted in peerd_peer_auth_failures_total{{kind=\"p2p\"}}");
+                }
                 metrics::counter!(crate::metrics::PEER_AUTH_FAILURES, "kind" => "p2p").increment(1);
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
