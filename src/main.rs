@@ -138,7 +138,8 @@ struct RunArgs {
     /// Run as a single-node mirror: no DHT, no peers.
     #[arg(long)]
     no_p2p: bool,
-    /// Directory for the persistent node identity [default: /var/lib/peerd].
+    /// Data directory: the persistent node identity (identity.key), the /blobs chunk cache and
+    /// the swarm spool, unless blobs.cache_dir / swarm.spool_dir say otherwise [default: /var/lib/peerd].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// File holding the cluster secret (a mounted Kubernetes Secret); or set PEERD_P2P__SECRET.
@@ -275,9 +276,9 @@ fn main() -> ExitCode {
     let system = actix::System::new();
     match system.block_on(peerd::node::run(cfg, prometheus)) {
         Ok(()) => ExitCode::SUCCESS,
+        // Logged once (the log goes to stderr), with the logging set up.
         Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("peerd: {e}");
+            tracing::error!("peerd: {e}");
             ExitCode::FAILURE
         }
     }

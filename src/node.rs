@@ -23,6 +23,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A node still not ready after this long says why it may be.
+const NOT_READY_WARNING: Duration = Duration::from_secs(30);
 /// How often histogram buckets are compacted by the exporter.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
@@ -38,7 +40,14 @@ pub enum NodeError {
 
 /// Install the tracing subscriber (text or JSON).
 pub fn init_tracing(cfg: &crate::config::LogConfig) {
-    let filter = tracing_subscriber::EnvFilter::new(&cfg.level);
+    let mut filter = tracing_subscriber::EnvFilter::new(&cfg.level);
+    // kad warns "Failed to trigger bootstrap: No known peers" on every lone node, where it is
+    // normal; peerd reports its own bootstrap state (P2P* events, /debug/p2p, readiness).
+    if !cfg.level.contains("libp2p_kad") {
+        if let Ok(d) = "libp2p_kad::behaviour=error".parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     // Colours only on a terminal: `kubectl logs` and files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
@@ -117,6 +126,7 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
         } else {
             cfg.blobs.cache_dir.clone().into()
         };
+        writable(&dir, "blobs.cache_dir")?;
         let state = crate::blobs::BlobsState::new(
             cfg.blobs.clone(),
             &dir,
@@ -143,6 +153,7 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
             me: p.peer_id.clone(),
             active: p.path.served.clone(),
         });
+        writable(&dir, "swarm.spool_dir")?;
         let sw = crate::swarm::Swarm::new(cfg.swarm.clone(), dir.clone(), upstream_actor.clone().recipient(), peers)
             .map_err(NodeError::Setup)?;
         tracing::info!(spool = %dir.display(), chunk_size = cfg.swarm.chunk_size, "swarming enabled");
@@ -266,7 +277,24 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
     });
 
     ready.set(true);
-    tracing::info!("peerd ready");
+    // "ready" only when /readyz says so: with peers configured that needs a connection.
+    let watch = ready.clone();
+    actix_rt::spawn(async move {
+        let started = std::time::Instant::now();
+        let mut warned = false;
+        loop {
+            if watch.get().await {
+                tracing::info!(seconds = started.elapsed().as_secs_f64(), "peerd ready");
+                return;
+            }
+            if !warned && started.elapsed() >= NOT_READY_WARNING {
+                warned = true;
+                tracing::warn!("serving, but not ready: no bootstrap peer reachable yet (a wrong cluster secret, a mistyped or unresolvable --bootstrap-peer, or the other nodes are not up); /debug/p2p shows the routing state");
+            }
+            actix_rt::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    });
+    tracing::info!("peerd serving");
     let peer_server = async move {
         match peer_server {
             Some(s) => s.await,
@@ -286,6 +314,22 @@ struct P2p {
     router: Arc<dyn Router>,
     registry: prometheus_client::registry::Registry,
     arbiter: Arbiter,
+}
+
+/// Fail at start, naming the directory and the key, when `dir` cannot be written (rather than
+/// failing every chunk later). Creates it when missing.
+fn writable(dir: &std::path::Path, key: &str) -> Result<(), NodeError> {
+    let hint = |e: std::io::Error| {
+        NodeError::Setup(format!(
+            "{key} {} is not writable: {e} (set {key}, or --data-dir DIR, to a directory peerd can write)",
+            dir.display()
+        ))
+    };
+    std::fs::create_dir_all(dir).map_err(hint)?;
+    let probe = dir.join(format!(".peerd-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(hint)?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 /// Whether p2p runs, and with which key: `Some(Some(key))` with a secret, `Some(None)` only when
@@ -323,7 +367,15 @@ async fn start_p2p(
     events: &Addr<EventsActor>,
 ) -> Result<P2p, NodeError> {
     let p = &cfg.p2p;
-    let keypair = crate::peer::identity::load_or_create(&p.data_dir).map_err(NodeError::Setup)?;
+    let keypair = crate::peer::identity::load_or_create(&p.data_dir).map_err(|e| {
+        NodeError::Setup(format!(
+            "node identity: {e} (p2p.data_dir must be writable: use --data-dir DIR, or run as root for the default {})",
+            p.data_dir.display()
+        ))
+    })?;
+    // libp2p listens with SO_REUSEPORT, so a second node on the same address would share the
+    // port (the kernel splitting connections between two identities). A plain bind finds it.
+    std::net::TcpListener::bind(p.addr).map_err(|source| NodeError::Bind { addr: p.addr, source })?;
     let peer_id = keypair.public().to_peer_id().to_base58();
     let rcfg = RouterConfig {
         listen: p.addr,

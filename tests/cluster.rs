@@ -173,6 +173,11 @@ fn a_node_with_the_wrong_secret_gets_nothing() {
     reg.stop();
     std::thread::sleep(Duration::from_secs(3));
     assert!(resolves(&outsider.peerd, &layer).is_empty(), "the outsider cannot resolve");
+    let log = outsider.peerd.log_text();
+    assert!(
+        log.contains("peerd serving") && !log.contains("peerd ready"),
+        "a wrong-secret node never says ready:\n{log}"
+    );
     assert_eq!(get_json(&format!("http://{}/debug/p2p", outsider.peerd.http))["connected_peers"], 0);
     let r = curl("GET", &outsider.peerd.url(&format!("/v2/test/single/blobs/{layer}?ns={}", reg.addr)), &[]);
     assert_ne!(r.status, 200, "the outsider cannot fetch");

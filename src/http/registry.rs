@@ -573,7 +573,7 @@ async fn swarm_blob(
     digest: &Digest,
 ) -> Option<Result<HttpResponse, ApiError>> {
     let sw = st.swarm.as_ref()?;
-    if ask.head {
+    if ask.head || sw.alone().await {
         return None;
     }
     let size = match fetch(st, upstream_request(ask, repo, Kind::Blob, digest.to_string(), true, None)).await {

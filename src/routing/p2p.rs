@@ -78,7 +78,8 @@ enum Command {
     Withdraw(Vec<String>, oneshot::Sender<()>),
     Resolve(String, usize, mpsc::Sender<Peer>),
     Status(oneshot::Sender<Status>),
-    Dial(Vec<SocketAddr>),
+    /// Bootstrap addresses resolved now, and how many static peers did not resolve.
+    Dial(Vec<SocketAddr>, usize),
 }
 
 /// Handle to the swarm task. Cheap to clone.
@@ -109,14 +110,19 @@ impl P2pRouter {
             let mut tick = tokio::time::interval(interval);
             loop {
                 tick.tick().await;
-                let mut addrs = Vec::new();
-                for target in statics.iter().chain(dns.iter()) {
+                let (mut addrs, mut unresolved) = (Vec::new(), 0);
+                for (i, target) in statics.iter().chain(dns.iter()).enumerate() {
                     match tokio::net::lookup_host(target.as_str()).await {
                         Ok(found) => addrs.extend(found.filter(|a| *a != listen)),
-                        Err(e) => tracing::warn!(target, error = %e, "bootstrap lookup failed"),
+                        Err(e) => {
+                            // A static peer that does not resolve is a mistake (a typo), not
+                            // "alone": the node stays not ready until it connects somewhere.
+                            unresolved += usize::from(i < statics.len());
+                            tracing::warn!(target, error = %e, "bootstrap lookup failed")
+                        }
                     }
                 }
-                if tx.send(Command::Dial(addrs)).await.is_err() {
+                if tx.send(Command::Dial(addrs, unresolved)).await.is_err() {
                     return;
                 }
             }
@@ -269,6 +275,8 @@ struct SwarmTask {
     listen_addrs: Vec<Multiaddr>,
     listen_ip: IpAddr,
     has_bootstrap: bool,
+    /// Static bootstrap peers whose names did not resolve at the last attempt.
+    unresolved_statics: usize,
     /// Bootstrap targets other than this node, from the last lookup; `None` before the first.
     dial_targets_other_than_self: Option<usize>,
 }
@@ -299,6 +307,7 @@ impl SwarmTask {
             listen_addrs: Vec::new(),
             listen_ip: cfg.listen.ip(),
             has_bootstrap,
+            unresolved_statics: 0,
             dial_targets_other_than_self: None,
         })
     }
@@ -311,7 +320,9 @@ impl SwarmTask {
 
     fn ready(&self) -> bool {
         // Connected to the DHT, or knowingly alone (nothing to bootstrap from but ourselves).
-        !self.connected.is_empty() || !self.has_bootstrap || self.dial_targets_other_than_self == Some(0)
+        !self.connected.is_empty()
+            || !self.has_bootstrap
+            || (self.dial_targets_other_than_self == Some(0) && self.unresolved_statics == 0)
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
@@ -381,7 +392,8 @@ impl SwarmTask {
                     listen_addrs: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
                 });
             }
-            Command::Dial(targets) => {
+            Command::Dial(targets, unresolved) => {
+                self.unresolved_statics = unresolved;
                 let own: HashSet<SocketAddr> = self.listen_addrs.iter().filter_map(tcp_addr).collect();
                 let connected: HashSet<SocketAddr> =
                     self.connected.iter().filter_map(|p| self.listen_of.get(p)).flatten().copied().collect();

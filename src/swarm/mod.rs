@@ -397,6 +397,15 @@ impl Swarm {
         }))
     }
 
+    /// Whether there is nobody to swarm with (no peer connected): then a new download would
+    /// only wait `gather` for nobody, and the blob is streamed from the upstream directly.
+    pub async fn alone(&self) -> bool {
+        match &self.router {
+            Some(r) => r.status().await.map_or(true, |s| s.connected_peers == 0),
+            None => true,
+        }
+    }
+
     /// The download of `digest` in progress (or lingering), if any.
     pub fn get(&self, digest: &Digest) -> Option<Arc<Download>> {
         // A failed download is on its way out: not joined, not served.
