@@ -12,9 +12,10 @@ fn config(bootstrap: Vec<String>, psk: Option<[u8; 32]>, ttl: Duration) -> Route
         keypair: libp2p::identity::Keypair::generate_ed25519(),
         psk,
         http_port: 5000,
-        max_connections: 64,
-        max_connections_per_peer: 4,
-        max_pending_incoming: 16,
+        // The defaults of config/peerd.toml: 29 nodes bootstrapping from one seed at once fit.
+        max_connections: 512,
+        max_connections_per_peer: 8,
+        max_pending_incoming: 128,
         bootstrap_peers: bootstrap,
         bootstrap_dns: None,
         bootstrap_interval: Duration::from_secs(1),

@@ -65,11 +65,11 @@ const REJECT_LOG_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    kad: kad::Behaviour<MemoryStore>,
+    identify: identify::Behaviour,
     /// Bounds inbound connections (established, per peer, in handshake): a host that opens
     /// thousands of connections cannot exhaust the node's file descriptors.
     limits: libp2p::connection_limits::Behaviour,
-    kad: kad::Behaviour<MemoryStore>,
-    identify: identify::Behaviour,
 }
 
 enum Command {
@@ -211,7 +211,7 @@ fn build_swarm(cfg: &RouterConfig) -> Result<Swarm<Behaviour>, RoutingError> {
                     .with_max_established_per_peer(Some(max_per_peer))
                     .with_max_pending_incoming(Some(max_pending)),
             );
-            Behaviour { limits, kad, identify }
+            Behaviour { kad, identify, limits }
         })
         .map_err(|e| RoutingError::Failed(format!("behaviour: {e}")))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
