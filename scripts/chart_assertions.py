@@ -436,8 +436,14 @@ def check_mirrors(docs, ds, registries, mode="prepend", default_host=False, stal
     check(hrole["rules"] == [{"apiGroups": ["apps"], "resources": ["daemonsets"],
                               "resourceNames": [cds["metadata"]["name"]], "verbs": ["get", "list", "watch"]}],
           "the hook Role only reads the cleanup DaemonSet")
-    check(all(w(d) < w(cds) for d in hooks if d["kind"] in ("ServiceAccount", "Role", "RoleBinding")),
-          "hook RBAC is created before the cleanup DaemonSet")
+    check(all(w(d) < w(cds) for d in hooks if d["kind"] in ("ServiceAccount", "Role", "RoleBinding", "ResourceQuota")),
+          "hook RBAC (and quota) is created before the cleanup DaemonSet")
+    # The release's ResourceQuota is gone when post-delete hooks run: the hook brings its own
+    # for the cleanup pods' priority class (GKE).
+    hq = find(docs, "ResourceQuota", hooks=True)
+    prio = cpod.get("priorityClassName")
+    check(len(hq) == 1 and hq[0]["spec"]["scopeSelector"]["matchExpressions"][0]["values"] == [prio],
+          f"the hook has its own ResourceQuota for the cleanup pods' priority class {prio}")
 
 
 def check_no_mirrors(docs, remove_stale):

@@ -160,10 +160,6 @@ loses its scheme and any trailing slash. Use with fromJsonArray.
 {{- printf "http://127.0.0.1:%d" (int .Values.peerd.ports.http) }}
 {{- end }}
 
-{{- define "peerd.mirrorsEnabled" -}}
-{{- if .Values.peerd.configureMirrors }}true{{ end }}
-{{- end }}
-
 {{- define "peerd.cleanupEnabled" -}}
 {{- if and .Values.peerd.configureMirrors .Values.peerd.cleanup.enabled }}true{{ end }}
 {{- end }}
@@ -290,5 +286,41 @@ wins; new names follow in their order). Call with (list $ chartEntries). As a YA
 {{- if $timing }}
 {{- $probe := mustMergeOverwrite (dict "httpGet" (dict "path" (index . 1) "port" "metrics")) (deepCopy $timing) }}
 {{- toYaml $probe }}
+{{- end }}
+{{- end }}
+
+{{/*
+A ResourceQuota scoped to peerd.priorityClassName, when that is one of the system-*-critical
+classes GKE limits outside kube-system (see resourcequota.yaml). Call with
+(list $ name component); component "" is the peerd node pods, "cleanup" the post-delete hook.
+*/}}
+{{- define "peerd.priorityQuota" -}}
+{{- $root := index . 0 }}
+{{- $class := $root.Values.peerd.priorityClassName | default "" }}
+{{- $ns := include "peerd.namespace" $root }}
+{{- if and $root.Values.peerd.priorityClassQuota.enabled (has $class (list "system-node-critical" "system-cluster-critical")) (ne $ns "kube-system") }}
+apiVersion: v1
+kind: ResourceQuota
+metadata:
+  name: {{ index . 1 }}
+  namespace: {{ $ns }}
+  labels:
+    {{- include "peerd.labels" $root | nindent 4 }}
+    app.kubernetes.io/component: {{ index . 2 | default "node" }}
+  {{- if index . 2 }}
+  annotations:
+    helm.sh/hook: post-delete
+    helm.sh/hook-weight: "-1"
+    helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded,hook-failed
+  {{- end }}
+spec:
+  hard:
+    pods: {{ int $root.Values.peerd.priorityClassQuota.pods | quote }}
+  scopeSelector:
+    matchExpressions:
+      - scopeName: PriorityClass
+        operator: In
+        values:
+          - {{ $class }}
 {{- end }}
 {{- end }}
