@@ -382,14 +382,16 @@ def check_mirrors(docs, ds, registries, mode="prepend", default_host=False, stal
     check(("--default-host" in a) == default_host, f"hosts install: --default-host {'on' if default_host else 'off'}")
     peerd = peerd_container(ds)
     check(mount_for(peerd, pod, certs[0])[0] is None, "the peerd container itself does not mount certs.d")
+    check("--force" not in a, "hosts install: no --force (a node without config_path fails loudly)")
     got_stale = [flag(argv(x), "certs-dir") for x in inits if runs(x, "hosts", "uninstall")]
     check(got_stale == [[d] for d in stale], f"stale certs dirs cleaned by `hosts uninstall`: {list(stale)}")
     for x in inits:
         if runs(x, "hosts", "uninstall"):
             d = flag(argv(x), "certs-dir")[0]
             m, v = mount_for(x, pod, d)
-            check(v.get("hostPath", {}).get("path") == d and not (m or {}).get("readOnly"),
-                  f"stale dir {d} mounted read-write from the host")
+            check(v.get("hostPath", {}).get("path") == d and not (m or {}).get("readOnly")
+                  and not any(mm["mountPath"] == "/etc/containerd" for mm in x.get("volumeMounts", [])),
+                  f"stale dir {d} mounted read-write from the host, and only it (no containerd config)")
 
     hooks = [d for d in docs if hook(d)]
     check(all(hook(d) == "post-delete" for d in hooks), "every hook is post-delete")
@@ -406,6 +408,10 @@ def check_mirrors(docs, ds, registries, mode="prepend", default_host=False, stal
         m, v = mount_for(un[0], cpod, ucerts[0] if ucerts else "")
         check(ucerts == certs and v.get("hostPath", {}).get("path") == certs[0],
               "hosts uninstall: same --certs-dir, the host's directory mounted")
+        m, v = mount_for(un[0], cpod, "/etc/containerd")
+        check(flag(ua, "containerd-config") == cfg and v.get("hostPath", {}).get("path") == "/etc/containerd"
+              and (m or {}).get("readOnly") is True,
+              "hosts uninstall: reads containerd's config (read-only) to find every config_path directory")
         check(not flag(ua, "registry"), "hosts uninstall: no --registry (it removes every file carrying peerd's marker)")
         check(un[0]["image"] == install[0]["image"], "hosts uninstall runs peerd's own image")
     check(len(cpod.get("containers", [])) == 1, "cleanup pods then sleep in one main container")
@@ -455,14 +461,15 @@ def check_no_mirrors(docs, remove_stale):
     certs = [v for v in pod["volumes"] if v.get("hostPath", {}).get("path") == "/etc/containerd/certs.d"]
     if remove_stale:
         un = [x for x in inits if runs(x, "hosts", "uninstall")]
-        check(len(un) == 1 and flag(argv(un[0]), "certs-dir") == ["/etc/containerd/certs.d"],
+        check(len(un) == 1 and flag(argv(un[0]), "certs-dir") == ["/etc/containerd/certs.d"]
+              and flag(argv(un[0]), "containerd-config") == ["/etc/containerd/config.toml"],
               "configureMirrors=false: an init container removes what an earlier release wrote (`hosts uninstall`)")
         check(len(certs) == 1, "configureMirrors=false: certs.d mounted for that cleanup only")
     else:
         check(not inits, "configureMirrors=false, removeStaleMirrors=false: no init container")
         check(not certs, "configureMirrors=false, removeStaleMirrors=false: certs.d not mounted")
-    check(not any(v.get("hostPath", {}).get("path") == "/etc/containerd" for v in pod["volumes"]),
-          "configureMirrors=false: containerd's config directory not mounted")
+    cfgvol = any(v.get("hostPath", {}).get("path") == "/etc/containerd" for v in pod["volumes"])
+    check(cfgvol == remove_stale, "containerd's config directory mounted only for that cleanup")
 
 
 def check_alerts(docs, root, ns):
