@@ -38,7 +38,7 @@ COPY --from=builder --chown=65532:65532 /out/var/lib/peerd /var/lib/peerd
 ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
 # 5000: registry mirror (/v2, /healthz, /readyz). 5003: libp2p. 5004: metrics (/metrics/prometheus,
 # /healthz, /readyz).
-EXPOSE 5000 5003 5004
+EXPOSE 5000 5001 5003 5004
 WORKDIR /
 # USER: the image's default user is nonroot, 65532:65532 (distroless's `nonroot`), numeric so
 # that Kubernetes' runAsNonRoot can check it. The containerd socket

@@ -4,7 +4,7 @@
 # Builds peerd's container image without Docker: the same image as the Dockerfile (binary at
 # /usr/local/bin/peerd, glibc from the build host, CA certificates, users root and nonroot
 # (65532), default user 65532:65532, ENTRYPOINT ["/usr/local/bin/peerd"], CMD ["run"],
-# ports 5000 5003 5004), but with the binary and shared libraries taken from this machine.
+# ports 5000 5001 5003 5004), but with the binary and shared libraries taken from this machine.
 # Needs umoci, jq, sha256sum and ldd; --push also skopeo; --smoke also skopeo, docker-registry,
 # containerd 1.6, runc, ctr and curl, and root (scripts/install-test-deps.sh installs them all).
 #
@@ -218,7 +218,7 @@ labels=(
 [[ -n "$SOURCE" ]] || log "no git remote 'origin': label org.opencontainers.image.source left out"
 umoci config --image "$L:$TAG" --os linux --architecture "$ARCH" --created "$CREATED" \
     --config.entrypoint /usr/local/bin/peerd --config.cmd run \
-    --config.exposedports 5000/tcp --config.exposedports 5003/tcp --config.exposedports 5004/tcp \
+    --config.exposedports 5000/tcp --config.exposedports 5001/tcp --config.exposedports 5003/tcp --config.exposedports 5004/tcp \
     --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     --config.env SSL_CERT_FILE=$CA \
     --config.user "$NONROOT:$NONROOT" --config.workingdir / \

@@ -386,3 +386,53 @@ async fn blobs_refuses_what_it_must_not_fetch() {
     // The chunk endpoint is for peers only.
     assert_eq!(curl("GET", &p.url("/blobs-chunk/00/0"), &[]).status, 404);
 }
+
+/// A restart with another `blobs.chunk_size` while the upstream is down: the metadata kept from
+/// the old run names chunks of the old size; using it would serve old-size chunks at new-size
+/// offsets (wrong bytes, nothing to catch it). It is ignored: an error, never wrong bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_chunk_size_never_serves_old_chunks() {
+    if !require("blobs_chunk_size_change", &["nginx", "curl"], false) {
+        return;
+    }
+    let work = tempdir("pd-bl");
+    let mut nginx = Nginx::start(work.path());
+    let data = content(77, (6 * CHUNK + 999) as usize);
+    std::fs::write(nginx.root.join("f.bin"), &data).unwrap();
+    let dir = work.path().join("data");
+    let allowed = format!("[\"http://{}\"]", nginx.addr);
+    let start = |chunk: u64| {
+        let chunk = chunk.to_string();
+        let env = [
+            ("PEERD_BLOBS__ALLOWED_HOSTS", allowed.as_str()),
+            ("PEERD_BLOBS__CHUNK_SIZE", chunk.as_str()),
+            ("PEERD_BLOBS__PREFETCH", "false"),
+        ];
+        let p = Peerd::start_on(
+            "127.0.0.1",
+            Ports::free("127.0.0.1"),
+            Some(&dir),
+            &["--no-p2p", "--containerd-socket", "/nonexistent.sock"],
+            &env,
+        );
+        p.wait_ready();
+        p
+    };
+    let client = reqwest::Client::new();
+    let mut a = start(CHUNK);
+    let up = nginx.addr.clone();
+    let url = |p: &Peerd| format!("{}/blobs/http://{up}/f.bin", p.url(""));
+    let (status, body, _) = get(&client, &url(&a), None).await;
+    assert_eq!((status, body == data), (200, true), "warm-up read");
+    a.stop();
+    nginx.stop();
+    let b = start(CHUNK / 2);
+    let range = format!("bytes={}-{}", CHUNK + 10, 3 * CHUNK);
+    let (status, body, _) = get(&client, &url(&b), Some(range)).await;
+    if status == 206 {
+        let (s, e) = ((CHUNK + 10) as usize, (3 * CHUNK) as usize);
+        assert!(body == data[s..=e], "206 with wrong bytes after a chunk size change");
+    } else {
+        assert!(status >= 500, "an error while the upstream is down: {status}");
+    }
+}

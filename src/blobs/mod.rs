@@ -109,6 +109,11 @@ struct StoredMeta {
     id: String,
     size: u64,
     etag: Option<String>,
+    /// The chunk size the id was made with: metadata from a run with another
+    /// `blobs.chunk_size` names chunks of other offsets, and is ignored. (Files written before
+    /// this field existed have none: ignored too.)
+    #[serde(default)]
+    chunk_size: u64,
 }
 
 pub struct BlobPeers {
@@ -295,7 +300,7 @@ impl BlobsState {
         if self.meta.len() >= MAX_META {
             self.meta.clear();
         }
-        let stored = StoredMeta { id: meta.id.clone(), size, etag: meta.etag.clone() };
+        let stored = StoredMeta { id: meta.id.clone(), size, etag: meta.etag.clone(), chunk_size: self.cfg.chunk_size };
         if let Ok(json) = serde_json::to_vec(&stored) {
             let tmp = self.meta_dir.join(format!("{key}.tmp"));
             if tokio::fs::write(&tmp, json).await.is_ok() {
@@ -309,6 +314,15 @@ impl BlobsState {
     fn load_meta(&self, key: &str) -> Option<Meta> {
         let data = std::fs::read(self.meta_dir.join(key)).ok()?;
         let s: StoredMeta = serde_json::from_slice(&data).ok()?;
+        if s.chunk_size != self.cfg.chunk_size {
+            tracing::debug!(
+                key,
+                stored = s.chunk_size,
+                now = self.cfg.chunk_size,
+                "stored metadata is for another chunk size; ignored"
+            );
+            return None;
+        }
         Some(Meta {
             id: s.id,
             size: s.size,
