@@ -322,6 +322,22 @@ pub fn install(opts: &Install) -> Result<Report, HostsError> {
             ));
         }
     }
+    let azure = opts.certs_dir.join(AZURE_BACKUP_DIR);
+    if let Ok(entries) = std::fs::read_dir(&azure) {
+        let mut names: Vec<String> = entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+        names.sort();
+        for name in names.iter().filter(|n| !wanted.contains(n.as_str())) {
+            if opts.prune {
+                restore_azure_backup(opts.certs_dir, name, &mut report)?;
+            } else {
+                report.warnings.push(format!(
+                    "{} holds what Azure/peerd moved aside; --prune (or `peerd hosts uninstall`) puts it back",
+                    azure.join(name).display()
+                ));
+            }
+        }
+        let _ = std::fs::remove_dir(&azure); // only when emptied
+    }
     Ok(report)
 }
 
@@ -347,11 +363,12 @@ fn write_one(opts: &Install, mirror: &str, t: &Target, report: &mut Report) -> R
         Some(Owner::AzurePeerd) => report.warnings.push(format!("replacing Azure/peerd's {}", path.display())),
         Some(Owner::Peerd) | None => {}
     }
+    if !backup.exists() && owner(&path) != Some(Owner::Other) {
+        adopt_azure_backup(opts.certs_dir, &t.name, report)?;
+    }
     let previous = match opts.mode {
         Mode::Replace => None,
-        Mode::Prepend => [backup.clone(), opts.certs_dir.join(AZURE_BACKUP_DIR).join(&t.name).join(FILE)]
-            .into_iter()
-            .find_map(|p| std::fs::read(&p).ok().map(|b| (p, b))),
+        Mode::Prepend => std::fs::read(&backup).ok().map(|b| (backup.clone(), b)),
     };
     let fresh = || match &t.server {
         Some(server) => render(&t.name, server, mirror, opts.capabilities, opts.dial_timeout),
@@ -373,6 +390,29 @@ fn write_one(opts: &Install, mirror: &str, t: &Target, report: &mut Report) -> R
     };
     write_atomically(&path, &content)?;
     report.written.push(path);
+    Ok(())
+}
+
+/// Azure/peerd moved the previous `<name>` to `_backup/<name>`: take it back into peerd's own
+/// scheme (its hosts.toml becomes `hosts.toml.peerd-backup`, certificates return beside it), so
+/// prepend keeps it and uninstall restores it like any other backup.
+fn adopt_azure_backup(certs_dir: &Path, name: &str, report: &mut Report) -> Result<(), HostsError> {
+    let saved = certs_dir.join(AZURE_BACKUP_DIR).join(name);
+    if !saved.is_dir() {
+        return Ok(());
+    }
+    let dir = certs_dir.join(name);
+    for e in std::fs::read_dir(&saved).map_err(io(&saved))?.filter_map(Result::ok) {
+        let to = if e.file_name() == FILE { dir.join(BACKUP) } else { dir.join(e.file_name()) };
+        if to.exists() {
+            report.warnings.push(format!("{} exists; {} left in place", to.display(), e.path().display()));
+            continue;
+        }
+        std::fs::rename(e.path(), &to).map_err(io(&to))?;
+    }
+    let _ = std::fs::remove_dir(&saved); // only when emptied
+    let _ = std::fs::remove_dir(certs_dir.join(AZURE_BACKUP_DIR));
+    report.warnings.push(format!("took over Azure/peerd's backup of {name} from {}", saved.display()));
     Ok(())
 }
 
