@@ -70,12 +70,14 @@ fn tree(dir: &Path) -> Vec<String> {
     out
 }
 
+/// (fixture, config file inside it, exit code, warnings expected, warnings not expected)
+type Case = (&'static str, &'static str, i32, &'static [&'static str], &'static [&'static str]);
+
 const REGS: &[&str] = &["--registry", "docker.io", "--registry", "127.0.0.1:5001", "--plain-http", "127.0.0.1:5001"];
 
 #[test]
 fn containerd_layouts_decide_where_hosts_toml_goes() {
-    // (fixture, config file inside it, exit code, warnings expected, warnings not expected)
-    let cases: &[(&str, &str, i32, &[&str], &[&str])] = &[
+    let cases: &[Case] = &[
         ("1.6.toml", "", 0, &[], &["warning"]),
         ("1.7.toml", "", 0, &[], &["warning"]),
         ("2.0.toml", "", 0, &[], &["warning"]),
