@@ -29,6 +29,72 @@ enum Command {
     /// Configure containerd to use the node-local peerd as its mirror (hosts.toml), or undo it.
     #[command(subcommand)]
     Hosts(HostsCommand),
+    /// Check this node end to end (containerd, its config_path, hosts.toml, the mirror, content,
+    /// peers, the DHT, upstreams, peer transfers): ✓/✗ with a fix each; exit 0 only if all pass.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Args)]
+struct DoctorArgs {
+    /// Print the checks as JSON.
+    #[arg(long)]
+    json: bool,
+    /// This node's mirror (peerd's --http-addr).
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:5000")]
+    mirror: String,
+    /// This node's metrics listener (peerd's --metrics-addr).
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:5004")]
+    metrics: String,
+    #[arg(long, value_name = "PATH", default_value = "/run/containerd/containerd.sock")]
+    containerd_socket: PathBuf,
+    /// containerd's config (imports followed), for config_path and the content root.
+    #[arg(long, value_name = "FILE", default_value = "/etc/containerd/config.toml")]
+    containerd_config: PathBuf,
+    /// containerd's content store [default: <root>/io.containerd.content.v1.content from the config,
+    /// /var/lib/containerd/io.containerd.content.v1.content].
+    #[arg(long, value_name = "DIR")]
+    containerd_content_dir: Option<PathBuf>,
+    /// Look for hosts.toml files here first (besides containerd's config_path).
+    #[arg(long, value_name = "DIR")]
+    certs_dir: Option<PathBuf>,
+    /// A registry that must go through peerd; repeat for several [default: every registry with a
+    /// hosts.toml written by peerd].
+    #[arg(long, value_name = "HOST")]
+    mirror_host: Vec<String>,
+    /// Bound on each probe.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
+}
+
+fn doctor(a: &DoctorArgs) -> ExitCode {
+    let opts = peerd::doctor::Options {
+        mirror: a.mirror.clone(),
+        metrics: a.metrics.clone(),
+        containerd_socket: a.containerd_socket.clone(),
+        containerd_config: a.containerd_config.clone(),
+        content_dir: a.containerd_content_dir.clone(),
+        certs_dir: a.certs_dir.clone(),
+        mirror_hosts: a.mirror_host.clone(),
+        timeout: a.timeout,
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("peerd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = rt.block_on(peerd::doctor::run(&opts));
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report).expect("the report serializes"));
+    } else {
+        print!("{}", peerd::doctor::render_text(&report));
+    }
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 #[derive(Subcommand)]
@@ -388,6 +454,7 @@ fn main() -> ExitCode {
         Command::Run(a) => (a, false),
         Command::Config(a) => (a, true),
         Command::Hosts(h) => return hosts(h),
+        Command::Doctor(d) => return doctor(d),
     };
     let cfg = match args.load() {
         Ok(c) => c,
