@@ -6,7 +6,7 @@
 //!
 //! Every probe is bounded by [`Options::timeout`]; nothing is written anywhere.
 
-use crate::hosts::containerd_config::{ConfigError, ContainerdConfig};
+use crate::hosts::containerd_config::{ConfigError, ConfigPathSource, ContainerdConfig};
 use crate::hosts::{marked_registries, DEFAULT_DIR, FILE};
 use crate::metrics::PEER_FETCH_BYTES;
 use crate::swarm::SWARM_CHUNK_BYTES;
@@ -206,10 +206,13 @@ pub async fn run(o: &Options) -> Report {
         Ok(c) => {
             let dirs = c.dirs();
             let list = dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ");
+            let source = match c.config_path_source {
+                ConfigPathSource::Default2x => "containerd 2.x's default",
+                _ => "set",
+            };
             let mut detail = format!(
-                "config_path {:?} ({:?}, config version {}): {list}",
+                "config_path {:?} ({source}, config version {}): {list}",
                 c.config_path.clone().unwrap_or_default(),
-                c.config_path_source,
                 c.version
             );
             let transfer = release.is_some_and(|r| r >= (2, 1));
