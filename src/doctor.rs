@@ -6,7 +6,7 @@
 //!
 //! Every probe is bounded by [`Options::timeout`]; nothing is written anywhere.
 
-use crate::hosts::containerd_config::{ConfigError, ConfigPathSource, ContainerdConfig};
+use crate::hosts::containerd_config::{ConfigError, ConfigPathSource, ContainerdConfig, DEFAULT_CONFIG_PATH_2X};
 use crate::hosts::{marked_registries, DEFAULT_DIR, FILE};
 use crate::metrics::PEER_FETCH_BYTES;
 use crate::swarm::SWARM_CHUNK_BYTES;
@@ -154,6 +154,70 @@ fn describe(e: &reqwest::Error) -> String {
     s
 }
 
+/// The config_path check, and the directories containerd reads hosts.toml files from.
+fn config_path_check(
+    path: &Path,
+    config: &Result<ContainerdConfig, ConfigError>,
+    release: Option<(u64, u64)>,
+) -> (Vec<PathBuf>, Check) {
+    let name = path.display();
+    let set_it = format!(
+        "set config_path = \"/etc/containerd/certs.d\" under [plugins.\"io.containerd.grpc.v1.cri\".registry] \
+         (containerd 1.x) or [plugins.\"io.containerd.cri.v1.images\".registry] (2.x) in {name} and restart containerd"
+    );
+    let v2x = release.is_some_and(|r| r.0 >= 2);
+    let default_2x = || DEFAULT_CONFIG_PATH_2X.to_owned();
+    // (config_path in effect, how it was found, the parsed config if any)
+    let (path_str, how, c) = match config {
+        Ok(c) => match (&c.config_path, c.config_path_source) {
+            (Some(p), ConfigPathSource::Explicit) => (p.clone(), format!("set, config version {}", c.version), Some(c)),
+            (Some(p), _) => (p.clone(), "containerd 2.x's default".to_owned(), Some(c)),
+            // containerd 2.x migrates a version 1/2 file and applies its own default.
+            (None, _) if v2x => (default_2x(), "unset: containerd 2.x's default".to_owned(), Some(c)),
+            (None, _) => {
+                let detail = format!("{name} sets no registry config_path: containerd ignores every hosts.toml");
+                return (Vec::new(), fail("config_path", None, detail, set_it));
+            }
+        },
+        Err(ConfigError::NotFound(_)) if v2x => (default_2x(), format!("no {name}: containerd 2.x's default"), None),
+        Err(e @ ConfigError::NotFound(_)) => {
+            let detail = format!("{e}: containerd 1.x then has no config_path and ignores every hosts.toml");
+            let fix = format!("pass --containerd-config with containerd's config, or {set_it}");
+            return (Vec::new(), fail("config_path", None, detail, fix));
+        }
+        Err(e) => {
+            let fix = format!("fix {name} (containerd cannot read it either)");
+            return (Vec::new(), fail("config_path", None, e.to_string(), fix));
+        }
+    };
+    let dirs: Vec<PathBuf> = path_str.split(':').filter(|d| !d.trim().is_empty()).map(PathBuf::from).collect();
+    let list = dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ");
+    let mut detail = format!("config_path {path_str:?} ({how}): {list}");
+    let local_pull = c.and_then(|c| c.use_local_image_pull) == Some(true);
+    let mirrors = c.map(|c| c.inline_mirrors.join(", ")).unwrap_or_default();
+    let check = if dirs.len() > 1 && release.is_some_and(|r| r >= (2, 1)) && !local_pull {
+        detail.push_str("; containerd 2.1+ pulls through its transfer service, which reads this list as one path and skips every mirror");
+        let fix = "set use_local_image_pull = true under [plugins.\"io.containerd.cri.v1.images\"], or make config_path a single directory, and restart containerd";
+        fail("config_path", None, detail, fix)
+    } else if !mirrors.is_empty() && release.is_some_and(|r| r >= (2, 2)) {
+        detail.push_str(&format!("; inline registry.mirrors for {mirrors} as well, which containerd 2.2 refuses"));
+        fail(
+            "config_path",
+            None,
+            detail,
+            format!("move the inline mirrors of {name} into hosts.toml files and restart containerd"),
+        )
+    } else {
+        if !mirrors.is_empty() {
+            detail.push_str(&format!(
+                "; note: inline registry.mirrors for {mirrors} (refused by containerd 2.2 together with config_path)"
+            ));
+        }
+        pass("config_path", None, detail)
+    };
+    (dirs, check)
+}
+
 /// Run every check.
 pub async fn run(o: &Options) -> Report {
     let mut checks = Vec::new();
@@ -188,90 +252,8 @@ pub async fn run(o: &Options) -> Report {
 
     // 2. config_path
     let config = ContainerdConfig::load(&o.containerd_config);
-    let cfg_name = o.containerd_config.display();
-    let set_it = format!(
-        "set config_path = \"/etc/containerd/certs.d\" under [plugins.\"io.containerd.grpc.v1.cri\".registry] \
-         (containerd 1.x) or [plugins.\"io.containerd.cri.v1.images\".registry] (2.x) in {cfg_name} and restart containerd"
-    );
-    let mut dirs: Vec<PathBuf> = match &config {
-        Ok(c) if c.dirs().is_empty() => {
-            checks.push(fail(
-                "config_path",
-                None,
-                format!("{cfg_name} sets no registry config_path: containerd ignores every hosts.toml"),
-                set_it.clone(),
-            ));
-            Vec::new()
-        }
-        Ok(c) => {
-            let dirs = c.dirs();
-            let list = dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ");
-            let source = match c.config_path_source {
-                ConfigPathSource::Default2x => "containerd 2.x's default",
-                _ => "set",
-            };
-            let mut detail = format!(
-                "config_path {:?} ({source}, config version {}): {list}",
-                c.config_path.clone().unwrap_or_default(),
-                c.version
-            );
-            let transfer = release.is_some_and(|r| r >= (2, 1));
-            if dirs.len() > 1 && transfer && c.use_local_image_pull != Some(true) {
-                checks.push(fail(
-                    "config_path",
-                    None,
-                    format!("{detail}; containerd 2.1+ pulls through its transfer service, which reads this list as one path and skips every mirror"),
-                    "set use_local_image_pull = true under [plugins.\"io.containerd.cri.v1.images\"], or make config_path a single directory, and restart containerd",
-                ));
-            } else if !c.inline_mirrors.is_empty() && release.is_some_and(|r| r >= (2, 2)) {
-                checks.push(fail(
-                    "config_path",
-                    None,
-                    format!(
-                        "{detail}; inline registry.mirrors for {} as well, which containerd 2.2 refuses",
-                        c.inline_mirrors.join(", ")
-                    ),
-                    format!("move the inline mirrors of {cfg_name} into hosts.toml files and restart containerd"),
-                ));
-            } else {
-                if !c.inline_mirrors.is_empty() {
-                    detail.push_str(&format!(
-                        "; note: inline registry.mirrors for {} (refused by containerd 2.2 together with config_path)",
-                        c.inline_mirrors.join(", ")
-                    ));
-                }
-                checks.push(pass("config_path", None, detail));
-            }
-            dirs
-        }
-        Err(ConfigError::NotFound(_)) if release.is_some_and(|r| r.0 >= 2) => {
-            let c = crate::hosts::containerd_config::DEFAULT_CONFIG_PATH_2X;
-            checks.push(pass(
-                "config_path",
-                None,
-                format!("no {cfg_name}: containerd 2.x's default config_path {c:?}"),
-            ));
-            c.split(':').map(PathBuf::from).collect()
-        }
-        Err(e @ ConfigError::NotFound(_)) => {
-            checks.push(fail(
-                "config_path",
-                None,
-                format!("{e}: containerd 1.x then has no config_path and ignores every hosts.toml"),
-                format!("pass --containerd-config with containerd's config, or {set_it}"),
-            ));
-            Vec::new()
-        }
-        Err(e) => {
-            checks.push(fail(
-                "config_path",
-                None,
-                e.to_string(),
-                format!("fix {cfg_name} (containerd cannot read it either)"),
-            ));
-            Vec::new()
-        }
-    };
+    let (mut dirs, check) = config_path_check(&o.containerd_config, &config, release);
+    checks.push(check);
     if let Some(d) = &o.certs_dir {
         dirs.retain(|x| x != d);
         dirs.insert(0, d.clone());
@@ -549,6 +531,39 @@ mod tests {
         assert_eq!(containerd_release("v2.1.0"), Some((2, 1)));
         assert_eq!(containerd_release("2.2.0-rc.1"), Some((2, 2)));
         assert_eq!(containerd_release("dev"), None);
+    }
+
+    #[test]
+    fn config_path_by_containerd_release() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("config.toml");
+        let check = |text: &str, release| {
+            std::fs::write(&f, text).unwrap();
+            config_path_check(&f, &ContainerdConfig::load(&f), release)
+        };
+        let list = "version = 3\n[plugins.'io.containerd.cri.v1.images'.registry]\nconfig_path = '/a:/b'\n";
+        let (dirs, c) = check(list, Some((2, 1)));
+        assert!(!c.ok && c.fix.unwrap().contains("use_local_image_pull = true"));
+        assert_eq!(dirs, [PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert!(check(list, Some((2, 0))).1.ok, "2.0 reads the list itself");
+        let local = format!("{list}[plugins.'io.containerd.cri.v1.images']\nuse_local_image_pull = true\n");
+        assert!(check(&local, Some((2, 1))).1.ok);
+        let none = "version = 2\n";
+        let (dirs, c) = check(none, Some((1, 6)));
+        assert!(!c.ok && dirs.is_empty() && c.fix.unwrap().contains("config_path"));
+        let (dirs, c) = check(none, Some((2, 0)));
+        assert!(c.ok && dirs.len() == 2, "2.x migrates and applies its default: {}", c.detail);
+        let mirrors = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\nconfig_path = \"/a\"\n\
+                       [plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"docker.io\"]\nendpoint = [\"https://m\"]\n";
+        assert!(!check(mirrors, Some((2, 2))).1.ok);
+        let (_, c) = check(mirrors, Some((1, 7)));
+        assert!(c.ok && c.detail.contains("docker.io"));
+        let missing = d.path().join("missing.toml");
+        let c = config_path_check(&missing, &ContainerdConfig::load(&missing), None).1;
+        assert!(!c.ok && c.fix.unwrap().contains("--containerd-config"));
+        assert!(config_path_check(&missing, &ContainerdConfig::load(&missing), Some((2, 0))).1.ok);
+        // 2.1 with no config: its default is a list, which its transfer service skips.
+        assert!(!config_path_check(&missing, &ContainerdConfig::load(&missing), Some((2, 1))).1.ok);
     }
 
     #[test]

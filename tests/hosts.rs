@@ -432,3 +432,80 @@ fn containerd_pulls_through_peerd_with_only_a_default_file() {
     let other = curl("GET", &peerd.url("/v2/test/single/manifests/v1?ns=127.0.0.1%3A1"), &[]);
     assert_eq!(other.status, 404);
 }
+
+/// The numbers in docs/usage.md ("dial_timeout and a peerd that does not answer"): how long
+/// containerd 1.6, which ignores `dial_timeout`, takes to pull through a mirror that refuses
+/// connections, one that drops them (a full listen queue: SYNs go unanswered, as behind a
+/// firewall DROP rule) and one that accepts and never answers. Slow (about 3 minutes), so
+/// ignored by default: `cargo test --test hosts -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_unreachable_mirror_on_containerd_1_6() {
+    if !require("measure_unreachable", CONTAINERD_TOOLS, true) {
+        return;
+    }
+    use std::net::{TcpListener, TcpStream};
+    let (work, reg, _) = registry_with_images("pd-hm");
+    // Refused: a port nobody listens on.
+    let refused = free_port("127.0.0.1");
+    // Dropped: a listener never accepting, its queue filled until a connect times out.
+    let drop_l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let drop_addr = drop_l.local_addr().unwrap();
+    let mut fill = Vec::new();
+    while let Ok(s) = TcpStream::connect_timeout(&drop_addr, Duration::from_millis(300)) {
+        fill.push(s);
+        assert!(fill.len() < 10_000, "the listen queue never filled");
+    }
+    // Silent: accepts every connection and holds it, never writing a byte.
+    let silent_l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = silent_l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in silent_l.incoming().take(1000) {
+            held.push(s);
+        }
+    });
+    let cap = Duration::from_secs(150);
+    let mut results = Vec::new();
+    for (name, port) in [("refused", refused), ("dropped", drop_addr.port()), ("silent", silent)] {
+        let hosts = work.path().join(format!("hosts-{name}"));
+        let mut args = vec!["install"];
+        let mirror = format!("http://127.0.0.1:{port}");
+        let plain = reg.addr.clone();
+        args.extend(at(&hosts, &["--mirror", &mirror, "--registry", &plain, "--plain-http", &plain]));
+        std::fs::create_dir_all(&hosts).unwrap();
+        assert_eq!(peerd_hosts(&args).code, Some(0));
+        let node = Containerd::start(&work.path().join(format!("c-{name}")));
+        let t = Instant::now();
+        let mut child = Command::new("ctr")
+            .arg("-a")
+            .arg(&node.socket)
+            .args(["-n", "k8s.io", "image", "pull", "--hosts-dir", hosts.to_str().unwrap()])
+            .arg(format!("{}/test/single:v1", reg.addr))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break Some(s.success());
+            }
+            if t.elapsed() > cap {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        results.push((name, t.elapsed(), status));
+    }
+    for (name, took, status) in &results {
+        eprintln!("MEASURED containerd 1.6, mirror {name}: {took:.1?}, pull succeeded: {status:?}");
+    }
+    assert_eq!(results[0].2, Some(true));
+    assert!(results[0].1 < Duration::from_secs(10), "refused: immediate fallback");
+    assert_eq!(results[1].2, Some(true), "dropped: falls back after the dialer's timeout");
+    assert!(results[1].1 > Duration::from_secs(25), "dropped: dial_timeout ignored, 30 s dialer timeout");
+    assert_eq!(results[2].2, None, "silent: still waiting after {cap:?}");
+    drop(fill);
+}
