@@ -384,7 +384,7 @@ pub async fn run(o: &Options) -> Report {
                         "p2p_peers",
                         None,
                         format!("no peer connected ({table} in the routing table)"),
-                        "other nodes must run peerd with the same cluster secret and reach this node's p2p port (5003); check p2p.bootstrap_dns / --bootstrap-peer and P2PFailed events",
+                        "other nodes must run peerd with the same cluster secret and reach this node's p2p port (5003) and peer port; check p2p.bootstrap_dns / --bootstrap-peer and P2PFailed events",
                     )
                 });
                 table

@@ -198,7 +198,7 @@ fn hosts_dirs(target: &HostsTarget, force: bool, warn: &mut Vec<String>) -> Resu
         let dir = fallback();
         return Ok((dir.clone(), vec![dir]));
     };
-    if dirs.len() > 1 {
+    if dirs.len() > 1 && cfg.use_local_image_pull != Some(true) {
         let how = if cfg.config_path_source == ConfigPathSource::Default2x { "containerd 2.x's default " } else { "" };
         warn.push(format!(
             "{how}config_path {:?} lists several directories: writing into the first, {}. containerd 2.1+ pulls \

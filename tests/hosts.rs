@@ -117,6 +117,20 @@ fn containerd_layouts_decide_where_hosts_toml_goes() {
         }
     }
 
+    // The same list with use_local_image_pull = true: nothing to warn about the list.
+    let tmp = tempdir("pd-hl");
+    let config = materialize(&layouts().join("2.1-eks.toml"), tmp.path());
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text =
+        text.replace("discard_unpacked_layers = true", "discard_unpacked_layers = false\nuse_local_image_pull = true");
+    std::fs::write(&config, text).unwrap();
+    let mut args = vec!["install", "--containerd-config", config.to_str().unwrap()];
+    args.extend(REGS);
+    let out = peerd_hosts(&args);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(!out.stderr.contains("warning"), "{}", out.stderr);
+    assert_eq!(tree(&tmp.path().join("certs.d")).len(), 2);
+
     // No config_path, but --force: written (where --certs-dir says), with the warning.
     let tmp = tempdir("pd-hl");
     let config = materialize(&layouts().join("none.toml"), tmp.path());
