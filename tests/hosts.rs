@@ -523,3 +523,48 @@ fn measure_unreachable_mirror_on_containerd_1_6() {
     assert_eq!(results[2].2, None, "silent: still waiting after {cap:?}");
     drop(fill);
 }
+
+/// `--mode prepend` as containerd 1.6 reads it: peerd first, then the operator's own mirror
+/// (here the registry itself, under a `[host]` table, with an unusable `server`). With peerd
+/// down the pull still works through the operator's host; with peerd up it goes through peerd.
+#[test]
+fn containerd_keeps_the_operators_mirror_behind_peerd() {
+    if !require("hosts_prepend", CONTAINERD_TOOLS, true) {
+        return;
+    }
+    let (work, reg, _) = registry_with_images("pd-hq");
+    let certs = work.path().join("certs.d");
+    let original = format!(
+        "# operator: a pull-through cache, the registry itself unusable\nserver = \"https://127.0.0.1:1\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+        reg.addr
+    );
+    std::fs::create_dir_all(certs.join(&reg.addr)).unwrap();
+    std::fs::write(certs.join(&reg.addr).join("hosts.toml"), &original).unwrap();
+    let ports = Ports::free("127.0.0.1");
+    let mirror = format!("http://127.0.0.1:{}", ports.http);
+    install(&certs, &["--mirror", &mirror, "--registry", &reg.addr, "--plain-http", &reg.addr, "--mode", "prepend"]);
+    let node = Containerd::start(&work.path().join("c"));
+    // peerd not started yet: its port refuses, containerd moves on to the operator's host.
+    node.pull(&certs, &format!("{}/test/single:v1", reg.addr));
+    let peerd = Peerd::start_on(
+        "127.0.0.1",
+        ports,
+        None,
+        &[
+            "--no-p2p",
+            "--mirror-host",
+            &reg.addr,
+            "--plain-http-host",
+            &reg.addr,
+            "--containerd-socket",
+            "/nonexistent.sock",
+        ],
+        &[],
+    );
+    peerd.wait_ready();
+    node.pull(&certs, &format!("{}/test/index:v1", reg.addr));
+    assert!(peerd.metric("peerd_requests_total", &["handler=\"manifests\""]) >= 1.0, "peerd asked first");
+    assert!(peerd.metric("peerd_served_bytes_total", &["source=\"upstream\""]) > 0.0);
+    uninstall(&certs);
+    assert_eq!(std::fs::read_to_string(certs.join(&reg.addr).join("hosts.toml")).unwrap(), original);
+}
