@@ -92,23 +92,57 @@ async fn containerd_version(socket: &Path, timeout: Duration) -> Result<String, 
 struct HostsFile {
     path: PathBuf,
     server: Option<String>,
+    /// `[host]` URLs in file order (the order containerd tries them), without a trailing `/`.
     hosts: Vec<String>,
+    /// Those of the hosts that lack the `pull` capability.
+    no_pull: Vec<String>,
 }
 
 fn read_hosts_file(path: &Path) -> Option<Result<HostsFile, String>> {
     let text = std::fs::read_to_string(path).ok()?;
-    Some(match toml::from_str::<toml::Table>(&text) {
-        Ok(t) => Ok(HostsFile {
-            path: path.to_owned(),
-            server: t.get("server").and_then(toml::Value::as_str).map(str::to_owned),
-            hosts: t
-                .get("host")
-                .and_then(toml::Value::as_table)
-                .map(|h| h.keys().map(|k| k.trim_end_matches('/').to_owned()).collect())
-                .unwrap_or_default(),
-        }),
-        Err(e) => Err(format!("{}: {}", path.display(), e.message())),
-    })
+    let t = match toml::from_str::<toml::Table>(&text) {
+        Ok(t) => t,
+        Err(e) => return Some(Err(format!("{}: {}", path.display(), e.message()))),
+    };
+    let table = t.get("host").and_then(toml::Value::as_table).cloned().unwrap_or_default();
+    // The parsed table is sorted; the file's order comes from its `[host."..."]` headers.
+    let mut keys: Vec<&String> =
+        host_headers(&text).iter().filter_map(|h| table.get_key_value(h).map(|(k, _)| k)).collect();
+    keys.dedup();
+    keys.extend(table.keys().filter(|k| !keys.contains(k)).collect::<Vec<_>>());
+    let trim = |k: &String| k.trim_end_matches('/').to_owned();
+    let no_pull = table
+        .iter()
+        .filter(|(_, v)| {
+            // containerd's default when `capabilities` is absent: pull, resolve, push.
+            v.get("capabilities")
+                .and_then(toml::Value::as_array)
+                .is_some_and(|caps| !caps.iter().any(|c| c.as_str() == Some("pull")))
+        })
+        .map(|(k, _)| trim(k))
+        .collect();
+    Some(Ok(HostsFile {
+        path: path.to_owned(),
+        server: t.get("server").and_then(toml::Value::as_str).map(str::to_owned),
+        hosts: keys.into_iter().map(trim).collect(),
+        no_pull,
+    }))
+}
+
+/// Keys of `[host."<key>"]` / `[host.'<key>']` headers (sub-tables included), in file order.
+fn host_headers(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.trim_start().strip_prefix("[host.") else { continue };
+        let Some(quote) = rest.chars().next().filter(|c| *c == '"' || *c == '\'') else { continue };
+        if let Some(end) = rest[1..].find(quote) {
+            let key = rest[1..1 + end].to_owned();
+            if !out.contains(&key) {
+                out.push(key);
+            }
+        }
+    }
+    out
 }
 
 /// The file containerd would use for `registry`: its own directory in the first config_path
@@ -306,6 +340,12 @@ pub async fn run(o: &Options) -> Report {
             }
             Some(Ok(f)) => {
                 checks.push(match f.hosts.iter().position(|h| h == mirror) {
+                    Some(_) if f.no_pull.iter().any(|h| h == mirror) => fail(
+                        "hosts_toml",
+                        Some(r),
+                        format!("{} lists {mirror} without the pull capability", f.path.display()),
+                        install_hint(r),
+                    ),
                     Some(pos) => {
                         let order = if pos == 0 {
                             "first".to_owned()
@@ -586,6 +626,18 @@ mod tests {
         let dirs = [a.path().to_owned(), b.path().to_owned()];
         let f = find_hosts_file(&dirs, "ghcr.io").unwrap().unwrap();
         assert_eq!((f.server.as_deref(), f.hosts), (Some("https://ghcr.io"), vec!["http://m:1".to_owned()]));
+        // File order, not the parsed table's (sorted) order; capabilities read.
+        let p = a.path().join("order.toml");
+        std::fs::write(
+            &p,
+            "[host.'https://z']\n  capabilities = ['pull']\n[host.\"https://a\"]\n  capabilities = ['resolve']\n[host.\"https://a\".header]\n  x = '1'\n",
+        )
+        .unwrap();
+        let f = read_hosts_file(&p).unwrap().unwrap();
+        assert_eq!(
+            (f.hosts, f.no_pull),
+            (vec!["https://z".to_owned(), "https://a".to_owned()], vec!["https://a".to_owned()])
+        );
         assert_eq!(find_hosts_file(&dirs, "quay.io").unwrap().unwrap().hosts, ["http://m:2"]);
         assert!(find_hosts_file(&dirs[1..], "quay.io").is_none());
     }

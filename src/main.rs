@@ -45,6 +45,7 @@ struct DoctorArgs {
     /// This node's metrics listener (peerd's --metrics-addr).
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:5004")]
     metrics: String,
+    /// containerd's gRPC socket.
     #[arg(long, value_name = "PATH", default_value = "/run/containerd/containerd.sock")]
     containerd_socket: PathBuf,
     /// containerd's config (imports followed), for config_path and the content root.

@@ -179,6 +179,7 @@ fn doctor_on_a_healthy_lab_node_then_broken_ones() {
     }
     assert!(check(&r, "containerd", None)["detail"].as_str().unwrap().contains("containerd 1.6"));
     assert!(check(&r, "content", None)["detail"].as_str().unwrap().contains("fast path"));
+    assert!(check(&r, "hosts_toml", Some(&reg.addr))["detail"].as_str().unwrap().ends_with("(first)"));
     assert!(check(&r, "upstream", Some(&reg.addr))["detail"].as_str().unwrap().contains("HTTP 200"));
     assert!(check(&r, "p2p_peers", None)["detail"].as_str().unwrap().starts_with("1 peers connected"));
     // The text form: a ✓ per check and no fix lines.
