@@ -22,12 +22,13 @@ release: ## Optimised build (target/release/peerd)
 image: release ## Build the OCI image without Docker (target/image); IMAGE_ARGS=--smoke to run it under containerd
 	scripts/build-image.sh $(IMAGE_ARGS)
 
-run: ## Install protoc if missing, then run a node on the embedded defaults (ARGS="--http-addr ...")
-	@command -v protoc >/dev/null || scripts/install-test-deps.sh
+run: ## Install protoc if missing (nothing else), then run a node on the embedded defaults (ARGS="--http-addr ...")
+	@command -v protoc >/dev/null || scripts/install-build-deps.sh
 	$(CARGO) run --release --locked -- run $(ARGS)
 
-config: ## Print the effective configuration
-	$(CARGO) run --locked -- config $(ARGS)
+config: ## Print the effective configuration (release build, as `make run` uses)
+	@command -v protoc >/dev/null || scripts/install-build-deps.sh
+	$(CARGO) run --release --locked -- config $(ARGS)
 
 test: ## Everything, on a fresh machine: install deps, lint, unit + integration tests
 	scripts/test.sh

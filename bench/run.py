@@ -615,15 +615,19 @@ class Peerd:
         self.http = f"{http_ip or ip}:{ports[0]}"
         self.metrics = f"{ip}:{ports[1]}"
         self.p2p = f"{ip}:{ports[2]}"
+        # The peer listener (other nodes fetch here, authenticated): a 4th port, or Azure/peerd's 5001.
+        self.peer = f"{ip}:{ports[3] if len(ports) > 3 else 5001}"
         self.data = os.path.join(work, "peerd-" + name)
         os.makedirs(self.data, exist_ok=True)
         self.logfile = os.path.join(work, f"peerd-{name}.log")
         cmd = [binary, "run", "--http-addr", self.http, "--metrics-addr", self.metrics, "--p2p-addr", self.p2p,
-               "--data-dir", self.data] + args
+               "--peer-addr", self.peer, "--data-dir", self.data] + args
         if ns:
             cmd = ["ip", "netns", "exec", ns] + cmd
         e = {k: v for k, v in os.environ.items() if not k.startswith("PEERD_")}
-        e.update({"PEERD_P2P__SECRET": SECRET, "PEERD_P2P__BOOTSTRAP_INTERVAL": "1s", "PEERD_LOG__FORMAT": "text"})
+        # /debug/* on the metrics listener too: the benchmark reads them there.
+        e.update({"PEERD_P2P__SECRET": SECRET, "PEERD_P2P__BOOTSTRAP_INTERVAL": "1s", "PEERD_LOG__FORMAT": "text",
+                  "PEERD_METRICS__DEBUG": "true"})
         e.update(env or {})
         if os.environ.get("PEERD_BENCH_LOG"):
             e["PEERD_LOG__LEVEL"] = os.environ["PEERD_BENCH_LOG"]
@@ -858,7 +862,7 @@ class Bench:
             self.layout.ctr_import(self.ca.sock, ref, f"{self.reg_addr}/bench/{ref}:v1")
         self.res["setup_import_s"] = time.time() - t
         ip_a, ip_b = "127.0.0.2", "127.0.0.3"
-        ports = (free_port(ip_a), free_port(ip_a), free_port(ip_a))
+        ports = (free_port(ip_a), free_port(ip_a), free_port(ip_a), free_port(ip_a))
         self.ns_q = "ns=" + self.reg_addr.replace(":", "%3A")
         # Only B dials A. peerd takes a peer's mirror IP from the p2p connection's remote address;
         # on one loopback interface a connection A dials comes from 127.0.0.1, not 127.0.0.2, so
@@ -1112,7 +1116,7 @@ class Bench:
         w = os.path.join(self.work, f"dht{n}")
         os.makedirs(w, exist_ok=True)
         ips = [f"127.0.1.{i + 1}" for i in range(n)]
-        ports = (free_port(ips[0]), free_port(ips[0]), free_port(ips[0]))
+        ports = (free_port(ips[0]), free_port(ips[0]), free_port(ips[0]), free_port(ips[0]))
         boot = []
         for ip in ips[:3]:
             boot += ["--bootstrap-peer", f"{ip}:{ports[2]}"]

@@ -17,6 +17,7 @@ pub const ENV_PREFIX: &str = "PEERD_";
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub http: HttpConfig,
+    pub peer: PeerConfig,
     pub metrics: MetricsConfig,
     pub containerd: ContainerdConfig,
     pub registry: RegistryConfig,
@@ -32,6 +33,8 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     pub addr: SocketAddr,
+    /// A second node-local listener with the same front end (Azure/peerd's :30000); "" = off.
+    pub compat_addr: String,
     pub workers: usize,
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -42,6 +45,29 @@ pub struct HttpConfig {
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     pub addr: SocketAddr,
+    /// Also serve `/debug/*` here (they are always on the node-local front end).
+    pub debug: bool,
+}
+
+/// The listener other nodes fetch from; every request on it is authenticated.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub addr: SocketAddr,
+}
+
+impl HttpConfig {
+    /// The compatibility listener's address, if one is configured.
+    pub fn compat(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let a = self.compat_addr.trim();
+        if a.is_empty() || a == "off" {
+            return Ok(None);
+        }
+        a.parse().map(Some).map_err(|e| ConfigError::Invalid {
+            key: "http.compat_addr",
+            reason: format!("{a:?}: {e} (expected IP:PORT, e.g. 127.0.0.1:30000, or \"\" for off)"),
+        })
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -75,6 +101,9 @@ pub struct UpstreamConfig {
     pub failure_threshold: u32,
     #[serde(with = "humantime_serde")]
     pub failure_cooldown: Duration,
+    /// Allow upstream connections (and redirects, token realms) to loopback addresses even when
+    /// no configured registry is on loopback.
+    pub allow_loopback: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -85,6 +114,14 @@ pub struct P2pConfig {
     pub data_dir: PathBuf,
     pub secret_file: String,
     pub secret: String,
+    /// Run p2p without a cluster secret: anyone who reaches the peer and p2p ports can join
+    /// and read content. Only for isolated test networks.
+    pub insecure_no_secret: bool,
+    /// Most established inbound libp2p connections, in all and per peer, and inbound
+    /// connections still in their handshake.
+    pub max_connections: u32,
+    pub max_connections_per_peer: u32,
+    pub max_pending_incoming: u32,
     pub bootstrap_peers: Vec<String>,
     pub bootstrap_dns: String,
     #[serde(with = "humantime_serde")]
@@ -116,10 +153,14 @@ impl P2pConfig {
                 reason: format!("{}: {e}", self.secret_file),
             })?;
             let trimmed = data.trim_ascii();
-            if trimmed.is_empty() {
+            if trimmed.len() < MIN_SECRET_LEN {
                 return Err(ConfigError::Invalid {
                     key: "p2p.secret_file",
-                    reason: format!("{} is empty", self.secret_file),
+                    reason: format!(
+                        "{} holds {} characters; the cluster secret must be at least {MIN_SECRET_LEN}",
+                        self.secret_file,
+                        trimmed.len()
+                    ),
                 });
             }
             return Ok(Some(trimmed.to_vec()));
@@ -224,6 +265,7 @@ pub enum LogFormat {
 pub enum ConfigError {
     #[error("config file {0}: not found")]
     MissingFile(PathBuf),
+    /// `<key>: <reason>` for each wrong setting (figment's errors, in the config's own words).
     #[error("{0}")]
     Figment(String),
     #[error("{key}: {reason}")]
@@ -273,7 +315,7 @@ impl Config {
         }
         // The Pod's identity (downward API) and the API server (service discovery) fill in
         // kubernetes.* keys left empty.
-        let mut cfg: Config = fig.extract().map_err(|e| ConfigError::Figment(one_line(&e.to_string())))?;
+        let mut cfg: Config = fig.extract().map_err(|e| ConfigError::Figment(describe(e)))?;
         let k = &mut cfg.kubernetes;
         let get = |name: &str| k8s_env.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()).unwrap_or_default();
         for (field, var) in [
@@ -318,8 +360,18 @@ impl Config {
         if self.upstream.failure_threshold == 0 {
             return bad("upstream.failure_threshold", "must be positive".into());
         }
+        self.http.compat()?;
         if self.p2p.enabled {
             self.p2p.secret_bytes()?;
+            if self.p2p.max_connections == 0
+                || self.p2p.max_connections_per_peer == 0
+                || self.p2p.max_pending_incoming == 0
+            {
+                return bad(
+                    "p2p.max_connections",
+                    "max_connections, max_connections_per_peer and max_pending_incoming must be positive".into(),
+                );
+            }
         }
         if self.p2p.enabled {
             if self.p2p.max_peers == 0 {
@@ -331,8 +383,14 @@ impl Config {
             if !self.p2p.secret_file.is_empty() && !self.p2p.secret.is_empty() {
                 return bad("p2p.secret", "set either p2p.secret or p2p.secret_file, not both".into());
             }
-            if !self.p2p.secret.is_empty() && self.p2p.secret.len() < 16 {
-                return bad("p2p.secret", "must be at least 16 characters".into());
+            if !self.p2p.secret.is_empty() && self.p2p.secret.len() < MIN_SECRET_LEN {
+                return bad("p2p.secret", format!("must be at least {MIN_SECRET_LEN} characters"));
+            }
+            for peer in &self.p2p.bootstrap_peers {
+                check_host_port(peer).or_else(|e| bad("p2p.bootstrap_peers", e))?;
+            }
+            if !self.p2p.bootstrap_dns.is_empty() {
+                check_host_port(&self.p2p.bootstrap_dns).or_else(|e| bad("p2p.bootstrap_dns", e))?;
             }
         }
         if self.swarm.enabled {
@@ -418,8 +476,90 @@ impl Config {
     }
 }
 
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+/// Shortest cluster secret accepted, from `p2p.secret` and `p2p.secret_file` alike.
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// `host:port` or `[v6]:port` with a numeric port (bootstrap peers, the DNS bootstrap name).
+fn check_host_port(s: &str) -> Result<(), String> {
+    let example = "expected HOST:PORT, e.g. 10.0.0.5:5003 or peerd-p2p.peerd-ns.svc:5003";
+    let (host, port) = s.rsplit_once(':').ok_or_else(|| format!("{s:?}: no port; {example}"))?;
+    if host.is_empty() || host.contains('/') || host.contains(' ') || (host.contains(':') && !host.starts_with('[')) {
+        return Err(format!("{s:?}: {example}"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(format!("{s:?}: bad port {port:?}; {example}")),
+    }
+}
+
+/// A figment error as `<key>: <reason>` lines, in the words of the config file (no profile
+/// name, no library types), with the syntax to use when a list was given as a plain string.
+fn describe(e: figment::Error) -> String {
+    use figment::error::Kind;
+    let lines: Vec<String> = e
+        .into_iter()
+        .map(|e| {
+            let mut path: Vec<String> = e.path.clone();
+            let reason = match &e.kind {
+                Kind::UnknownField(field, expected) => {
+                    if path.last() != Some(field) {
+                        path.push(field.clone());
+                    }
+                    let near = expected.iter().copied().find(|x| similar(x, field));
+                    match near {
+                        Some(n) => format!("unknown key (did you mean `{n}`?)"),
+                        None => format!("unknown key (known: {})", expected.join(", ")),
+                    }
+                }
+                Kind::InvalidType(actual, expected) if expected.contains("sequence") => format!(
+                    "expected a list, found {actual}; in the environment write it as '[\"a\",\"b\"]', e.g. PEERD_{}='[\"{}\"]'",
+                    path.iter().map(|p| p.to_ascii_uppercase()).collect::<Vec<_>>().join("__"),
+                    "value"
+                ),
+                Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => {
+                    let expected = match expected.as_str() {
+                        "usize" | "u64" | "u32" | "u16" => "a non-negative integer",
+                        e => e,
+                    };
+                    format!("expected {expected}, found {actual}")
+                }
+                Kind::UnknownVariant(found, expected) => {
+                    format!("{found:?} is not one of {}", expected.join(", "))
+                }
+                Kind::MissingField(f) => {
+                    path.push(f.to_string());
+                    "missing".to_owned()
+                }
+                other => other.to_string(),
+            };
+            let key = if path.is_empty() { "config".to_owned() } else { path.join(".") };
+            let source = match e.metadata.as_ref().map(|m| m.name.as_ref()) {
+                Some(n) if n.contains("TOML file") => e
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.source.as_ref())
+                    .map(|s| format!(" (in {s})"))
+                    .unwrap_or_default(),
+                _ => String::new(),
+            };
+            format!("{key}: {reason}{source}")
+        })
+        .collect();
+    lines.join("; ")
+}
+
+/// Whether `a` looks like a typo of `b`: at most two single-character edits apart.
+fn similar(a: &str, b: &str) -> bool {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()] <= 2
 }
 
 #[cfg(test)]
@@ -431,14 +571,58 @@ mod tests {
     }
 
     #[test]
-    fn defaults_match_azure_peerd() {
+    fn defaults_match_azure_peerd_and_are_safe() {
         let c = Config::load(None, env(&[]), vec![]).unwrap();
-        assert_eq!(c.http.addr.to_string(), "0.0.0.0:5000");
+        // Azure/peerd's ports; the front end (content for anyone who reaches it) on loopback only.
+        assert_eq!(c.http.addr.to_string(), "127.0.0.1:5000");
+        assert_eq!(c.http.compat().unwrap(), None);
+        assert_eq!(c.peer.addr.to_string(), "0.0.0.0:5001");
         assert_eq!(c.metrics.addr.to_string(), "0.0.0.0:5004");
+        assert!(!c.metrics.debug, "who-holds-what pages are not on the metrics port by default");
+        assert!(!c.p2p.insecure_no_secret && c.p2p.secret.is_empty(), "p2p needs a secret by default");
+        assert!(!c.upstream.allow_loopback);
         assert_eq!(c.containerd.namespaces, vec!["k8s.io"]);
         assert_eq!(c.registry.default_ns, "docker.io");
         assert_eq!(c.upstream.connect_timeout, Duration::from_secs(3));
         assert_eq!(c.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn bootstrap_peers_and_secret_files_are_checked_at_load() {
+        let load = |pairs: &[(&str, &str)]| Config::load(None, env(pairs), vec![]);
+        for bad in ["127.0.0.1", "host:", "host:0", "host:port", "a b:1", "::1:5003"] {
+            let e = load(&[("PEERD_P2P__BOOTSTRAP_PEERS", &format!("[\"{bad}\"]"))]).unwrap_err().to_string();
+            assert!(e.starts_with("p2p.bootstrap_peers:") && e.contains("HOST:PORT"), "{bad}: {e}");
+        }
+        for good in ["127.0.0.1:5003", "peerd.svc:5003", "[::1]:5003"] {
+            assert!(load(&[("PEERD_P2P__BOOTSTRAP_PEERS", &format!("[\"{good}\"]"))]).is_ok(), "{good}");
+        }
+        assert!(load(&[("PEERD_P2P__BOOTSTRAP_DNS", "peerd-p2p")]).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let short = dir.path().join("short");
+        std::fs::write(&short, "short\n").unwrap();
+        let e = load(&[("PEERD_P2P__SECRET_FILE", short.to_str().unwrap())]).unwrap_err().to_string();
+        assert!(e.contains("at least 16"), "{e}");
+        let e = load(&[("PEERD_P2P__SECRET", "short")]).unwrap_err().to_string();
+        assert!(e.contains("at least 16"), "{e}");
+    }
+
+    #[test]
+    fn config_errors_name_the_key_in_the_config_s_words() {
+        let err = |pairs: &[(&str, &str)]| Config::load(None, env(pairs), vec![]).unwrap_err().to_string();
+        let e = err(&[("PEERD_HTTP__ADRESS", "x")]);
+        assert!(e.starts_with("http.adress: unknown key (known: addr,"), "{e}");
+        let e = err(&[("PEERD_HTTP__ADDRS", "x")]);
+        assert!(e.starts_with("http.addrs: unknown key (did you mean `addr`?)"), "{e}");
+        let e = err(&[("PEERD_REGISTRY__HOSTS", "a.io")]);
+        assert!(e.starts_with("registry.hosts: expected a list") && e.contains(r#"PEERD_REGISTRY__HOSTS='["#), "{e}");
+        let e = err(&[("PEERD_P2P__MAX_PEERS", "-1")]);
+        assert_eq!(e, "p2p.max_peers: expected a non-negative integer, found signed int `-1`");
+        let e = err(&[("PEERD_LOG__FORMAT", "xml")]);
+        assert_eq!(e, r#"log.format: "xml" is not one of text, json"#);
+        for e in [err(&[("PEERD_HTTP__ADDR", "nonsense")]), err(&[("PEERD_HTTP__SHUTDOWN_TIMEOUT", "abc")])] {
+            assert!(!e.contains("figment") && !e.contains("default.") && !e.contains("global."), "{e}");
+        }
     }
 
     #[test]

@@ -325,10 +325,20 @@ struct RunArgs {
     /// TOML config file layered over the built-in defaults.
     #[arg(long, short = 'c', value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Mirror listener (/v2, /healthz, /readyz) [default: 0.0.0.0:5000].
+    /// Node-local front end for containerd and overlaybd: /v2, /blobs, /debug/*, /healthz,
+    /// /readyz [default: 127.0.0.1:5000].
     #[arg(long, value_name = "ADDR")]
     http_addr: Option<SocketAddr>,
-    /// Metrics listener (/metrics/prometheus) [default: 0.0.0.0:5004].
+    /// A second node-local front end listener, e.g. 127.0.0.1:30000 for clients set up for
+    /// Azure/peerd ("" = off) [default: off].
+    #[arg(long, value_name = "ADDR")]
+    compat_addr: Option<String>,
+    /// Peer listener, where other nodes fetch from (every request authenticated with the cluster
+    /// secret) [default: 0.0.0.0:5001].
+    #[arg(long, value_name = "ADDR")]
+    peer_addr: Option<SocketAddr>,
+    /// Metrics listener: /metrics/prometheus, /healthz, /readyz (and /debug/* with
+    /// metrics.debug) [default: 0.0.0.0:5004].
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<SocketAddr>,
     /// containerd gRPC socket [default: /run/containerd/containerd.sock].
@@ -355,12 +365,18 @@ struct RunArgs {
     /// Run as a single-node mirror: no DHT, no peers.
     #[arg(long)]
     no_p2p: bool,
-    /// Directory for the persistent node identity [default: /var/lib/peerd].
+    /// Data directory: the persistent node identity (identity.key), the /blobs chunk cache and
+    /// the swarm spool, unless blobs.cache_dir / swarm.spool_dir say otherwise [default: /var/lib/peerd].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// File holding the cluster secret (a mounted Kubernetes Secret); or set PEERD_P2P__SECRET.
+    /// Without a secret p2p stays off (a single-node mirror).
     #[arg(long, value_name = "FILE")]
     secret_file: Option<PathBuf>,
+    /// Run p2p WITHOUT a cluster secret: anyone who reaches the peer and p2p ports can join and
+    /// read every layer. Only for isolated test networks.
+    #[arg(long)]
+    insecure_no_secret: bool,
     /// A peer's p2p address (host:port) to bootstrap from; repeat for several.
     #[arg(long, value_name = "HOST:PORT")]
     bootstrap_peer: Vec<String>,
@@ -383,6 +399,12 @@ impl RunArgs {
         let mut put = |k: &'static str, val: Value| o.push((k, val));
         if let Some(a) = &self.http_addr {
             put("http.addr", v(&a.to_string()));
+        }
+        if let Some(a) = &self.compat_addr {
+            put("http.compat_addr", v(a));
+        }
+        if let Some(a) = &self.peer_addr {
+            put("peer.addr", v(&a.to_string()));
         }
         if let Some(a) = &self.metrics_addr {
             put("metrics.addr", v(&a.to_string()));
@@ -416,6 +438,9 @@ impl RunArgs {
         }
         if let Some(f) = &self.secret_file {
             put("p2p.secret_file", v(&f.display().to_string()));
+        }
+        if self.insecure_no_secret {
+            put("p2p.insecure_no_secret", v(&true));
         }
         if !self.bootstrap_peer.is_empty() {
             put("p2p.bootstrap_peers", v(&self.bootstrap_peer));
@@ -479,9 +504,9 @@ fn main() -> ExitCode {
     let system = actix::System::new();
     match system.block_on(peerd::node::run(cfg, prometheus)) {
         Ok(()) => ExitCode::SUCCESS,
+        // Logged once (the log goes to stderr), with the logging set up.
         Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("peerd: {e}");
+            tracing::error!("peerd: {e}");
             ExitCode::FAILURE
         }
     }

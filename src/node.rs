@@ -6,6 +6,7 @@ use crate::actors::events::{Emit, Event, EventsActor, LogSink, Reason};
 use crate::actors::fetch::FetchActor;
 use crate::actors::upstream::{Breaker, UpstreamActor};
 use crate::config::{Config, LogFormat};
+use crate::http::peer::PeerGuard;
 use crate::http::registry::{self, PeerPath, RegistryState};
 use crate::http::{self as front, MetricsSources, Readiness};
 use crate::peer::auth::ClusterKey;
@@ -22,6 +23,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A node still not ready after this long says why it may be.
+const NOT_READY_WARNING: Duration = Duration::from_secs(30);
 /// How often histogram buckets are compacted by the exporter.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
@@ -37,7 +40,14 @@ pub enum NodeError {
 
 /// Install the tracing subscriber (text or JSON).
 pub fn init_tracing(cfg: &crate::config::LogConfig) {
-    let filter = tracing_subscriber::EnvFilter::new(&cfg.level);
+    let mut filter = tracing_subscriber::EnvFilter::new(&cfg.level);
+    // kad warns "Failed to trigger bootstrap: No known peers" on every lone node, where it is
+    // normal; peerd reports its own bootstrap state (P2P* events, /debug/p2p, readiness).
+    if !cfg.level.contains("libp2p_kad") {
+        if let Ok(d) = "libp2p_kad::behaviour=error".parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     // Colours only on a terminal: `kubectl logs` and files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
@@ -49,7 +59,10 @@ pub fn init_tracing(cfg: &crate::config::LogConfig) {
 
 /// Run a node until a shutdown signal. Call inside an actix `System`.
 pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeError> {
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), http = %cfg.http.addr, metrics = %cfg.metrics.addr, "peerd starting");
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"), http = %cfg.http.addr, compat = cfg.http.compat_addr, peer = %cfg.peer.addr,
+        metrics = %cfg.metrics.addr, mirrored = ?cfg.registry.hosts, "peerd starting"
+    );
 
     let sink: Box<dyn crate::actors::events::EventSink> = if cfg.kubernetes.events_enabled() {
         match crate::kube::KubeSink::start(&cfg.kubernetes) {
@@ -83,7 +96,7 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
     }
     let store: Arc<dyn ContentStore> = Arc::new(store);
 
-    let upstream = Arc::new(HttpUpstream::new(&cfg.upstream).map_err(NodeError::Setup)?);
+    let upstream = Arc::new(HttpUpstream::new(&cfg.upstream, &cfg.registry.hosts).map_err(NodeError::Setup)?);
     let hosts = cfg.registry.hosts.clone();
     let breaker = Breaker::new(cfg.upstream.failure_threshold, cfg.upstream.failure_cooldown);
     // Upstream requests run on their own arbiter, off the system arbiter that runs the others.
@@ -95,14 +108,16 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
         tracing::warn!("registry.hosts is empty: this node mirrors ANY registry named in `ns`");
     }
 
-    let p2p = if cfg.p2p.enabled { Some(start_p2p(&cfg, store.clone(), &events).await?) } else { None };
+    let p2p = match p2p_key(&cfg)? {
+        Some(key) => Some(start_p2p(&cfg, key, store.clone(), &events).await?),
+        None => None,
+    };
     let blob_peers = p2p.as_ref().map(|p| crate::blobs::BlobPeers {
         locate: p.path.locate.clone(),
         report: p.path.report.clone(),
         served: p.path.served.clone(),
         client: p.path.client.clone(),
         router: p.router.clone(),
-        key: p.path.key.clone(),
         me: p.peer_id.clone(),
     });
     let blobs = if cfg.blobs.enabled {
@@ -111,6 +126,7 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
         } else {
             cfg.blobs.cache_dir.clone().into()
         };
+        writable(&dir, "blobs.cache_dir")?;
         let state = crate::blobs::BlobsState::new(
             cfg.blobs.clone(),
             &dir,
@@ -134,10 +150,10 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
         let peers = p2p.as_ref().map(|p| crate::swarm::SwarmPeers {
             router: p.router.clone(),
             client: p.path.client.clone(),
-            key: p.path.key.clone(),
             me: p.peer_id.clone(),
             active: p.path.served.clone(),
         });
+        writable(&dir, "swarm.spool_dir")?;
         let sw = crate::swarm::Swarm::new(cfg.swarm.clone(), dir.clone(), upstream_actor.clone().recipient(), peers)
             .map_err(NodeError::Setup)?;
         tracing::info!(spool = %dir.display(), chunk_size = cfg.swarm.chunk_size, "swarming enabled");
@@ -148,12 +164,10 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
     let swarm_data = swarm.clone().map(web::Data::new);
     let (peers, router, libp2p_registry, _p2p_arbiter) = match p2p {
         Some(p) => (Some(p.path), Some(p.router), Some(p.registry), Some(p.arbiter)),
-        None => {
-            tracing::info!("p2p disabled: single-node mirror");
-            (None, None, None, None)
-        }
+        None => (None, None, None, None),
     };
 
+    let guard = peers.as_ref().map(|p| web::Data::new(PeerGuard::new(p.key.clone())));
     let state = web::Data::new(RegistryState {
         store,
         upstream: upstream_actor.recipient(),
@@ -164,41 +178,88 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
     let ready = web::Data::new(Readiness::new(router.clone()));
     let sources = web::Data::new(MetricsSources { peerd: prometheus.clone(), libp2p: libp2p_registry, router });
 
-    let r1 = ready.clone();
-    let mut main = HttpServer::new(move || {
-        let mut app = App::new().app_data(state.clone()).app_data(r1.clone());
-        if let Some(b) = &blobs {
+    // The node-local front end (containerd, overlaybd): /v2, /blobs, /debug/*, health.
+    let (s0, r1, s1, b1) = (state.clone(), ready.clone(), sources.clone(), blobs.clone());
+    let mut front_end = HttpServer::new(move || {
+        let mut app = App::new().app_data(s0.clone()).app_data(r1.clone()).app_data(s1.clone());
+        if let Some(b) = &b1 {
             app = app.app_data(b.clone());
-        }
-        if let Some(sw) = &swarm_data {
-            app = app.app_data(sw.clone());
         }
         app.wrap(from_fn(front::observe))
             .configure(registry::configure)
             .configure(|c| {
-                if blobs.is_some() {
+                if b1.is_some() {
                     crate::blobs::configure(c)
                 }
-                if swarm_data.is_some() {
-                    crate::swarm::http::configure(c)
-                }
             })
+            .configure(front::debug_routes)
             .configure(front::health)
             .default_service(web::to(front::not_found))
     })
     .shutdown_timeout(cfg.http.shutdown_timeout.as_secs())
     .max_connections(cfg.http.max_connections);
     if cfg.http.workers > 0 {
-        main = main.workers(cfg.http.workers);
+        front_end = front_end.workers(cfg.http.workers);
     }
-    let main = main.bind(cfg.http.addr).map_err(|source| NodeError::Bind { addr: cfg.http.addr, source })?.run();
+    let mut front_addrs = vec![cfg.http.addr];
+    front_addrs.extend(cfg.http.compat().map_err(|e| NodeError::Setup(e.to_string()))?);
+    for addr in &front_addrs {
+        if !addr.ip().is_loopback() {
+            tracing::warn!(%addr, "the front end (/v2, /blobs) listens on a non-loopback address: anyone who reaches it can read every layer this node and its peers hold");
+        }
+        front_end = front_end.bind(addr).map_err(|source| NodeError::Bind { addr: *addr, source })?;
+    }
+    let front_end = front_end.run();
 
-    let r2 = ready.clone();
+    // The peer listener: other nodes, every request authenticated (with p2p only).
+    let peer_server = match guard {
+        Some(guard) => {
+            let (state, blobs, swarm) = (state.clone(), blobs.clone(), swarm_data.clone());
+            let mut server = HttpServer::new(move || {
+                let mut app = App::new().app_data(state.clone()).app_data(guard.clone());
+                if let Some(b) = &blobs {
+                    app = app.app_data(b.clone());
+                }
+                if let Some(sw) = &swarm {
+                    app = app.app_data(sw.clone());
+                }
+                app.wrap(from_fn(crate::http::peer::authenticate))
+                    .wrap(from_fn(front::observe))
+                    .configure(registry::configure_peer)
+                    .configure(|c| {
+                        if blobs.is_some() {
+                            crate::blobs::configure_peer(c)
+                        }
+                        if swarm.is_some() {
+                            crate::swarm::http::configure(c)
+                        }
+                    })
+                    .default_service(web::to(front::not_found))
+            })
+            .shutdown_timeout(cfg.http.shutdown_timeout.as_secs())
+            .max_connections(cfg.http.max_connections);
+            if cfg.http.workers > 0 {
+                server = server.workers(cfg.http.workers);
+            }
+            let server =
+                server.bind(cfg.peer.addr).map_err(|source| NodeError::Bind { addr: cfg.peer.addr, source })?.run();
+            tracing::info!(addr = %cfg.peer.addr, "peer listener");
+            Some(server)
+        }
+        None => None,
+    };
+
+    let (r2, debug) = (ready.clone(), cfg.metrics.debug);
     let metrics = HttpServer::new(move || {
         App::new()
             .app_data(sources.clone())
             .app_data(r2.clone())
             .configure(front::metrics_routes)
+            .configure(|c| {
+                if debug {
+                    front::debug_routes(c)
+                }
+            })
             .configure(front::health)
             .default_service(web::to(front::not_found))
     })
@@ -216,12 +277,35 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
     });
 
     ready.set(true);
-    tracing::info!("peerd ready");
-    let (a, b) = futures_util::future::join(main, metrics).await;
+    // "ready" only when /readyz says so: with peers configured that needs a connection.
+    let watch = ready.clone();
+    actix_rt::spawn(async move {
+        let started = std::time::Instant::now();
+        let mut warned = false;
+        loop {
+            if watch.get().await {
+                tracing::info!(seconds = started.elapsed().as_secs_f64(), "peerd ready");
+                return;
+            }
+            if !warned && started.elapsed() >= NOT_READY_WARNING {
+                warned = true;
+                tracing::warn!("serving, but not ready: no bootstrap peer reachable yet (a wrong cluster secret, a mistyped or unresolvable --bootstrap-peer, or the other nodes are not up); /debug/p2p shows the routing state");
+            }
+            actix_rt::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    });
+    tracing::info!("peerd serving");
+    let peer_server = async move {
+        match peer_server {
+            Some(s) => s.await,
+            None => Ok(()),
+        }
+    };
+    let (a, b, c) = futures_util::future::join3(front_end, metrics, peer_server).await;
     ready.set(false);
     upstream_arbiter.stop();
     tracing::info!("peerd stopped");
-    a.and(b).map_err(NodeError::Serve)
+    a.and(b).and(c).map_err(NodeError::Serve)
 }
 
 struct P2p {
@@ -232,23 +316,75 @@ struct P2p {
     arbiter: Arbiter,
 }
 
-/// Identity, cluster key, the Swarm (on its own arbiter), and the fetch and advertisement actors.
-async fn start_p2p(cfg: &Config, store: Arc<dyn ContentStore>, events: &Addr<EventsActor>) -> Result<P2p, NodeError> {
+/// Fail at start, naming the directory and the key, when `dir` cannot be written (rather than
+/// failing every chunk later). Creates it when missing.
+fn writable(dir: &std::path::Path, key: &str) -> Result<(), NodeError> {
+    let hint = |e: std::io::Error| {
+        NodeError::Setup(format!(
+            "{key} {} is not writable: {e} (set {key}, or --data-dir DIR, to a directory peerd can write)",
+            dir.display()
+        ))
+    };
+    std::fs::create_dir_all(dir).map_err(hint)?;
+    let probe = dir.join(format!(".peerd-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(hint)?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Whether p2p runs, and with which key: `Some(Some(key))` with a secret, `Some(None)` only when
+/// insecure operation was asked for explicitly, `None` (a single-node mirror) otherwise.
+#[allow(clippy::option_option)]
+fn p2p_key(cfg: &Config) -> Result<Option<Option<Arc<ClusterKey>>>, NodeError> {
     let p = &cfg.p2p;
-    let key = p.secret_bytes().map_err(|e| NodeError::Setup(e.to_string()))?.map(|s| Arc::new(ClusterKey::derive(&s)));
-    if key.is_none() {
-        tracing::warn!(
-            p2p = %p.addr, http = %cfg.http.addr,
-            "NO CLUSTER SECRET (p2p.secret / p2p.secret_file): any host that reaches these ports can join the DHT and fetch content"
-        );
+    if !p.enabled {
+        tracing::info!("p2p disabled: single-node mirror");
+        return Ok(None);
     }
-    let keypair = crate::peer::identity::load_or_create(&p.data_dir).map_err(NodeError::Setup)?;
+    match p.secret_bytes().map_err(|e| NodeError::Setup(e.to_string()))? {
+        Some(s) => Ok(Some(Some(Arc::new(ClusterKey::derive(&s))))),
+        None if p.insecure_no_secret => {
+            tracing::warn!(
+                p2p = %p.addr, peer = %cfg.peer.addr,
+                "p2p WITHOUT A CLUSTER SECRET (p2p.insecure_no_secret): any host that reaches these ports can join the DHT and read every layer this node holds"
+            );
+            Ok(Some(None))
+        }
+        None => {
+            tracing::warn!(
+                "p2p is OFF: no cluster secret (set p2p.secret_file / --secret-file or PEERD_P2P__SECRET, at least 16 characters). Running as a single-node mirror."
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// Identity, the Swarm (on its own arbiter), and the fetch and advertisement actors.
+async fn start_p2p(
+    cfg: &Config,
+    key: Option<Arc<ClusterKey>>,
+    store: Arc<dyn ContentStore>,
+    events: &Addr<EventsActor>,
+) -> Result<P2p, NodeError> {
+    let p = &cfg.p2p;
+    let keypair = crate::peer::identity::load_or_create(&p.data_dir).map_err(|e| {
+        NodeError::Setup(format!(
+            "node identity: {e} (p2p.data_dir must be writable: use --data-dir DIR, or run as root for the default {})",
+            p.data_dir.display()
+        ))
+    })?;
+    // libp2p listens with SO_REUSEPORT, so a second node on the same address would share the
+    // port (the kernel splitting connections between two identities). A plain bind finds it.
+    std::net::TcpListener::bind(p.addr).map_err(|source| NodeError::Bind { addr: p.addr, source })?;
     let peer_id = keypair.public().to_peer_id().to_base58();
     let rcfg = RouterConfig {
         listen: p.addr,
         keypair,
         psk: key.as_ref().map(|k| k.psk()),
-        http_port: cfg.http.addr.port(),
+        http_port: cfg.peer.addr.port(),
+        max_connections: p.max_connections,
+        max_connections_per_peer: p.max_connections_per_peer,
+        max_pending_incoming: p.max_pending_incoming,
         bootstrap_peers: p.bootstrap_peers.clone(),
         bootstrap_dns: (!p.bootstrap_dns.is_empty()).then(|| p.bootstrap_dns.clone()),
         bootstrap_interval: p.bootstrap_interval,

@@ -173,20 +173,25 @@ fn a_node_with_the_wrong_secret_gets_nothing() {
     reg.stop();
     std::thread::sleep(Duration::from_secs(3));
     assert!(resolves(&outsider.peerd, &layer).is_empty(), "the outsider cannot resolve");
-    assert_eq!(get_json(&format!("http://{}/debug/p2p", outsider.peerd.metrics))["connected_peers"], 0);
+    let log = outsider.peerd.log_text();
+    assert!(
+        log.contains("peerd serving") && !log.contains("peerd ready"),
+        "a wrong-secret node never says ready:\n{log}"
+    );
+    assert_eq!(get_json(&format!("http://{}/debug/p2p", outsider.peerd.http))["connected_peers"], 0);
     let r = curl("GET", &outsider.peerd.url(&format!("/v2/test/single/blobs/{layer}?ns={}", reg.addr)), &[]);
     assert_ne!(r.status, 200, "the outsider cannot fetch");
     wait("the others log the outsider", Duration::from_secs(30), || {
         nodes.iter().any(|n| n.peerd.log_text().contains("rejected an incoming p2p connection"))
     });
 
-    // Straight at A's mirror as a "peer": unsigned, and signed with the wrong key → 401, logged.
+    // Straight at A's peer listener: unsigned, and signed with the wrong key → 401, logged.
     let target = format!("/v2/test/single/blobs/{layer}?ns={}", reg.addr);
-    let r = curl("GET", &nodes[0].peerd.url(&target), &[("X-MS-Peerd-RequestFromPeer", "true")]);
+    let r = curl("GET", &nodes[0].peerd.peer_url(&target), &[("X-MS-Peerd-RequestFromPeer", "true")]);
     assert_eq!((r.status, r.error_code().as_str()), (401, "UNAUTHORIZED"));
     let wrong = peerd::peer::auth::ClusterKey::derive(b"another-secret-entirely-0000");
     let ts = peerd::peer::auth::unix_now();
-    let sig = wrong.sign_request("GET", &target, ts, "n1", "intruder");
+    let sig = wrong.sign_request("GET", &target, "", ts, "n1", "intruder");
     let ts = ts.to_string();
     let headers = [
         ("X-MS-Peerd-RequestFromPeer", "true"),
@@ -195,12 +200,12 @@ fn a_node_with_the_wrong_secret_gets_nothing() {
         ("X-Peerd-Nonce", "n1"),
         ("X-Peerd-Signature", sig.as_str()),
     ];
-    assert_eq!(curl("GET", &nodes[0].peerd.url(&target), &headers).status, 401);
+    assert_eq!(curl("GET", &nodes[0].peerd.peer_url(&target), &headers).status, 401);
     assert!(nodes[0].peerd.log_text().contains("rejected a peer request"));
     assert!(nodes[0].peerd.metric("peerd_peer_auth_failures_total", &["kind=\"http\""]) >= 2.0);
     // The right key works (and is served from A's local store).
     let right = peerd::peer::auth::ClusterKey::derive(SECRET.as_bytes());
-    let sig = right.sign_request("GET", &target, ts.parse().unwrap(), "n1", "friend");
+    let sig = right.sign_request("GET", &target, "", ts.parse().unwrap(), "n1", "friend");
     let headers = [
         ("X-MS-Peerd-RequestFromPeer", "true"),
         ("X-MS-Peerd-Node", "friend"),
@@ -208,7 +213,7 @@ fn a_node_with_the_wrong_secret_gets_nothing() {
         ("X-Peerd-Nonce", "n1"),
         ("X-Peerd-Signature", sig.as_str()),
     ];
-    let r = curl("GET", &nodes[0].peerd.url(&target), &headers);
+    let r = curl("GET", &nodes[0].peerd.peer_url(&target), &headers);
     assert_eq!(r.status, 200);
     assert_eq!(format!("sha256:{}", sha256_hex(&r.body)), layer);
     assert!(r.header("x-peerd-signature").is_some(), "A signs its answer");

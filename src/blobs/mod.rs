@@ -17,11 +17,11 @@ pub mod cache;
 use crate::actors::fetch::{Locate, Outcome, ServedPeer};
 use crate::config::BlobsConfig;
 use crate::http::error::ApiError;
+use crate::http::peer::wait_param;
 use crate::http::range::{self, ByteRange};
-use crate::http::registry::{answer_peer, wait_param};
-use crate::peer::auth::ClusterKey;
 use crate::peer::client::PeerClient;
 use crate::routing::Router;
+use crate::upstream::policy::{is_loopback_host, AddressPolicy};
 use actix::Recipient;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -29,7 +29,6 @@ use bytes::Bytes;
 use cache::{hex_sha256, ChunkCache};
 use dashmap::DashMap;
 use futures_util::StreamExt;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -58,12 +57,25 @@ impl AllowRule {
             Some(_) => return Err(format!("{s:?}: only http:// and https:// are allowed")),
             None => ("https".to_owned(), s),
         };
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) if !h.contains(']') || h.ends_with(']') => {
-                (h, Some(p.parse::<u16>().map_err(|_| format!("{s:?}: bad port"))?))
+        let port_of = |p: &str| p.parse::<u16>().map_err(|_| format!("{s:?}: bad port"));
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            // [IPv6] or [IPv6]:port, kept in the form `Url::host_str` gives (normalised).
+            let (addr, after) = v6.split_once(']').ok_or_else(|| format!("{s:?}: unclosed ["))?;
+            let ip = url::Url::parse(&format!("http://[{addr}]/")).map_err(|e| format!("{s:?}: {e}"))?;
+            let ip = ip.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
+            let port = match after.strip_prefix(':') {
+                Some(p) => Some(port_of(p)?),
+                None if after.is_empty() => None,
+                None => return Err(format!("{s:?}: expected [IPv6]:port")),
+            };
+            (format!("[{ip}]"), port)
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) => (h.to_owned(), Some(port_of(p)?)),
+                None => (rest.to_owned(), None),
             }
-            _ => (rest, None),
         };
+        let host = host.as_str();
         let (wildcard, host) = match host.strip_prefix("*.") {
             Some(h) => (true, h),
             None => (false, host),
@@ -78,46 +90,6 @@ impl AllowRule {
         let Some(host) = url.host_str().map(|h| h.to_ascii_lowercase()) else { return false };
         let host_ok = if self.wildcard { host.ends_with(&format!(".{}", self.host)) } else { host == self.host };
         host_ok && url.scheme() == self.scheme && self.port.is_none_or(|p| url.port_or_known_default() == Some(p))
-    }
-}
-
-/// Addresses never fetched from: link-local (169.254.0.0/16 holds the AWS, Azure and GCP metadata
-/// services), Alibaba's metadata address, AWS's IPv6 metadata address, unspecified, multicast.
-pub fn forbidden_ip(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || o[0] == 0
-                || o == [100, 100, 100, 200]
-        }
-        IpAddr::V6(v6) => {
-            v6.is_unspecified()
-                || v6.is_multicast()
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
-                || v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
-                || v6.to_ipv4_mapped().is_some_and(|v4| forbidden_ip(IpAddr::V4(v4)))
-        }
-    }
-}
-
-/// DNS for blob upstreams: system resolution minus forbidden addresses.
-struct SafeResolver;
-
-impl reqwest::dns::Resolve for SafeResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let host = name.as_str().to_owned();
-        Box::pin(async move {
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.filter(|a| !forbidden_ip(a.ip())).collect();
-            if addrs.is_empty() {
-                return Err(format!("{host} resolves only to forbidden addresses").into());
-            }
-            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
-        })
     }
 }
 
@@ -145,7 +117,6 @@ pub struct BlobPeers {
     pub served: Recipient<ServedPeer>,
     pub client: Arc<PeerClient>,
     pub router: Arc<dyn Router>,
-    pub key: Option<Arc<ClusterKey>>,
     /// This node's peer id (rendezvous hashing).
     pub me: String,
 }
@@ -168,6 +139,8 @@ const DEAD_FOR: Duration = Duration::from_secs(30);
 pub struct BlobsState {
     cfg: BlobsConfig,
     allow: Vec<AllowRule>,
+    /// Where fetches may connect (loopback only when an allowed host is on loopback).
+    policy: AddressPolicy,
     http: reqwest::Client,
     cache: Arc<ChunkCache>,
     meta_dir: std::path::PathBuf,
@@ -204,11 +177,11 @@ impl BlobsState {
         peers: Option<BlobPeers>,
     ) -> Result<BlobsState, String> {
         let allow = cfg.allowed_hosts.iter().map(|h| AllowRule::parse(h)).collect::<Result<Vec<_>, _>>()?;
-        let http = reqwest::Client::builder()
+        let policy = AddressPolicy { allow_loopback: allow.iter().any(|r| is_loopback_host(&r.host)) };
+        let http = policy
+            .apply(reqwest::Client::builder(), 0)
             .connect_timeout(connect_timeout)
             .read_timeout(idle_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(SafeResolver))
             .user_agent(concat!("peerd/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| e.to_string())?;
@@ -230,6 +203,7 @@ impl BlobsState {
         Ok(BlobsState {
             cfg,
             allow,
+            policy,
             http,
             cache: Arc::new(cache),
             meta_dir,
@@ -263,13 +237,8 @@ impl BlobsState {
         if !url.username().is_empty() || url.password().is_some() {
             return Err(ApiError::NameInvalid("blob URL must not carry credentials".into()));
         }
-        let literal_ip = match url.host() {
-            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
-            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
-            _ => None,
-        };
-        if literal_ip.is_some_and(forbidden_ip) {
-            return Err(bad("DENIED", StatusCode::FORBIDDEN, "link-local and metadata addresses are refused".into()));
+        if let Err(r) = self.policy.check_url(&url) {
+            return Err(bad("DENIED", StatusCode::FORBIDDEN, r.to_string()));
         }
         if !self.allow.iter().any(|r| r.allows(&url)) {
             return Err(bad(
@@ -573,15 +542,19 @@ impl BlobsState {
     }
 }
 
-/// `GET|HEAD /blobs/<URL>` and the peer endpoint `/blobs-chunk/<id>/<index>`.
+/// `GET|HEAD /blobs/<URL>` on the node-local front end.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/blobs/{tail:.*}")
             .route(web::get().to(blob))
             .route(web::head().to(blob))
             .default_service(web::to(crate::http::method_not_allowed)),
-    )
-    .route("/blobs-chunk/{id}/{index}", web::get().to(peer_chunk));
+    );
+}
+
+/// The peer endpoint `/blobs-chunk/<id>/<index>` on the peer listener (authenticated there).
+pub fn configure_peer(cfg: &mut web::ServiceConfig) {
+    cfg.route("/blobs-chunk/{id}/{index}", web::get().to(peer_chunk));
 }
 
 async fn blob(req: HttpRequest, st: web::Data<Arc<BlobsState>>) -> Result<HttpResponse, ApiError> {
@@ -633,16 +606,15 @@ async fn blob(req: HttpRequest, st: web::Data<Arc<BlobsState>>) -> Result<HttpRe
     Ok(b.no_chunking(r.len()).streaming(chunks))
 }
 
-/// A peer asks for a chunk: authenticated, signed, answered from the cache. With `fetch=1`
+/// A peer asks for a chunk (authenticated and signed by the peer listener), answered from the cache. With `fetch=1`
 /// (the peer computed that this node fetches the chunk for everyone), a missing chunk of a file
 /// this node reads is fetched from the upstream with this node's own URL; the request waits up
 /// to `wait` ms for it, then answers 425 (ask again).
 async fn peer_chunk(req: HttpRequest, st: web::Data<Arc<BlobsState>>, path: web::Path<(String, u64)>) -> HttpResponse {
-    let key = st.peers.as_ref().and_then(|p| p.key.clone());
     let (id, index) = path.into_inner();
     let fetch = url::form_urlencoded::parse(req.query_string().as_bytes()).any(|(k, v)| k == "fetch" && v == "1");
     let wait = wait_param(&req, CHUNK_WAIT);
-    answer_peer(&req, key.as_deref(), async {
+    async {
         let mut found = st.cache.get(&id, index).await;
         if found.is_none() && fetch {
             let source = st.sources.get(&id).map(|s| s.clone());
@@ -672,7 +644,7 @@ async fn peer_chunk(req: HttpRequest, st: web::Data<Arc<BlobsState>>, path: web:
             }
             None => actix_web::ResponseError::error_response(&ApiError::BlobUnknown(format!("{id}/{index}"))),
         }
-    })
+    }
     .await
 }
 
@@ -692,26 +664,12 @@ mod tests {
         assert!(local.allows(&u("http://127.0.0.1:8080/f")));
         assert!(!local.allows(&u("http://127.0.0.1:8081/f")));
         assert!(!local.allows(&u("https://127.0.0.1:8080/f")));
-        for bad in ["ftp://x", "", "*.", "a/b", "h:port"] {
+        let v6 = AllowRule::parse("http://[::169.254.169.254]:8080").unwrap();
+        assert!(v6.allows(&u("http://[::a9fe:a9fe]:8080/f")), "IPv6 hosts compare in normalised form");
+        let mapped = AllowRule::parse("http://[::ffff:169.254.169.254]").unwrap();
+        assert!(mapped.allows(&u("http://[::ffff:a9fe:a9fe]/f")));
+        for bad in ["ftp://x", "", "*.", "a/b", "h:port", "[::1", "[nope]", "[::1]x"] {
             assert!(AllowRule::parse(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn forbidden_addresses() {
-        for ip in [
-            "169.254.169.254",
-            "100.100.100.200",
-            "0.0.0.0",
-            "fe80::1",
-            "fd00:ec2::254",
-            "::ffff:169.254.169.254",
-            "224.0.0.1",
-        ] {
-            assert!(forbidden_ip(ip.parse().unwrap()), "{ip}");
-        }
-        for ip in ["127.0.0.1", "10.0.0.1", "52.1.2.3", "::1"] {
-            assert!(!forbidden_ip(ip.parse().unwrap()), "{ip}");
         }
     }
 }

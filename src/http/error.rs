@@ -66,7 +66,10 @@ impl ApiError {
     /// Map an upstream failure for a manifest or blob request.
     pub fn from_upstream(e: UpstreamError, kind: Kind, what: &str) -> ApiError {
         match e {
-            UpstreamError::NotMirrored(_) => ApiError::NameUnknown(e.to_string()),
+            UpstreamError::NotMirrored(ref host) => {
+                note_unmirrored(host);
+                ApiError::NameUnknown(e.to_string())
+            }
             UpstreamError::Status { status: 404, .. } => match kind {
                 Kind::Manifest => ApiError::ManifestUnknown(what.into()),
                 Kind::Blob => ApiError::BlobUnknown(what.into()),
@@ -84,7 +87,24 @@ impl ApiError {
                 ApiError::Unavailable { status: StatusCode::SERVICE_UNAVAILABLE, message: e.to_string() }
             }
             UpstreamError::Protocol(_) => ApiError::BadGateway { code: "UNKNOWN", message: e.to_string() },
+            UpstreamError::Forbidden { .. } => ApiError::BadGateway { code: "DENIED", message: e.to_string() },
         }
+    }
+}
+
+/// Registries already reported as not mirrored (bounded: a client choosing `ns` values cannot
+/// grow it or flood the log).
+static UNMIRRORED: std::sync::Mutex<Option<std::collections::HashSet<String>>> = std::sync::Mutex::new(None);
+const UNMIRRORED_REPORTED: usize = 64;
+
+/// Say once, at info, that a registry is asked for but not mirrored (containerd then pulls it
+/// itself; otherwise that traffic is invisible).
+fn note_unmirrored(host: &str) {
+    let mut seen = UNMIRRORED.lock().unwrap_or_else(|p| p.into_inner());
+    let seen = seen.get_or_insert_with(Default::default);
+    if seen.len() < UNMIRRORED_REPORTED && seen.insert(host.to_owned()) {
+        let host: String = host.chars().take(253).collect();
+        tracing::info!(registry = host, "a client asked for a registry this node does not mirror (not in registry.hosts): containerd pulls it directly; add it with --mirror-host to share it between nodes");
     }
 }
 

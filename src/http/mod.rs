@@ -4,6 +4,7 @@
 //! a tracing span carrying it, and the request metrics, timed until the last body byte.
 
 pub mod error;
+pub mod peer;
 pub mod range;
 pub mod registry;
 
@@ -184,8 +185,7 @@ pub struct MetricsSources {
     pub router: Option<Arc<dyn Router>>,
 }
 
-/// `/metrics/prometheus`, and the debug pages `/debug/p2p` (routing status) and
-/// `/debug/resolve?key=<digest or host/repo:tag>` (who holds a key) — "how do I know it works".
+/// `/metrics/prometheus`: peerd's metrics, then libp2p's.
 pub fn metrics_routes(cfg: &mut web::ServiceConfig) {
     cfg.route(
         "/metrics/prometheus",
@@ -200,8 +200,14 @@ pub fn metrics_routes(cfg: &mut web::ServiceConfig) {
             }
             HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(text)
         }),
-    )
-    .route(
+    );
+}
+
+/// The debug pages `/debug/p2p` (routing status) and `/debug/resolve?key=<digest or
+/// host/repo:tag>` (who holds a key) — "how do I know it works". On the node-local front end,
+/// and on the metrics listener with `metrics.debug` (they tell who holds which digest).
+pub fn debug_routes(cfg: &mut web::ServiceConfig) {
+    cfg.route(
         "/debug/p2p",
         web::get().to(|m: web::Data<MetricsSources>| async move {
             match &m.router {
@@ -217,8 +223,12 @@ pub fn metrics_routes(cfg: &mut web::ServiceConfig) {
         "/debug/resolve",
         web::get().to(
             |m: web::Data<MetricsSources>, q: web::Query<std::collections::HashMap<String, String>>| async move {
-                let (Some(r), Some(key)) = (&m.router, q.get("key")) else {
-                    return HttpResponse::BadRequest().body("p2p disabled or ?key= missing\n");
+                let Some(r) = &m.router else {
+                    return HttpResponse::NotFound().body("p2p is disabled\n");
+                };
+                let Some(key) = q.get("key").filter(|k| !k.is_empty()) else {
+                    return HttpResponse::BadRequest()
+                        .body("?key= is missing: a digest (sha256:...) or host/repo:tag\n");
                 };
                 let started = Instant::now();
                 match r.resolve(key.clone(), DEBUG_RESOLVE_MAX).await {

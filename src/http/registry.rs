@@ -11,13 +11,10 @@ use crate::actors::fetch::{Locate, Outcome, ServedPeer};
 use crate::actors::upstream::Fetch;
 use crate::config::RegistryConfig;
 use crate::fetch::{counted, open_first, Opener, PeerOpener, Resume, UpstreamOpener};
-use crate::metrics::{
-    Source, DIGEST_MISMATCHES, LOCAL_STORE_ERRORS, PEER_AUTH_FAILURES, PEER_SERVED_BYTES, SERVED_BYTES,
-};
+use crate::metrics::{Source, DIGEST_MISMATCHES, LOCAL_STORE_ERRORS, PEER_SERVED_BYTES, SERVED_BYTES};
 use crate::oci::{media, parse_ns, validate_repository, validate_tag, Algorithm, Digest, Registry};
-use crate::peer::auth::{unix_now, ClusterKey};
+use crate::peer::auth::ClusterKey;
 use crate::peer::client::PeerClient;
-use crate::peer::{NODE_HEADER, NONCE_HEADER, REQUEST_FROM_PEER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use crate::routing::Peer;
 use crate::store::{self, ByteStream, ContentStore, StoreError};
 use crate::stream::{Count, Slice, Verify};
@@ -56,7 +53,18 @@ pub struct PeerPath {
     pub tags_on_upstream_error: bool,
 }
 
-/// Register `/v2` routes. The caller provides `web::Data<RegistryState>`.
+/// `/v2` on the peer listener: what this node holds, for other nodes (behind
+/// [`super::peer::authenticate`]). Never asks peers or the upstream (no loops).
+pub fn configure_peer(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/v2/{tail:.*}")
+            .route(web::get().to(peer_dispatch))
+            .route(web::head().to(peer_dispatch))
+            .default_service(web::to(method_not_allowed)),
+    );
+}
+
+/// Register `/v2` routes of the node-local front end. The caller provides `web::Data<RegistryState>`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource(["/v2", "/v2/"])
@@ -157,27 +165,30 @@ fn header_str(req: &HttpRequest, name: header::HeaderName) -> Option<String> {
     (!values.is_empty()).then(|| values.join(", "))
 }
 
-async fn dispatch(req: HttpRequest, st: web::Data<RegistryState>) -> Result<HttpResponse, ApiError> {
+/// The route and what the client asked for beyond the path.
+fn parse_request(req: &HttpRequest, st: &RegistryState) -> Result<(Route, Ask), ApiError> {
     let route = parse_path(req.uri().path())?;
     let ns = url::form_urlencoded::parse(req.query_string().as_bytes())
         .find(|(k, _)| k == "ns")
         .map(|(_, v)| v.into_owned());
     let registry = parse_ns(ns.as_deref(), &st.cfg.default_ns)?;
     // Range applies to blob GETs only; elsewhere it is ignored (RFC 9110 §14.2).
-    let range = match (&route, header_str(&req, header::RANGE)) {
+    let range = match (&route, header_str(req, header::RANGE)) {
         (Route::Blob { .. }, Some(v)) if req.method() == actix_web::http::Method::GET => range::parse(&v)?,
         _ => None,
     };
     let ask = Ask {
         registry,
         head: req.method() == actix_web::http::Method::HEAD,
-        accept: header_str(&req, header::ACCEPT),
-        authorization: header_str(&req, header::AUTHORIZATION),
+        accept: header_str(req, header::ACCEPT),
+        authorization: header_str(req, header::AUTHORIZATION),
         range,
     };
-    if req.headers().contains_key(REQUEST_FROM_PEER) {
-        return Ok(serve_peer(&req, &st, &ask, route).await);
-    }
+    Ok((route, ask))
+}
+
+async fn dispatch(req: HttpRequest, st: web::Data<RegistryState>) -> Result<HttpResponse, ApiError> {
+    let (route, ask) = parse_request(&req, &st)?;
     match route {
         Route::Manifest { repo, reference } => manifest(&st, &ask, &repo, &reference).await,
         Route::Blob { repo, digest } => blob(&st, &ask, &repo, &digest).await,
@@ -305,7 +316,7 @@ async fn upstream_manifest(
     let resp = fetch(st, upstream_request(ask, repo, Kind::Manifest, reference.to_string(), false, None))
         .await
         .map_err(map)?;
-    let media_type = resp.content_type.clone().unwrap_or_else(|| media::OCI_MANIFEST.into());
+    let upstream_type = resp.content_type.clone();
     let limit = st.cfg.max_manifest_bytes;
     if resp.content_length.is_some_and(|n| n > limit) {
         return Err(ApiError::BadGateway {
@@ -330,7 +341,26 @@ async fn upstream_manifest(
         }
         Reference::Tag(_) => Digest::compute(Algorithm::Sha256, &body),
     };
+    let media_type = manifest_media_type(upstream_type.as_deref(), &body).ok_or_else(|| ApiError::BadGateway {
+        code: "MANIFEST_INVALID",
+        message: format!(
+            "{what}: the upstream's answer is not a manifest (content type {:?})",
+            upstream_type.as_deref().unwrap_or("none")
+        ),
+    })?;
     Ok(manifest_response(Manifest { body, media_type, digest }, ask.head, Source::Upstream))
+}
+
+/// The media type to serve an upstream manifest with: the body must parse as a manifest, and the
+/// upstream's content type, when it gives one, must be a manifest type (a redirected or
+/// hijacked answer — `text/plain`, `text/html` — is never served as a manifest).
+fn manifest_media_type(content_type: Option<&str>, body: &[u8]) -> Option<String> {
+    let sniffed = media::sniff_manifest(body)?;
+    match content_type.map(|c| c.split(';').next().unwrap_or("").trim()) {
+        None | Some("") => Some(sniffed),
+        Some(ct) if media::is_manifest_type(ct) => Some(ct.to_owned()),
+        Some(_) => None,
+    }
 }
 
 async fn manifest(st: &RegistryState, ask: &Ask, repo: &str, reference: &Reference) -> Result<HttpResponse, ApiError> {
@@ -543,7 +573,7 @@ async fn swarm_blob(
     digest: &Digest,
 ) -> Option<Result<HttpResponse, ApiError>> {
     let sw = st.swarm.as_ref()?;
-    if ask.head {
+    if ask.head || sw.alone().await {
         return None;
     }
     let size = match fetch(st, upstream_request(ask, repo, Kind::Blob, digest.to_string(), true, None)).await {
@@ -700,83 +730,12 @@ async fn upstream_blob(st: &RegistryState, ask: &Ask, repo: &str, digest: &Diges
     Ok(blob_body(digest, size, Some(range), body, Source::Upstream, false))
 }
 
-/// Check a peer request's signature (when a cluster key is configured). Returns the request's
-/// nonce for signing the answer, or the 401 to send. (The response is returned, not boxed: this
-/// runs once per peer request and the error path is the rare one.)
-#[allow(clippy::result_large_err)]
-pub fn authenticate_peer(req: &HttpRequest, key: Option<&ClusterKey>) -> Result<String, HttpResponse> {
-    let nonce = header_str(req, header::HeaderName::from_static(NONCE_HEADER)).unwrap_or_default();
-    let Some(k) = key else { return Ok(nonce) };
-    let target = req.uri().path_and_query().map_or(req.path(), |pq| pq.as_str());
-    let h = |n: &'static str| header_str(req, header::HeaderName::from_static(n));
-    match k.verify_request(
-        req.method().as_str(),
-        target,
-        h(TIMESTAMP_HEADER).as_deref(),
-        Some(nonce.as_str()),
-        h(NODE_HEADER).as_deref(),
-        h(SIGNATURE_HEADER).as_deref(),
-        unix_now(),
-    ) {
-        Ok(()) => Ok(nonce),
-        Err(e) => {
-            metrics::counter!(PEER_AUTH_FAILURES, "kind" => "http").increment(1);
-            tracing::warn!(from = ?req.peer_addr(), node = ?h(NODE_HEADER), error = %e, "rejected a peer request");
-            Err(actix_web::ResponseError::error_response(&ApiError::Unauthorized { www_authenticate: None }))
-        }
+/// A request from another peerd (already authenticated): serve only what this node holds.
+async fn peer_dispatch(req: HttpRequest, st: web::Data<RegistryState>) -> HttpResponse {
+    match parse_request(&req, &st) {
+        Ok((route, ask)) => serve_local(&st, &ask, route).await,
+        Err(e) => actix_web::ResponseError::error_response(&e),
     }
-}
-
-/// Sign an answer to a peer (status, digest and range bound to the request's nonce).
-pub fn sign_peer_response(resp: &mut HttpResponse, key: Option<&ClusterKey>, nonce: &str) {
-    let Some(k) = key else { return };
-    let h = |n: header::HeaderName| resp.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-    let sig = k.sign_response(
-        nonce,
-        resp.status().as_u16(),
-        &h(header::HeaderName::from_static("docker-content-digest")),
-        &h(header::CONTENT_RANGE),
-    );
-    if let Ok(v) = header::HeaderValue::from_str(&sig) {
-        resp.headers_mut().insert(header::HeaderName::from_static(SIGNATURE_HEADER), v);
-    }
-}
-
-/// Answer a request from another peerd: without the peer header 404 `UNSUPPORTED`; with a
-/// cluster key, authenticate it (else 401), then run `answer` and sign what it returns.
-pub async fn answer_peer(
-    req: &HttpRequest,
-    key: Option<&ClusterKey>,
-    answer: impl std::future::Future<Output = HttpResponse>,
-) -> HttpResponse {
-    if !req.headers().contains_key(REQUEST_FROM_PEER) {
-        return actix_web::ResponseError::error_response(&ApiError::Unsupported {
-            status: StatusCode::NOT_FOUND,
-            message: "peer endpoint".into(),
-        });
-    }
-    let nonce = match authenticate_peer(req, key) {
-        Ok(n) => n,
-        Err(resp) => return resp,
-    };
-    let mut resp = answer.await;
-    sign_peer_response(&mut resp, key, &nonce);
-    resp
-}
-
-/// The `wait=<ms>` query parameter of a long-polling peer request, at most `cap` (0 if absent).
-pub fn wait_param(req: &HttpRequest, cap: Duration) -> Duration {
-    url::form_urlencoded::parse(req.query_string().as_bytes())
-        .find(|(k, _)| k == "wait")
-        .and_then(|(_, v)| v.parse::<u64>().ok())
-        .map_or(Duration::ZERO, |ms| Duration::from_millis(ms).min(cap))
-}
-
-/// A request from another peerd: authenticate it, serve only what this node holds (never ask
-/// peers or upstream: no loops), and sign the answer.
-async fn serve_peer(req: &HttpRequest, st: &RegistryState, ask: &Ask, route: Route) -> HttpResponse {
-    let key = st.peers.as_ref().and_then(|p| p.key.clone());
-    answer_peer(req, key.as_deref(), serve_local(st, ask, route)).await
 }
 
 /// What this node holds for a peer's request.

@@ -289,13 +289,56 @@ async fn ns_handling_and_upstream_failures() {
     assert_eq!(h(&hd, "www-authenticate"), "Bearer realm=\"x\"", "challenge passed to the client");
 }
 
+/// The peer listener's app: `/v2` for peers behind the authentication middleware.
+macro_rules! peer_app {
+    ($f:expr, $key:expr) => {
+        test::init_service(
+            App::new()
+                .app_data($f.state.clone())
+                .app_data(web::Data::new(super::peer::PeerGuard::new($key)))
+                .wrap(from_fn(super::peer::authenticate))
+                .configure(registry::configure_peer)
+                .default_service(web::to(super::not_found)),
+        )
+        .await
+    };
+}
+
+#[actix_web::test]
+async fn peer_listener_refuses_unsigned_requests_and_signs_answers() {
+    let f = fixture();
+    let local = f.store.put("held here");
+    let key = Arc::new(crate::peer::auth::ClusterKey::derive(b"unit-test-cluster-secret"));
+    let app = peer_app!(f, Some(key.clone()));
+    let target = format!("/v2/a/blobs/{local}?ns={REG}");
+    let (s, _, body) = call(&app, Method::GET, &target, &[(crate::peer::REQUEST_FROM_PEER, "true")]).await;
+    assert_eq!((s, error_code(&body).as_str()), (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"));
+    let (s, _, _) = call(&app, Method::GET, "/anything/else", &[]).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "every route, known or not");
+    let ts = crate::peer::auth::unix_now();
+    let sig = key.sign_request("GET", &target, "", ts, "nonce-1", "peer-b");
+    let ts = ts.to_string();
+    let headers = [
+        (crate::peer::NODE_HEADER, "peer-b"),
+        (crate::peer::TIMESTAMP_HEADER, ts.as_str()),
+        (crate::peer::NONCE_HEADER, "nonce-1"),
+        (crate::peer::SIGNATURE_HEADER, sig.as_str()),
+    ];
+    let (s, hd, body) = call(&app, Method::GET, &target, &headers).await;
+    assert_eq!((s, body.unwrap()), (StatusCode::OK, Bytes::from_static(b"held here")));
+    let answer_sig = h(&hd, crate::peer::SIGNATURE_HEADER);
+    assert_eq!(key.verify_response("nonce-1", 200, &local.to_string(), "", Some(answer_sig)), Ok(()));
+    let (s, _, _) = call(&app, Method::GET, &target, &headers).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "replay");
+}
+
 #[actix_web::test]
 async fn peer_requests_are_served_locally_only() {
     let f = fixture();
     let local = f.store.put("held here");
     let remote = Digest::compute(Algorithm::Sha256, b"only upstream");
     f.up.put(REG, "a", Kind::Blob, &remote.to_string(), media::OCTET_STREAM, "only upstream");
-    let app = app!(f);
+    let app = peer_app!(f, None);
     let peer = [(crate::peer::REQUEST_FROM_PEER, "true")];
     let (s, _, body) = call(&app, Method::GET, &format!("/v2/a/blobs/{local}?ns={REG}"), &peer).await;
     assert_eq!((s, body.unwrap()), (StatusCode::OK, Bytes::from_static(b"held here")));

@@ -26,6 +26,16 @@ pub mod media {
         Some(if obj.contains_key("manifests") { OCI_INDEX } else { OCI_MANIFEST }.to_owned())
     }
 
+    /// Whether `ct` names a manifest or index (OCI, Docker v2 and schema 1, any `+json`
+    /// artifact manifest a registry may serve under a manifest URL).
+    pub fn is_manifest_type(ct: &str) -> bool {
+        let ct = ct.to_ascii_lowercase();
+        [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST].contains(&ct.as_str())
+            || (ct.starts_with("application/vnd.") && ct.ends_with("+json"))
+            || ct.starts_with("application/vnd.docker.distribution.manifest.v1")
+            || ct == "application/json"
+    }
+
     /// Whether a client's `Accept` header admits `media_type`. No header (or an empty one) accepts
     /// everything, as registries do.
     pub fn accepts(accept: Option<&str>, media_type: &str) -> bool {
@@ -53,6 +63,24 @@ mod tests {
         assert_eq!(sniff_manifest(br#"{"layers":[]}"#).as_deref(), Some(OCI_MANIFEST));
         assert_eq!(sniff_manifest(b"not json"), None);
         assert_eq!(sniff_manifest(b"[1,2]"), None);
+    }
+
+    #[test]
+    fn manifest_types() {
+        for ct in [
+            OCI_MANIFEST,
+            OCI_INDEX,
+            DOCKER_MANIFEST,
+            DOCKER_MANIFEST_LIST,
+            "application/json",
+            "application/vnd.docker.distribution.manifest.v1+prettyjws",
+            "application/vnd.example.thing+json",
+        ] {
+            assert!(is_manifest_type(ct), "{ct}");
+        }
+        for ct in ["text/plain", "text/html", OCTET_STREAM, "application/xml"] {
+            assert!(!is_manifest_type(ct), "{ct}");
+        }
     }
 
     #[test]

@@ -94,11 +94,13 @@ impl PeerClient {
             .header(NODE_HEADER, &self.node)
             .header(TIMESTAMP_HEADER, ts.to_string())
             .header(NONCE_HEADER, &nonce);
+        let range = range.map(|r| r.header());
         if let Some(k) = &self.key {
-            req = req.header(SIGNATURE_HEADER, k.sign_request(method.as_str(), target, ts, &nonce, &self.node));
+            let sig = k.sign_request(method.as_str(), target, range.as_deref().unwrap_or(""), ts, &nonce, &self.node);
+            req = req.header(SIGNATURE_HEADER, sig);
         }
         if let Some(r) = range {
-            req = req.header(RANGE, r.header());
+            req = req.header(RANGE, r);
         }
         if let Some(a) = accept {
             req = req.header(ACCEPT, a);

@@ -43,8 +43,12 @@ pub struct RouterConfig {
     pub listen: SocketAddr,
     pub keypair: Keypair,
     pub psk: Option<[u8; 32]>,
-    /// This node's mirror port, told to peers through identify.
+    /// This node's peer listener port, told to peers through identify.
     pub http_port: u16,
+    /// Inbound connection bounds (see `p2p.max_connections` in the config).
+    pub max_connections: u32,
+    pub max_connections_per_peer: u32,
+    pub max_pending_incoming: u32,
     /// `host:port` (or multiaddr) of peers to dial.
     pub bootstrap_peers: Vec<String>,
     /// `name:port` resolving to peers (a headless Service).
@@ -56,8 +60,14 @@ pub struct RouterConfig {
     pub events: Option<Recipient<Emit>>,
 }
 
+/// Rejected inbound connections are logged at most this often.
+const REJECT_LOG_EVERY: Duration = Duration::from_secs(10);
+
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    /// Bounds inbound connections (established, per peer, in handshake): a host that opens
+    /// thousands of connections cannot exhaust the node's file descriptors.
+    limits: libp2p::connection_limits::Behaviour,
     kad: kad::Behaviour<MemoryStore>,
     identify: identify::Behaviour,
 }
@@ -68,7 +78,8 @@ enum Command {
     Withdraw(Vec<String>, oneshot::Sender<()>),
     Resolve(String, usize, mpsc::Sender<Peer>),
     Status(oneshot::Sender<Status>),
-    Dial(Vec<SocketAddr>),
+    /// Bootstrap addresses resolved now, and how many static peers did not resolve.
+    Dial(Vec<SocketAddr>, usize),
 }
 
 /// Handle to the swarm task. Cheap to clone.
@@ -99,14 +110,19 @@ impl P2pRouter {
             let mut tick = tokio::time::interval(interval);
             loop {
                 tick.tick().await;
-                let mut addrs = Vec::new();
-                for target in statics.iter().chain(dns.iter()) {
+                let (mut addrs, mut unresolved) = (Vec::new(), 0);
+                for (i, target) in statics.iter().chain(dns.iter()).enumerate() {
                     match tokio::net::lookup_host(target.as_str()).await {
                         Ok(found) => addrs.extend(found.filter(|a| *a != listen)),
-                        Err(e) => tracing::warn!(target, error = %e, "bootstrap lookup failed"),
+                        Err(e) => {
+                            // A static peer that does not resolve is a mistake (a typo), not
+                            // "alone": the node stays not ready until it connects somewhere.
+                            unresolved += usize::from(i < statics.len());
+                            tracing::warn!(target, error = %e, "bootstrap lookup failed")
+                        }
                     }
                 }
-                if tx.send(Command::Dial(addrs)).await.is_err() {
+                if tx.send(Command::Dial(addrs, unresolved)).await.is_err() {
                     return;
                 }
             }
@@ -148,6 +164,8 @@ impl Router for P2pRouter {
 fn build_swarm(cfg: &RouterConfig) -> Result<Swarm<Behaviour>, RoutingError> {
     let psk = cfg.psk.map(PreSharedKey::new);
     let http_port = cfg.http_port;
+    let (max_connections, max_per_peer, max_pending) =
+        (cfg.max_connections, cfg.max_connections_per_peer, cfg.max_pending_incoming);
     let store_cfg = MemoryStoreConfig {
         max_records: 16,
         max_value_bytes: 1024,
@@ -187,7 +205,13 @@ fn build_swarm(cfg: &RouterConfig) -> Result<Swarm<Behaviour>, RoutingError> {
                 identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
                     .with_agent_version(format!("peerd/{}; http-port={http_port}", env!("CARGO_PKG_VERSION"))),
             );
-            Behaviour { kad, identify }
+            let limits = libp2p::connection_limits::Behaviour::new(
+                libp2p::connection_limits::ConnectionLimits::default()
+                    .with_max_established_incoming(Some(max_connections))
+                    .with_max_established_per_peer(Some(max_per_peer))
+                    .with_max_pending_incoming(Some(max_pending)),
+            );
+            Behaviour { limits, kad, identify }
         })
         .map_err(|e| RoutingError::Failed(format!("behaviour: {e}")))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
@@ -234,6 +258,7 @@ struct SwarmTask {
     metrics: libp2p::metrics::Metrics,
     events: Option<Recipient<Emit>>,
     own_http_port: u16,
+    last_reject_log: Option<std::time::Instant>,
     /// Peer → (IP it connects from, its mirror port).
     peers: HashMap<PeerId, (IpAddr, u16)>,
     connected: HashSet<PeerId>,
@@ -250,6 +275,8 @@ struct SwarmTask {
     listen_addrs: Vec<Multiaddr>,
     listen_ip: IpAddr,
     has_bootstrap: bool,
+    /// Static bootstrap peers whose names did not resolve at the last attempt.
+    unresolved_statics: usize,
     /// Bootstrap targets other than this node, from the last lookup; `None` before the first.
     dial_targets_other_than_self: Option<usize>,
 }
@@ -269,6 +296,7 @@ impl SwarmTask {
             metrics,
             events: cfg.events,
             own_http_port: cfg.http_port,
+            last_reject_log: None,
             peers: HashMap::new(),
             connected: HashSet::new(),
             listen_of: HashMap::new(),
@@ -279,6 +307,7 @@ impl SwarmTask {
             listen_addrs: Vec::new(),
             listen_ip: cfg.listen.ip(),
             has_bootstrap,
+            unresolved_statics: 0,
             dial_targets_other_than_self: None,
         })
     }
@@ -291,7 +320,9 @@ impl SwarmTask {
 
     fn ready(&self) -> bool {
         // Connected to the DHT, or knowingly alone (nothing to bootstrap from but ourselves).
-        !self.connected.is_empty() || !self.has_bootstrap || self.dial_targets_other_than_self == Some(0)
+        !self.connected.is_empty()
+            || !self.has_bootstrap
+            || (self.dial_targets_other_than_self == Some(0) && self.unresolved_statics == 0)
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
@@ -361,7 +392,8 @@ impl SwarmTask {
                     listen_addrs: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
                 });
             }
-            Command::Dial(targets) => {
+            Command::Dial(targets, unresolved) => {
+                self.unresolved_statics = unresolved;
                 let own: HashSet<SocketAddr> = self.listen_addrs.iter().filter_map(tcp_addr).collect();
                 let connected: HashSet<SocketAddr> =
                     self.connected.iter().filter_map(|p| self.listen_of.get(p)).flatten().copied().collect();
@@ -468,7 +500,11 @@ impl SwarmTask {
                 }
             }
             SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
-                tracing::warn!(from = %send_back_addr, error = %error, "rejected an incoming p2p connection (wrong cluster secret or not a peerd?)");
+                // At most one line per REJECT_LOG_EVERY: a scan or flood must not flood the log.
+                if self.last_reject_log.is_none_or(|t| t.elapsed() >= REJECT_LOG_EVERY) {
+                    self.last_reject_log = Some(std::time::Instant::now());
+                    tracing::warn!(from = %send_back_addr, error = %error, "rejected an incoming p2p connection (wrong cluster secret, not a peerd, or over the connection limits); further rejections for 10 s are only counted in peerd_peer_auth_failures_total{{kind=\"p2p\"}}");
+                }
                 metrics::counter!(crate::metrics::PEER_AUTH_FAILURES, "kind" => "p2p").increment(1);
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {

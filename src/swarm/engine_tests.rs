@@ -95,7 +95,7 @@ async fn node(net: &Arc<MemoryNetwork>, name: &str, blob: &Bytes, digest: &Diges
     let client =
         Arc::new(PeerClient::new(Duration::from_millis(500), Duration::from_secs(5), None, name.into()).unwrap());
     let dir = tempfile::tempdir().unwrap();
-    let peers = SwarmPeers { router, client, key: None, me: name.into(), active: fetch.recipient() };
+    let peers = SwarmPeers { router, client, me: name.into(), active: fetch.recipient() };
     let sw = Swarm::new(cfg(), dir.path().join("spool"), actor.recipient(), Some(peers)).unwrap();
     let data = web::Data::new(sw.clone());
     let server = serve(listener, move |c| {

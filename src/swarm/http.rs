@@ -12,7 +12,7 @@
 use super::engine::LONG_POLL;
 use super::{throttle, Swarm, SWARM_UPLOAD_BYTES};
 use crate::http::error::ApiError;
-use crate::http::registry::{answer_peer, wait_param};
+use crate::http::peer::wait_param;
 use crate::oci::Digest;
 use crate::peer::PROGRESS_HEADER;
 use actix_web::http::StatusCode;
@@ -37,9 +37,9 @@ fn download(sw: &Swarm, digest: &str, chunk_size: u64) -> Result<Arc<super::Down
     }
 }
 
-async fn status(req: HttpRequest, sw: web::Data<Arc<Swarm>>, path: web::Path<(String, u64)>) -> HttpResponse {
+async fn status(sw: web::Data<Arc<Swarm>>, path: web::Path<(String, u64)>) -> HttpResponse {
     let (digest, chunk_size) = path.into_inner();
-    answer_peer(&req, sw.key.as_deref(), async {
+    async {
         match download(&sw, &digest, chunk_size) {
             Ok(dl) if !matches!(dl.end(), super::End::Failed(_)) => {
                 let body = serde_json::to_vec(&dl.status()).unwrap_or_default();
@@ -54,14 +54,14 @@ async fn status(req: HttpRequest, sw: web::Data<Arc<Swarm>>, path: web::Path<(St
             Ok(_) => error(ApiError::BlobUnknown("download failed".into())),
             Err(e) => error(e),
         }
-    })
+    }
     .await
 }
 
 async fn chunk(req: HttpRequest, sw: web::Data<Arc<Swarm>>, path: web::Path<(String, u64, u64)>) -> HttpResponse {
     let (digest, chunk_size, index) = path.into_inner();
     let wait = wait_param(&req, LONG_POLL);
-    answer_peer(&req, sw.key.as_deref(), async {
+    async {
         let dl = match download(&sw, &digest, chunk_size) {
             Ok(d) => d,
             Err(e) => return error(e),
@@ -96,6 +96,6 @@ async fn chunk(req: HttpRequest, sw: web::Data<Arc<Swarm>>, path: web::Path<(Str
             }
             None => error(ApiError::BlobUnknown(format!("chunk {index}"))),
         }
-    })
+    }
     .await
 }

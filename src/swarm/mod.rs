@@ -28,7 +28,6 @@ pub mod spool;
 use crate::actors::upstream::Fetch;
 use crate::config::SwarmConfig;
 use crate::oci::Digest;
-use crate::peer::auth::ClusterKey;
 use crate::peer::client::PeerClient;
 use crate::routing::{Peer, Router};
 use crate::store::ByteStream;
@@ -341,7 +340,6 @@ pub struct Swarm {
     spooled: AtomicU64,
     router: Option<Arc<dyn Router>>,
     client: Option<Arc<PeerClient>>,
-    key: Option<Arc<ClusterKey>>,
     upstream: Recipient<Fetch>,
     /// This node's peer id (rendezvous hashing), "local" without p2p.
     me: String,
@@ -357,7 +355,6 @@ pub struct Swarm {
 pub struct SwarmPeers {
     pub router: Arc<dyn Router>,
     pub client: Arc<PeerClient>,
-    pub key: Option<Arc<ClusterKey>>,
     pub me: String,
     pub active: Recipient<crate::actors::fetch::ServedPeer>,
 }
@@ -379,9 +376,9 @@ impl Swarm {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
-        let (router, client, key, me, active) = match peers {
-            Some(p) => (Some(p.router), Some(p.client), p.key, p.me, Some(p.active)),
-            None => (None, None, None, "local".to_owned(), None),
+        let (router, client, me, active) = match peers {
+            Some(p) => (Some(p.router), Some(p.client), p.me, Some(p.active)),
+            None => (None, None, "local".to_owned(), None),
         };
         Ok(Arc::new(Swarm {
             upload_limit: limiter(cfg.upload_rate, cfg.chunk_size),
@@ -394,11 +391,19 @@ impl Swarm {
             spooled: AtomicU64::new(0),
             router,
             client,
-            key,
             upstream,
             me,
             active,
         }))
+    }
+
+    /// Whether there is nobody to swarm with (no peer connected): then a new download would
+    /// only wait `gather` for nobody, and the blob is streamed from the upstream directly.
+    pub async fn alone(&self) -> bool {
+        match &self.router {
+            Some(r) => r.status().await.map_or(true, |s| s.connected_peers == 0),
+            None => true,
+        }
     }
 
     /// The download of `digest` in progress (or lingering), if any.

@@ -2,6 +2,7 @@
 //! client `Authorization` forwarded, per-host plain HTTP, bounded connect/idle timeouts.
 
 use super::auth::{parse_challenge, TokenResponse};
+use super::policy::{is_loopback_host, refused_redirect, AddressPolicy};
 use super::{Kind, Upstream, UpstreamError, UpstreamRequest, UpstreamResponse};
 use crate::config::UpstreamConfig;
 use async_trait::async_trait;
@@ -28,11 +29,15 @@ pub fn manifest_accept(client: Option<&str>) -> &str {
 
 /// Upper bound of cached tokens: one per (host, repository) actually pulled.
 const MAX_CACHED_TOKENS: usize = 4096;
+/// Most redirects followed for one request (distribution redirects blobs to storage once).
+const MAX_REDIRECTS: usize = 5;
 /// Largest token response accepted.
 const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
 
 pub struct HttpUpstream {
     client: reqwest::Client,
+    /// Where requests, redirect hops and token realms may connect.
+    policy: AddressPolicy,
     plain_http: HashSet<String>,
     request_timeout: Duration,
     /// (api host, repository) → (token, valid until). Pull tokens are per repository.
@@ -40,8 +45,14 @@ pub struct HttpUpstream {
 }
 
 impl HttpUpstream {
-    pub fn new(cfg: &UpstreamConfig) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
+    /// `mirrored`: the configured registries (`registry.hosts`); a loopback one allows loopback.
+    pub fn new(cfg: &UpstreamConfig, mirrored: &[String]) -> Result<Self, String> {
+        let policy = AddressPolicy {
+            allow_loopback: cfg.allow_loopback
+                || mirrored.iter().chain(&cfg.plain_http_hosts).any(|h| is_loopback_host(h)),
+        };
+        let client = policy
+            .apply(reqwest::Client::builder(), MAX_REDIRECTS)
             .connect_timeout(cfg.connect_timeout)
             .read_timeout(cfg.idle_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
@@ -50,6 +61,7 @@ impl HttpUpstream {
             .map_err(|e| format!("building the HTTP client: {e}"))?;
         Ok(Self {
             client,
+            policy,
             plain_http: cfg.plain_http_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
             request_timeout: cfg.request_timeout,
             tokens: DashMap::new(),
@@ -79,7 +91,9 @@ impl HttpUpstream {
         if let Some(a) = auth {
             headers.insert(AUTHORIZATION, a.parse().map_err(|_| UpstreamError::Protocol("bad Authorization".into()))?);
         }
-        let mut builder = self.client.request(method, self.url(req)).headers(headers);
+        let url = url::Url::parse(&self.url(req)).map_err(|e| UpstreamError::Protocol(format!("upstream URL: {e}")))?;
+        self.police(&url)?;
+        let mut builder = self.client.request(method, url).headers(headers);
         if req.kind == Kind::Manifest || req.head {
             // Small bodies: bound the whole exchange. Blob bodies are bounded by the idle timeout.
             builder = builder.timeout(self.request_timeout);
@@ -105,6 +119,7 @@ impl HttpUpstream {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(UpstreamError::Protocol(format!("token realm {realm:?} is not HTTP(S)")));
         }
+        self.police(&url)?;
         {
             let mut q = url.query_pairs_mut();
             if let Some(service) = c.params.get("service") {
@@ -135,7 +150,20 @@ impl HttpUpstream {
     }
 }
 
+impl HttpUpstream {
+    /// Refuse a URL whose literal address the policy forbids, before any connection.
+    fn police(&self, url: &url::Url) -> Result<(), UpstreamError> {
+        self.policy.check_url(url).map_err(|r| UpstreamError::Forbidden {
+            host: url.host_str().unwrap_or("").to_owned(),
+            reason: r.to_string(),
+        })
+    }
+}
+
 fn classify(host: &str, e: reqwest::Error) -> UpstreamError {
+    if let Some(reason) = refused_redirect(&e) {
+        return UpstreamError::Forbidden { host: host.to_owned(), reason };
+    }
     if e.is_timeout() {
         UpstreamError::Timeout { host: host.to_owned() }
     } else if e.is_connect() {

@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod http;
 pub mod memory;
+pub mod policy;
 
 use crate::http::range::ByteRange;
 use crate::oci::Registry;
@@ -81,6 +82,10 @@ pub enum UpstreamError {
     Status { status: u16, www_authenticate: Option<String> },
     #[error("upstream sent an invalid response: {0}")]
     Protocol(String),
+    /// The address policy refused the connection (a redirect or token realm to a metadata,
+    /// link-local or unconfigured loopback address). Says nothing about the upstream's health.
+    #[error("upstream {host} refused by the address policy: {reason}")]
+    Forbidden { host: String, reason: String },
 }
 
 impl UpstreamError {
@@ -94,6 +99,7 @@ impl UpstreamError {
             UpstreamError::Status { status, .. } if *status == 404 => "not_found",
             UpstreamError::Status { .. } => "status",
             UpstreamError::Protocol(_) => "protocol",
+            UpstreamError::Forbidden { .. } => "forbidden",
         }
     }
     /// Errors that say the host itself is failing (they feed the circuit breaker).

@@ -189,23 +189,27 @@ pub fn free_port(ip: &str) -> u16 {
 pub struct Peerd {
     child: Child,
     pub http: SocketAddr,
+    /// The peer listener (other nodes fetch here; every request authenticated).
+    pub peer: SocketAddr,
     pub metrics: SocketAddr,
     pub p2p: SocketAddr,
     pub log: Arc<Mutex<Vec<String>>>,
     _data: Option<tempfile::TempDir>,
 }
 
-/// Ports for a node: mirror, metrics, p2p. Clusters use the same ports on every address.
+/// Ports for a node: front end, peer listener, metrics, p2p. Clusters use the same ports on
+/// every address.
 #[derive(Clone, Copy)]
 pub struct Ports {
     pub http: u16,
+    pub peer: u16,
     pub metrics: u16,
     pub p2p: u16,
 }
 
 impl Ports {
     pub fn free(ip: &str) -> Ports {
-        Ports { http: free_port(ip), metrics: free_port(ip), p2p: free_port(ip) }
+        Ports { http: free_port(ip), peer: free_port(ip), metrics: free_port(ip), p2p: free_port(ip) }
     }
 }
 
@@ -241,12 +245,14 @@ impl Peerd {
     pub fn start_on(ip: &str, ports: Ports, data_dir: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> Peerd {
         let http: SocketAddr = format!("{ip}:{}", ports.http).parse().unwrap();
         let metrics: SocketAddr = format!("{ip}:{}", ports.metrics).parse().unwrap();
+        let peer: SocketAddr = format!("{ip}:{}", ports.peer).parse().unwrap();
         let p2p: SocketAddr = format!("{ip}:{}", ports.p2p).parse().unwrap();
         let tmp = data_dir.is_none().then(|| tempdir("pd-data"));
         let data = data_dir.map(Path::to_path_buf).unwrap_or_else(|| tmp.as_ref().unwrap().path().to_owned());
         let mut child = Command::new(env!("CARGO_BIN_EXE_peerd"))
             .arg("run")
             .args(["--http-addr", &http.to_string(), "--metrics-addr", &metrics.to_string()])
+            .args(["--peer-addr", &peer.to_string()])
             .args(["--p2p-addr", &p2p.to_string(), "--data-dir", data.to_str().unwrap()])
             .args(args)
             .envs(env.iter().copied())
@@ -266,7 +272,7 @@ impl Peerd {
                 sink.lock().unwrap().push(line);
             }
         });
-        let p = Peerd { child, http, metrics, p2p, log, _data: tmp };
+        let p = Peerd { child, http, peer, metrics, p2p, log, _data: tmp };
         p.wait_for("/healthz");
         p
     }
@@ -291,6 +297,11 @@ impl Peerd {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.http, path)
+    }
+
+    /// A URL on the peer listener.
+    pub fn peer_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.peer, path)
     }
 
     /// The Prometheus exposition text.
@@ -707,12 +718,12 @@ pub fn get_json(url: &str) -> serde_json::Value {
 }
 
 pub fn peer_id(p: &Peerd) -> String {
-    get_json(&format!("http://{}/debug/p2p", p.metrics))["peer_id"].as_str().unwrap_or("").to_owned()
+    get_json(&format!("http://{}/debug/p2p", p.http))["peer_id"].as_str().unwrap_or("").to_owned()
 }
 
 /// Peer ids a node resolves `key` to.
 pub fn resolves(p: &Peerd, key: &str) -> Vec<String> {
-    let v = get_json(&format!("http://{}/debug/resolve?key={key}", p.metrics));
+    let v = get_json(&format!("http://{}/debug/resolve?key={key}", p.http));
     v["peers"]
         .as_array()
         .map(|a| a.iter().filter_map(|p| p["id"].as_str().map(str::to_owned)).collect())
