@@ -407,11 +407,12 @@ pub async fn run(o: &Options) -> Report {
         ),
     });
 
-    // 6. peers and the DHT
+    // 6. peers and the DHT (the debug pages are always on the node-local front end)
     let metrics_down = format!(
         "peerd's metrics listener does not answer at {metrics}: start peerd, or pass --metrics with its --metrics-addr"
     );
-    let status = get(&http.local, &format!("{metrics}/debug/p2p")).await;
+    let debug_down = format!("peerd does not answer at {mirror}: start peerd, or pass --mirror with its --http-addr");
+    let status = get(&http.local, &format!("{mirror}/debug/p2p")).await;
     let routing_peers = match &status {
         Ok((200, body)) => match serde_json::from_str::<serde_json::Value>(body) {
             Ok(v) => {
@@ -424,13 +425,13 @@ pub async fn run(o: &Options) -> Report {
                         "p2p_peers",
                         None,
                         format!("no peer connected ({table} in the routing table)"),
-                        "other nodes must run peerd with the same cluster secret and reach this node's p2p port (5003) and peer port; check p2p.bootstrap_dns / --bootstrap-peer and P2PFailed events",
+                        "other nodes must run peerd with the same cluster secret and reach this node's p2p port (5003) and peer port (5001); check p2p.bootstrap_dns / --bootstrap-peer and P2PFailed events",
                     )
                 });
                 table
             }
             Err(e) => {
-                checks.push(fail("p2p_peers", None, format!("/debug/p2p is not JSON: {e}"), metrics_down.clone()));
+                checks.push(fail("p2p_peers", None, format!("/debug/p2p is not JSON: {e}"), debug_down.clone()));
                 0
             }
         },
@@ -438,8 +439,8 @@ pub async fn run(o: &Options) -> Report {
             checks.push(fail(
                 "p2p_peers",
                 None,
-                "p2p is disabled: this node is a single-node mirror".into(),
-                "give every node the same cluster secret (p2p.secret, PEERD_P2P__SECRET or --secret-file)",
+                "p2p is off: this node is a single-node mirror".into(),
+                "give every node the same cluster secret (p2p.secret, PEERD_P2P__SECRET or --secret-file; the chart does), and do not pass --no-p2p",
             ));
             0
         }
@@ -453,12 +454,12 @@ pub async fn run(o: &Options) -> Report {
             0
         }
         Err(e) => {
-            checks.push(fail("p2p_peers", None, format!("{metrics}/debug/p2p: {e}"), metrics_down.clone()));
+            checks.push(fail("p2p_peers", None, format!("{mirror}/debug/p2p: {e}"), debug_down.clone()));
             0
         }
     };
     let started = Instant::now();
-    let lookup = get(&http.local, &format!("{metrics}/debug/resolve?key={PROBE_KEY}")).await;
+    let lookup = get(&http.local, &format!("{mirror}/debug/resolve?key={PROBE_KEY}")).await;
     let took = started.elapsed().as_secs_f64();
     checks.push(match lookup {
         Ok((200, body)) if routing_peers > 0 => {
@@ -485,7 +486,7 @@ pub async fn run(o: &Options) -> Report {
             format!("/debug/resolve answers {s}: {}", body.trim()),
             "fix the p2p_peers check first",
         ),
-        Err(e) => fail("dht_lookup", None, format!("{metrics}/debug/resolve: {e}"), metrics_down.clone()),
+        Err(e) => fail("dht_lookup", None, format!("{mirror}/debug/resolve: {e}"), debug_down),
     });
 
     // 7. the upstreams, in parallel

@@ -1,6 +1,6 @@
-//! `peerd doctor` on a lab node: two peerd nodes with a cluster secret, each with its own real
-//! containerd 1.6 (whose config names the hosts directory) and hosts.toml written by
-//! `peerd hosts install`, against a real registry. Healthy: every check ✓ and exit 0. Then
+//! `peerd doctor` on a lab node: two peerd nodes with a cluster secret (the harness gives each its
+//! own peer listener), each with its own real containerd 1.6 (whose config names the hosts
+//! directory) and hosts.toml written by `peerd hosts install`, against a real registry. Healthy: every check ✓ and exit 0. Then
 //! broken one way at a time — a registry without hosts.toml, a config without config_path, no
 //! peers, peerd down — each ✗ with its fix and a non-zero exit.
 
@@ -16,12 +16,6 @@ const TOOLS: &[&str] = &["docker-registry", "skopeo", "umoci", "busybox", "conta
 
 fn peerd_cli(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_peerd")).args(args).output().unwrap()
-}
-
-/// Whether this build of peerd has a separate peer listener (`--peer-addr`): nodes then need
-/// one on their own address.
-fn has_peer_addr() -> bool {
-    String::from_utf8_lossy(&peerd_cli(&["run", "--help"]).stdout).contains("--peer-addr")
 }
 
 /// A containerd 1.6 whose own config sets `config_path = hosts` (the CRI plugin is disabled in
@@ -112,8 +106,6 @@ fn doctor_on_a_healthy_lab_node_then_broken_ones() {
     }
     let (work, reg, info) = registry_with_images("pd-dr");
     let ports = Ports::free(IPS[0]);
-    let peer_port = free_port(IPS[0]);
-    let peer_flag = has_peer_addr();
     let env = cluster_env(SECRET);
     let mut nodes: Vec<LabNode> = IPS
         .iter()
@@ -121,15 +113,11 @@ fn doctor_on_a_healthy_lab_node_then_broken_ones() {
             let hosts = work.path().join(format!("hosts-{ip}"));
             let containerd = containerd_with_config_path(&work.path().join(format!("c-{ip}")), &hosts);
             let socket = containerd.socket.display().to_string();
-            let peer_addr = format!("{ip}:{peer_port}");
             let boot: Vec<String> = IPS.iter().filter(|o| *o != ip).map(|o| format!("{o}:{}", ports.p2p)).collect();
             let mut args =
                 vec!["--mirror-host", &reg.addr, "--plain-http-host", &reg.addr, "--containerd-socket", &socket];
             for b in &boot {
                 args.extend(["--bootstrap-peer", b.as_str()]);
-            }
-            if peer_flag {
-                args.extend(["--peer-addr", peer_addr.as_str()]);
             }
             let peerd = Peerd::start_on(ip, ports, None, &args, &env);
             // Where to write comes from containerd's config: no --certs-dir.
@@ -207,7 +195,7 @@ fn doctor_on_a_healthy_lab_node_then_broken_ones() {
     nodes[0].peerd.stop_hard();
     let b = &nodes[1];
     wait("B sees no peer", Duration::from_secs(30), || {
-        get_json(&format!("http://{}/debug/p2p", b.peerd.metrics))["connected_peers"] == 0
+        get_json(&format!("http://{}/debug/p2p", b.peerd.http))["connected_peers"] == 0
     });
     let (code, r) = b.doctor(&[]);
     assert_eq!(code, Some(1));
