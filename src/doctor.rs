@@ -392,7 +392,14 @@ pub async fn run(o: &Options) -> Report {
             || PathBuf::from(crate::hosts::containerd_config::DEFAULT_ROOT).join("io.containerd.content.v1.content"),
         );
     let blobs = content.join("blobs").join("sha256");
+    let discards = config.as_ref().ok().and_then(|c| c.discard_unpacked_layers) == Some(true);
     checks.push(match std::fs::read_dir(&blobs) {
+        _ if discards => fail(
+            "content",
+            None,
+            format!("{} sets discard_unpacked_layers = true: containerd drops layers once unpacked, so this node has none to serve", o.containerd_config.display()),
+            "set discard_unpacked_layers = false (EKS sets it true) and restart containerd",
+        ),
         Ok(d) => pass("content", None, format!("{} readable ({} blobs): fast path", blobs.display(), d.take(1_000_000).count())),
         Err(e) if version.is_some() => pass(
             "content",

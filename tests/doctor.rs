@@ -252,23 +252,27 @@ fn doctor_says_when_p2p_is_off() {
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let metrics = format!("http://{}", p.metrics);
-    let out = peerd_cli(&[
-        "doctor",
-        "--json",
-        "--mirror",
-        &mirror,
-        "--metrics",
-        &metrics,
-        "--containerd-socket",
-        "/nonexistent.sock",
-        "--containerd-config",
-        config.to_str().unwrap(),
-        "--timeout",
-        "2s",
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    eprintln!("{r:#}");
+    let doctor = || {
+        let out = peerd_cli(&[
+            "doctor",
+            "--json",
+            "--mirror",
+            &mirror,
+            "--metrics",
+            &metrics,
+            "--containerd-socket",
+            "/nonexistent.sock",
+            "--containerd-config",
+            config.to_str().unwrap(),
+            "--timeout",
+            "2s",
+        ]);
+        assert_eq!(out.status.code(), Some(1));
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        eprintln!("{r:#}");
+        r
+    };
+    let r = doctor();
     assert_failed(&r, "p2p_peers", None, "cluster secret");
     assert_failed(&r, "containerd", None, "--containerd-socket");
     assert_failed(&r, "content", None, "--containerd-content-dir");
@@ -277,4 +281,9 @@ fn doctor_says_when_p2p_is_off() {
     assert_eq!(check(&r, "hosts_toml", Some("_default"))["ok"], true);
     assert_eq!(check(&r, "mirror", None)["ok"], true);
     assert!(check(&r, "config_path", None)["detail"].as_str().unwrap().contains("config version 3"));
+    // EKS's discard_unpacked_layers = true leaves nothing to serve.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}[plugins.'io.containerd.cri.v1.images']\ndiscard_unpacked_layers = true\n"))
+        .unwrap();
+    assert_failed(&doctor(), "content", None, "discard_unpacked_layers = false");
 }
