@@ -96,6 +96,9 @@ fn containerd_layouts_decide_where_hosts_toml_goes() {
         let tmp = tempdir("pd-hl");
         let placed = materialize(&layouts().join(fixture), tmp.path());
         let config = if inner.is_empty() { placed } else { placed.join(inner) };
+        // Never let a misread config send the CLI to write into the machine's /etc.
+        let dirs = ContainerdConfig::load(&config).unwrap().dirs();
+        assert!(dirs.iter().all(|d| d.starts_with(tmp.path())), "{fixture}: {dirs:?}");
         let mut args = vec!["install", "--containerd-config", config.to_str().unwrap()];
         args.extend(REGS);
         let out = peerd_hosts(&args);
