@@ -16,7 +16,8 @@
 //! - [`metrics`]: metric names and the Prometheus recorder.
 //! - [`peer`]: peer identity, cluster-secret authentication, the peer HTTP client.
 //! - [`fetch`]: multi-source blob fetching (hedged start, resume at the next byte).
-//! - [`hosts`]: containerd hosts.toml install/uninstall (`peerd hosts`).
+//! - [`hosts`]: containerd hosts.toml install/uninstall (`peerd hosts`), containerd config reading.
+//! - [`doctor`]: end-to-end node checks (`peerd doctor`).
 //! - [`node`]: wiring all of the above into a running node (used by `main`).
 
 #![forbid(unsafe_code)]
@@ -24,6 +25,7 @@
 pub mod actors;
 pub mod blobs;
 pub mod config;
+pub mod doctor;
 pub mod fetch;
 pub mod hosts;
 pub mod http;

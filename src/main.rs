@@ -29,63 +29,290 @@ enum Command {
     /// Configure containerd to use the node-local peerd as its mirror (hosts.toml), or undo it.
     #[command(subcommand)]
     Hosts(HostsCommand),
+    /// Check this node end to end (containerd, its config_path, hosts.toml, the mirror, content,
+    /// peers, the DHT, upstreams, peer transfers): ✓/✗ with a fix each; exit 0 only if all pass.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Args)]
+struct DoctorArgs {
+    /// Print the checks as JSON.
+    #[arg(long)]
+    json: bool,
+    /// This node's mirror (peerd's --http-addr).
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:5000")]
+    mirror: String,
+    /// This node's metrics listener (peerd's --metrics-addr).
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:5004")]
+    metrics: String,
+    /// containerd's gRPC socket.
+    #[arg(long, value_name = "PATH", default_value = "/run/containerd/containerd.sock")]
+    containerd_socket: PathBuf,
+    /// containerd's config (imports followed), for config_path and the content root.
+    #[arg(long, value_name = "FILE", default_value = "/etc/containerd/config.toml")]
+    containerd_config: PathBuf,
+    /// containerd's content store [default: <root>/io.containerd.content.v1.content from the config,
+    /// /var/lib/containerd/io.containerd.content.v1.content].
+    #[arg(long, value_name = "DIR")]
+    containerd_content_dir: Option<PathBuf>,
+    /// Look for hosts.toml files here first (besides containerd's config_path).
+    #[arg(long, value_name = "DIR")]
+    certs_dir: Option<PathBuf>,
+    /// A registry that must go through peerd; repeat for several [default: every registry with a
+    /// hosts.toml written by peerd].
+    #[arg(long, value_name = "HOST")]
+    mirror_host: Vec<String>,
+    /// Bound on each probe.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
+}
+
+fn doctor(a: &DoctorArgs) -> ExitCode {
+    let opts = peerd::doctor::Options {
+        mirror: a.mirror.clone(),
+        metrics: a.metrics.clone(),
+        containerd_socket: a.containerd_socket.clone(),
+        containerd_config: a.containerd_config.clone(),
+        content_dir: a.containerd_content_dir.clone(),
+        certs_dir: a.certs_dir.clone(),
+        mirror_hosts: a.mirror_host.clone(),
+        timeout: a.timeout,
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("peerd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = rt.block_on(peerd::doctor::run(&opts));
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report).expect("the report serializes"));
+    } else {
+        print!("{}", peerd::doctor::render_text(&report));
+    }
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 #[derive(Subcommand)]
 enum HostsCommand {
     /// Write <certs-dir>/<registry>/hosts.toml for each registry; an existing file is kept as
-    /// hosts.toml.peerd-backup.
+    /// hosts.toml.peerd-backup. The directory is containerd's config_path, read from its config.
     Install {
-        /// containerd's registry config_path.
-        #[arg(long, value_name = "DIR", default_value = "/etc/containerd/certs.d")]
-        certs_dir: PathBuf,
+        #[command(flatten)]
+        target: HostsTarget,
+        /// Write even when containerd's config sets no config_path (containerd then ignores the files).
+        #[arg(long)]
+        force: bool,
         /// The node-local peerd mirror.
         #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:5000")]
         mirror: String,
         /// A registry to mirror; repeat for several.
-        #[arg(long, value_name = "HOST", required = true)]
+        #[arg(long, value_name = "HOST", required_unless_present = "default_host")]
         registry: Vec<String>,
+        /// Also write _default/hosts.toml: every registry without its own file asks peerd first
+        /// (peerd still serves only its registry.hosts unless run with --mirror-any-host).
+        #[arg(long)]
+        default_host: bool,
         /// A registry whose own endpoint is plain HTTP; repeat for several.
         #[arg(long, value_name = "HOST")]
         plain_http: Vec<String>,
-        /// How long containerd waits for peerd before going to the registry itself.
+        /// How long containerd (2.1 and later) waits for peerd before going to the registry itself.
         #[arg(long, value_name = "DURATION", default_value = "200ms")]
         dial_timeout: String,
-        /// Capabilities of the mirror (containerd: pull, resolve, push).
+        /// Capabilities of the mirror: pull, resolve (peerd does not support push).
         #[arg(long, value_name = "CAP", default_values = ["pull", "resolve"])]
         capability: Vec<String>,
+        /// replace: peerd's file instead of an existing one; prepend: peerd first, then the
+        /// existing file's hosts, ca and client certificates.
+        #[arg(long, value_enum, default_value = "replace")]
+        mode: HostsMode,
+        /// Remove peerd's (and Azure/peerd's) hosts.toml for registries not listed, restoring backups.
+        #[arg(long)]
+        prune: bool,
     },
-    /// Remove peerd's hosts.toml files and restore the backups byte for byte.
+    /// Remove every hosts.toml peerd (or Azure/peerd) wrote and restore the backups byte for byte.
     Uninstall {
-        #[arg(long, value_name = "DIR", default_value = "/etc/containerd/certs.d")]
-        certs_dir: PathBuf,
-        #[arg(long, value_name = "HOST", required = true)]
+        #[command(flatten)]
+        target: HostsTarget,
+        /// Accepted for compatibility: every peerd file is removed, listed or not.
+        #[arg(long, value_name = "HOST")]
         registry: Vec<String>,
     },
 }
 
+#[derive(Args)]
+struct HostsTarget {
+    /// containerd's config (imports followed); its registry config_path names the directory.
+    #[arg(long, value_name = "FILE", default_value = "/etc/containerd/config.toml")]
+    containerd_config: PathBuf,
+    /// Write here instead of containerd's config_path [fallback: /etc/containerd/certs.d].
+    #[arg(long, value_name = "DIR")]
+    certs_dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum HostsMode {
+    Replace,
+    Prepend,
+}
+
+/// containerd's certs directory when neither its config nor --certs-dir names one.
+const DEFAULT_CERTS_DIR: &str = "/etc/containerd/certs.d";
+
+/// The directory to write into (and every directory containerd reads), with warnings; an
+/// error when containerd would ignore hosts.toml files and `force` is off.
+fn hosts_dirs(target: &HostsTarget, force: bool, warn: &mut Vec<String>) -> Result<(PathBuf, Vec<PathBuf>), String> {
+    use peerd::hosts::containerd_config::{ConfigError, ConfigPathSource, ContainerdConfig};
+    let config = &target.containerd_config;
+    let fallback = || target.certs_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CERTS_DIR));
+    let cfg = match ContainerdConfig::load(config) {
+        Ok(c) => c,
+        Err(ConfigError::NotFound(_)) => {
+            let dir = fallback();
+            warn.push(format!(
+                "{} not found: using {}; make sure containerd's registry config_path names it",
+                config.display(),
+                dir.display()
+            ));
+            return Ok((dir.clone(), vec![dir]));
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let dirs = cfg.dirs();
+    let Some(first) = dirs.first().cloned() else {
+        let msg = format!(
+            "{} sets no registry config_path, so containerd ignores hosts.toml files. Set it and restart \
+             containerd:\n  version 2 (containerd 1.x): [plugins.\"io.containerd.grpc.v1.cri\".registry] config_path = \"{DEFAULT_CERTS_DIR}\"\n  \
+             version 3 (containerd 2.x): [plugins.\"io.containerd.cri.v1.images\".registry] config_path = \"{DEFAULT_CERTS_DIR}\"\n\
+             or pass --force to write the files anyway",
+            config.display()
+        );
+        if !force {
+            return Err(msg);
+        }
+        warn.push(msg.replace("or pass --force to write the files anyway", "writing anyway (--force)"));
+        let dir = fallback();
+        return Ok((dir.clone(), vec![dir]));
+    };
+    if dirs.len() > 1 && cfg.use_local_image_pull != Some(true) {
+        let how = if cfg.config_path_source == ConfigPathSource::Default2x { "containerd 2.x's default " } else { "" };
+        warn.push(format!(
+            "{how}config_path {:?} lists several directories: writing into the first, {}. containerd 2.1+ pulls \
+             through its transfer service, which reads the list as one path and skips every mirror: set \
+             use_local_image_pull = true under [plugins.\"io.containerd.cri.v1.images\"] or a single directory",
+            cfg.config_path.clone().unwrap_or_default(),
+            first.display()
+        ));
+    }
+    if !cfg.inline_mirrors.is_empty() {
+        warn.push(format!(
+            "{} also has inline registry.mirrors for {}: containerd 2.2 refuses them together with config_path \
+             (and peerd's hosts.toml files do not apply to them): move them to hosts.toml files",
+            config.display(),
+            cfg.inline_mirrors.join(", ")
+        ));
+    }
+    if cfg.discard_unpacked_layers == Some(true) {
+        warn.push(
+            "discard_unpacked_layers = true: containerd drops layers after unpacking, so this node cannot serve \
+             them to its peers; set it to false"
+                .into(),
+        );
+    }
+    let dir = match &target.certs_dir {
+        Some(d) => {
+            if !dirs.contains(d) {
+                warn.push(format!(
+                    "--certs-dir {} is not in containerd's config_path ({}): containerd will not read it",
+                    d.display(),
+                    cfg.config_path.clone().unwrap_or_default()
+                ));
+            } else if *d != first {
+                warn.push(format!(
+                    "--certs-dir {} is not the first config_path directory ({})",
+                    d.display(),
+                    first.display()
+                ));
+            }
+            d.clone()
+        }
+        None => first,
+    };
+    let mut all = vec![dir.clone()];
+    all.extend(dirs.into_iter().filter(|d| *d != dir));
+    Ok((dir, all))
+}
+
 fn hosts(cmd: &HostsCommand) -> ExitCode {
+    let mut warn = Vec::new();
     let result = match cmd {
-        HostsCommand::Install { certs_dir, mirror, registry, plain_http, dial_timeout, capability } => {
-            if humantime::parse_duration(dial_timeout).is_err() {
-                eprintln!("peerd: invalid --dial-timeout {dial_timeout:?}");
+        HostsCommand::Install {
+            target,
+            force,
+            mirror,
+            registry,
+            default_host,
+            plain_http,
+            dial_timeout,
+            capability,
+            mode,
+            prune,
+        } => {
+            let usage = peerd::hosts::parse_dial_timeout(dial_timeout)
+                .and_then(|_| peerd::hosts::check_capabilities(capability));
+            if let Err(e) = usage {
+                eprintln!("peerd: {e}");
                 return ExitCode::from(2);
             }
+            let dir = match hosts_dirs(target, *force, &mut warn) {
+                Ok((dir, _)) => dir,
+                Err(e) => {
+                    warn.iter().for_each(|w| eprintln!("peerd: warning: {w}"));
+                    eprintln!("peerd: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if target.certs_dir.is_some() && !dir.exists() {
+                warn.push(format!("{} does not exist (a typo?); creating it", dir.display()));
+            }
+            warn.iter().for_each(|w| eprintln!("peerd: warning: {w}"));
+            warn.clear();
             peerd::hosts::install(&peerd::hosts::Install {
-                certs_dir,
+                certs_dir: &dir,
                 mirror,
                 registries: registry,
                 plain_http,
                 dial_timeout,
                 capabilities: capability,
+                mode: match mode {
+                    HostsMode::Replace => peerd::hosts::Mode::Replace,
+                    HostsMode::Prepend => peerd::hosts::Mode::Prepend,
+                },
+                default_host: *default_host,
+                prune: *prune,
             })
-            .map(|files| files.iter().for_each(|f| println!("wrote {}", f.display())))
         }
-        HostsCommand::Uninstall { certs_dir, registry } => peerd::hosts::uninstall(certs_dir, registry)
-            .map(|files| files.iter().for_each(|f| println!("restored {}", f.display()))),
+        HostsCommand::Uninstall { target, registry: _ } => match hosts_dirs(target, true, &mut Vec::new()) {
+            Ok((_, dirs)) => peerd::hosts::uninstall(&dirs),
+            Err(e) => {
+                eprintln!("peerd: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(report) => {
+            report.warnings.iter().for_each(|w| eprintln!("peerd: warning: {w}"));
+            report.written.iter().for_each(|f| println!("wrote {}", f.display()));
+            report.removed.iter().for_each(|f| println!("removed {}", f.display()));
+            report.restored.iter().for_each(|f| println!("restored {}", f.display()));
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("peerd: {e}");
             ExitCode::FAILURE
@@ -253,6 +480,7 @@ fn main() -> ExitCode {
         Command::Run(a) => (a, false),
         Command::Config(a) => (a, true),
         Command::Hosts(h) => return hosts(h),
+        Command::Doctor(d) => return doctor(d),
     };
     let cfg = match args.load() {
         Ok(c) => c,
