@@ -424,12 +424,16 @@ def check_mirrors(docs, ds, registries, mode="prepend", default_host=False, stal
     job = one(docs, "Job", hooks=True)
     jpod = job["spec"]["template"]["spec"]
     ja = argv(jpod["containers"][0])
-    check(ja[:3] == ["rollout", "status", f"daemonset/{cds['metadata']['name']}"],
-          "the wait Job runs `kubectl rollout status` on the cleanup DaemonSet")
+    check(ja[:3] == ["kube", "wait-daemonset", cds["metadata"]["name"]],
+          "the wait Job runs `peerd kube wait-daemonset` on the cleanup DaemonSet")
+    check(jpod["containers"][0]["image"] == pod["containers"][0]["image"]
+          and cpod["containers"][0]["image"] == pod["containers"][0]["image"]
+          and argv(cpod["containers"][0]) == ["kube", "sleep"],
+          "the uninstall hook uses only peerd's own image (no pause, no kubectl image)")
     t = flag(ja, "timeout")
     dl = job["spec"].get("activeDeadlineSeconds")
     check(len(t) == 1 and t[0].endswith("s") and isinstance(dl, int) and int(t[0][:-1]) < dl <= int(t[0][:-1]) + 60,
-          f"the wait Job has a deadline just after its kubectl timeout ({t}, activeDeadlineSeconds {dl})")
+          f"the wait Job has a deadline just after its wait timeout ({t}, activeDeadlineSeconds {dl})")
     check(job["spec"].get("backoffLimit") == 0, "the wait Job is not retried")
     check(not jpod.get("tolerations") and not jpod.get("priorityClassName"),
           "the wait Job has no tolerations and no priority class (an ordinary pod on an ordinary node)")

@@ -140,3 +140,102 @@ impl Worker {
         Ok(())
     }
 }
+
+/// `peerd kube wait-daemonset`: what the chart's uninstall Job runs (in peerd's own image, so
+/// no kubectl image has to be pulled on an air-gapped cluster).
+pub struct WaitDaemonSet {
+    pub api_url: String,
+    pub token_file: std::path::PathBuf,
+    pub ca_file: std::path::PathBuf,
+    pub namespace: String,
+    pub name: String,
+    pub timeout: Duration,
+    pub poll: Duration,
+}
+
+/// Why a DaemonSet is not rolled out yet, or `None` when it is: the controller saw the current
+/// spec and a Ready pod of it runs on every node it should run on (what `kubectl rollout
+/// status` checks).
+pub fn daemonset_pending(ds: &serde_json::Value) -> Option<String> {
+    let n = |v: &serde_json::Value| v.as_i64().unwrap_or(0);
+    let generation = n(&ds["metadata"]["generation"]);
+    let st = &ds["status"];
+    let (observed, desired) = (n(&st["observedGeneration"]), n(&st["desiredNumberScheduled"]));
+    let (updated, ready) = (n(&st["updatedNumberScheduled"]), n(&st["numberReady"]));
+    if observed < generation {
+        return Some("the controller has not seen the current spec yet".into());
+    }
+    if updated < desired {
+        return Some(format!("{updated} of {desired} pods updated"));
+    }
+    if ready < desired {
+        return Some(format!("{ready} of {desired} pods ready"));
+    }
+    None
+}
+
+/// Poll the DaemonSet until it is rolled out (`Ok`) or the timeout passes (`Err` with the last
+/// state). Each step is printed, like `kubectl rollout status`.
+pub async fn wait_daemonset(w: &WaitDaemonSet) -> Result<(), String> {
+    let mut builder = reqwest::Client::builder().timeout(REQUEST_TIMEOUT);
+    if w.api_url.starts_with("https://") {
+        let pem = std::fs::read(&w.ca_file).map_err(|e| format!("{}: {e}", w.ca_file.display()))?;
+        let ca = reqwest::Certificate::from_pem(&pem).map_err(|e| format!("{}: {e}", w.ca_file.display()))?;
+        builder = builder.add_root_certificate(ca);
+    }
+    let http = builder.build().map_err(|e| e.to_string())?;
+    let token = std::fs::read_to_string(&w.token_file).ok().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
+    let url =
+        format!("{}/apis/apps/v1/namespaces/{}/daemonsets/{}", w.api_url.trim_end_matches('/'), w.namespace, w.name);
+    let deadline = tokio::time::Instant::now() + w.timeout;
+    let mut last = String::new();
+    loop {
+        let mut req = http.get(&url);
+        if let Some(t) = &token {
+            req = req.bearer_auth(t);
+        }
+        let state = match req.send().await {
+            Ok(r) if r.status().is_success() => match r.json::<serde_json::Value>().await {
+                Ok(ds) => match daemonset_pending(&ds) {
+                    None => {
+                        println!("daemonset {}/{} rolled out", w.namespace, w.name);
+                        return Ok(());
+                    }
+                    Some(why) => why,
+                },
+                Err(e) => format!("unreadable answer: {e}"),
+            },
+            Ok(r) => format!("the API server answered {}", r.status()),
+            Err(e) => format!("the API server cannot be reached: {e}"),
+        };
+        if state != last {
+            println!("waiting for daemonset {}/{}: {state}", w.namespace, w.name);
+            last = state;
+        }
+        if tokio::time::Instant::now() + w.poll > deadline {
+            return Err(format!("daemonset {}/{} not rolled out after {:?}: {last}", w.namespace, w.name, w.timeout));
+        }
+        tokio::time::sleep(w.poll).await;
+    }
+}
+
+#[cfg(test)]
+mod wait_tests {
+    use super::daemonset_pending;
+    use serde_json::json;
+
+    #[test]
+    fn rollout_states() {
+        let ds = |gen: i64, obs: i64, desired: i64, updated: i64, ready: i64| {
+            json!({"metadata": {"generation": gen}, "status": {"observedGeneration": obs,
+                "desiredNumberScheduled": desired, "updatedNumberScheduled": updated, "numberReady": ready}})
+        };
+        assert_eq!(daemonset_pending(&ds(1, 1, 3, 3, 3)), None);
+        assert_eq!(daemonset_pending(&ds(1, 1, 0, 0, 0)), None, "no node to run on: nothing to wait for");
+        assert!(daemonset_pending(&ds(2, 1, 3, 3, 3)).unwrap().contains("not seen"));
+        assert_eq!(daemonset_pending(&ds(1, 1, 3, 2, 2)).as_deref(), Some("2 of 3 pods updated"));
+        assert_eq!(daemonset_pending(&ds(1, 1, 3, 3, 1)).as_deref(), Some("1 of 3 pods ready"));
+        let fresh = json!({"metadata": {"generation": 1}});
+        assert!(daemonset_pending(&fresh).is_some(), "no status yet: not rolled out");
+    }
+}

@@ -32,6 +32,90 @@ enum Command {
     /// Check this node end to end (containerd, its config_path, hosts.toml, the mirror, content,
     /// peers, the DHT, upstreams, peer transfers): ✓/✗ with a fix each; exit 0 only if all pass.
     Doctor(DoctorArgs),
+    /// Helpers the Helm chart runs in peerd's own image (no other image to pull).
+    #[command(subcommand)]
+    Kube(KubeCommand),
+}
+
+#[derive(Subcommand)]
+enum KubeCommand {
+    /// Do nothing until SIGTERM or SIGINT (the uninstall pods' main container).
+    Sleep,
+    /// Wait until a DaemonSet runs a Ready pod of its current spec on every node it should run
+    /// on, as `kubectl rollout status` does; exit 1 after --timeout.
+    WaitDaemonset {
+        /// The DaemonSet's name.
+        name: String,
+        #[arg(long, value_name = "NS")]
+        namespace: String,
+        #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// API server; default: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT.
+        #[arg(long, value_name = "URL")]
+        api_url: Option<String>,
+        #[arg(long, value_name = "FILE", default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token")]
+        token_file: PathBuf,
+        #[arg(long, value_name = "FILE", default_value = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")]
+        ca_file: PathBuf,
+    },
+}
+
+fn kube(cmd: &KubeCommand) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("peerd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cmd {
+        KubeCommand::Sleep => rt.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = tokio::signal::ctrl_c() => {}
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("peerd: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }),
+        KubeCommand::WaitDaemonset { name, namespace, timeout, api_url, token_file, ca_file } => {
+            let api_url = match api_url.clone().or_else(|| {
+                let host = std::env::var("KUBERNETES_SERVICE_HOST").ok()?;
+                let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
+                let host = if host.contains(':') { format!("[{host}]") } else { host };
+                Some(format!("https://{host}:{port}"))
+            }) {
+                Some(u) => u,
+                None => {
+                    eprintln!("peerd: no --api-url and not in a Pod (KUBERNETES_SERVICE_HOST unset)");
+                    return ExitCode::from(2);
+                }
+            };
+            let w = peerd::kube::WaitDaemonSet {
+                api_url,
+                token_file: token_file.clone(),
+                ca_file: ca_file.clone(),
+                namespace: namespace.clone(),
+                name: name.clone(),
+                timeout: *timeout,
+                poll: std::time::Duration::from_secs(2),
+            };
+            match rt.block_on(peerd::kube::wait_daemonset(&w)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("peerd: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
 }
 
 #[derive(Args)]
@@ -481,6 +565,7 @@ fn main() -> ExitCode {
         Command::Config(a) => (a, true),
         Command::Hosts(h) => return hosts(h),
         Command::Doctor(d) => return doctor(d),
+        Command::Kube(k) => return kube(k),
     };
     let cfg = match args.load() {
         Ok(c) => c,
