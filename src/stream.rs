@@ -1,4 +1,5 @@
-//! Stream adapters on the data path: digest verification, byte accounting and range slicing.
+//! Stream adapters on the data path: digest verification, length checks, byte accounting and
+//! range slicing.
 //! They hold at most one chunk, so memory stays bounded whatever the body size.
 
 use crate::oci::{Digest, Hasher};
@@ -102,6 +103,50 @@ impl Stream for Verify {
                 }
             }
         }
+    }
+}
+
+/// Passes a body through unchanged but ends it with an error if it is longer or shorter than
+/// `expected` bytes: for content that is not hashed on its way out, a body cut short or overlong
+/// is never delivered as if it were whole.
+pub struct Exact {
+    inner: ByteStream,
+    left: u64,
+    expected: u64,
+    done: bool,
+}
+
+impl Exact {
+    pub fn new(inner: ByteStream, expected: u64) -> Self {
+        Self { inner, left: expected, expected, done: false }
+    }
+}
+
+impl Stream for Exact {
+    type Item = io::Result<Bytes>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let item = ready!(self.inner.as_mut().poll_next(cx));
+        let why = match item {
+            Some(Ok(chunk)) if chunk.len() as u64 <= self.left => {
+                self.left -= chunk.len() as u64;
+                return Poll::Ready(Some(Ok(chunk)));
+            }
+            Some(Ok(_)) => format!("body is longer than its {} bytes", self.expected),
+            None if self.left == 0 => {
+                self.done = true;
+                return Poll::Ready(None);
+            }
+            None => format!("body ended after {} of {} bytes", self.expected - self.left, self.expected),
+            Some(Err(e)) => {
+                self.done = true;
+                return Poll::Ready(Some(Err(e)));
+            }
+        };
+        self.done = true;
+        Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::UnexpectedEof, why))))
     }
 }
 
@@ -225,6 +270,19 @@ mod tests {
     async fn verify_empty_blob() {
         let d = Digest::compute(Algorithm::Sha256, b"");
         let (out, err) = drain(Verify::new(chunks(b"", 1), d, Some(0), |_, _| panic!())).await;
+        assert!(out.is_empty() && err.is_none());
+    }
+
+    #[tokio::test]
+    async fn exact_length() {
+        let (out, err) = drain(Exact::new(chunks(b"hello world", 3), 11)).await;
+        assert_eq!((out.as_slice(), err.is_none()), (&b"hello world"[..], true));
+        let (out, err) = drain(Exact::new(chunks(b"hello world", 3), 12)).await;
+        assert_eq!(out, b"hello world");
+        assert_eq!(err.expect("short body must fail").kind(), io::ErrorKind::UnexpectedEof);
+        let (out, err) = drain(Exact::new(chunks(b"hello world", 3), 5)).await;
+        assert!(err.is_some() && out.len() <= 5, "long body must fail before overrun: {out:?}");
+        let (out, err) = drain(Exact::new(chunks(b"", 1), 0)).await;
         assert!(out.is_empty() && err.is_none());
     }
 
