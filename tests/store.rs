@@ -268,5 +268,8 @@ fn unreadable_content_files_fall_back_to_grpc() {
         assert_eq!(reads(&p, "grpc"), 4.0 * layers.len() as f64, "{}", dir.display());
         assert_eq!(reads(&p, "file"), 0.0);
         assert_eq!(p.metric("peerd_digest_mismatches_total", &[]), 0.0);
+        // A directory without the blobs' files is reported, once.
+        let warned = p.log_text().matches("whose file cannot be read here").count();
+        assert_eq!(warned, usize::from(fast), "{}", p.log_text());
     }
 }

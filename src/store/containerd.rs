@@ -29,6 +29,7 @@ use containerd_client::with_namespace;
 use futures_util::StreamExt;
 use prost::Message;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
@@ -44,6 +45,9 @@ pub struct ContainerdStore {
     content_dir: Option<PathBuf>,
     /// How blob bodies are read, decided once containerd (or the configured directory) answers.
     read_path: tokio::sync::OnceCell<ReadPath>,
+    /// A blob containerd has but whose file we could not open has been reported (once: a wrong
+    /// `content_dir` would otherwise log on every read).
+    warned_unreadable: AtomicBool,
 }
 
 /// The plugin type of containerd's content store (its `root` export is the content root).
@@ -77,7 +81,15 @@ impl ContainerdStore {
             .timeout(timeout)
             .connect_with_connector_lazy(connector(socket.clone()));
         let events_channel = endpoint.connect_timeout(timeout).connect_with_connector_lazy(connector(socket.clone()));
-        Ok(Self { channel, events_channel, namespaces, socket, content_dir: None, read_path: Default::default() })
+        Ok(Self {
+            channel,
+            events_channel,
+            namespaces,
+            socket,
+            content_dir: None,
+            read_path: Default::default(),
+            warned_unreadable: AtomicBool::new(false),
+        })
     }
 
     /// Read blob files under `dir` (containerd's `<root>/io.containerd.content.v1.content`, as
@@ -162,7 +174,11 @@ impl ContainerdStore {
                 }
                 // No file we can read: containerd can still read it for us.
                 Err(e @ (FileError::Open { .. } | FileError::Io { .. })) => {
-                    tracing::debug!(%digest, error = %e, "blob file not readable; reading through gRPC");
+                    if self.warned_unreadable.swap(true, Ordering::Relaxed) {
+                        tracing::debug!(%digest, error = %e, "blob file not readable; reading through gRPC");
+                    } else {
+                        tracing::warn!(%digest, error = %e, "containerd holds a blob whose file cannot be read here; reading it through gRPC (is containerd.content_dir right? reported once)");
+                    }
                 }
                 // A file that is not the blob: do not serve it in any way.
                 Err(e @ (FileError::SizeMismatch { .. } | FileError::Range { .. })) => {
