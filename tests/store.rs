@@ -273,3 +273,94 @@ fn unreadable_content_files_fall_back_to_grpc() {
         assert_eq!(warned, usize::from(fast), "{}", p.log_text());
     }
 }
+
+/// A peerd process run as root without capabilities (as the chart runs it), so file
+/// permissions apply to it. Killed on drop.
+struct NoCapsPeerd {
+    child: std::process::Child,
+    http: String,
+    metrics: String,
+    log: PathBuf,
+}
+
+impl NoCapsPeerd {
+    fn start(work: &Path, reg: &Registry, c: &Containerd, content_dir: &Path) -> NoCapsPeerd {
+        let (http, metrics) =
+            (format!("127.0.0.1:{}", free_port("127.0.0.1")), format!("127.0.0.1:{}", free_port("127.0.0.1")));
+        let data = work.join("nocaps-data");
+        std::fs::create_dir_all(&data).unwrap();
+        let log = work.join("nocaps.log");
+        let child = Command::new("setpriv")
+            .args(["--inh-caps=-all", "--bounding-set=-all", "--"])
+            .arg(env!("CARGO_BIN_EXE_peerd"))
+            .args(["run", "--no-p2p", "--http-addr", &http, "--metrics-addr", &metrics])
+            .args(["--mirror-host", &reg.addr, "--plain-http-host", &reg.addr])
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--containerd-socket")
+            .arg(&c.socket)
+            .arg("--containerd-content-dir")
+            .arg(content_dir)
+            .env("PEERD_HTTP__WORKERS", "2")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let p = NoCapsPeerd { child, http, metrics, log };
+        let url = format!("http://{}/readyz", p.http);
+        wait("peerd without capabilities to be ready", Duration::from_secs(30), || http_get_status(&url) == Some(200));
+        p
+    }
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        let out = Command::new("curl").args(["-sf", &format!("http://{}/metrics/prometheus", self.metrics)]).output();
+        sum_metric(&String::from_utf8_lossy(&out.unwrap().stdout), name, labels)
+    }
+}
+
+impl Drop for NoCapsPeerd {
+    fn drop(&mut self) {
+        terminate(&mut self.child, Duration::from_secs(10));
+    }
+}
+
+/// A content directory peerd may not read (a copy of containerd's, its `blobs/sha256` made
+/// mode 000, peerd running as root without capabilities as the chart runs it): every file open
+/// is refused, and the gRPC path serves the same bytes.
+#[test]
+fn a_content_dir_without_read_permission_falls_back_to_grpc() {
+    if !require("store_permission_fallback", &[TOOLS, &["setpriv", "cp"]].concat(), true) {
+        return;
+    }
+    let (work, mut reg, info) = registry_with_images("pd-sp");
+    let c = Containerd::start(&work.path().join("c"));
+    pull(&c, "k8s.io", &format!("{}/test/multi:v1", reg.addr));
+    reg.stop();
+    let copy = work.path().join("content-copy");
+    let cp = Command::new("cp").arg("-a").arg(content_root(&c)).arg(&copy).status().unwrap();
+    assert!(cp.success());
+    let locked = copy.join("blobs/sha256");
+    let layers = layers_by_size(&info);
+    assert!(locked.join(layers[0].0.trim_start_matches("sha256:")).is_file(), "the files are in the copy");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+
+    let p = NoCapsPeerd::start(work.path(), &reg, &c, &copy);
+    let base = format!("http://{}", p.http);
+    for (digest, size) in &layers {
+        let url = format!("{base}/v2/test/multi/blobs/{digest}?ns={}", reg.addr.replace(':', "%3A"));
+        let r = curl("GET", &url, &[]);
+        assert_eq!((r.status, r.body.len() as u64), (200, *size), "{digest}");
+        assert_eq!(format!("sha256:{}", sha256_hex(&r.body)), *digest);
+        let part = curl("GET", &url, &[("Range", "bytes=10-19")]);
+        assert_eq!((part.status, &part.body[..]), (206, &r.body[10..20]));
+    }
+    let log = p.log_text();
+    assert!(log.contains("Permission denied"), "the refusal is reported:\n{log}");
+    assert_eq!(log.matches("whose file cannot be read here").count(), 1, "once:\n{log}");
+    assert_eq!(p.metric("peerd_store_reads_total", &["path=\"grpc\""]), 2.0 * layers.len() as f64);
+    assert_eq!(p.metric("peerd_store_reads_total", &["path=\"file\""]), 0.0);
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
