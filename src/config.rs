@@ -77,6 +77,9 @@ pub struct ContainerdConfig {
     pub namespaces: Vec<String>,
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// containerd's content root (`<root>/io.containerd.content.v1.content`) as mounted here;
+    /// empty: ask containerd (introspection API).
+    pub content_dir: String,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

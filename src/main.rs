@@ -431,6 +431,9 @@ struct RunArgs {
     /// containerd namespace to serve from; repeat for several [default: k8s.io].
     #[arg(long, value_name = "NS")]
     containerd_namespace: Vec<String>,
+    /// containerd's content root as mounted here [default: asked from containerd].
+    #[arg(long, value_name = "DIR")]
+    containerd_content_dir: Option<PathBuf>,
     /// Registry assumed when a request has no `ns` parameter [default: docker.io].
     #[arg(long, value_name = "HOST")]
     default_ns: Option<String>,
@@ -498,6 +501,9 @@ impl RunArgs {
         }
         if !self.containerd_namespace.is_empty() {
             put("containerd.namespaces", v(&self.containerd_namespace));
+        }
+        if let Some(d) = &self.containerd_content_dir {
+            put("containerd.content_dir", v(&d.display().to_string()));
         }
         if let Some(ns) = &self.default_ns {
             put("registry.default_ns", v(ns));

@@ -63,6 +63,8 @@ fn describe() {
     describe_counter!(UPSTREAM_ERRORS, "Upstream registry failures by kind");
     describe_counter!(DIGEST_MISMATCHES, "Content that did not match its digest (response aborted) by source");
     describe_counter!(LOCAL_STORE_ERRORS, "Local content store failures by kind");
+    describe_counter!(crate::store::STORE_READS, "Local blob reads by path (file: containerd's files, grpc)");
+    metrics::describe_gauge!(crate::store::STORE_FAST_PATH, "1 if local blobs are read from containerd's files");
     describe_counter!(EVENTS, "Node events emitted by reason");
     describe_histogram!(PEER_DISCOVERY_DURATION, Unit::Seconds, "Provider lookup duration");
     describe_histogram!(PEERS_FOUND, "Peers returned by a provider lookup");

@@ -87,7 +87,8 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
 
     let store =
         ContainerdStore::new(cfg.containerd.socket.clone(), cfg.containerd.namespaces.clone(), cfg.containerd.timeout)
-            .map_err(|e| NodeError::Setup(e.to_string()))?;
+            .map_err(|e| NodeError::Setup(e.to_string()))?
+            .with_content_dir(Some(cfg.containerd.content_dir.clone().into()));
     match store.probe().await {
         Ok(v) => tracing::info!(namespaces = ?cfg.containerd.namespaces, "local content store: {v}"),
         Err(e) => tracing::warn!(

@@ -1,30 +1,49 @@
-//! Stream adapters on the data path: digest verification, byte accounting and range slicing.
+//! Stream adapters on the data path: digest verification, length checks, byte accounting and
+//! range slicing.
 //! They hold at most one chunk, so memory stays bounded whatever the body size.
 
 use crate::oci::{Digest, Hasher};
 use crate::store::ByteStream;
 use bytes::Bytes;
 use futures_util::Stream;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use tokio::task::JoinHandle;
 
 /// Hashes a body while it streams and releases the last chunk only once the digest (and the
 /// expected length, when known) check out. On a mismatch the stream ends with an error instead
 /// of its last chunk, so the HTTP layer cuts the connection and the client never sees a complete,
 /// clean body with the wrong bytes. `on_mismatch` runs once when that happens.
-/// Called once with the expected digest and what went wrong.
-type OnMismatch = Box<dyn FnOnce(&Digest, &str) + Send>;
-
+///
+/// Hashing runs beside the I/O, not on the socket's thread: chunks are collected into batches of
+/// [`HASH_BATCH`] bytes and each batch is hashed by a `spawn_blocking` task while the next one
+/// arrives (the chunks are shared, not copied). At most one batch is being hashed and one
+/// collected, so memory stays bounded; a body that outruns the hash waits for it. The last,
+/// partial batch (all of a small body) is hashed inline at the end.
 pub struct Verify {
     inner: ByteStream,
+    /// The hash state while no batch is being hashed aside; `None` once verified or failed.
     hasher: Option<Hasher>,
+    /// The batch being hashed aside, which hands the hash state back.
+    hashing: Option<JoinHandle<Hasher>>,
+    batch: Vec<Bytes>,
+    batch_len: usize,
+    ended: bool,
+    done: bool,
     expected: Digest,
     expected_len: Option<u64>,
     seen: u64,
     held: Option<Bytes>,
     on_mismatch: Option<OnMismatch>,
 }
+
+/// Bytes hashed per blocking task (see [`Verify`]).
+pub const HASH_BATCH: usize = 512 << 10;
+
+/// Called once with the expected digest and what went wrong.
+type OnMismatch = Box<dyn FnOnce(&Digest, &str) + Send>;
 
 impl Verify {
     pub fn new(
@@ -36,6 +55,11 @@ impl Verify {
         Self {
             inner,
             hasher: Some(Hasher::new(expected.algorithm())),
+            hashing: None,
+            batch: Vec::new(),
+            batch_len: 0,
+            ended: false,
+            done: false,
             expected,
             expected_len,
             seen: 0,
@@ -45,12 +69,55 @@ impl Verify {
     }
 
     fn fail(&mut self, why: String) -> Poll<Option<io::Result<Bytes>>> {
-        self.hasher = None;
-        self.held = None;
+        self.stop();
         if let Some(f) = self.on_mismatch.take() {
             f(&self.expected, &why);
         }
         Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::InvalidData, why))))
+    }
+
+    /// Drop everything held; the stream ends after the item being returned.
+    fn stop(&mut self) {
+        self.done = true;
+        self.held = None;
+        self.hasher = None;
+        self.hashing = None;
+        self.batch.clear();
+    }
+
+    /// Hash the collected batch on a blocking thread.
+    fn hash_aside(&mut self) {
+        if let Some(mut h) = self.hasher.take() {
+            let batch = std::mem::take(&mut self.batch);
+            self.batch_len = 0;
+            self.hashing = Some(tokio::task::spawn_blocking(move || {
+                for b in &batch {
+                    h.update(b);
+                }
+                h
+            }));
+        }
+    }
+
+    /// The whole body is in and the last batch hashed: compare, then release the held chunk.
+    fn conclude(&mut self) -> Poll<Option<io::Result<Bytes>>> {
+        let Some(mut h) = self.hasher.take() else {
+            return self.fail(format!("{}: hash state lost", self.expected));
+        };
+        for b in self.batch.drain(..) {
+            h.update(&b);
+        }
+        let actual = h.finish();
+        if let Some(n) = self.expected_len.filter(|&n| n != self.seen) {
+            let why = format!("{} ended after {} of {n} bytes", self.expected, self.seen);
+            return self.fail(why);
+        }
+        if actual != self.expected {
+            let why = format!("digest mismatch: expected {}, content hashes to {actual}", self.expected);
+            return self.fail(why);
+        }
+        self.done = true;
+        Poll::Ready(self.held.take().map(Ok))
     }
 }
 
@@ -60,9 +127,25 @@ impl Stream for Verify {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         loop {
-            if this.hasher.is_none() {
+            if this.done {
                 // Verified and drained, or already failed.
                 return Poll::Ready(this.held.take().map(Ok));
+            }
+            // The hash state is needed back when a batch is full or the body has ended.
+            if let Some(task) = this.hashing.as_mut().filter(|_| this.ended || this.batch_len >= HASH_BATCH) {
+                match ready!(Pin::new(task).poll(cx)) {
+                    Ok(h) => {
+                        this.hashing = None;
+                        this.hasher = Some(h);
+                    }
+                    Err(e) => return this.fail(format!("{}: hashing task failed: {e}", this.expected)),
+                }
+            }
+            if this.ended {
+                return this.conclude();
+            }
+            if this.batch_len >= HASH_BATCH {
+                this.hash_aside();
             }
             match ready!(this.inner.as_mut().poll_next(cx)) {
                 Some(Ok(chunk)) => {
@@ -72,36 +155,66 @@ impl Stream for Verify {
                             format!("{} is longer than its {} bytes", this.expected, this.expected_len.unwrap_or(0));
                         return this.fail(why);
                     }
-                    if let Some(h) = this.hasher.as_mut() {
-                        h.update(&chunk);
+                    if chunk.is_empty() {
+                        continue;
                     }
+                    this.batch_len += chunk.len();
+                    this.batch.push(chunk.clone());
                     if let Some(prev) = this.held.replace(chunk) {
                         return Poll::Ready(Some(Ok(prev)));
                     }
                 }
                 Some(Err(e)) => {
-                    this.held = None;
-                    this.hasher = None;
+                    this.stop();
                     return Poll::Ready(Some(Err(e)));
                 }
-                None => {
-                    let actual = this.hasher.take().map(Hasher::finish);
-                    if let Some(n) = this.expected_len.filter(|&n| n != this.seen) {
-                        let why = format!("{} ended after {} of {n} bytes", this.expected, this.seen);
-                        return this.fail(why);
-                    }
-                    if actual.as_ref() != Some(&this.expected) {
-                        let why = format!(
-                            "digest mismatch: expected {}, content hashes to {}",
-                            this.expected,
-                            actual.map(|d| d.to_string()).unwrap_or_default()
-                        );
-                        return this.fail(why);
-                    }
-                    return Poll::Ready(this.held.take().map(Ok));
-                }
+                None => this.ended = true,
             }
         }
+    }
+}
+
+/// Passes a body through unchanged but ends it with an error if it is longer or shorter than
+/// `expected` bytes: for content that is not hashed on its way out, a body cut short or overlong
+/// is never delivered as if it were whole.
+pub struct Exact {
+    inner: ByteStream,
+    left: u64,
+    expected: u64,
+    done: bool,
+}
+
+impl Exact {
+    pub fn new(inner: ByteStream, expected: u64) -> Self {
+        Self { inner, left: expected, expected, done: false }
+    }
+}
+
+impl Stream for Exact {
+    type Item = io::Result<Bytes>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let item = ready!(self.inner.as_mut().poll_next(cx));
+        let why = match item {
+            Some(Ok(chunk)) if chunk.len() as u64 <= self.left => {
+                self.left -= chunk.len() as u64;
+                return Poll::Ready(Some(Ok(chunk)));
+            }
+            Some(Ok(_)) => format!("body is longer than its {} bytes", self.expected),
+            None if self.left == 0 => {
+                self.done = true;
+                return Poll::Ready(None);
+            }
+            None => format!("body ended after {} of {} bytes", self.expected - self.left, self.expected),
+            Some(Err(e)) => {
+                self.done = true;
+                return Poll::Ready(Some(Err(e)));
+            }
+        };
+        self.done = true;
+        Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::UnexpectedEof, why))))
     }
 }
 
@@ -225,6 +338,56 @@ mod tests {
     async fn verify_empty_blob() {
         let d = Digest::compute(Algorithm::Sha256, b"");
         let (out, err) = drain(Verify::new(chunks(b"", 1), d, Some(0), |_, _| panic!())).await;
+        assert!(out.is_empty() && err.is_none());
+    }
+
+    /// Bodies of several batches: hashed aside, same verdicts as inline.
+    #[tokio::test]
+    async fn verify_large_bodies_hashed_aside() {
+        let big: Vec<u8> = (0..5 * HASH_BATCH + 1234).map(|i| (i * 31 + i / 997) as u8).collect();
+        let big: &'static [u8] = Box::leak(big.into_boxed_slice());
+        let d = Digest::compute(Algorithm::Sha256, big);
+        for chunk in [1000, 64 << 10, HASH_BATCH, 3 * HASH_BATCH] {
+            let (out, err) =
+                drain(Verify::new(chunks(big, chunk), d.clone(), Some(big.len() as u64), |_, _| panic!())).await;
+            assert!(err.is_none(), "{chunk}: {err:?}");
+            assert_eq!(out, big, "{chunk}");
+        }
+        // One byte changed in the middle: never delivered whole, the callback runs once.
+        let mut bad = big.to_vec();
+        bad[2 * HASH_BATCH + 7] ^= 1;
+        let bad: &'static [u8] = Box::leak(bad.into_boxed_slice());
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h = hits.clone();
+        let (out, err) = drain(Verify::new(chunks(bad, 64 << 10), d.clone(), None, move |_, _| {
+            h.fetch_add(1, Ordering::SeqCst);
+        }))
+        .await;
+        assert!(out.len() < bad.len(), "the whole body must never be delivered");
+        assert_eq!(err.unwrap().kind(), io::ErrorKind::InvalidData);
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+        // Short by one byte, with the length known: fails.
+        let (_, err) =
+            drain(Verify::new(chunks(&big[1..], 64 << 10), d.clone(), Some(big.len() as u64), |_, _| {})).await;
+        assert!(err.is_some());
+        // Dropped mid-body while a batch is being hashed: no hang, no panic.
+        let mut s = Verify::new(chunks(big, 64 << 10), d, None, |_, _| panic!());
+        for _ in 0..20 {
+            s.next().await.unwrap().unwrap();
+        }
+        drop(s);
+    }
+
+    #[tokio::test]
+    async fn exact_length() {
+        let (out, err) = drain(Exact::new(chunks(b"hello world", 3), 11)).await;
+        assert_eq!((out.as_slice(), err.is_none()), (&b"hello world"[..], true));
+        let (out, err) = drain(Exact::new(chunks(b"hello world", 3), 12)).await;
+        assert_eq!(out, b"hello world");
+        assert_eq!(err.expect("short body must fail").kind(), io::ErrorKind::UnexpectedEof);
+        let (out, err) = drain(Exact::new(chunks(b"hello world", 3), 5)).await;
+        assert!(err.is_some() && out.len() <= 5, "long body must fail before overrun: {out:?}");
+        let (out, err) = drain(Exact::new(chunks(b"", 1), 0)).await;
         assert!(out.is_empty() && err.is_none());
     }
 

@@ -3,7 +3,9 @@
 //! Sources, in order: the local content store (by digest), then the upstream registry. Tags go
 //! upstream first (they are mutable) and fall back to the local image record only when the
 //! upstream cannot be reached. Every full blob or manifest served by digest is verified while it
-//! streams; a mismatch cuts the connection (see [`crate::stream::Verify`]).
+//! streams; a mismatch cuts the connection (see [`crate::stream::Verify`]). Two exceptions, so
+//! that each byte is hashed once: blobs served to a peer (the peer verifies them) and blobs from a
+//! local store that verified them on ingest (containerd; the client verifies them again).
 
 use super::error::ApiError;
 use super::range::{self, ByteRange, RangeSpec};
@@ -483,10 +485,11 @@ fn blob_body(
     body: ByteStream,
     source: Source,
     to_peer: bool,
+    verify: bool,
 ) -> HttpResponse {
     let (mut b, len, body) = match range {
         // A peer verifies the whole body itself; hashing it here too would double the CPU per byte.
-        None if to_peer => (HttpResponse::Ok(), size, body),
+        None if to_peer || !verify => (HttpResponse::Ok(), size, body),
         None => (HttpResponse::Ok(), size, verified(body, digest, Some(size), source)),
         Some(r) => {
             let mut b = HttpResponse::PartialContent();
@@ -527,8 +530,10 @@ async fn local_blob(
         Err(e) => return Some(Err(e.into())),
     };
     let (offset, len) = range.map_or((0, None), |r| (r.start, Some(r.len())));
-    match st.store.read(digest, offset, len).await {
-        Ok(body) => Some(Ok(blob_body(digest, size, range, body, Source::Local, to_peer))),
+    // Content the store verified on ingest is not hashed again (its length is still checked).
+    let verify = !st.store.content_is_verified();
+    match st.store.read_sized(digest, size, offset, len).await {
+        Ok(body) => Some(Ok(blob_body(digest, size, range, body, Source::Local, to_peer, verify))),
         Err(e) => {
             store_miss(&e, digest);
             None
@@ -727,7 +732,7 @@ async fn upstream_blob(st: &RegistryState, ask: &Ask, repo: &str, digest: &Diges
         // The upstream ignored Range and sent everything: cut our range out of it.
         Box::pin(Slice::new(resp.body, range.start, range.len()))
     };
-    Ok(blob_body(digest, size, Some(range), body, Source::Upstream, false))
+    Ok(blob_body(digest, size, Some(range), body, Source::Upstream, false, true))
 }
 
 /// A request from another peerd (already authenticated): serve only what this node holds.

@@ -3,6 +3,7 @@
 //! Both pass the same conformance checks (`conformance` below).
 
 pub mod containerd;
+pub mod file;
 pub mod memory;
 
 use crate::oci::Digest;
@@ -10,6 +11,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::Stream;
 use std::pin::Pin;
+
+/// Blob reads by `path`: `file` (containerd's content files) or `grpc` (containerd's API).
+pub const STORE_READS: &str = "peerd_store_reads_total";
+/// 1 when local blobs are read from containerd's content files, 0 when through gRPC only.
+pub const STORE_FAST_PATH: &str = "peerd_store_fast_path";
 
 /// A body travelling from a source to an HTTP response. Never buffered whole, never sent
 /// through an actor mailbox.
@@ -48,6 +54,29 @@ pub trait ContentStore: Send + Sync + 'static {
     async fn size(&self, digest: &Digest) -> Result<Option<u64>, StoreError>;
     /// Stream `len` bytes (all when `None`) from `offset`. Fails with `Other` if absent.
     async fn read(&self, digest: &Digest, offset: u64, len: Option<u64>) -> Result<ByteStream, StoreError>;
+    /// [`read`](Self::read) for a caller that just got `size` from [`size`](Self::size): a store
+    /// may skip looking the blob up again. The stream delivers exactly the bytes asked for, or
+    /// ends with an error.
+    async fn read_sized(
+        &self,
+        digest: &Digest,
+        size: u64,
+        offset: u64,
+        len: Option<u64>,
+    ) -> Result<ByteStream, StoreError> {
+        let _ = size;
+        self.read(digest, offset, len).await
+    }
+    /// `true` when every blob this store holds was checked against its digest when it was
+    /// written (containerd names a committed blob by the digest of its bytes), so serving it
+    /// need not hash it again: whoever receives it verifies it once.
+    fn content_is_verified(&self) -> bool {
+        false
+    }
+    /// How this store reads content, for logs and the debug page.
+    fn describe(&self) -> String {
+        "in-memory".into()
+    }
     /// The target of an image name (`host/repo:tag`), if the store has that image.
     async fn resolve(&self, image: &str) -> Result<Option<Descriptor>, StoreError>;
     /// Every image record (name, target).
@@ -97,6 +126,8 @@ pub async fn conformance(store: &dyn ContentStore) {
     assert_eq!(&part[..], b"wor");
     let tail = collect(store.read(&hello, 6, None).await.unwrap(), 100).await.unwrap();
     assert_eq!(&tail[..], b"world");
+    let sized = collect(store.read_sized(&hello, 11, 4, Some(5)).await.unwrap(), 100).await.unwrap();
+    assert_eq!(&sized[..], b"o wor");
     assert!(store.read(&missing, 0, None).await.is_err());
     let d = store.resolve("example.com/app:v1").await.unwrap().unwrap();
     assert_eq!(d.digest, hello);
