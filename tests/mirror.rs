@@ -5,6 +5,7 @@
 mod common;
 use common::*;
 use std::process::Command;
+use std::time::Duration;
 
 fn skopeo(args: &[&str]) -> String {
     let out = Command::new("skopeo").args(args).output().unwrap();
@@ -194,12 +195,21 @@ fn a_2gib_layer_streams_with_bounded_memory() {
 
     // Twice: through a swarm download (the default: chunks spooled to disk) and streamed
     // directly from the upstream (swarming off, as on a node without p2p).
+    // Swarming needs someone to swarm with: the swarm case runs with a second node connected.
+    const SECRET: &str = "mirror-test-cluster-secret-01";
     for (swarm, source) in [("true", "swarm"), ("false", "upstream")] {
-        let peerd = Peerd::start(
-            "127.0.0.1",
-            &["--mirror-host", &reg.addr, "--plain-http-host", &reg.addr, "--containerd-socket", "/nonexistent.sock"],
-            &[("PEERD_SWARM__ENABLED", swarm)],
-        );
+        let env =
+            [("PEERD_SWARM__ENABLED", swarm), ("PEERD_P2P__SECRET", SECRET), ("PEERD_P2P__BOOTSTRAP_INTERVAL", "1s")];
+        let args =
+            ["--mirror-host", &reg.addr, "--plain-http-host", &reg.addr, "--containerd-socket", "/nonexistent.sock"];
+        let peerd = Peerd::start("127.0.0.1", &args, &env);
+        let boot = peerd.p2p.to_string();
+        let mut with_boot = args.to_vec();
+        with_boot.extend(["--bootstrap-peer", boot.as_str()]);
+        let other = Peerd::start("127.0.0.1", &with_boot, &env);
+        wait("the nodes are connected", Duration::from_secs(20), || {
+            get_json(&format!("http://{}/debug/p2p", peerd.http))["connected_peers"].as_u64() >= Some(1)
+        });
         // Warm up the code paths with a small request so one-time allocations are not counted.
         let url = peerd.url(&format!("/v2/test/big/blobs/{digest}?ns={}", reg.addr));
         assert_eq!(curl("GET", &url, &[("Range", "bytes=0-9")]).status, 206);
@@ -218,5 +228,6 @@ fn a_2gib_layer_streams_with_bounded_memory() {
         assert!(grown_mib < 16.0, "{source}: peak RSS grew {grown_mib:.1} MiB streaming 2 GiB");
         let label = format!("source=\"{source}\"");
         assert!(peerd.metric("peerd_served_bytes_total", &[label.as_str()]) >= SIZE as f64, "{source}");
+        drop(other);
     }
 }
