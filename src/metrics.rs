@@ -18,6 +18,9 @@ pub const DIGEST_MISMATCHES: &str = "peerd_digest_mismatches_total";
 pub const LOCAL_STORE_ERRORS: &str = "peerd_local_store_errors_total";
 /// Events emitted, by `reason`.
 pub const EVENTS: &str = "peerd_events_total";
+/// Tags answered from a local image record or a peer because the upstream was unreachable
+/// (possibly an older image than the registry's), by `source`.
+pub const STALE_TAGS: &str = "peerd_stale_tags_total";
 
 /// Where a response's bytes came from (the `source` label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +67,7 @@ fn describe() {
     describe_counter!(DIGEST_MISMATCHES, "Content that did not match its digest (response aborted) by source");
     describe_counter!(LOCAL_STORE_ERRORS, "Local content store failures by kind");
     describe_counter!(EVENTS, "Node events emitted by reason");
+    describe_counter!(STALE_TAGS, "Tags served as last seen locally or by a peer while the upstream was unreachable");
     describe_histogram!(PEER_DISCOVERY_DURATION, Unit::Seconds, "Provider lookup duration");
     describe_histogram!(PEERS_FOUND, "Peers returned by a provider lookup");
     describe_counter!(PEER_FETCH_BYTES, Unit::Bytes, "Bytes fetched from peers");
@@ -80,6 +84,7 @@ fn describe() {
     describe_counter!(crate::blobs::PREFETCH_FILES, "/blobs files queued for prefetch");
     describe_counter!(crate::blobs::PREFETCH_CHUNKS, "/blobs chunks prefetched");
     crate::swarm::describe();
+    crate::actors::fetch::describe();
 }
 
 /// Time from starting a provider lookup to its end (enough peers, exhausted, or abandoned).

@@ -278,6 +278,8 @@ async fn start_p2p(cfg: &Config, store: Arc<dyn ContentStore>, events: &Addr<Eve
     let path = PeerPath {
         locate: fetch.clone().recipient(),
         report: fetch.clone().recipient(),
+        corrupt: fetch.clone().recipient(),
+        suspect: fetch.clone().recipient(),
         served: fetch.recipient(),
         client: Arc::new(client),
         key,
