@@ -242,7 +242,7 @@ async fn start_p2p(cfg: &Config, store: Arc<dyn ContentStore>, events: &Addr<Eve
             "NO CLUSTER SECRET (p2p.secret / p2p.secret_file): any host that reaches these ports can join the DHT and fetch content"
         );
     }
-    let keypair = crate::peer::identity::load_or_create(&p.data_dir).map_err(NodeError::Setup)?;
+    let keypair = crate::peer::identity::load_or_create(&p.data_dir).map_err(|e| NodeError::Setup(e.to_string()))?;
     let peer_id = keypair.public().to_peer_id().to_base58();
     let rcfg = RouterConfig {
         listen: p.addr,

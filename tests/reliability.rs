@@ -151,3 +151,162 @@ fn one_corrupt_peer_does_not_fail_other_nodes_pulls() {
     assert_eq!(sum_metric(&text, "peerd_digest_mismatches_total", &["source=\"peer\""]), 1.0, "A asked once");
     assert_eq!(sum_metric(&text, "peerd_peer_rests_total", &["reason=\"digest_mismatch\""]), 1.0);
 }
+
+/// A small tmpfs mounted for one test, unmounted (lazily, so a still-open file cannot keep it)
+/// when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", dir.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount tmpfs: {}", String::from_utf8_lossy(&out.stderr));
+        Tmpfs(dir.to_owned())
+    }
+
+    /// Write a file until the filesystem is full.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.0.join("filler")).unwrap();
+        let block = vec![0x5a; 64 << 10];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+        let out = Command::new("df").arg("-B1").arg("--output=avail").arg(&self.0).output().unwrap();
+        let avail: u64 = String::from_utf8_lossy(&out.stdout).lines().nth(1).unwrap().trim().parse().unwrap();
+        assert!(avail < 64 << 10, "the filesystem is full: {avail} bytes left");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Files under `dir` whose name contains `mark`.
+fn files_named(dir: &std::path::Path, mark: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if e.file_name().to_string_lossy().contains(mark) {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+/// Finding 5: with `data_dir` full, /v2 blobs of 1 MiB and more (the swarm path, which spools
+/// to disk) came back 200 with 0 bytes. They must stream straight through, complete and
+/// verified; so must /blobs reads whose chunks cannot be cached; and leftovers of an earlier
+/// run (spools, temporary files) are removed at start — only those.
+#[test]
+fn a_full_disk_streams_blobs_straight_through() {
+    if !require("full_disk", &["docker-registry", "skopeo", "umoci", "busybox", "curl", "mount", "df"], true) {
+        return;
+    }
+    let (work, reg, info) = registry_with_images("pd-fd");
+    let (layer, size) = image_layers(&info, "multi").into_iter().max_by_key(|(_, s)| *s).unwrap();
+    assert!(size > 3 << 20, "the test needs a layer larger than the disk: {size}");
+    let disk = Tmpfs::mount(&work.path().join("data"), "2m");
+    // Leftovers of an earlier run, and a file that is not peerd's.
+    let swarm_dir = disk.0.join("swarm");
+    std::fs::create_dir_all(&swarm_dir).unwrap();
+    let leftover = swarm_dir.join(format!("{}.peerd-spool", "ab".repeat(32)));
+    std::fs::write(&leftover, b"partial").unwrap();
+    std::fs::write(swarm_dir.join("keep.me"), b"not peerd's").unwrap();
+    let meta = disk.0.join("blobs/meta");
+    std::fs::create_dir_all(&meta).unwrap();
+    std::fs::write(meta.join(format!("{}.peerd-tmp", "cd".repeat(32))), b"partial").unwrap();
+
+    let allowed = format!("[\"http://{}\"]", reg.addr);
+    let peerd = Peerd::start_on(
+        "127.0.0.1",
+        Ports::free("127.0.0.1"),
+        Some(&disk.0),
+        // p2p on (a node alone): swarming, and its spool, is between nodes.
+        &["--mirror-host", &reg.addr, "--plain-http-host", &reg.addr, "--containerd-socket", "/nonexistent.sock"],
+        &[
+            ("PEERD_P2P__SECRET", SECRET),
+            ("PEERD_BLOBS__ALLOWED_HOSTS", allowed.as_str()),
+            ("PEERD_LOG__LEVEL", "info,peerd=debug"),
+        ],
+    );
+    peerd.wait_ready();
+    assert!(!leftover.exists(), "a spool of an earlier run is removed");
+    assert!(swarm_dir.join("keep.me").exists(), "a file that is not peerd's stays");
+    assert!(files_named(&meta, ".peerd-tmp").is_empty(), "temporary metadata of an earlier run is removed");
+    disk.fill();
+
+    let ns = reg.addr.replace(':', "%3A");
+    let v2 = curl("GET", &peerd.url(&format!("/v2/test/multi/blobs/{layer}?ns={ns}")), &[]);
+    assert_eq!(v2.status, 200);
+    assert!(v2.curl_ok, "the body was cut");
+    assert_eq!(v2.body.len() as u64, size, "complete body");
+    assert_eq!(format!("sha256:{}", sha256_hex(&v2.body)), layer, "verified body");
+    let tail = curl("GET", &peerd.url(&format!("/v2/test/multi/blobs/{layer}?ns={ns}")), &[("Range", "bytes=1000-")]);
+    assert_eq!((tail.status, tail.body.as_slice()), (206, &v2.body[1000..]));
+    assert!(peerd.log_text().contains("no disk room for a swarm spool"), "said why it did not spool");
+
+    let url = format!("/blobs/http://{}/v2/test/multi/blobs/{layer}", reg.addr);
+    let blobs = curl("GET", &peerd.url(&url), &[]);
+    assert_eq!((blobs.status, blobs.body.len() as u64), (200, size));
+    assert_eq!(format!("sha256:{}", sha256_hex(&blobs.body)), layer);
+    assert!(files_named(&disk.0, ".peerd-spool").is_empty() && files_named(&disk.0, "tmp").is_empty());
+    drop(peerd);
+}
+
+/// Finding 8: client-controlled sizes must not make log lines big. A 16 KiB path and an 8 KiB
+/// peer node header (on a request the node rejects and logs) stay under 1 KiB per line.
+#[test]
+fn log_lines_stay_small_whatever_the_client_sends() {
+    if !require("log_amplification", &["curl"], false) {
+        return;
+    }
+    let peerd = Peerd::start(
+        "127.0.0.1",
+        &["--containerd-socket", "/nonexistent.sock"],
+        &[("PEERD_P2P__SECRET", SECRET), ("PEERD_LOG__LEVEL", "debug")],
+    );
+    let long_path = format!("/v2/{}/blobs/sha256:{}", "a/".repeat(8 << 10), "0".repeat(64));
+    let r = curl("GET", &peerd.url(&long_path), &[]);
+    assert!(r.status >= 400, "{}", r.status);
+    let node = "n".repeat(8 << 10);
+    let target = format!("/v2/test/app/blobs/sha256:{}?ns=127.0.0.1", "0".repeat(64));
+    let r = curl("GET", &peerd.url(&target), &[("X-MS-Peerd-RequestFromPeer", "true"), ("X-MS-Peerd-Node", &node)]);
+    assert_eq!(r.status, 401);
+    wait("the rejection is logged", Duration::from_secs(5), || peerd.log_text().contains("rejected a peer request"));
+    let log = peerd.log_text();
+    let longest = log.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 1024, "a log line of {longest} bytes: {}", log.lines().max_by_key(|l| l.len()).unwrap());
+}
+
+/// Finding 8: an empty `identity.key` (a crash or a full disk mid-write) made peerd exit with a
+/// misleading "rsa feature" error, over and over. It must name the file, say what is wrong and
+/// how to fix it, and leave the file alone (a new key is a new peer id: the operator decides).
+#[test]
+fn an_empty_identity_key_is_explained_not_replaced() {
+    let data = tempdir("pd-id");
+    let key = data.path().join("identity.key");
+    std::fs::write(&key, b"").unwrap();
+    let port = || format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let out = Command::new(env!("CARGO_BIN_EXE_peerd"))
+        .args(["run", "--data-dir", data.path().to_str().unwrap(), "--containerd-socket", "/nonexistent.sock"])
+        .args(["--http-addr", &port(), "--metrics-addr", &port(), "--p2p-addr", &port()])
+        .env("PEERD_P2P__SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "peerd must not start without its identity");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(key.to_str().unwrap()) && stderr.contains("is empty"), "{stderr}");
+    assert!(stderr.contains("Delete the file"), "{stderr}");
+    assert!(!stderr.contains("rsa"), "{stderr}");
+    assert_eq!(std::fs::read(&key).unwrap().len(), 0, "not replaced unasked");
+}

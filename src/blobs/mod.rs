@@ -186,6 +186,8 @@ pub struct BlobsState {
     interest: DashMap<String, Interest>,
     /// Owners that could not be reached, until when they are skipped.
     dead: DashMap<String, Instant>,
+    /// When "no disk room" was last logged.
+    no_room_warned: std::sync::atomic::AtomicU64,
 }
 
 fn bad(code: &'static str, status: StatusCode, message: String) -> ApiError {
@@ -227,6 +229,12 @@ impl BlobsState {
         let workers = cfg.prefetch_workers;
         let meta_dir = cache_dir.join("meta");
         std::fs::create_dir_all(&meta_dir).map_err(|e| format!("{}: {e}", meta_dir.display()))?;
+        // Temporary files of interrupted metadata writes (only ours, by their mark).
+        for entry in std::fs::read_dir(&meta_dir).map_err(|e| format!("{}: {e}", meta_dir.display()))?.flatten() {
+            if entry.file_name().to_string_lossy().ends_with(cache::TMP_MARK) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         Ok(BlobsState {
             cfg,
             allow,
@@ -242,6 +250,7 @@ impl BlobsState {
             sources: DashMap::new(),
             interest: DashMap::new(),
             dead: DashMap::new(),
+            no_room_warned: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -328,9 +337,15 @@ impl BlobsState {
         }
         let stored = StoredMeta { id: meta.id.clone(), size, etag: meta.etag.clone() };
         if let Ok(json) = serde_json::to_vec(&stored) {
-            let tmp = self.meta_dir.join(format!("{key}.tmp"));
-            if tokio::fs::write(&tmp, json).await.is_ok() {
-                let _ = tokio::fs::rename(&tmp, self.meta_dir.join(&key)).await;
+            let tmp = self.meta_dir.join(format!("{key}{}", cache::TMP_MARK));
+            match tokio::fs::write(&tmp, json).await {
+                Ok(()) => {
+                    let _ = tokio::fs::rename(&tmp, self.meta_dir.join(&key)).await;
+                }
+                // A full disk: the metadata lives in memory; leave no partial file behind.
+                Err(_) => {
+                    let _ = tokio::fs::remove_file(&tmp).await;
+                }
             }
         }
         self.meta.insert(key, meta.clone());
@@ -403,7 +418,12 @@ impl BlobsState {
         };
         metrics::counter!(BLOBS_BYTES, "source" => source).increment(data.len() as u64);
         if let Err(e) = self.cache.put(&meta.id, index, &data).await {
-            tracing::warn!(error = %e, "caching a chunk failed");
+            // Served all the same, straight through. A full disk would say this for every chunk.
+            if e.kind() != std::io::ErrorKind::StorageFull
+                || crate::swarm::spool::warn_now(&self.no_room_warned, Duration::from_secs(60))
+            {
+                tracing::warn!(error = %e, "caching a chunk failed; serving it uncached");
+            }
         } else if let Some(p) = &self.peers {
             let key = format!("{}_{}", meta.id, range.start);
             let router = p.router.clone();

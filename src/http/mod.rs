@@ -99,6 +99,21 @@ fn handler_label(path: &str) -> &'static str {
     }
 }
 
+/// Longest request path written to a log line.
+pub const MAX_LOGGED_PATH: usize = 256;
+
+/// `s` cut to at most `max` bytes (on a character boundary) for a log line, marked when cut.
+pub fn clip(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        return s.into();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…(+{} bytes)", &s[..end], s.len() - end).into()
+}
+
 fn method_label(m: &actix_web::http::Method) -> &'static str {
     match *m {
         actix_web::http::Method::GET => "GET",
@@ -127,7 +142,9 @@ pub async fn observe(
     let cid = correlation_id(&req);
     let handler = handler_label(req.path());
     let method = method_label(req.method());
-    let span = tracing::info_span!("request", correlation_id = %cid, method = %req.method(), path = %req.path());
+    // The path and method are the client's: clipped, so no request makes a log line bigger than
+    // a few hundred bytes (every line of the request's span carries them).
+    let span = tracing::info_span!("request", correlation_id = %cid, method = %clip(req.method().as_str(), 16), path = %clip(req.path(), MAX_LOGGED_PATH));
     let mut res = next.call(req).instrument(span.clone()).await?;
     let status = res.status().as_u16();
     let source = res.response().extensions().get::<Source>().map_or("none", |s| s.as_str());

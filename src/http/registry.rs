@@ -741,7 +741,8 @@ pub fn authenticate_peer(req: &HttpRequest, key: Option<&ClusterKey>) -> Result<
         Ok(()) => Ok(nonce),
         Err(e) => {
             metrics::counter!(PEER_AUTH_FAILURES, "kind" => "http").increment(1);
-            tracing::warn!(from = ?req.peer_addr(), node = ?h(NODE_HEADER), error = %e, "rejected a peer request");
+            let node = h(NODE_HEADER).map(|n| super::clip(&n, 64).into_owned());
+            tracing::warn!(from = ?req.peer_addr(), node = ?node, error = %e, "rejected a peer request");
             Err(actix_web::ResponseError::error_response(&ApiError::Unauthorized { www_authenticate: None }))
         }
     }
