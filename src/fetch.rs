@@ -11,7 +11,7 @@ use crate::oci::Digest;
 use crate::peer::client::PeerClient;
 use crate::routing::Peer;
 use crate::store::ByteStream;
-use crate::stream::{Count, Slice, Verify};
+use crate::stream::{Count, Pieces, Slice, Verify, MAX_PIECE};
 use crate::upstream::{UpstreamError, UpstreamRequest};
 use actix::Recipient;
 use async_trait::async_trait;
@@ -144,9 +144,10 @@ impl Opener for UpstreamOpener {
 }
 
 /// Count the bytes of `body` as served from `source`.
+/// Served bodies go out in pieces of at most [`MAX_PIECE`], so a stalled client pins little.
 pub fn counted(body: ByteStream, source: Source) -> ByteStream {
     let counter = metrics::counter!(SERVED_BYTES, "source" => source.as_str());
-    Box::pin(Count::new(body, move |n| counter.increment(n)))
+    Box::pin(Pieces::new(Box::pin(Count::new(body, move |n| counter.increment(n))), MAX_PIECE))
 }
 
 /// Open the whole blob from the first source that answers. Sources are tried in order; when the

@@ -186,6 +186,7 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
             .configure(front::health)
             .default_service(web::to(front::not_found))
     })
+    .on_connect(front::write_timeout(cfg.http.write_timeout))
     .shutdown_timeout(cfg.http.shutdown_timeout.as_secs())
     .max_connections(cfg.http.max_connections);
     if cfg.http.workers > 0 {

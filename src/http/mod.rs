@@ -99,6 +99,26 @@ fn handler_label(path: &str) -> &'static str {
     }
 }
 
+/// An `HttpServer::on_connect` hook giving every accepted connection a write timeout: the
+/// kernel closes a connection whose sent bytes stay unacknowledged — or whose client keeps a
+/// zero receive window, i.e. reads nothing — for longer than `timeout` (`TCP_USER_TIMEOUT`;
+/// Linux applies it to zero-window probes too). actix-web has no write timeout of its own: a
+/// response to a client that stopped reading is never polled again, so without this it keeps
+/// its buffers and upstream connection forever. `0` leaves the system default.
+pub fn write_timeout(timeout: std::time::Duration) -> impl Fn(&dyn std::any::Any, &mut actix_web::dev::Extensions) {
+    let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+    move |conn, _| {
+        if ms == 0 {
+            return;
+        }
+        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+            if let Err(e) = rustix::net::sockopt::set_tcp_user_timeout(tcp, ms) {
+                tracing::debug!(error = %e, "cannot set TCP_USER_TIMEOUT");
+            }
+        }
+    }
+}
+
 /// Longest request path written to a log line.
 pub const MAX_LOGGED_PATH: usize = 256;
 
