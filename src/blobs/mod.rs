@@ -190,6 +190,40 @@ pub struct BlobsState {
     no_room_warned: std::sync::atomic::AtomicU64,
 }
 
+/// The upstream URL of a `/blobs/<URL>` request (its raw path and query): an http(s) URL with a
+/// host, no credentials, not a link-local or metadata address, and allowed by `allow`. Pure, so
+/// it can be fuzzed (`tests/fuzz.rs`).
+pub fn parse_blob_url(path: &str, query: Option<&str>, allow: &[AllowRule]) -> Result<url::Url, ApiError> {
+    let raw = path.strip_prefix("/blobs/").unwrap_or("");
+    let full = match query {
+        Some(q) => format!("{raw}?{q}"),
+        None => raw.to_owned(),
+    };
+    let url = url::Url::parse(&full).map_err(|e| ApiError::NameInvalid(format!("malformed blob URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(ApiError::NameInvalid("blob URL must be http(s)://host/path".into()));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(ApiError::NameInvalid("blob URL must not carry credentials".into()));
+    }
+    let literal_ip = match url.host() {
+        Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+        _ => None,
+    };
+    if literal_ip.is_some_and(forbidden_ip) {
+        return Err(bad("DENIED", StatusCode::FORBIDDEN, "link-local and metadata addresses are refused".into()));
+    }
+    if !allow.iter().any(|r| r.allows(&url)) {
+        return Err(bad(
+            "DENIED",
+            StatusCode::FORBIDDEN,
+            format!("{}://{} is not in blobs.allowed_hosts", url.scheme(), url.host_str().unwrap_or("")),
+        ));
+    }
+    Ok(url)
+}
+
 fn bad(code: &'static str, status: StatusCode, message: String) -> ApiError {
     match status {
         StatusCode::FORBIDDEN => ApiError::Forbidden(message),
@@ -260,37 +294,9 @@ impl BlobsState {
 
     /// Parse and police the upstream URL of a request.
     fn upstream_url(&self, req: &HttpRequest) -> Result<url::Url, ApiError> {
-        let raw = req.uri().path().strip_prefix("/blobs/").unwrap_or("");
-        let full = match req.uri().query() {
-            Some(q) => format!("{raw}?{q}"),
-            None => raw.to_owned(),
-        };
-        let url = url::Url::parse(&full).map_err(|e| ApiError::NameInvalid(format!("malformed blob URL: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(ApiError::NameInvalid("blob URL must be http(s)://host/path".into()));
-        }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(ApiError::NameInvalid("blob URL must not carry credentials".into()));
-        }
-        let literal_ip = match url.host() {
-            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
-            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
-            _ => None,
-        };
-        if literal_ip.is_some_and(forbidden_ip) {
-            return Err(bad("DENIED", StatusCode::FORBIDDEN, "link-local and metadata addresses are refused".into()));
-        }
-        if !self.allow.iter().any(|r| r.allows(&url)) {
-            return Err(bad(
-                "DENIED",
-                StatusCode::FORBIDDEN,
-                format!("{}://{} is not in blobs.allowed_hosts", url.scheme(), url.host_str().unwrap_or("")),
-            ));
-        }
-        Ok(url)
+        parse_blob_url(req.uri().path(), req.uri().query(), &self.allow)
     }
 
-    /// The file's identity and size: revalidated by HEAD, or remembered when the upstream is down.
     async fn metadata(&self, url: &url::Url) -> Result<Meta, ApiError> {
         let key = hex_sha256(url.as_str().as_bytes());
         if let Some(m) = self.meta.get(&key).filter(|m| m.checked.elapsed() < self.cfg.revalidate_after) {
