@@ -62,8 +62,12 @@ impl Spool {
         // From here the file is removed on any failure (Drop).
         let spool = Spool { file, path };
         if size > 0 {
-            rustix::fs::fallocate(&spool.file, rustix::fs::FallocateFlags::empty(), 0, size)
-                .map_err(std::io::Error::from)?;
+            match rustix::fs::fallocate(&spool.file, rustix::fs::FallocateFlags::empty(), 0, size) {
+                Ok(()) => {}
+                // A filesystem without fallocate: a sparse file (the free-space check still ran).
+                Err(rustix::io::Errno::OPNOTSUPP) => spool.file.set_len(size)?,
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(Arc::new(spool))
     }
