@@ -126,19 +126,9 @@ fn one_corrupt_peer_does_not_fail_other_nodes_pulls() {
     *bytes.last_mut().unwrap() ^= 0x01;
     std::fs::write(&path, &bytes).unwrap();
 
-    // B: containerd's pull (whole read from A fails verification, containerd resumes the rest
-    // with a Range request) succeeds, and A is rested.
-    b.containerd.pull(&b.hosts, &image);
-    let text = b.peerd.metrics_text();
-    assert!(sum_metric(&text, "peerd_peer_rests_total", &["reason=\"digest_mismatch\""]) >= 1.0, "A rested");
-    assert!(sum_metric(&text, "peerd_digest_mismatches_total", &["source=\"peer\""]) >= 1.0);
-    assert!(sum_metric(&text, "peerd_peer_fetch_failures_total", &["reason=\"digest_mismatch\""]) >= 1.0);
-    assert!(b.peerd.log_text().contains("resting it"));
-    let pulled = std::fs::read(content_file(&b.containerd, &layer)).unwrap();
-    assert_eq!(format!("sha256:{}", sha256_hex(&pulled)), layer, "B's containerd holds the right layer");
-
-    // C, with plain HTTP: the first whole read is cut (never a complete wrong body); the next
-    // whole read avoids A and is complete; a resumed range comes from the upstream, right.
+    // C, with plain HTTP (first, while A is the only holder): the first whole read is cut (never
+    // a complete wrong body); the next whole read avoids A and is complete; a resumed range
+    // comes from the upstream, right.
     let url = c.peerd.url(&format!("/v2/test/multi/blobs/{layer}?ns={}", reg.addr.replace(':', "%3A")));
     let first = curl("GET", &url, &[]);
     assert!(!first.curl_ok && (first.body.len() as u64) < size, "a corrupt whole body is cut short");
@@ -150,6 +140,17 @@ fn one_corrupt_peer_does_not_fail_other_nodes_pulls() {
     let text = c.peerd.metrics_text();
     assert_eq!(sum_metric(&text, "peerd_digest_mismatches_total", &["source=\"peer\""]), 1.0, "A asked once");
     assert_eq!(sum_metric(&text, "peerd_peer_rests_total", &["reason=\"digest_mismatch\""]), 1.0);
+
+    // B (where A is not rested yet): containerd's pull (the whole read from A fails
+    // verification, containerd resumes the rest with a Range request) succeeds; A is rested.
+    b.containerd.pull(&b.hosts, &image);
+    let text = b.peerd.metrics_text();
+    assert!(sum_metric(&text, "peerd_peer_rests_total", &["reason=\"digest_mismatch\""]) >= 1.0, "A rested");
+    assert!(sum_metric(&text, "peerd_digest_mismatches_total", &["source=\"peer\""]) >= 1.0);
+    assert!(sum_metric(&text, "peerd_peer_fetch_failures_total", &["reason=\"digest_mismatch\""]) >= 1.0);
+    assert!(b.peerd.log_text().contains("resting it"));
+    let pulled = std::fs::read(content_file(&b.containerd, &layer)).unwrap();
+    assert_eq!(format!("sha256:{}", sha256_hex(&pulled)), layer, "B's containerd holds the right layer");
 }
 
 /// A small tmpfs mounted for one test, unmounted (lazily, so a still-open file cannot keep it)
