@@ -3,9 +3,10 @@ CARGO ?= cargo
 ARGS ?=
 IMAGE_ARGS ?=
 BENCH_ARGS ?=
+FUZZ_CASES ?= 1000000
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build release image run config test test-unit test-integration lint fmt bench chart-check clean
+.PHONY: help deps build release image run config test test-unit test-integration lint fmt bench chart-check clean fuzz
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -38,6 +39,9 @@ test-unit: ## Unit tests only (no external components)
 
 test-integration: ## Integration tests (registry, containerd, peerd processes; needs root)
 	PEERD_REQUIRE_INTEGRATION=1 $(CARGO) test --tests --locked -- --test-threads 2
+
+fuzz: ## Property tests of every network-reachable parser, 1,000,000 cases each (release; FUZZ_CASES=N)
+	PEERD_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release --locked --test fuzz -- --test-threads 2
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --check

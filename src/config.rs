@@ -39,6 +39,9 @@ pub struct HttpConfig {
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     pub max_connections: usize,
+    /// A connection whose client takes no bytes for this long is closed (TCP_USER_TIMEOUT).
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

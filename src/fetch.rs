@@ -3,13 +3,15 @@
 //! the next source (another peer, finally the upstream). The client sees one body; the caller
 //! wraps it in [`crate::stream::Verify`] so the assembled bytes are checked against the digest.
 
+use crate::actors::fetch::Corrupt;
 use crate::actors::upstream::Fetch;
 use crate::http::range::ByteRange;
 use crate::metrics::{Source, PEER_FETCH_FAILURES, SERVED_BYTES};
+use crate::oci::Digest;
 use crate::peer::client::PeerClient;
 use crate::routing::Peer;
 use crate::store::ByteStream;
-use crate::stream::{Count, Slice};
+use crate::stream::{Count, Pieces, Slice, Verify, MAX_PIECE};
 use crate::upstream::{UpstreamError, UpstreamRequest};
 use actix::Recipient;
 use async_trait::async_trait;
@@ -38,6 +40,11 @@ pub trait Opener: Send + Sync {
     async fn open(&self, range: Option<ByteRange>) -> Result<Opened, String>;
     /// The blob's size.
     async fn size(&self) -> Result<u64, String>;
+    /// The peer behind this source (`None` for the upstream): who is blamed when the assembled
+    /// body does not match its digest.
+    fn peer_id(&self) -> Option<String> {
+        None
+    }
 }
 
 pub struct PeerOpener {
@@ -64,6 +71,9 @@ impl Opener for PeerOpener {
     }
     fn label(&self) -> String {
         format!("peer {}", self.peer.id)
+    }
+    fn peer_id(&self) -> Option<String> {
+        Some(self.peer.id.clone())
     }
     async fn open(&self, range: Option<ByteRange>) -> Result<Opened, String> {
         match self.client.fetch(&self.peer, &self.target, false, range, None).await {
@@ -134,9 +144,10 @@ impl Opener for UpstreamOpener {
 }
 
 /// Count the bytes of `body` as served from `source`.
+/// Served bodies go out in pieces of at most [`MAX_PIECE`], so a stalled client pins little.
 pub fn counted(body: ByteStream, source: Source) -> ByteStream {
     let counter = metrics::counter!(SERVED_BYTES, "source" => source.as_str());
-    Box::pin(Count::new(body, move |n| counter.increment(n)))
+    Box::pin(Pieces::new(Box::pin(Count::new(body, move |n| counter.increment(n))), MAX_PIECE))
 }
 
 /// Open the whole blob from the first source that answers. Sources are tried in order; when the
@@ -146,7 +157,7 @@ pub fn counted(body: ByteStream, source: Source) -> ByteStream {
 pub async fn open_first(
     sources: Vec<Arc<dyn Opener>>,
     hedge: Duration,
-) -> Result<(Opened, Source, VecDeque<Arc<dyn Opener>>), String> {
+) -> Result<(Opened, Arc<dyn Opener>, VecDeque<Arc<dyn Opener>>), String> {
     let mut queue: VecDeque<Arc<dyn Opener>> = sources.into();
     let mut racing = FuturesUnordered::new();
     let mut in_race: Vec<Arc<dyn Opener>> = Vec::new();
@@ -170,7 +181,7 @@ pub async fn open_first(
                     let mut rest: VecDeque<Arc<dyn Opener>> =
                         in_race.iter().enumerate().filter(|(i, _)| *i != idx).map(|(_, o)| o.clone()).collect();
                     rest.extend(queue);
-                    return Ok((opened, winner.source(), rest));
+                    return Ok((opened, winner, rest));
                 }
                 Ok(_) => last_error = format!("{} sent no size", in_race[idx].label()),
                 Err(e) => {
@@ -190,12 +201,47 @@ pub async fn open_first(
     }
 }
 
+/// A whole blob from `peers` (hedged start; resumed from the next peer, finally `upstream`, when
+/// a source fails mid-body), verified against `digest` as it streams. When the assembled body
+/// does not match, `on_mismatch` runs and every peer whose bytes went into it is reported to
+/// `corrupt` (it rests, and the digest becomes suspect), so the next attempt avoids it.
+pub async fn verified_whole(
+    peers: Vec<Arc<dyn Opener>>,
+    upstream: Arc<dyn Opener>,
+    hedge: Duration,
+    digest: &Digest,
+    corrupt: Option<Recipient<Corrupt>>,
+    on_mismatch: impl FnOnce(&Digest, &str) + Send + 'static,
+) -> Result<(ByteStream, u64, Source), String> {
+    let (opened, winner, mut rest) = open_first(peers, hedge).await?;
+    rest.push_back(upstream);
+    let size = opened.size.unwrap_or(0);
+    let source = winner.source();
+    let whole = Resume::new(opened.body, source, rest, 0, size.saturating_sub(1)).first_peer(winner.peer_id());
+    let contributors = whole.contributors();
+    let body: ByteStream = if size == 0 { Box::pin(futures_util::stream::empty()) } else { Box::pin(whole) };
+    let verified = Verify::new(body, digest.clone(), Some(size), move |d, why| {
+        on_mismatch(d, why);
+        let peers = contributors.take();
+        metrics::counter!(PEER_FETCH_FAILURES, "reason" => "digest_mismatch").increment(peers.len() as u64);
+        if let Some(c) = corrupt {
+            c.do_send(Corrupt { peers, key: d.to_string() });
+        }
+    });
+    Ok((Box::pin(verified), size, source))
+}
+
 /// A body assembled from several sources: it follows the current one and, when it fails or
 /// ends short, continues from `offset` with the next source.
 pub struct Resume {
     current: Option<ByteStream>,
+    /// The peer `current` reads from (`None`: the upstream).
+    current_peer: Option<String>,
     pending: Option<BoxFuture<'static, Result<Opened, String>>>,
     pending_source: Source,
+    pending_peer: Option<String>,
+    /// Peers whose bytes went into the body so far.
+    contributors: Contributors,
     sources: VecDeque<Arc<dyn Opener>>,
     offset: u64,
     end: u64,
@@ -213,8 +259,11 @@ impl Resume {
     ) -> Self {
         Self {
             current: Some(counted(first, first_source)),
+            current_peer: None,
             pending: None,
             pending_source: first_source,
+            pending_peer: None,
+            contributors: Contributors::default(),
             sources,
             offset: start,
             end,
@@ -226,13 +275,45 @@ impl Resume {
     pub fn lazy(sources: VecDeque<Arc<dyn Opener>>, start: u64, end: u64) -> Self {
         Self {
             current: None,
+            current_peer: None,
             pending: None,
             pending_source: Source::Upstream,
+            pending_peer: None,
+            contributors: Contributors::default(),
             sources,
             offset: start,
             end,
             finished: false,
         }
+    }
+}
+
+impl Resume {
+    /// The peer the first body comes from.
+    pub fn first_peer(mut self, peer: Option<String>) -> Self {
+        self.current_peer = peer;
+        self
+    }
+
+    /// Who contributed bytes (shared: still readable once the stream is boxed).
+    pub fn contributors(&self) -> Contributors {
+        self.contributors.clone()
+    }
+}
+
+/// The peers whose bytes went into one assembled body, in order.
+#[derive(Clone, Default)]
+pub struct Contributors(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Contributors {
+    fn add(&self, peer: &str) {
+        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !v.iter().any(|p| p == peer) {
+            v.push(peer.to_owned());
+        }
+    }
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
@@ -250,6 +331,7 @@ impl Stream for Resume {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Ok(opened)) => {
                         this.current = Some(counted(opened.body, this.pending_source));
+                        this.current_peer = this.pending_peer.take();
                         this.pending = None;
                     }
                     Poll::Ready(Err(e)) => {
@@ -272,6 +354,9 @@ impl Stream for Resume {
                         }
                         if chunk.is_empty() {
                             continue;
+                        }
+                        if let Some(p) = &this.current_peer {
+                            this.contributors.add(p);
                         }
                         return Poll::Ready(Some(Ok(chunk)));
                     }
@@ -301,6 +386,7 @@ impl Stream for Resume {
             };
             tracing::info!(source = %next.label(), offset = this.offset, "resuming");
             this.pending_source = next.source();
+            this.pending_peer = next.peer_id();
             let range = ByteRange { start: this.offset, end: this.end };
             this.pending = Some(async move { next.open(Some(range)).await }.boxed());
         }
@@ -320,6 +406,7 @@ mod tests {
         source: Source,
         opens: AtomicUsize,
         broken: bool,
+        id: Option<&'static str>,
     }
 
     fn fake(data: &'static [u8], fail_after: Option<usize>, delay_ms: u64, source: Source) -> Arc<Fake> {
@@ -330,6 +417,7 @@ mod tests {
             source,
             opens: AtomicUsize::new(0),
             broken: false,
+            id: None,
         })
     }
 
@@ -340,6 +428,9 @@ mod tests {
         }
         fn label(&self) -> String {
             "fake".into()
+        }
+        fn peer_id(&self) -> Option<String> {
+            self.id.map(str::to_owned)
         }
         async fn open(&self, range: Option<ByteRange>) -> Result<Opened, String> {
             self.opens.fetch_add(1, Ordering::SeqCst);
@@ -365,7 +456,7 @@ mod tests {
     async fn run(sources: Vec<Arc<dyn Opener>>) -> Result<Vec<u8>, String> {
         let (opened, src, rest) = open_first(sources, Duration::from_millis(20)).await?;
         let size = opened.size.unwrap();
-        let mut s = Resume::new(opened.body, src, rest, 0, size - 1);
+        let mut s = Resume::new(opened.body, src.source(), rest, 0, size - 1);
         let mut out = Vec::new();
         while let Some(c) = s.next().await {
             out.extend_from_slice(&c.map_err(|e| e.to_string())?);
@@ -412,10 +503,86 @@ mod tests {
             source: Source::Upstream,
             opens: AtomicUsize::new(0),
             broken: true,
+            id: None,
         };
         broken.broken = true;
         let err = run(vec![a, Arc::new(broken)]).await.unwrap_err();
         assert!(err.contains("every source failed at byte 4"), "{err}");
         assert!(run(vec![]).await.is_err());
+    }
+
+    /// Records what a fetch reports as corrupt.
+    struct Sink(Arc<std::sync::Mutex<Vec<Corrupt>>>);
+    impl actix::Actor for Sink {
+        type Context = actix::Context<Self>;
+    }
+    impl actix::Handler<Corrupt> for Sink {
+        type Result = ();
+        fn handle(&mut self, c: Corrupt, _: &mut actix::Context<Self>) {
+            self.0.lock().unwrap().push(c);
+        }
+    }
+
+    fn peer_fake(data: Vec<u8>, fail_after: Option<usize>, id: &'static str) -> Arc<Fake> {
+        Arc::new(Fake {
+            data: Bytes::from(data),
+            fail_after,
+            delay: Duration::ZERO,
+            source: Source::Peer,
+            opens: AtomicUsize::new(0),
+            broken: false,
+            id: Some(id),
+        })
+    }
+
+    #[actix::test]
+    async fn a_mismatch_reports_every_peer_whose_bytes_went_in() {
+        use actix::Actor;
+        let digest = Digest::compute(crate::oci::Algorithm::Sha256, DATA);
+        let mut flipped = DATA.to_vec();
+        *flipped.last_mut().unwrap() ^= 1;
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = Sink(seen.clone()).start();
+        // a dies after 6 bytes, b (with a flipped last byte) sends the rest; c is never used.
+        let a = peer_fake(DATA.to_vec(), Some(6), "a");
+        let b = peer_fake(flipped, None, "b");
+        let c = peer_fake(DATA.to_vec(), None, "c");
+        let up = fake(DATA, None, 0, Source::Upstream);
+        let mismatches = Arc::new(AtomicUsize::new(0));
+        let m = mismatches.clone();
+        let (body, size, source) = verified_whole(
+            vec![a, b, c],
+            up,
+            Duration::from_secs(5),
+            &digest,
+            Some(sink.clone().recipient()),
+            move |_, _| {
+                m.fetch_add(1, Ordering::SeqCst);
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!((size, source), (DATA.len() as u64, Source::Peer));
+        let err = crate::store::collect(body, 100).await.unwrap_err();
+        assert!(err.to_string().contains("mismatch"), "{err}");
+        assert_eq!(mismatches.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        {
+            let reports = seen.lock().unwrap();
+            assert_eq!(reports.len(), 1);
+            assert_eq!(reports[0].peers, ["a", "b"], "both peers' bytes went in; c sent none");
+            assert_eq!(reports[0].key, digest.to_string());
+        }
+
+        // Good bytes: nothing reported.
+        let good = peer_fake(DATA.to_vec(), None, "good");
+        let up = fake(DATA, None, 0, Source::Upstream);
+        let (body, _, _) =
+            verified_whole(vec![good], up, Duration::from_secs(5), &digest, Some(sink.recipient()), |_, _| panic!())
+                .await
+                .unwrap();
+        assert_eq!(&crate::store::collect(body, 100).await.unwrap()[..], DATA);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(seen.lock().unwrap().len(), 1);
     }
 }

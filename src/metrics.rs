@@ -18,6 +18,9 @@ pub const DIGEST_MISMATCHES: &str = "peerd_digest_mismatches_total";
 pub const LOCAL_STORE_ERRORS: &str = "peerd_local_store_errors_total";
 /// Events emitted, by `reason`.
 pub const EVENTS: &str = "peerd_events_total";
+/// Tags answered from a local image record or a peer because the upstream was unreachable
+/// (possibly an older image than the registry's), by `source`.
+pub const STALE_TAGS: &str = "peerd_stale_tags_total";
 
 /// Where a response's bytes came from (the `source` label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +69,7 @@ fn describe() {
     describe_counter!(crate::store::STORE_READS, "Local blob reads by path (file: containerd's files, grpc)");
     metrics::describe_gauge!(crate::store::STORE_FAST_PATH, "1 if local blobs are read from containerd's files");
     describe_counter!(EVENTS, "Node events emitted by reason");
+    describe_counter!(STALE_TAGS, "Tags served as last seen locally or by a peer while the upstream was unreachable");
     describe_histogram!(PEER_DISCOVERY_DURATION, Unit::Seconds, "Provider lookup duration");
     describe_histogram!(PEERS_FOUND, "Peers returned by a provider lookup");
     describe_counter!(PEER_FETCH_BYTES, Unit::Bytes, "Bytes fetched from peers");
@@ -82,6 +86,7 @@ fn describe() {
     describe_counter!(crate::blobs::PREFETCH_FILES, "/blobs files queued for prefetch");
     describe_counter!(crate::blobs::PREFETCH_CHUNKS, "/blobs chunks prefetched");
     crate::swarm::describe();
+    crate::actors::fetch::describe();
 }
 
 /// Time from starting a provider lookup to its end (enough peers, exhausted, or abandoned).

@@ -197,6 +197,7 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
             .configure(front::health)
             .default_service(web::to(front::not_found))
     })
+    .on_connect(front::write_timeout(cfg.http.write_timeout))
     .shutdown_timeout(cfg.http.shutdown_timeout.as_secs())
     .max_connections(cfg.http.max_connections);
     if cfg.http.workers > 0 {
@@ -237,6 +238,7 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
                     })
                     .default_service(web::to(front::not_found))
             })
+            .on_connect(front::write_timeout(cfg.http.write_timeout))
             .shutdown_timeout(cfg.http.shutdown_timeout.as_secs())
             .max_connections(cfg.http.max_connections);
             if cfg.http.workers > 0 {
@@ -415,6 +417,8 @@ async fn start_p2p(
     let path = PeerPath {
         locate: fetch.clone().recipient(),
         report: fetch.clone().recipient(),
+        corrupt: fetch.clone().recipient(),
+        suspect: fetch.clone().recipient(),
         served: fetch.recipient(),
         client: Arc::new(client),
         key,

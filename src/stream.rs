@@ -12,9 +12,9 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use tokio::task::JoinHandle;
 
-/// Hashes a body while it streams and releases the last chunk only once the digest (and the
+/// Hashes a body while it streams and releases its last byte only once the digest (and the
 /// expected length, when known) check out. On a mismatch the stream ends with an error instead
-/// of its last chunk, so the HTTP layer cuts the connection and the client never sees a complete,
+/// of that byte, so the HTTP layer cuts the connection and the client never sees a complete,
 /// clean body with the wrong bytes. `on_mismatch` runs once when that happens.
 ///
 /// Hashing runs beside the I/O, not on the socket's thread: chunks are collected into batches of
@@ -22,6 +22,9 @@ use tokio::task::JoinHandle;
 /// arrives (the chunks are shared, not copied). At most one batch is being hashed and one
 /// collected, so memory stays bounded; a body that outruns the hash waits for it. The last,
 /// partial batch (all of a small body) is hashed inline at the end.
+///
+/// Only one byte is held back (a copy) for the final verdict: a client that stops reading pins
+/// no more of the body here than that and the batch awaiting its hash.
 pub struct Verify {
     inner: ByteStream,
     /// The hash state while no batch is being hashed aside; `None` once verified or failed.
@@ -35,12 +38,15 @@ pub struct Verify {
     expected: Digest,
     expected_len: Option<u64>,
     seen: u64,
+    /// The last byte seen, released at the end when everything checked out.
     held: Option<Bytes>,
+    /// The part of the last chunk to hand on after the byte held before it.
+    pending: Option<Bytes>,
     on_mismatch: Option<OnMismatch>,
 }
 
 /// Bytes hashed per blocking task (see [`Verify`]).
-pub const HASH_BATCH: usize = 512 << 10;
+pub const HASH_BATCH: usize = 256 << 10;
 
 /// Called once with the expected digest and what went wrong.
 type OnMismatch = Box<dyn FnOnce(&Digest, &str) + Send>;
@@ -64,6 +70,7 @@ impl Verify {
             expected_len,
             seen: 0,
             held: None,
+            pending: None,
             on_mismatch: Some(Box::new(on_mismatch)),
         }
     }
@@ -80,6 +87,7 @@ impl Verify {
     fn stop(&mut self) {
         self.done = true;
         self.held = None;
+        self.pending = None;
         self.hasher = None;
         self.hashing = None;
         self.batch.clear();
@@ -127,6 +135,9 @@ impl Stream for Verify {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         loop {
+            if let Some(p) = this.pending.take() {
+                return Poll::Ready(Some(Ok(p)));
+            }
             if this.done {
                 // Verified and drained, or already failed.
                 return Poll::Ready(this.held.take().map(Ok));
@@ -148,7 +159,10 @@ impl Stream for Verify {
                 this.hash_aside();
             }
             match ready!(this.inner.as_mut().poll_next(cx)) {
-                Some(Ok(chunk)) => {
+                Some(Ok(mut chunk)) => {
+                    if chunk.is_empty() {
+                        continue;
+                    }
                     this.seen += chunk.len() as u64;
                     if matches!(this.expected_len, Some(n) if this.seen > n) {
                         let why =
@@ -160,7 +174,12 @@ impl Stream for Verify {
                     }
                     this.batch_len += chunk.len();
                     this.batch.push(chunk.clone());
-                    if let Some(prev) = this.held.replace(chunk) {
+                    // Hold back a copy of the last byte (not a view that would pin the chunk).
+                    let last = Bytes::copy_from_slice(&chunk[chunk.len() - 1..]);
+                    chunk.truncate(chunk.len() - 1);
+                    let prev = this.held.replace(last);
+                    this.pending = (!chunk.is_empty()).then_some(chunk);
+                    if let Some(prev) = prev {
                         return Poll::Ready(Some(Ok(prev)));
                     }
                 }
@@ -215,6 +234,48 @@ impl Stream for Exact {
         };
         self.done = true;
         Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::UnexpectedEof, why))))
+    }
+}
+
+/// Largest piece handed to the HTTP layer at once. actix-web copies each piece into its
+/// connection's write buffer and stops asking for more once that buffer holds 32 KiB, so a
+/// client that stops reading pins at most about this much there, not a whole source chunk
+/// (up to 1 MiB from a store, ~400 KiB from an HTTP source).
+pub const MAX_PIECE: usize = 64 << 10;
+
+/// Splits chunks larger than `max` into pieces of at most `max` bytes.
+pub struct Pieces {
+    inner: ByteStream,
+    rest: Bytes,
+    max: usize,
+}
+
+impl Pieces {
+    pub fn new(inner: ByteStream, max: usize) -> Self {
+        Self { inner, rest: Bytes::new(), max: max.max(1) }
+    }
+}
+
+impl Stream for Pieces {
+    type Item = io::Result<Bytes>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.rest.is_empty() {
+            let mut chunk = match ready!(self.inner.as_mut().poll_next(cx)) {
+                Some(Ok(chunk)) => chunk,
+                other => return Poll::Ready(other),
+            };
+            if chunk.len() <= self.max {
+                return Poll::Ready(Some(Ok(chunk)));
+            }
+            let first = chunk.split_to(self.max);
+            // What waits for the client is copied out of the source's buffer: an HTTP client
+            // reads into buffers of ~400 KiB that grow by doubling, and a view of one pins all
+            // of it for as long as the client does not read.
+            self.rest = Bytes::copy_from_slice(&chunk);
+            return Poll::Ready(Some(Ok(first)));
+        }
+        let n = self.rest.len().min(self.max);
+        Poll::Ready(Some(Ok(self.rest.split_to(n))))
     }
 }
 
@@ -399,5 +460,26 @@ mod tests {
         assert_eq!(total, 4);
         let (out, _) = drain(Slice::new(chunks(b"0123456789", 4), 0, 100)).await;
         assert_eq!(out, b"0123456789");
+    }
+
+    #[tokio::test]
+    async fn verify_holds_back_one_copied_byte_and_pieces_split() {
+        let data: &'static [u8] = b"0123456789abcdefghij";
+        let d = Digest::compute(Algorithm::Sha256, data);
+        let mut v = Verify::new(chunks(data, 7), d, Some(20), |_, _| panic!());
+        let mut got = Vec::new();
+        while let Some(c) = v.next().await {
+            got.push(c.unwrap());
+        }
+        assert_eq!(got.concat(), data);
+        let last = got.last().unwrap();
+        assert_eq!(&last[..], b"j", "only the last byte waits for the digest");
+        // Pieces: at most 3 bytes each, nothing lost, empty chunks skipped.
+        let (out, err) = drain(Pieces::new(chunks(data, 7), 3)).await;
+        assert_eq!((out.as_slice(), err.is_none()), (data, true));
+        let mut p = Pieces::new(chunks(data, 7), 3);
+        while let Some(c) = p.next().await {
+            assert!((1..=3).contains(&c.unwrap().len()));
+        }
     }
 }

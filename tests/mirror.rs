@@ -155,7 +155,8 @@ fn containerd_pulls_through_peerd_and_local_store_serves_when_upstream_is_gone()
     node_b.pull(&hosts, &format!("{}/test/multi:v1", reg.addr));
     let after = peerd.metric("peerd_served_bytes_total", &["source=\"local\""]);
     assert!(after - before >= multi_bytes as f64, "second pull served locally: {before} → {after}");
-    assert!(peerd.log_text().contains("serving the tag as the local store last saw it"));
+    assert!(peerd.log_text().contains("serving a possibly stale tag"));
+    assert!(peerd.metric("peerd_stale_tags_total", &["source=\"local\""]) >= 1.0);
     let listed = node_b.ctr(&["images", "ls", "-q"]);
     assert!(String::from_utf8_lossy(&listed.stdout).contains("test/multi:v1"));
 }

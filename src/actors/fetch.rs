@@ -1,7 +1,10 @@
 //! Peer selection for fetches: resolves a key to peers within the resolve timeout and orders them
 //! by how they behaved recently (a peer that failed repeatedly rests for a while), so a dead or
-//! wrong-key peer is not asked again and again. Emits `P2PActive` on the first content moved
-//! between peers. Decisions only: the bytes flow in [`crate::fetch`].
+//! wrong-key peer is not asked again and again. A peer whose bytes did not match their digest
+//! rests at once (one corrupt copy must not fail everyone's pulls), and the digest is remembered
+//! as *suspect* for a while: a client resuming it with a Range request is not served unverified
+//! peer bytes again. Emits `P2PActive` on the first content moved between peers. Decisions only:
+//! the bytes flow in [`crate::fetch`].
 
 use super::events::{Emit, Event, Reason};
 use crate::routing::memory::collect_peers;
@@ -17,6 +20,22 @@ const FAILURES_TO_REST: u32 = 3;
 const REST: Duration = Duration::from_secs(30);
 /// Most peers remembered.
 const MAX_TRACKED: usize = 4096;
+/// How long a peer that sent content not matching its digest rests.
+const CORRUPT_REST: Duration = Duration::from_secs(300);
+/// How long a digest whose whole read from peers failed verification stays suspect.
+const SUSPECT_FOR: Duration = Duration::from_secs(300);
+/// Most suspect digests remembered.
+const MAX_SUSPECT: usize = 1024;
+
+/// Peers put to rest, by `reason` (`failures`, `digest_mismatch`).
+pub const PEER_RESTS: &str = "peerd_peer_rests_total";
+
+pub fn describe() {
+    metrics::describe_counter!(
+        PEER_RESTS,
+        "Peers put to rest by reason (repeated failures, content not matching its digest)"
+    );
+}
 
 /// Peers holding `key`, best first (may be empty).
 #[derive(Message)]
@@ -33,6 +52,23 @@ pub struct Outcome {
     pub ok: bool,
 }
 
+/// Content from these peers did not match `key` (a digest): they rest at once, and `key` is
+/// suspect for a while (see [`Suspect`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Corrupt {
+    pub peers: Vec<String>,
+    pub key: String,
+}
+
+/// Whether a whole read of `key` from peers failed verification recently: a client resuming it
+/// holds bytes that may be wrong, so its ranges must come from a verified source or the upstream.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct Suspect {
+    pub key: String,
+}
+
 /// This node served content to a peer.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -44,6 +80,11 @@ pub struct FetchActor {
     max_peers: usize,
     /// peer id → (consecutive failures, last failure)
     health: HashMap<String, (u32, Instant)>,
+    /// peer id → resting until (content that did not match its digest); an answer that opens
+    /// fine does not end this rest, only time does.
+    corrupt: HashMap<String, Instant>,
+    /// digest → suspect until.
+    suspect: HashMap<String, Instant>,
     events: Option<Recipient<Emit>>,
     active: bool,
 }
@@ -55,11 +96,21 @@ impl FetchActor {
         max_peers: usize,
         events: Option<Recipient<Emit>>,
     ) -> Self {
-        Self { router, resolve_timeout, max_peers, health: HashMap::new(), events, active: false }
+        Self {
+            router,
+            resolve_timeout,
+            max_peers,
+            health: HashMap::new(),
+            corrupt: HashMap::new(),
+            suspect: HashMap::new(),
+            events,
+            active: false,
+        }
     }
 
     fn resting(&self, peer: &str, now: Instant) -> bool {
         self.health.get(peer).is_some_and(|(n, at)| *n >= FAILURES_TO_REST && now.duration_since(*at) < REST)
+            || self.corrupt.get(peer).is_some_and(|until| *until > now)
     }
 
     /// Resting peers are dropped; peers with recent failures go last.
@@ -124,6 +175,36 @@ impl Handler<Outcome> for FetchActor {
         let e = self.health.entry(o.peer).or_insert((0, Instant::now()));
         e.0 += 1;
         e.1 = Instant::now();
+        if e.0 == FAILURES_TO_REST {
+            metrics::counter!(PEER_RESTS, "reason" => "failures").increment(1);
+        }
+    }
+}
+
+impl Handler<Corrupt> for FetchActor {
+    type Result = ();
+    fn handle(&mut self, c: Corrupt, _: &mut Context<Self>) {
+        let now = Instant::now();
+        self.corrupt.retain(|_, until| *until > now);
+        self.suspect.retain(|_, until| *until > now);
+        for peer in c.peers {
+            if self.corrupt.len() >= MAX_TRACKED {
+                break;
+            }
+            tracing::warn!(peer, digest = c.key, "peer sent content that does not match its digest; resting it");
+            metrics::counter!(PEER_RESTS, "reason" => "digest_mismatch").increment(1);
+            self.corrupt.insert(peer, now + CORRUPT_REST);
+        }
+        if self.suspect.len() < MAX_SUSPECT {
+            self.suspect.insert(c.key, now + SUSPECT_FOR);
+        }
+    }
+}
+
+impl Handler<Suspect> for FetchActor {
+    type Result = bool;
+    fn handle(&mut self, s: Suspect, _: &mut Context<Self>) -> bool {
+        self.suspect.get(&s.key).is_some_and(|until| *until > Instant::now())
     }
 }
 
@@ -162,5 +243,24 @@ mod tests {
         addr.send(Outcome { peer: "a".into(), ok: true }).await.unwrap();
         assert_eq!(ids(addr.send(Locate { key: "k".into() }).await.unwrap()), ["a", "b", "c"]);
         assert!(addr.send(Locate { key: "none".into() }).await.unwrap().is_empty());
+    }
+
+    #[actix::test]
+    async fn a_corrupt_peer_rests_at_once_and_its_digest_is_suspect() {
+        let net = Arc::new(MemoryNetwork::default());
+        for id in ["a", "b"] {
+            MemoryRouter::new(net.clone(), peer(id)).provide(vec!["k".into()]).await.unwrap();
+        }
+        let me: Arc<dyn Router> = Arc::new(MemoryRouter::new(net, peer("me")));
+        let addr = FetchActor::new(me, Duration::from_millis(50), 3, None).start();
+        let ids = |v: Vec<Peer>| v.into_iter().map(|p| p.id).collect::<Vec<_>>();
+        assert!(!addr.send(Suspect { key: "k".into() }).await.unwrap());
+        addr.send(Corrupt { peers: vec!["a".into()], key: "k".into() }).await.unwrap();
+        assert_eq!(ids(addr.send(Locate { key: "k".into() }).await.unwrap()), ["b"], "one mismatch: a rests");
+        assert!(addr.send(Suspect { key: "k".into() }).await.unwrap());
+        assert!(!addr.send(Suspect { key: "other".into() }).await.unwrap());
+        // Opening fine again is no proof its bytes are right: it keeps resting.
+        addr.send(Outcome { peer: "a".into(), ok: true }).await.unwrap();
+        assert_eq!(ids(addr.send(Locate { key: "k".into() }).await.unwrap()), ["b"]);
     }
 }

@@ -1,7 +1,7 @@
 //! Upstream fallback: the policy in front of an [`Upstream`].
 
 use crate::metrics::UPSTREAM_ERRORS;
-use crate::upstream::{Upstream, UpstreamError, UpstreamRequest, UpstreamResponse};
+use crate::upstream::{Health, Upstream, UpstreamError, UpstreamRequest, UpstreamResponse};
 use actix::prelude::*;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -14,6 +14,13 @@ pub struct Fetch(pub UpstreamRequest);
 
 /// Per-host failure tracking: after `threshold` consecutive host failures, the host is skipped
 /// for `cooldown`; the first request after that is a probe (one more failure re-opens it).
+///
+/// Only answers that say the host is down count ([`Health::Unhealthy`]); a healthy answer
+/// (a 2xx, or a 4xx for one bad request) closes it; anything else ([`Health::Unknown`]: a 500 a
+/// client provoked on purpose, a 429) leaves it as it is — so no client can open the breaker
+/// with requests of its choosing and make a node serve tags from its local image record.
+///
+/// Time is passed in (`now`), so tests step through cooldowns exactly, without sleeping.
 #[derive(Debug)]
 pub struct Breaker {
     threshold: u32,
@@ -26,7 +33,7 @@ const MAX_TRACKED_HOSTS: usize = 1024;
 
 impl Breaker {
     pub fn new(threshold: u32, cooldown: Duration) -> Self {
-        Self { threshold, cooldown, hosts: HashMap::new() }
+        Self { threshold: threshold.max(1), cooldown, hosts: HashMap::new() }
     }
 
     /// `Err(remaining)` while the host is resting.
@@ -37,18 +44,22 @@ impl Breaker {
         }
     }
 
-    pub fn record(&mut self, host: &str, failed: bool, now: Instant) {
-        if !failed {
-            self.hosts.remove(host);
-            return;
-        }
-        if self.hosts.len() >= MAX_TRACKED_HOSTS && !self.hosts.contains_key(host) {
-            self.hosts.retain(|_, (_, until)| until.is_some());
-        }
-        let entry = self.hosts.entry(host.to_owned()).or_insert((0, None));
-        entry.0 += 1;
-        if entry.0 >= self.threshold {
-            entry.1 = Some(now + self.cooldown);
+    pub fn record(&mut self, host: &str, health: Health, now: Instant) {
+        match health {
+            Health::Healthy => {
+                self.hosts.remove(host);
+            }
+            Health::Unknown => {}
+            Health::Unhealthy => {
+                if self.hosts.len() >= MAX_TRACKED_HOSTS && !self.hosts.contains_key(host) {
+                    self.hosts.retain(|_, (_, until)| until.is_some());
+                }
+                let entry = self.hosts.entry(host.to_owned()).or_insert((0, None));
+                entry.0 = entry.0.saturating_add(1);
+                if entry.0 >= self.threshold {
+                    entry.1 = Some(now + self.cooldown);
+                }
+            }
         }
     }
 }
@@ -91,11 +102,14 @@ impl Handler<Fetch> for UpstreamActor {
         }
         let upstream = self.upstream.clone();
         Box::pin(async move { upstream.fetch(req).await }.into_actor(self).map(move |res, act, _| {
-            let failed = matches!(&res, Err(e) if e.is_host_failure());
-            act.breaker.record(&host, failed, Instant::now());
+            let health = match &res {
+                Ok(_) => Health::Healthy,
+                Err(e) => e.health(),
+            };
+            act.breaker.record(&host, health, Instant::now());
             if let Err(e) = &res {
                 metrics::counter!(UPSTREAM_ERRORS, "kind" => e.kind()).increment(1);
-                if failed {
+                if health == Health::Unhealthy {
                     tracing::warn!(host, error = %e, "upstream failure");
                 }
             }
@@ -129,15 +143,15 @@ mod tests {
     fn breaker_opens_and_recovers() {
         let t0 = Instant::now();
         let mut b = Breaker::new(2, Duration::from_secs(5));
-        b.record("h", true, t0);
+        b.record("h", Health::Unhealthy, t0);
         assert!(b.check("h", t0).is_ok(), "one failure is not enough");
-        b.record("h", true, t0);
+        b.record("h", Health::Unhealthy, t0);
         assert_eq!(b.check("h", t0 + Duration::from_secs(1)), Err(Duration::from_secs(4)));
         assert!(b.check("other", t0).is_ok());
         assert!(b.check("h", t0 + Duration::from_secs(5)).is_ok(), "probe after cooldown");
-        b.record("h", true, t0 + Duration::from_secs(5));
+        b.record("h", Health::Unhealthy, t0 + Duration::from_secs(5));
         assert!(b.check("h", t0 + Duration::from_secs(6)).is_err(), "failed probe re-opens");
-        b.record("h", false, t0 + Duration::from_secs(11));
+        b.record("h", Health::Healthy, t0 + Duration::from_secs(11));
         assert!(b.check("h", t0 + Duration::from_secs(11)).is_ok());
     }
 
@@ -172,5 +186,69 @@ mod tests {
             let e = addr2.send(Fetch(req("docker.io"))).await.unwrap().unwrap_err();
             assert!(matches!(e, UpstreamError::Status { status: 404, .. }));
         }
+    }
+
+    fn status(status: u16) -> UpstreamError {
+        UpstreamError::Status { status, www_authenticate: None }
+    }
+
+    #[test]
+    fn only_failures_that_say_the_host_is_down_count() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(3, Duration::from_secs(5));
+        // What any client can provoke: a 500 for a layer digest asked as a manifest, 4xx, 429,
+        // a malformed answer. Never opens the breaker, however many.
+        for e in [status(500), status(400), status(404), status(401), status(429), status(501)] {
+            for _ in 0..10 {
+                b.record("h", e.health(), t0);
+            }
+        }
+        b.record("h", UpstreamError::Protocol("garbage".into()).health(), t0);
+        assert!(b.check("h", t0).is_ok(), "client-chosen answers opened the breaker");
+        // A host that is down: 502/503/504, timeouts, refused connections.
+        for (i, e) in [
+            status(502),
+            status(503),
+            status(504),
+            UpstreamError::Timeout { host: "h".into() },
+            UpstreamError::Unreachable { host: "h".into(), reason: "refused".into() },
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut b = Breaker::new(2, Duration::from_secs(5));
+            b.record("h", e.health(), t0);
+            // A 500 between two failures neither counts nor resets the count.
+            b.record("h", status(500).health(), t0);
+            b.record("h", e.health(), t0);
+            assert!(b.check("h", t0).is_err(), "case {i}: {e} must count");
+        }
+        // A 404 is a healthy answer: it closes a half-open breaker.
+        let mut b = Breaker::new(1, Duration::from_secs(5));
+        b.record("h", status(503).health(), t0);
+        assert!(b.check("h", t0 + Duration::from_secs(1)).is_err());
+        b.record("h", status(404).health(), t0 + Duration::from_secs(6));
+        b.record("h", status(503).health(), t0 + Duration::from_secs(6));
+        b.record("h", status(404).health(), t0 + Duration::from_secs(6));
+        assert!(b.check("h", t0 + Duration::from_secs(6)).is_ok());
+    }
+
+    #[actix::test]
+    async fn client_chosen_500s_never_rest_the_host() {
+        let up = Arc::new(MemoryUpstream::default());
+        up.fail(Some(status(500)));
+        let addr = UpstreamActor::new(up.clone(), &[], Breaker::new(3, Duration::from_secs(60))).start();
+        for _ in 0..10 {
+            let e = addr.send(Fetch(req("docker.io"))).await.unwrap().unwrap_err();
+            assert!(matches!(e, UpstreamError::Status { status: 500, .. }), "{e:?}");
+        }
+        assert_eq!(up.calls.load(Ordering::SeqCst), 10, "every request reached the upstream");
+        up.fail(Some(status(503)));
+        for _ in 0..3 {
+            addr.send(Fetch(req("docker.io"))).await.unwrap().unwrap_err();
+        }
+        let e = addr.send(Fetch(req("docker.io"))).await.unwrap().unwrap_err();
+        assert!(matches!(e, UpstreamError::CircuitOpen { .. }), "a real outage still opens it: {e:?}");
+        assert!(e.is_unavailable() && !status(500).is_unavailable() && status(504).is_unavailable());
     }
 }

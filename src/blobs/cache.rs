@@ -5,6 +5,11 @@
 //! whenever it is read (a corrupt chunk is deleted and reported as a miss, never served). The
 //! index of chunks lives in memory, rebuilt by scanning the directory at start, so the cache
 //! survives restarts. Total size is bounded; the least recently used chunks are evicted.
+//!
+//! The directory may be shared with other programs (`blobs.cache_dir` is configurable): peerd
+//! only ever removes files it wrote — chunks it indexed, and its own temporary files, named
+//! with [`TMP_MARK`]. A write is admitted only when the disk has room for it
+//! ([`crate::swarm::spool::has_room`]); otherwise the chunk is served uncached.
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -18,6 +23,22 @@ pub const CACHE_MISSES: &str = "peerd_blobs_cache_misses_total";
 pub const CACHE_CORRUPT: &str = "peerd_blobs_cache_corrupt_total";
 pub const CACHE_EVICTIONS: &str = "peerd_blobs_cache_evictions_total";
 pub const CACHE_BYTES: &str = "peerd_blobs_cache_bytes";
+
+/// Mark of peerd's temporary files (`<index>.peerd-tmp-<uuid>`, `<meta key>.peerd-tmp`): the
+/// start-up clean-up removes these and nothing else.
+pub const TMP_MARK: &str = ".peerd-tmp";
+
+/// A leftover temporary file of ours: `<index>.peerd-tmp-<uuid>`, or `<index>.tmp-<32 hex>` as
+/// peerd named them before [`TMP_MARK`].
+fn is_our_tmp(name: &str) -> bool {
+    let Some((index, rest)) = name.split_once('.') else { return false };
+    if index.is_empty() || !index.bytes().all(|b| b.is_ascii_digit()) {
+        return false;
+    }
+    let uuid_like = |u: &str| u.len() == 32 && u.bytes().all(|b| b.is_ascii_hexdigit());
+    rest.strip_prefix(&TMP_MARK[1..]).is_some_and(|r| r.strip_prefix('-').is_some_and(uuid_like))
+        || rest.strip_prefix("tmp-").is_some_and(uuid_like)
+}
 
 #[derive(Clone, Debug)]
 struct Entry {
@@ -57,26 +78,34 @@ impl ChunkCache {
             on_drop: None,
         };
         for shard in std::fs::read_dir(dir)?.flatten() {
-            if shard.file_name().len() != 2 {
-                continue; // not a chunk shard (e.g. the metadata directory)
+            let shard_name = shard.file_name().to_string_lossy().into_owned();
+            // Chunk shards are two lowercase hex digits; anything else (the metadata directory,
+            // another program's files) is not looked into.
+            if shard_name.len() != 2 || !shard_name.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+                continue;
             }
             let Ok(files) = std::fs::read_dir(shard.path()) else { continue };
             for file_dir in files.flatten() {
                 let id = file_dir.file_name().to_string_lossy().into_owned();
+                if !valid_id(&id) || !id.starts_with(&shard_name) {
+                    continue;
+                }
                 let Ok(chunks) = std::fs::read_dir(file_dir.path()) else { continue };
                 for chunk in chunks.flatten() {
                     let name = chunk.file_name().to_string_lossy().into_owned();
                     let parsed = name.split_once('.').and_then(|(i, h)| Some((i.parse::<u64>().ok()?, h.to_owned())));
                     match parsed {
-                        Some((index, sha256)) if valid_id(&id) && valid_id(&sha256) => {
+                        Some((index, sha256)) if valid_id(&sha256) => {
                             let size = chunk.metadata().map(|m| m.len()).unwrap_or(0);
                             cache.total.fetch_add(size, Ordering::Relaxed);
                             cache.index.insert((id.clone(), index), Entry { sha256, size, used: Instant::now() });
                         }
-                        // Temporary files of an interrupted write, or anything else: not ours.
-                        _ => {
+                        // A temporary file of an interrupted write of ours.
+                        _ if is_our_tmp(&name) => {
                             let _ = std::fs::remove_file(chunk.path());
                         }
+                        // Not ours: left alone.
+                        _ => {}
                     }
                 }
             }
@@ -155,11 +184,21 @@ impl ChunkCache {
     /// Store a chunk; returns its sha256. Evicts least recently used chunks past the bound.
     pub async fn put(&self, id: &str, index: u64, data: &Bytes) -> std::io::Result<String> {
         let sha256 = hex_sha256(data);
+        if !crate::swarm::spool::has_room(&self.dir, data.len() as u64) {
+            return Err(std::io::Error::new(std::io::ErrorKind::StorageFull, "no disk room for the chunk cache"));
+        }
         let dir = self.chunk_dir(id);
         tokio::fs::create_dir_all(&dir).await?;
-        let tmp = dir.join(format!("{index}.tmp-{}", uuid::Uuid::new_v4().simple()));
-        tokio::fs::write(&tmp, data).await?;
-        tokio::fs::rename(&tmp, self.path(id, index, &sha256)).await?;
+        let tmp = dir.join(format!("{index}{TMP_MARK}-{}", uuid::Uuid::new_v4().simple()));
+        let written = match tokio::fs::write(&tmp, data).await {
+            Ok(()) => tokio::fs::rename(&tmp, self.path(id, index, &sha256)).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
+            // No partial file left behind (a full disk fails writes half-way).
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e);
+        }
         let old = self.index.insert(
             (id.to_owned(), index),
             Entry { sha256: sha256.clone(), size: data.len() as u64, used: Instant::now() },
@@ -215,13 +254,16 @@ mod tests {
         cache.put(ID, 0, &Bytes::from_static(b"abcd")).await.unwrap();
         cache.put(ID, 1, &Bytes::from_static(b"efgh")).await.unwrap();
         assert_eq!(cache.get(ID, 0).await.unwrap().0, "abcd");
-        // A leftover temporary file is not a chunk.
-        std::fs::write(cache.chunk_dir(ID).join("2.tmp-xyz"), b"partial").unwrap();
+        // A leftover temporary file is not a chunk, and is removed; other files are not ours.
+        let tmp = format!("2{TMP_MARK}-{}", "a".repeat(32));
+        std::fs::write(cache.chunk_dir(ID).join(&tmp), b"partial").unwrap();
+        std::fs::write(cache.chunk_dir(ID).join("notes.txt"), b"someone else's").unwrap();
 
         let reopened = ChunkCache::open(dir.path(), 10).unwrap();
         assert_eq!(reopened.total_bytes(), 8);
         assert_eq!(reopened.get(ID, 1).await.unwrap().0, "efgh");
-        assert!(!reopened.chunk_dir(ID).join("2.tmp-xyz").exists());
+        assert!(!reopened.chunk_dir(ID).join(&tmp).exists());
+        assert!(reopened.chunk_dir(ID).join("notes.txt").exists(), "not ours: left alone");
 
         let path = reopened.chunk_path(ID, 1).unwrap();
         std::fs::write(&path, b"EFGH").unwrap();
@@ -235,5 +277,46 @@ mod tests {
         reopened.put(ID, 4, &Bytes::from_static(b"mnop")).await.unwrap();
         assert!(reopened.total_bytes() <= 10);
         assert!(reopened.contains(ID, 4), "the newest stays");
+    }
+
+    /// `blobs.cache_dir` pointed at a directory other programs use: opening the cache and
+    /// filling it past its bound removes no file peerd did not write.
+    #[tokio::test]
+    async fn a_shared_directory_keeps_other_programs_files() {
+        let dir = tempfile::tempdir().unwrap();
+        // Another program's tree, shaped like ours (two-character directories and all).
+        let theirs = [
+            "ab/cdef/data.bin",
+            "ab/config.toml",
+            "01/0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef/readme",
+            "01/0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef/7.tmp-1",
+            "zz/1.tmp-0123456789abcdef0123456789abcdef",
+            "notes.tmp",
+            "meta.tmp",
+        ];
+        for f in theirs {
+            let p = dir.path().join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, b"not peerd's").unwrap();
+        }
+        let cache = ChunkCache::open(dir.path(), 8).unwrap();
+        assert_eq!(cache.total_bytes(), 0, "nothing of theirs indexed");
+        for i in 0..6 {
+            cache.put(ID, i, &Bytes::from_static(b"abcd")).await.unwrap();
+        }
+        assert!(cache.total_bytes() <= 8, "evicted down to the bound");
+        drop(ChunkCache::open(dir.path(), 8).unwrap());
+        for f in theirs {
+            assert!(dir.path().join(f).exists(), "{f} was removed");
+        }
+    }
+
+    #[test]
+    fn only_our_temporary_files_match() {
+        assert!(is_our_tmp(&format!("3{TMP_MARK}-{}", "0f".repeat(16))));
+        assert!(is_our_tmp(&format!("12.tmp-{}", "0f".repeat(16))), "the older naming");
+        for other in ["3.tmp", "x.tmp-0123", "3.peerd-tmp", ".peerd-tmp-0", "notes.tmp-abc", "tmp"] {
+            assert!(!is_our_tmp(other), "{other}");
+        }
     }
 }

@@ -164,6 +164,42 @@ pub struct BlobsState {
     interest: DashMap<String, Interest>,
     /// Owners that could not be reached, until when they are skipped.
     dead: DashMap<String, Instant>,
+    /// When "no disk room" was last logged.
+    no_room_warned: std::sync::atomic::AtomicU64,
+}
+
+/// The upstream URL of a `/blobs/<URL>` request (its raw path and query): an http(s) URL with a
+/// host, no credentials, not a link-local or metadata address, and allowed by `allow`. Pure, so
+/// it can be fuzzed (`tests/fuzz.rs`).
+pub fn parse_blob_url(
+    path: &str,
+    query: Option<&str>,
+    allow: &[AllowRule],
+    policy: AddressPolicy,
+) -> Result<url::Url, ApiError> {
+    let raw = path.strip_prefix("/blobs/").unwrap_or("");
+    let full = match query {
+        Some(q) => format!("{raw}?{q}"),
+        None => raw.to_owned(),
+    };
+    let url = url::Url::parse(&full).map_err(|e| ApiError::NameInvalid(format!("malformed blob URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(ApiError::NameInvalid("blob URL must be http(s)://host/path".into()));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(ApiError::NameInvalid("blob URL must not carry credentials".into()));
+    }
+    if let Err(r) = policy.check_url(&url) {
+        return Err(bad("DENIED", StatusCode::FORBIDDEN, r.to_string()));
+    }
+    if !allow.iter().any(|r| r.allows(&url)) {
+        return Err(bad(
+            "DENIED",
+            StatusCode::FORBIDDEN,
+            format!("{}://{} is not in blobs.allowed_hosts", url.scheme(), url.host_str().unwrap_or("")),
+        ));
+    }
+    Ok(url)
 }
 
 fn bad(code: &'static str, status: StatusCode, message: String) -> ApiError {
@@ -205,6 +241,12 @@ impl BlobsState {
         let workers = cfg.prefetch_workers;
         let meta_dir = cache_dir.join("meta");
         std::fs::create_dir_all(&meta_dir).map_err(|e| format!("{}: {e}", meta_dir.display()))?;
+        // Temporary files of interrupted metadata writes (only ours, by their mark).
+        for entry in std::fs::read_dir(&meta_dir).map_err(|e| format!("{}: {e}", meta_dir.display()))?.flatten() {
+            if entry.file_name().to_string_lossy().ends_with(cache::TMP_MARK) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         Ok(BlobsState {
             cfg,
             allow,
@@ -221,6 +263,7 @@ impl BlobsState {
             sources: DashMap::new(),
             interest: DashMap::new(),
             dead: DashMap::new(),
+            no_room_warned: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -230,32 +273,9 @@ impl BlobsState {
 
     /// Parse and police the upstream URL of a request.
     fn upstream_url(&self, req: &HttpRequest) -> Result<url::Url, ApiError> {
-        let raw = req.uri().path().strip_prefix("/blobs/").unwrap_or("");
-        let full = match req.uri().query() {
-            Some(q) => format!("{raw}?{q}"),
-            None => raw.to_owned(),
-        };
-        let url = url::Url::parse(&full).map_err(|e| ApiError::NameInvalid(format!("malformed blob URL: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(ApiError::NameInvalid("blob URL must be http(s)://host/path".into()));
-        }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(ApiError::NameInvalid("blob URL must not carry credentials".into()));
-        }
-        if let Err(r) = self.policy.check_url(&url) {
-            return Err(bad("DENIED", StatusCode::FORBIDDEN, r.to_string()));
-        }
-        if !self.allow.iter().any(|r| r.allows(&url)) {
-            return Err(bad(
-                "DENIED",
-                StatusCode::FORBIDDEN,
-                format!("{}://{} is not in blobs.allowed_hosts", url.scheme(), url.host_str().unwrap_or("")),
-            ));
-        }
-        Ok(url)
+        parse_blob_url(req.uri().path(), req.uri().query(), &self.allow, self.policy)
     }
 
-    /// The file's identity and size: revalidated by HEAD, or remembered when the upstream is down.
     async fn metadata(&self, url: &url::Url) -> Result<Meta, ApiError> {
         let key = hex_sha256(url.as_str().as_bytes());
         if let Some(m) = self.meta.get(&key).filter(|m| m.checked.elapsed() < self.cfg.revalidate_after) {
@@ -302,9 +322,15 @@ impl BlobsState {
         }
         let stored = StoredMeta { id: meta.id.clone(), size, etag: meta.etag.clone(), chunk_size: self.cfg.chunk_size };
         if let Ok(json) = serde_json::to_vec(&stored) {
-            let tmp = self.meta_dir.join(format!("{key}.tmp"));
-            if tokio::fs::write(&tmp, json).await.is_ok() {
-                let _ = tokio::fs::rename(&tmp, self.meta_dir.join(&key)).await;
+            let tmp = self.meta_dir.join(format!("{key}{}", cache::TMP_MARK));
+            match tokio::fs::write(&tmp, json).await {
+                Ok(()) => {
+                    let _ = tokio::fs::rename(&tmp, self.meta_dir.join(&key)).await;
+                }
+                // A full disk: the metadata lives in memory; leave no partial file behind.
+                Err(_) => {
+                    let _ = tokio::fs::remove_file(&tmp).await;
+                }
             }
         }
         self.meta.insert(key, meta.clone());
@@ -386,7 +412,12 @@ impl BlobsState {
         };
         metrics::counter!(BLOBS_BYTES, "source" => source).increment(data.len() as u64);
         if let Err(e) = self.cache.put(&meta.id, index, &data).await {
-            tracing::warn!(error = %e, "caching a chunk failed");
+            // Served all the same, straight through. A full disk would say this for every chunk.
+            if e.kind() != std::io::ErrorKind::StorageFull
+                || crate::swarm::spool::warn_now(&self.no_room_warned, Duration::from_secs(60))
+            {
+                tracing::warn!(error = %e, "caching a chunk failed; serving it uncached");
+            }
         } else if let Some(p) = &self.peers {
             let key = format!("{}_{}", meta.id, range.start);
             let router = p.router.clone();

@@ -77,6 +77,11 @@ impl ApiError {
             UpstreamError::Status { status: 401, www_authenticate } => ApiError::Unauthorized { www_authenticate },
             UpstreamError::Status { status: 403, .. } => ApiError::Denied,
             UpstreamError::Status { status: 429, .. } => ApiError::TooManyRequests,
+            // A gateway in front of the registry says it is down: unavailable, like a timeout.
+            UpstreamError::Status { status: s @ 502..=504, .. } => ApiError::Unavailable {
+                status: StatusCode::from_u16(s).unwrap_or(StatusCode::BAD_GATEWAY),
+                message: format!("upstream answered {s} for {what}"),
+            },
             UpstreamError::Status { status, .. } => {
                 ApiError::BadGateway { code: "UNKNOWN", message: format!("upstream answered {status} for {what}") }
             }

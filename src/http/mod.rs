@@ -100,6 +100,41 @@ fn handler_label(path: &str) -> &'static str {
     }
 }
 
+/// An `HttpServer::on_connect` hook giving every accepted connection a write timeout: the
+/// kernel closes a connection whose sent bytes stay unacknowledged — or whose client keeps a
+/// zero receive window, i.e. reads nothing — for longer than `timeout` (`TCP_USER_TIMEOUT`;
+/// Linux applies it to zero-window probes too). actix-web has no write timeout of its own: a
+/// response to a client that stopped reading is never polled again, so without this it keeps
+/// its buffers and upstream connection forever. `0` leaves the system default.
+pub fn write_timeout(timeout: std::time::Duration) -> impl Fn(&dyn std::any::Any, &mut actix_web::dev::Extensions) {
+    let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+    move |conn, _| {
+        if ms == 0 {
+            return;
+        }
+        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+            if let Err(e) = rustix::net::sockopt::set_tcp_user_timeout(tcp, ms) {
+                tracing::debug!(error = %e, "cannot set TCP_USER_TIMEOUT");
+            }
+        }
+    }
+}
+
+/// Longest request path written to a log line.
+pub const MAX_LOGGED_PATH: usize = 256;
+
+/// `s` cut to at most `max` bytes (on a character boundary) for a log line, marked when cut.
+pub fn clip(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        return s.into();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…(+{} bytes)", &s[..end], s.len() - end).into()
+}
+
 fn method_label(m: &actix_web::http::Method) -> &'static str {
     match *m {
         actix_web::http::Method::GET => "GET",
@@ -128,7 +163,9 @@ pub async fn observe(
     let cid = correlation_id(&req);
     let handler = handler_label(req.path());
     let method = method_label(req.method());
-    let span = tracing::info_span!("request", correlation_id = %cid, method = %req.method(), path = %req.path());
+    // The path and method are the client's: clipped, so no request makes a log line bigger than
+    // a few hundred bytes (every line of the request's span carries them).
+    let span = tracing::info_span!("request", correlation_id = %cid, method = %clip(req.method().as_str(), 16), path = %clip(req.path(), MAX_LOGGED_PATH));
     let mut res = next.call(req).instrument(span.clone()).await?;
     let status = res.status().as_u16();
     let source = res.response().extensions().get::<Source>().map_or("none", |s| s.as_str());

@@ -9,11 +9,11 @@
 
 use super::error::ApiError;
 use super::range::{self, ByteRange, RangeSpec};
-use crate::actors::fetch::{Locate, Outcome, ServedPeer};
+use crate::actors::fetch::{Corrupt, Locate, Outcome, ServedPeer, Suspect};
 use crate::actors::upstream::Fetch;
 use crate::config::RegistryConfig;
-use crate::fetch::{counted, open_first, Opener, PeerOpener, Resume, UpstreamOpener};
-use crate::metrics::{Source, DIGEST_MISMATCHES, LOCAL_STORE_ERRORS, PEER_SERVED_BYTES, SERVED_BYTES};
+use crate::fetch::{counted, verified_whole, Opener, PeerOpener, Resume, UpstreamOpener};
+use crate::metrics::{Source, DIGEST_MISMATCHES, LOCAL_STORE_ERRORS, PEER_SERVED_BYTES, SERVED_BYTES, STALE_TAGS};
 use crate::oci::{media, parse_ns, validate_repository, validate_tag, Algorithm, Digest, Registry};
 use crate::peer::auth::ClusterKey;
 use crate::peer::client::PeerClient;
@@ -47,6 +47,9 @@ pub struct PeerPath {
     pub locate: Recipient<Locate>,
     pub report: Recipient<Outcome>,
     pub served: Recipient<ServedPeer>,
+    /// Peers whose content did not match its digest (they rest; the digest becomes suspect).
+    pub corrupt: Recipient<Corrupt>,
+    pub suspect: Recipient<Suspect>,
     pub client: Arc<PeerClient>,
     /// `None` when no cluster secret is configured (peer requests are then not authenticated).
     pub key: Option<Arc<ClusterKey>>,
@@ -383,17 +386,17 @@ async fn manifest(st: &RegistryState, ask: &Ask, repo: &str, reference: &Referen
                 }
             }
             match upstream_manifest(st, ask, repo, reference).await {
-                Err(e @ (ApiError::Unavailable { .. } | ApiError::BadGateway { .. })) => {
+                // Only when the upstream cannot answer (unreachable, timing out, resting, or a
+                // gateway saying it is down): never for an answer a client could provoke.
+                Err(e @ ApiError::Unavailable { .. }) => {
                     if st.cfg.local_tags_on_upstream_error {
                         if let Some(m) = local_tag(st, ask, repo, tag).await {
-                            tracing::warn!(repo, tag, digest = %m.digest, upstream_error = %e, "upstream unavailable; serving the tag as the local store last saw it");
-                            return Ok(manifest_response(m, ask.head, Source::Local));
+                            return Ok(stale_tag(m, ask, repo, tag, &e, Source::Local));
                         }
                     }
                     if st.peers.as_ref().is_some_and(|p| p.tags_on_upstream_error) {
                         if let Some(m) = peer_manifest(st, ask, repo, reference).await {
-                            tracing::warn!(repo, tag, digest = %m.digest, upstream_error = %e, "upstream unavailable; serving the tag as a peer has it");
-                            return Ok(manifest_response(m, ask.head, Source::Peer));
+                            return Ok(stale_tag(m, ask, repo, tag, &e, Source::Peer));
                         }
                     }
                     Err(e)
@@ -402,6 +405,18 @@ async fn manifest(st: &RegistryState, ask: &Ask, repo: &str, reference: &Referen
             }
         }
     }
+}
+
+/// A tag as a local image record or a peer last saw it, while the upstream is unreachable: it
+/// may be an older image than the registry's, so it is logged, counted and marked stale
+/// (`Warning: 110`, RFC 7234 §5.5.1).
+fn stale_tag(m: Manifest, ask: &Ask, repo: &str, tag: &str, e: &ApiError, source: Source) -> HttpResponse {
+    metrics::counter!(STALE_TAGS, "source" => source.as_str()).increment(1);
+    tracing::warn!(registry = %ask.registry, repo, tag, digest = %m.digest, source = source.as_str(), upstream_error = %e,
+        "upstream unreachable; serving a possibly stale tag");
+    let mut resp = manifest_response(m, ask.head, source);
+    resp.headers_mut().insert(header::WARNING, header::HeaderValue::from_static("110 peerd \"Response is Stale\""));
+    resp
 }
 
 /// The manifest a tag points at in the local store.
@@ -452,7 +467,7 @@ async fn peer_manifest(st: &RegistryState, ask: &Ask, repo: &str, reference: &Re
             Reference::Digest(d) => {
                 if Digest::compute(d.algorithm(), &body) != *d {
                     mismatch(Source::Peer, d, "peer manifest");
-                    p.report.do_send(Outcome { peer: peer.id, ok: false });
+                    p.corrupt.do_send(Corrupt { peers: vec![peer.id], key: d.to_string() });
                     continue;
                 }
                 d.clone()
@@ -645,6 +660,12 @@ async fn peer_blob(
         upstream: st.upstream.clone(),
         request: upstream_request(ask, repo, Kind::Blob, digest.to_string(), false, None),
     });
+    // A client resuming a blob whose last whole read from peers did not verify may hold wrong
+    // bytes from them: its range comes from the upstream, never unverified from a peer again.
+    if ask.range.is_some() && p.suspect.send(Suspect { key: digest.to_string() }).await.unwrap_or(false) {
+        tracing::info!(%digest, "range of a blob that failed verification from peers: asking the upstream");
+        return None;
+    }
     if ask.head || ask.range.is_some() {
         let mut size = None;
         for s in &peer_sources {
@@ -675,18 +696,17 @@ async fn peer_blob(
         blob_headers(&mut b, digest);
         return Some(Ok(tag_source(b.no_chunking(range.len()).streaming(body), Source::Peer)));
     }
-    let (opened, source, mut rest) = match open_first(peer_sources, p.hedge).await {
-        Ok(x) => x,
-        Err(e) => {
-            tracing::debug!(%digest, error = %e, "no peer could serve; going upstream");
-            return None;
-        }
-    };
-    rest.push_back(upstream);
-    let size = opened.size.unwrap_or(0);
-    let whole = Resume::new(opened.body, source, rest, 0, size.saturating_sub(1));
-    let body: ByteStream = if size == 0 { Box::pin(futures_util::stream::empty()) } else { Box::pin(whole) };
-    let body = verified(body, digest, Some(size), source);
+    let corrupt = Some(p.corrupt.clone());
+    let (body, size, source) =
+        match verified_whole(peer_sources, upstream, p.hedge, digest, corrupt, |d, why| mismatch(Source::Peer, d, why))
+            .await
+        {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(%digest, error = %e, "no peer could serve; going upstream");
+                return None;
+            }
+        };
     let mut b = HttpResponse::Ok();
     blob_headers(&mut b, digest);
     Some(Ok(tag_source(b.no_chunking(size).streaming(body), source)))

@@ -277,6 +277,14 @@ async fn ns_handling_and_upstream_failures() {
     let (s, hd, body) = call(&app, Method::GET, &format!("/v2/a/manifests/v1?ns={REG}"), &[]).await;
     assert_eq!((s, body.unwrap()), (StatusCode::OK, m));
     assert_eq!(h(&hd, "content-type"), media::OCI_INDEX);
+    assert!(h(&hd, "warning").contains("Stale"), "marked stale");
+    // An answer a client can provoke (a 500) is no outage: no stale tag, the error goes through.
+    f.up.fail(Some(UpstreamError::Status { status: 500, www_authenticate: None }));
+    let (s, _, _) = call(&app, Method::GET, &format!("/v2/a/manifests/v1?ns={REG}"), &[]).await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY, "a 500 upstream never rolls a tag back");
+    f.up.fail(Some(UpstreamError::Status { status: 503, www_authenticate: None }));
+    let (s, _, _) = call(&app, Method::GET, &format!("/v2/a/manifests/v1?ns={REG}"), &[]).await;
+    assert_eq!(s, StatusCode::OK, "a 503 upstream is down: the local tag");
 
     f.up.fail(Some(UpstreamError::Timeout { host: REG.into() }));
     let (s, _, _) =

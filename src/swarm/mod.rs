@@ -45,7 +45,7 @@ use tokio::sync::{watch, Semaphore};
 
 /// Chunk bytes received, by `source` (peer, upstream).
 pub const SWARM_CHUNK_BYTES: &str = "peerd_swarm_chunk_bytes_total";
-/// Downloads by `outcome` (started, verified, failed).
+/// Downloads by `outcome` (started, verified, failed, no_room: streamed directly, disk full).
 pub const SWARM_DOWNLOADS: &str = "peerd_swarm_downloads_total";
 /// Chunks taken over from a dead or stalled peer.
 pub const SWARM_TAKEOVERS: &str = "peerd_swarm_takeovers_total";
@@ -59,7 +59,7 @@ pub const SWARM_UPLOAD_BYTES: &str = "peerd_swarm_upload_bytes_total";
 pub fn describe() {
     use metrics::{describe_counter, Unit};
     describe_counter!(SWARM_CHUNK_BYTES, Unit::Bytes, "Swarm chunk bytes received by source (peer, upstream)");
-    describe_counter!(SWARM_DOWNLOADS, "Swarm downloads by outcome (started, verified, failed)");
+    describe_counter!(SWARM_DOWNLOADS, "Swarm downloads by outcome (started, verified, failed, no_room)");
     describe_counter!(SWARM_TAKEOVERS, "Swarm chunks taken over from a dead or stalled peer");
     describe_counter!(SWARM_CHUNK_FAILURES, "Failed swarm chunk fetches by reason");
     describe_counter!(SWARM_PEERS_LOST, "Peers downloading with this node that stopped answering");
@@ -338,6 +338,8 @@ pub struct Swarm {
     dir: PathBuf,
     downloads: DashMap<String, Arc<Download>>,
     spooled: AtomicU64,
+    /// When "no disk room" was last logged.
+    no_room_warned: AtomicU64,
     router: Option<Arc<dyn Router>>,
     client: Option<Arc<PeerClient>>,
     upstream: Recipient<Fetch>,
@@ -368,11 +370,10 @@ impl Swarm {
     ) -> Result<Arc<Swarm>, String> {
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         // Spools of a previous run are incomplete by definition. Only files named like a spool
-        // (a digest's hex) are removed: the directory may be shared with other things.
+        // are removed: the directory may be shared with other things.
         for entry in std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let spool_name = matches!(name.len(), 64 | 128) && name.bytes().all(|b| b.is_ascii_hexdigit());
-            if spool_name && entry.file_type().is_ok_and(|t| t.is_file()) {
+            if spool::is_spool_name(&name) && entry.file_type().is_ok_and(|t| t.is_file()) {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
@@ -389,6 +390,7 @@ impl Swarm {
             dir,
             downloads: DashMap::new(),
             spooled: AtomicU64::new(0),
+            no_room_warned: AtomicU64::new(0),
             router,
             client,
             upstream,
@@ -428,7 +430,16 @@ impl Swarm {
             tracing::info!(%digest, size, used, "swarm spool full; streaming directly");
             return None;
         }
-        let spool = match Spool::create(self.dir.join(digest.hex()), size) {
+        // A full disk: stream straight through rather than fail half-way through a response.
+        if !spool::has_room(&self.dir, size) {
+            self.spooled.fetch_sub(size, Ordering::SeqCst);
+            metrics::counter!(SWARM_DOWNLOADS, "outcome" => "no_room").increment(1);
+            if spool::warn_now(&self.no_room_warned, std::time::Duration::from_secs(60)) {
+                tracing::warn!(%digest, size, dir = %self.dir.display(), "no disk room for a swarm spool; streaming directly (said at most once a minute)");
+            }
+            return None;
+        }
+        let spool = match Spool::create(self.dir.join(format!("{}{}", digest.hex(), spool::SPOOL_SUFFIX)), size) {
             Ok(s) => s,
             Err(e) => {
                 self.spooled.fetch_sub(size, Ordering::SeqCst);

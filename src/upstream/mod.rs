@@ -102,11 +102,45 @@ impl UpstreamError {
             UpstreamError::Forbidden { .. } => "forbidden",
         }
     }
-    /// Errors that say the host itself is failing (they feed the circuit breaker).
-    pub fn is_host_failure(&self) -> bool {
-        matches!(self, UpstreamError::Unreachable { .. } | UpstreamError::Timeout { .. })
-            || matches!(self, UpstreamError::Status { status, .. } if *status >= 500)
+    /// What this failure says about the host's health (what the circuit breaker counts).
+    ///
+    /// Only failures a client cannot choose say the host is unhealthy: it could not be reached,
+    /// it timed out, or a gateway in front of it said the backend is down (502/503/504). A 4xx
+    /// is a healthy host refusing one request; a 500 is what distribution answers for a
+    /// reference it cannot parse as a manifest (e.g. a manifest GET by a layer's digest), so
+    /// any client could send it at will: it says nothing either way.
+    pub fn health(&self) -> Health {
+        match self {
+            UpstreamError::Unreachable { .. } | UpstreamError::Timeout { .. } => Health::Unhealthy,
+            UpstreamError::Status { status: 502..=504, .. } => Health::Unhealthy,
+            // 429: the host works but throttles; resting it would only add to the outage.
+            UpstreamError::Status { status: 429, .. } => Health::Unknown,
+            UpstreamError::Status { status: 400..=499, .. } => Health::Healthy,
+            UpstreamError::Status { .. }
+            | UpstreamError::Protocol(_)
+            | UpstreamError::NotMirrored(_)
+            // A refused redirect or realm is chosen by whoever answered, not a sign of health.
+            | UpstreamError::Forbidden { .. }
+            | UpstreamError::CircuitOpen { .. } => Health::Unknown,
+        }
     }
+
+    /// The upstream could not be asked or could not answer: the only case in which a node may
+    /// fall back to what it saw before (a tag as the local image record has it).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, UpstreamError::CircuitOpen { .. }) || self.health() == Health::Unhealthy
+    }
+}
+
+/// What one upstream answer says about the host (see [`UpstreamError::health`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// The host answered as a working registry does (including a 4xx for a bad request).
+    Healthy,
+    /// The host is down or failing (connect error, timeout, 502/503/504).
+    Unhealthy,
+    /// Nothing to learn (a 500 or 429, a malformed answer, a request never sent).
+    Unknown,
 }
 
 #[async_trait]
