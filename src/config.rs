@@ -191,6 +191,23 @@ pub struct BlobsConfig {
     pub coalesce: bool,
     #[serde(with = "humantime_serde")]
     pub coalesce_gather: Duration,
+    /// Most bytes of one file fetched ahead of its readers (also at most half the cache).
+    pub prefetch_max_bytes: u64,
+    /// A file's prefetch stops when no client has read it for this long.
+    #[serde(with = "humantime_serde")]
+    pub prefetch_idle: Duration,
+    /// Chunk fetches in flight per upstream host (of the node's 64).
+    pub per_host_fetches: usize,
+    /// An upstream chunk fetch that receives no byte for this long fails.
+    #[serde(with = "humantime_serde")]
+    pub progress_timeout: Duration,
+    /// An upstream chunk fetch that has not completed in this long fails (a trickle).
+    #[serde(with = "humantime_serde")]
+    pub chunk_timeout: Duration,
+    /// RFC 5861 stale-if-error: while the upstream is unreachable or answers 5xx/429, serve a
+    /// file a cluster node validated within this long. `0s`: off.
+    #[serde(with = "humantime_serde")]
+    pub stale_if_error: Duration,
 }
 
 /// Swarming: blobs shared while they download, each part fetched from upstream once per cluster.
@@ -446,6 +463,12 @@ impl Config {
             }
             if self.blobs.max_cache_bytes < self.blobs.chunk_size * 16 {
                 return bad("blobs.max_cache_bytes", "must hold at least 16 chunks".into());
+            }
+            if self.blobs.per_host_fetches == 0 {
+                return bad("blobs.per_host_fetches", "must be positive".into());
+            }
+            if self.blobs.progress_timeout.is_zero() || self.blobs.chunk_timeout.is_zero() {
+                return bad("blobs.progress_timeout", "progress_timeout and chunk_timeout must be positive".into());
             }
             if self.blobs.parallel_chunks == 0 || self.blobs.prefetch_workers == 0 {
                 return bad("blobs.parallel_chunks", "parallel_chunks and prefetch_workers must be positive".into());

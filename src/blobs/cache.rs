@@ -234,6 +234,29 @@ impl ChunkCache {
         }
     }
 
+    /// Whether storing `extra` more bytes would evict a chunk used within `within`: eviction
+    /// removes the least recently used chunks down to 90% of the bound, and prefetch must not
+    /// push out what clients are reading.
+    pub fn evicts_recent(&self, extra: u64, within: std::time::Duration) -> bool {
+        let total = self.total.load(Ordering::Relaxed).saturating_add(extra);
+        if total <= self.max_bytes {
+            return false;
+        }
+        let mut entries: Vec<(Instant, u64)> = self.index.iter().map(|e| (e.used, e.size)).collect();
+        entries.sort_unstable_by_key(|(used, _)| *used);
+        let (mut left, target) = (total, self.max_bytes / 10 * 9);
+        for (used, size) in entries {
+            if left <= target {
+                return false;
+            }
+            if used.elapsed() < within {
+                return true;
+            }
+            left = left.saturating_sub(size);
+        }
+        left > target
+    }
+
     /// The file path of a cached chunk (tests corrupt it on purpose).
     pub fn chunk_path(&self, id: &str, index: u64) -> Option<PathBuf> {
         self.index.get(&(id.to_owned(), index)).map(|e| self.path(id, index, &e.sha256))
@@ -309,6 +332,19 @@ mod tests {
         for f in theirs {
             assert!(dir.path().join(f).exists(), "{f} was removed");
         }
+    }
+
+    #[tokio::test]
+    async fn evicts_recent_sees_what_eviction_would_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ChunkCache::open(dir.path(), 20).unwrap();
+        for i in 0..4 {
+            cache.put(ID, i, &Bytes::from_static(b"abcd")).await.unwrap();
+        }
+        let hour = std::time::Duration::from_secs(3600);
+        assert!(!cache.evicts_recent(4, hour), "room for it: nothing evicted");
+        assert!(cache.evicts_recent(8, hour), "past the bound, chunks used just now would go");
+        assert!(!cache.evicts_recent(8, std::time::Duration::ZERO), "nothing counts as recent");
     }
 
     #[test]

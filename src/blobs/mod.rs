@@ -36,6 +36,14 @@ use tokio::sync::Semaphore;
 pub const BLOBS_BYTES: &str = "peerd_blobs_bytes_total";
 pub const PREFETCH_CHUNKS: &str = "peerd_blobs_prefetch_chunks_total";
 pub const PREFETCH_FILES: &str = "peerd_blobs_prefetch_files_total";
+/// Prefetches that stopped early, by `reason` (`size`, `cache`, `idle`).
+pub const PREFETCH_STOPPED: &str = "peerd_blobs_prefetch_stopped_total";
+/// Chunk fetches that failed for lack of progress (`reason`: `stalled`: no byte for
+/// `progress_timeout`; `slow`: not complete in `chunk_timeout`; `queued`: no slot of the host
+/// within `chunk_timeout`).
+pub const UPSTREAM_TIMEOUTS: &str = "peerd_blobs_upstream_timeouts_total";
+/// Prefetch never evicts chunks used more recently than this.
+const PREFETCH_KEEP: Duration = Duration::from_secs(600);
 /// Chunk fetches (peer or upstream) in flight on this node, all requests together.
 const MAX_FETCHES: usize = 64;
 /// Files whose metadata is remembered.
@@ -155,7 +163,13 @@ pub struct BlobsState {
     /// Per-chunk locks: concurrent requests for one chunk share one fetch.
     inflight: DashMap<(String, u64), Arc<tokio::sync::Mutex<()>>>,
     fetches: Arc<Semaphore>,
-    prefetched: DashMap<String, ()>,
+    /// Upstream host (`host:port`) → its share of the chunk fetches (`blobs.per_host_fetches`),
+    /// taken before a slot of `fetches`, so one slow host cannot hold them all.
+    hosts: DashMap<String, Arc<Semaphore>>,
+    /// File id → bytes prefetched so far (a file is prefetched at most `prefetch_cap` bytes).
+    prefetched: DashMap<String, u64>,
+    /// File id → when a client last read it (prefetch runs only while a file is being read).
+    last_read: DashMap<String, Instant>,
     prefetch_slots: Arc<Semaphore>,
     /// File id → the URL and metadata a client last used (so this node can fetch chunks of it
     /// for peers, with its own client's credentials; peers never see the URL).
@@ -258,7 +272,9 @@ impl BlobsState {
             peers,
             inflight: DashMap::new(),
             fetches: Arc::new(Semaphore::new(MAX_FETCHES)),
+            hosts: DashMap::new(),
             prefetched: DashMap::new(),
+            last_read: DashMap::new(),
             prefetch_slots: Arc::new(Semaphore::new(workers)),
             sources: DashMap::new(),
             interest: DashMap::new(),
@@ -359,7 +375,7 @@ impl BlobsState {
 
     fn chunk_range(&self, meta: &Meta, index: u64) -> ByteRange {
         let start = index * self.cfg.chunk_size;
-        ByteRange { start, end: (start + self.cfg.chunk_size).min(meta.size) - 1 }
+        ByteRange { start, end: start.saturating_add(self.cfg.chunk_size).min(meta.size) - 1 }
     }
 
     /// A chunk from the local cache, counted as served locally.
@@ -399,6 +415,17 @@ impl BlobsState {
         if let Some(data) = self.cached(&meta.id, index).await {
             return Ok(data);
         }
+        // The host's share first: waiting for a slow host holds none of the node's slots. The
+        // wait is bounded by `chunk_timeout`: a request queued behind a host that slow fails
+        // rather than fetching long after its client may have left (actix does not drop a
+        // pending response body when the client disconnects).
+        let _host = match tokio::time::timeout(self.cfg.chunk_timeout, self.host_slots(url).acquire_owned()).await {
+            Ok(slot) => slot.map_err(|e| e.to_string())?,
+            Err(_) => {
+                metrics::counter!(UPSTREAM_TIMEOUTS, "reason" => "queued").increment(1);
+                return Err(format!("upstream host busy: no fetch slot within {:?}", self.cfg.chunk_timeout));
+            }
+        };
         let _slot = self.fetches.acquire().await.map_err(|e| e.to_string())?;
         let range = self.chunk_range(meta, index);
         let from_peers = match self.chunk_from_peers(meta, index, range).await {
@@ -533,14 +560,48 @@ impl BlobsState {
         }
     }
 
+    /// The fetch slots of `url`'s host. Hosts are bounded by the allow-list, but a wildcard
+    /// entry admits any number: idle hosts are forgotten past `MAX_META`.
+    fn host_slots(&self, url: &url::Url) -> Arc<Semaphore> {
+        let host = format!("{}:{}", url.host_str().unwrap_or(""), url.port_or_known_default().unwrap_or(0));
+        if let Some(s) = self.hosts.get(&host) {
+            return s.clone();
+        }
+        if self.hosts.len() >= MAX_META {
+            let n = self.cfg.per_host_fetches;
+            self.hosts.retain(|_, s| s.available_permits() < n);
+        }
+        self.hosts.entry(host).or_insert_with(|| Arc::new(Semaphore::new(self.cfg.per_host_fetches))).clone()
+    }
+
+    /// A chunk from the upstream, failing when no byte arrives for `blobs.progress_timeout` or
+    /// the whole chunk takes longer than `blobs.chunk_timeout` (a trickling upstream must not
+    /// hold its fetch slot for ever).
     async fn chunk_from_upstream(&self, url: &url::Url, meta: &Meta, range: ByteRange) -> Result<Bytes, String> {
+        match tokio::time::timeout(self.cfg.chunk_timeout, self.upstream_range(url, meta, range)).await {
+            Ok(r) => r,
+            Err(_) => {
+                metrics::counter!(UPSTREAM_TIMEOUTS, "reason" => "slow").increment(1);
+                Err(format!("upstream: the chunk took longer than {:?}", self.cfg.chunk_timeout))
+            }
+        }
+    }
+
+    async fn upstream_range(&self, url: &url::Url, meta: &Meta, range: ByteRange) -> Result<Bytes, String> {
+        let stalled = || {
+            metrics::counter!(UPSTREAM_TIMEOUTS, "reason" => "stalled").increment(1);
+            format!("upstream: no bytes for {:?}", self.cfg.progress_timeout)
+        };
         // Always an absolute range: some stores (Azurite) fail on suffix ranges.
         let mut req = self.http.get(url.clone()).header(header::RANGE.as_str(), range.header());
         if let Some(etag) = &meta.etag {
             req = req.header(header::IF_MATCH.as_str(), etag);
         }
         // Errors never carry the URL: it holds the client's signature.
-        let resp = req.send().await.map_err(|e| format!("upstream: {}", e.without_url()))?;
+        let resp = tokio::time::timeout(self.cfg.progress_timeout, req.send())
+            .await
+            .map_err(|_| stalled())?
+            .map_err(|e| format!("upstream: {}", e.without_url()))?;
         let status = resp.status().as_u16();
         if status == 412 {
             self.meta.retain(|_, m| m.id != meta.id);
@@ -551,40 +612,134 @@ impl BlobsState {
         }
         let body: crate::store::ByteStream =
             Box::pin(resp.bytes_stream().map(|r| r.map_err(|e| std::io::Error::other(e.without_url().to_string()))));
-        let body: crate::store::ByteStream =
+        let mut body: crate::store::ByteStream =
             if status == 200 { Box::pin(crate::stream::Slice::new(body, range.start, range.len())) } else { body };
-        let data = crate::store::collect(body, range.len()).await.map_err(|e| e.to_string())?;
+        let mut buf = bytes::BytesMut::with_capacity(range.len() as usize);
+        loop {
+            match tokio::time::timeout(self.cfg.progress_timeout, body.next()).await.map_err(|_| stalled())? {
+                None => break,
+                Some(Err(e)) => return Err(e.to_string()),
+                Some(Ok(b)) if (buf.len() + b.len()) as u64 > range.len() => {
+                    return Err(format!("upstream sent more than the {} bytes asked", range.len()))
+                }
+                Some(Ok(b)) => buf.extend_from_slice(&b),
+            }
+        }
+        let data = buf.freeze();
         if data.len() as u64 != range.len() {
             return Err(format!("upstream sent {} of {} bytes", data.len(), range.len()));
         }
         Ok(data)
     }
 
-    /// After the first read of a file, fetch the rest in the background (bounded workers; a file
-    /// is queued once per process, however often it is read).
-    fn prefetch(self: &Arc<Self>, url: url::Url, meta: Meta) {
-        if !self.cfg.prefetch || self.prefetched.insert(meta.id.clone(), ()).is_some() || meta.size == 0 {
+    /// A client read file `id` now.
+    fn touch(&self, id: &str) {
+        if self.last_read.len() >= MAX_META {
+            let idle = self.cfg.prefetch_idle;
+            self.last_read.retain(|_, t| t.elapsed() < idle);
+        }
+        self.last_read.insert(id.to_owned(), Instant::now());
+    }
+
+    /// Bytes of one file prefetched at most: `blobs.prefetch_max_bytes`, and half the cache.
+    fn prefetch_cap(&self) -> u64 {
+        self.cfg.prefetch_max_bytes.min(self.cfg.max_cache_bytes / 2)
+    }
+
+    /// After a read of a file, fetch the chunks after it in the background (bounded workers),
+    /// then those before it. Bounded: at most [`Self::prefetch_cap`] bytes per file per process,
+    /// whatever size the upstream claims; never evicting chunks used in the last
+    /// [`PREFETCH_KEEP`]; and only while clients read the file (one read within
+    /// `blobs.prefetch_idle`): an idle file's prefetch stops, and resumes on its next read.
+    fn prefetch(self: &Arc<Self>, url: url::Url, meta: Meta, from: u64) {
+        if !self.cfg.prefetch || meta.size == 0 {
             return;
         }
-        metrics::counter!(PREFETCH_FILES).increment(1);
+        // Bounded: past `MAX_META` files, new ones are not prefetched (checked before taking the
+        // entry: `len` locks every shard).
+        let full = self.prefetched.len() >= MAX_META;
+        let done = match self.prefetched.entry(meta.id.clone()) {
+            // Running (`u64::MAX` marks it) or stopped for good (past its cap).
+            dashmap::mapref::entry::Entry::Occupied(e) if *e.get() == u64::MAX || *e.get() >= self.prefetch_cap() => return,
+            dashmap::mapref::entry::Entry::Occupied(mut e) => std::mem::replace(e.get_mut(), u64::MAX),
+            dashmap::mapref::entry::Entry::Vacant(_) if full => return,
+            dashmap::mapref::entry::Entry::Vacant(e) => {
+                e.insert(u64::MAX);
+                metrics::counter!(PREFETCH_FILES).increment(1);
+                0
+            }
+        };
         let this = self.clone();
         actix_rt::spawn(async move {
-            let chunks = meta.size.div_ceil(this.cfg.chunk_size);
-            for index in 0..chunks {
-                if this.cache.contains(&meta.id, index) {
-                    continue;
-                }
-                let Ok(slot) = this.prefetch_slots.clone().acquire_owned().await else { return };
-                let (t, u, m) = (this.clone(), url.clone(), meta.clone());
-                actix_rt::spawn(async move {
-                    if t.chunk(&u, &m, index, false).await.is_ok() {
-                        metrics::counter!(PREFETCH_CHUNKS).increment(1);
-                    }
-                    drop(slot);
-                });
-            }
+            let fetched = this.prefetch_run(&url, &meta, from, done).await;
+            this.prefetched.insert(meta.id.clone(), fetched);
         });
     }
+
+    /// The prefetch of one file; returns the bytes it fetched (counted against the cap).
+    async fn prefetch_run(self: &Arc<Self>, url: &url::Url, meta: &Meta, from: u64, mut fetched: u64) -> u64 {
+        let cs = self.cfg.chunk_size;
+        let cap = self.prefetch_cap();
+        let chunks = meta.size.div_ceil(cs);
+        let from = from.min(chunks);
+        // Never more than the cap's worth of indexes looked at, whatever the claimed size.
+        let span = cap.div_ceil(cs).saturating_add(1);
+        let order = (from..chunks).take(span as usize).chain((0..from).rev().take(span as usize));
+        let mut running = tokio::task::JoinSet::new();
+        // Bytes of chunks in flight: not in the cache yet, but they will be.
+        let in_flight = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut stop = None;
+        for index in order {
+            if this_idle(self, &meta.id) {
+                stop = Some("idle");
+                break;
+            }
+            if self.cache.contains(&meta.id, index) {
+                continue;
+            }
+            let len = self.chunk_range(meta, index).len();
+            if fetched.saturating_add(len) > cap {
+                stop = Some("size");
+                break;
+            }
+            let coming = in_flight.load(std::sync::atomic::Ordering::Relaxed);
+            if self.cache.evicts_recent(len.saturating_add(coming), PREFETCH_KEEP) {
+                stop = Some("cache");
+                break;
+            }
+            let Ok(slot) = self.prefetch_slots.clone().acquire_owned().await else { break };
+            fetched += len;
+            in_flight.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+            let (t, u, m, f) = (self.clone(), url.clone(), meta.clone(), in_flight.clone());
+            running.spawn_local(async move {
+                if t.chunk(&u, &m, index, false).await.is_ok() {
+                    metrics::counter!(PREFETCH_CHUNKS).increment(1);
+                }
+                f.fetch_sub(len, std::sync::atomic::Ordering::Relaxed);
+                drop(slot);
+            });
+            while running.try_join_next().is_some() {}
+        }
+        if let Some(reason) = stop {
+            metrics::counter!(PREFETCH_STOPPED, "reason" => reason).increment(1);
+            tracing::debug!(file = %meta.id, reason, fetched, "prefetch stopped");
+        }
+        if stop == Some("idle") {
+            // The chunks in flight are not waited for: dropping them cancels their fetches.
+            running.abort_all();
+        }
+        while running.join_next().await.is_some() {}
+        // Stopped by size or cache: for good (the cap is reached); idle: resumable.
+        match stop {
+            Some("size") | Some("cache") => cap,
+            _ => fetched,
+        }
+    }
+}
+
+/// No client has read file `id` within `blobs.prefetch_idle`.
+fn this_idle(st: &BlobsState, id: &str) -> bool {
+    st.last_read.get(id).is_none_or(|t| t.elapsed() >= st.cfg.prefetch_idle)
 }
 
 /// `GET|HEAD /blobs/<URL>` on the node-local front end.
@@ -606,6 +761,7 @@ async fn blob(req: HttpRequest, st: web::Data<Arc<BlobsState>>) -> Result<HttpRe
     let url = st.upstream_url(&req)?;
     let meta = st.metadata(&url).await?;
     st.reading(&url, &meta);
+    st.touch(&meta.id);
     let spec = match req.headers().get(header::RANGE).and_then(|v| v.to_str().ok()) {
         Some(v) => range::parse(v)?,
         None => None,
@@ -635,11 +791,12 @@ async fn blob(req: HttpRequest, st: web::Data<Arc<BlobsState>>) -> Result<HttpRe
     let cs = st.cfg.chunk_size;
     let (first, last) = (r.start / cs, r.end / cs);
     let this = st.get_ref().clone();
-    st.prefetch(url.clone(), meta.clone());
+    st.prefetch(url.clone(), meta.clone(), last + 1);
     let chunks = futures_util::stream::iter(first..=last)
         .map(move |index| {
             let (t, u, m) = (this.clone(), url.clone(), meta.clone());
             async move {
+                t.touch(&m.id);
                 let data = t.chunk(&u, &m, index, false).await.map_err(std::io::Error::other)?;
                 let chunk_start = index * cs;
                 let from = r.start.saturating_sub(chunk_start) as usize;

@@ -454,6 +454,13 @@ pub enum Reply {
     Garbage(Vec<u8>),
     /// Accept and never answer.
     Hang,
+    /// An HTTP answer whose body comes one byte every `every` (a trickling upstream).
+    Trickle {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+        every: Duration,
+    },
 }
 
 impl Reply {
@@ -541,6 +548,26 @@ impl FakeUpstream {
                         }
                         Reply::Garbage(bytes) => {
                             let _ = stream.write_all(&bytes);
+                        }
+                        Reply::Trickle { status, headers, body, every } => {
+                            let mut head = format!(
+                                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n",
+                                body.len()
+                            );
+                            for (k, v) in headers {
+                                head.push_str(&format!("{k}: {v}\r\n"));
+                            }
+                            head.push_str("\r\n");
+                            if stream.write_all(head.as_bytes()).is_err() {
+                                return;
+                            }
+                            for b in body {
+                                std::thread::sleep(every);
+                                // The client hung up: stop.
+                                if stream.write_all(&[b]).is_err() {
+                                    return;
+                                }
+                            }
                         }
                         Reply::Http { status, headers, body } => {
                             let mut head = format!(

@@ -1,0 +1,200 @@
+//! `/blobs` on a bad day (issue 14, findings 4, 6 and 9): upstreams that claim absurd sizes,
+//! upstreams that trickle, and upstream outages, against peerd processes and hand-rolled
+//! upstreams (`FakeUpstream`) on loopback.
+
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+const CHUNK: u64 = 64 * 1024;
+
+/// A blob store claiming `size_of(path)` bytes for every path: HEAD answers with that size
+/// (written raw: the fake's own Content-Length would say 0), ranged GETs get zeros after `delay`.
+fn zeros_upstream(size_of: impl Fn(&str) -> u64 + Send + Sync + 'static, delay: Duration) -> FakeUpstream {
+    FakeUpstream::start(move |req| {
+        let size = size_of(req.target.split('?').next().unwrap_or(""));
+        if req.method == "HEAD" {
+            return Reply::Garbage(
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nETag: \"z\"\r\nConnection: close\r\n\r\n")
+                    .into_bytes(),
+            );
+        }
+        let Some((a, b)) = req
+            .header("range")
+            .and_then(|r| r.strip_prefix("bytes="))
+            .and_then(|r| r.split_once('-'))
+            .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+        else {
+            return Reply::status(400, &[]);
+        };
+        std::thread::sleep(delay);
+        let len = (b - a + 1).min(16 << 20) as usize;
+        Reply::Http {
+            status: 206,
+            headers: vec![("Content-Range".into(), format!("bytes {a}-{b}/{size}"))],
+            body: vec![0; len],
+        }
+    })
+}
+
+fn gets(up: &FakeUpstream) -> usize {
+    up.requests().iter().filter(|r| r.method == "GET").count()
+}
+
+/// A single node (no p2p) allowed to fetch from `hosts`, with 64 KiB chunks and `env` on top.
+fn node(hosts: &[&str], env: &[(&str, &str)]) -> Peerd {
+    let allowed = format!("[{}]", hosts.iter().map(|h| format!("\"http://{h}\"")).collect::<Vec<_>>().join(","));
+    let chunk = CHUNK.to_string();
+    let mut all = vec![("PEERD_BLOBS__ALLOWED_HOSTS", allowed.as_str()), ("PEERD_BLOBS__CHUNK_SIZE", chunk.as_str())];
+    all.extend_from_slice(env);
+    Peerd::start("127.0.0.1", &["--no-p2p", "--containerd-socket", "/nonexistent.sock"], &all)
+}
+
+/// One byte of `path` on `up` through `n`.
+fn read_one_byte(n: &Peerd, up: &str, path: &str) {
+    let ex = curl("GET", &n.url(&format!("/blobs/http://{up}{path}")), &[("Range", "bytes=0-0")]);
+    assert_eq!(ex.status, 206, "1-byte read of {path}");
+}
+
+/// The upstream GET count once it has not changed for `quiet`, waiting at most `within`.
+fn settled_gets(up: &FakeUpstream, quiet: Duration, within: Duration) -> Option<usize> {
+    let deadline = Instant::now() + within;
+    let (mut last, mut since) = (gets(up), Instant::now());
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = gets(up);
+        if now != last {
+            (last, since) = (now, Instant::now());
+        } else if since.elapsed() >= quiet {
+            return Some(now);
+        }
+    }
+    None
+}
+
+/// Finding 4: a 1-byte read of a file claiming 2^64−1 bytes (or 1 PB) made the node prefetch
+/// "the rest" for ever. Prefetch is capped by half the cache (here 64 chunks → 32).
+#[test]
+fn prefetch_of_a_huge_claimed_file_is_bounded_and_stops() {
+    for size in [u64::MAX, 1 << 50] {
+        let up = zeros_upstream(move |_| size, Duration::ZERO);
+        let cache = (64 * CHUNK).to_string();
+        let n = node(&[&up.addr], &[("PEERD_BLOBS__MAX_CACHE_BYTES", &cache)]);
+        read_one_byte(&n, &up.addr, "/huge.img");
+        let settled = settled_gets(&up, Duration::from_secs(2), Duration::from_secs(20));
+        let count = settled.unwrap_or_else(|| panic!("size {size}: upstream GETs never stopped ({})", gets(&up)));
+        // The read's chunk, then at most 32 prefetched.
+        assert!(count <= 33, "size {size}: {count} upstream GETs for a 1-byte read");
+        assert!(count >= 8, "size {size}: prefetch still runs within its bound ({count} GETs)");
+        assert_eq!(n.metric("peerd_blobs_cache_evictions_total", &[]), 0.0, "size {size}: prefetch evicted");
+        assert!(n.metric("peerd_blobs_prefetch_stopped_total", &["reason=\"size\""]) >= 1.0);
+    }
+}
+
+/// Finding 4: a file nobody reads any more is not prefetched on (`blobs.prefetch_idle`), even
+/// when its cap (1 GiB) is far away.
+#[test]
+fn prefetch_stops_when_the_file_is_no_longer_read() {
+    let up = zeros_upstream(|_| 1 << 40, Duration::from_millis(50));
+    let n = node(&[&up.addr], &[("PEERD_BLOBS__PREFETCH_IDLE", "1s")]);
+    read_one_byte(&n, &up.addr, "/big.img");
+    let count = settled_gets(&up, Duration::from_secs(2), Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("prefetch of an unread file never stopped ({} GETs)", gets(&up)));
+    assert!(count < 1000, "{count} GETs");
+    assert!(count >= 4, "prefetch ran while the file was read ({count} GETs)");
+    assert!(n.metric("peerd_blobs_prefetch_stopped_total", &["reason=\"idle\""]) >= 1.0);
+    // A new read resumes it (and it stops again).
+    read_one_byte(&n, &up.addr, "/big.img");
+    let again = settled_gets(&up, Duration::from_secs(2), Duration::from_secs(20)).expect("stops again");
+    assert!(again > count, "a new read resumes the prefetch ({count} → {again})");
+}
+
+/// Finding 4: prefetch of a huge file must not push out chunks clients read a moment ago.
+#[test]
+fn prefetch_does_not_evict_chunks_clients_read() {
+    let up = zeros_upstream(|p| if p == "/x.img" { 40 * CHUNK } else { 1 << 50 }, Duration::ZERO);
+    let cache = (64 * CHUNK).to_string();
+    let n = node(&[&up.addr], &[("PEERD_BLOBS__MAX_CACHE_BYTES", &cache)]);
+    let x = curl("GET", &n.url(&format!("/blobs/http://{}/x.img", up.addr)), &[]);
+    assert_eq!((x.status, x.body.len() as u64), (200, 40 * CHUNK));
+    settled_gets(&up, Duration::from_secs(1), Duration::from_secs(20)).expect("x settles");
+    let before = gets(&up);
+    read_one_byte(&n, &up.addr, "/y.img");
+    settled_gets(&up, Duration::from_secs(2), Duration::from_secs(20)).expect("y's prefetch stops");
+    assert_eq!(n.metric("peerd_blobs_cache_evictions_total", &[]), 0.0, "prefetch evicted x's chunks");
+    assert!(n.metric("peerd_blobs_prefetch_stopped_total", &["reason=\"cache\""]) >= 1.0);
+    let after_y = gets(&up);
+    assert!(after_y > before + 4, "y was prefetched into the free room ({before} → {after_y})");
+    // x is still whole in the cache: reading it again fetches nothing.
+    let x = curl("GET", &n.url(&format!("/blobs/http://{}/x.img", up.addr)), &[]);
+    assert_eq!(x.status, 200);
+    assert_eq!(gets(&up), after_y, "x's chunks were evicted");
+}
+
+/// Finding 6: a trickling host (a byte every 200 ms) held all 64 chunk-fetch slots of the node,
+/// so reads of a healthy host hung. Now it holds at most `blobs.per_host_fetches`, its fetches
+/// fail after `blobs.chunk_timeout`, and the healthy host is served at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_host_does_not_block_other_hosts() {
+    const SLOW_CHUNKS: u64 = 100;
+    let slow = FakeUpstream::start(|req| {
+        if req.method == "HEAD" {
+            let size = SLOW_CHUNKS * CHUNK;
+            return Reply::Garbage(
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nETag: \"s\"\r\nConnection: close\r\n\r\n")
+                    .into_bytes(),
+            );
+        }
+        let range = req.header("range").unwrap_or("").to_owned();
+        Reply::Trickle {
+            status: 206,
+            headers: vec![("Content-Range".into(), format!("{}/{}", range.replace("=", " "), SLOW_CHUNKS * CHUNK))],
+            body: vec![0; CHUNK as usize],
+            every: Duration::from_millis(200),
+        }
+    });
+    let healthy = zeros_upstream(|_| 4 * CHUNK, Duration::ZERO);
+    let n = node(
+        &[&slow.addr, &healthy.addr],
+        &[("PEERD_BLOBS__PREFETCH", "false"), ("PEERD_BLOBS__PER_HOST_FETCHES", "8"), ("PEERD_BLOBS__CHUNK_TIMEOUT", "4s")],
+    );
+    let client = reqwest::Client::new();
+    let mut pending = tokio::task::JoinSet::new();
+    for i in 0..SLOW_CHUNKS {
+        let (c, url) = (client.clone(), n.url(&format!("/blobs/http://{}/slow.img", slow.addr)));
+        let range = format!("bytes={}-{}", i * CHUNK, i * CHUNK);
+        pending.spawn(async move { c.get(url).header("Range", range).send().await.map(|r| r.status().as_u16()) });
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = gets(&slow);
+    assert!((1..=8).contains(&started), "{started} fetches of the slow host at once (per_host_fetches = 8)");
+
+    let t0 = Instant::now();
+    let fast = client
+        .get(n.url(&format!("/blobs/http://{}/fast.img", healthy.addr)))
+        .header("Range", format!("bytes=0-{}", 2 * CHUNK))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .expect("the healthy host's read hung behind the slow host");
+    assert_eq!(fast.status().as_u16(), 206);
+    assert_eq!(fast.bytes().await.unwrap().len() as u64, 2 * CHUNK + 1);
+    assert!(t0.elapsed() < Duration::from_secs(3), "healthy read took {:?}", t0.elapsed());
+
+    // Past chunk_timeout the trickled fetches fail (the slow reads end, none of them with data).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(n.metric("peerd_blobs_upstream_timeouts_total", &["reason=\"slow\""]) >= 1.0);
+    assert!(gets(&slow) > started, "the next queued fetches started once the slow ones timed out");
+
+    // Reads queued behind the slow host give up after chunk_timeout instead of fetching long
+    // after their clients left (actix keeps a pending body alive when the client goes): once the
+    // clients leave, the slow host soon sees no new fetches.
+    pending.abort_all();
+    while pending.join_next().await.is_some() {}
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = gets(&slow);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(gets(&slow), after, "fetches of the slow host went on after its clients left");
+    assert!(after < 40, "{after} fetches of the slow host for 100 abandoned reads");
+    assert!(n.metric("peerd_blobs_upstream_timeouts_total", &["reason=\"queued\""]) >= 1.0);
+}
