@@ -84,6 +84,11 @@ fn describe() {
     describe_counter!(crate::blobs::cache::CACHE_EVICTIONS, "/blobs chunks evicted");
     metrics::describe_gauge!(crate::blobs::cache::CACHE_BYTES, Unit::Bytes, "/blobs chunk cache size");
     describe_counter!(crate::blobs::PREFETCH_FILES, "/blobs files queued for prefetch");
+    describe_counter!(crate::blobs::PREFETCH_STOPPED, "/blobs prefetches stopped early by reason (size, cache, idle)");
+    describe_counter!(
+        crate::blobs::UPSTREAM_TIMEOUTS,
+        "/blobs upstream chunk fetches failed for lack of progress by reason (stalled, slow, queued)"
+    );
     describe_counter!(crate::blobs::PREFETCH_CHUNKS, "/blobs chunks prefetched");
     crate::swarm::describe();
     crate::actors::fetch::describe();

@@ -156,7 +156,11 @@ async fn a_trickling_host_does_not_block_other_hosts() {
     let healthy = zeros_upstream(|_| 4 * CHUNK, Duration::ZERO);
     let n = node(
         &[&slow.addr, &healthy.addr],
-        &[("PEERD_BLOBS__PREFETCH", "false"), ("PEERD_BLOBS__PER_HOST_FETCHES", "8"), ("PEERD_BLOBS__CHUNK_TIMEOUT", "4s")],
+        &[
+            ("PEERD_BLOBS__PREFETCH", "false"),
+            ("PEERD_BLOBS__PER_HOST_FETCHES", "8"),
+            ("PEERD_BLOBS__CHUNK_TIMEOUT", "4s"),
+        ],
     );
     let client = reqwest::Client::new();
     let mut pending = tokio::task::JoinSet::new();

@@ -660,7 +660,9 @@ impl BlobsState {
         let full = self.prefetched.len() >= MAX_META;
         let done = match self.prefetched.entry(meta.id.clone()) {
             // Running (`u64::MAX` marks it) or stopped for good (past its cap).
-            dashmap::mapref::entry::Entry::Occupied(e) if *e.get() == u64::MAX || *e.get() >= self.prefetch_cap() => return,
+            dashmap::mapref::entry::Entry::Occupied(e) if *e.get() == u64::MAX || *e.get() >= self.prefetch_cap() => {
+                return
+            }
             dashmap::mapref::entry::Entry::Occupied(mut e) => std::mem::replace(e.get_mut(), u64::MAX),
             dashmap::mapref::entry::Entry::Vacant(_) if full => return,
             dashmap::mapref::entry::Entry::Vacant(e) => {
