@@ -202,3 +202,119 @@ async fn a_trickling_host_does_not_block_other_hosts() {
     assert!(after < 40, "{after} fetches of the slow host for 100 abandoned reads");
     assert!(n.metric("peerd_blobs_upstream_timeouts_total", &["reason=\"queued\""]) >= 1.0);
 }
+
+const SECRET: &str = "blobs-reliability-secret-0009";
+
+/// What the fake blob store of the outage test answers.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Up,
+    Error503,
+    NotHttp,
+    Forbidden,
+}
+
+/// Two nodes on 127.0.0.8/9 that bootstrap each other, with the cluster secret.
+fn cluster(up: &str) -> (Vec<Peerd>, tempfile::TempDir) {
+    let work = tempdir("pd-stale");
+    let ports = Ports::free("127.0.0.8");
+    let ips = ["127.0.0.8", "127.0.0.9"];
+    let boot: Vec<String> = ips.iter().map(|i| format!("{i}:{}", ports.p2p)).collect();
+    let allowed = format!("[\"http://{up}\"]");
+    let chunk = CHUNK.to_string();
+    let env = [
+        ("PEERD_P2P__SECRET", SECRET),
+        ("PEERD_P2P__RESOLVE_TIMEOUT", "300ms"),
+        ("PEERD_P2P__BOOTSTRAP_INTERVAL", "1s"),
+        ("PEERD_BLOBS__ALLOWED_HOSTS", allowed.as_str()),
+        ("PEERD_BLOBS__CHUNK_SIZE", chunk.as_str()),
+        ("PEERD_BLOBS__PREFETCH", "false"),
+        ("PEERD_UPSTREAM__CONNECT_TIMEOUT", "1s"),
+    ];
+    let nodes: Vec<Peerd> = ips
+        .iter()
+        .map(|ip| {
+            let args = [
+                "--containerd-socket",
+                "/nonexistent.sock",
+                "--bootstrap-peer",
+                &boot[0],
+                "--bootstrap-peer",
+                &boot[1],
+            ];
+            Peerd::start_on(ip, ports, Some(&work.path().join(ip)), &args, &env)
+        })
+        .collect();
+    for n in &nodes {
+        n.wait_ready();
+    }
+    (nodes, work)
+}
+
+/// Finding 9 (RFC 5861 stale-if-error): during an upstream outage, node B serves a file it never
+/// saw, with a SAS it never saw, because A validated the same URL-without-query and holds the
+/// bytes; not when the upstream answers 403 (a refusal is an answer), and not for a file no node
+/// validated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_serves_files_a_peer_validated_but_never_refused_ones() {
+    let size = 3 * CHUNK + 1234;
+    let data: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+    let mode = std::sync::Arc::new(std::sync::Mutex::new(Mode::Up));
+    let (m, d) = (mode.clone(), data.clone());
+    let up = FakeUpstream::start(move |req| match *m.lock().unwrap() {
+        Mode::Error503 => Reply::status(503, &[]),
+        Mode::Forbidden => Reply::status(403, &[]),
+        Mode::NotHttp => Reply::Garbage(b"\x00\x01 not http".to_vec()),
+        Mode::Up if req.method == "HEAD" => Reply::Garbage(
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nETag: \"v1\"\r\nConnection: close\r\n\r\n")
+                .into_bytes(),
+        ),
+        Mode::Up => {
+            let (a, b) = req
+                .header("range")
+                .and_then(|r| r.strip_prefix("bytes="))
+                .and_then(|r| r.split_once('-'))
+                .map(|(a, b)| (a.parse::<usize>().unwrap(), b.parse::<usize>().unwrap()))
+                .unwrap();
+            Reply::Http {
+                status: 206,
+                headers: vec![
+                    ("Content-Range".into(), format!("bytes {a}-{b}/{size}")),
+                    ("ETag".into(), "\"v1\"".into()),
+                ],
+                body: d[a..=b].to_vec(),
+            }
+        }
+    });
+    let (nodes, _work) = cluster(&up.addr);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let client = reqwest::Client::new();
+    let url = |n: &Peerd, path: &str, sig: &str| format!("{}/blobs/http://{}{path}?sv=1&sig={sig}", n.url(""), up.addr);
+    let whole = client.get(url(a, "/f.img", "for-a")).send().await.unwrap();
+    assert_eq!(whole.status().as_u16(), 200);
+    assert!(whole.bytes().await.unwrap() == data, "A reads the file");
+    tokio::time::sleep(Duration::from_secs(2)).await; // A's chunks and its validation advertised
+    let upstream_gets = gets(&up);
+
+    for outage in [Mode::Error503, Mode::NotHttp] {
+        *mode.lock().unwrap() = outage;
+        let r = client.get(url(b, "/f.img", "b-never-seen")).header("Range", "bytes=100-70000").send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 206, "B serves the file A validated during the outage");
+        assert!(r.bytes().await.unwrap() == data[100..=70000], "B's bytes are A's file");
+    }
+    assert_eq!(gets(&up), upstream_gets, "no byte came from the failing upstream");
+    assert!(b.metric("peerd_blobs_stale_if_error_total", &["by=\"peer\""]) >= 1.0);
+    assert!(b.metric("peerd_blobs_bytes_total", &["source=\"peer\""]) > 0.0);
+
+    // A file no node validated: still an error.
+    *mode.lock().unwrap() = Mode::Error503;
+    let r = client.get(url(b, "/other.img", "x")).header("Range", "bytes=0-9").send().await.unwrap();
+    assert!(r.status().as_u16() >= 500, "a file nobody validated: {}", r.status());
+
+    // The upstream refuses (an expired or revoked SAS): never served, on B or on A.
+    *mode.lock().unwrap() = Mode::Forbidden;
+    for (n, sig) in [(b, "b-revoked"), (a, "for-a")] {
+        let r = client.get(url(n, "/f.img", sig)).header("Range", "bytes=0-9").send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 403, "a refused URL is not served stale");
+    }
+}

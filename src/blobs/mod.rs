@@ -42,6 +42,11 @@ pub const PREFETCH_STOPPED: &str = "peerd_blobs_prefetch_stopped_total";
 /// `progress_timeout`; `slow`: not complete in `chunk_timeout`; `queued`: no slot of the host
 /// within `chunk_timeout`).
 pub const UPSTREAM_TIMEOUTS: &str = "peerd_blobs_upstream_timeouts_total";
+/// Files served while the upstream failed (RFC 5861 stale-if-error), by who validated them
+/// (`by`: `self`, `peer`).
+pub const STALE_SERVED: &str = "peerd_blobs_stale_if_error_total";
+/// Peers asked for a file's validation during an upstream outage.
+const STALE_PEERS: usize = 8;
 /// Prefetch never evicts chunks used more recently than this.
 const PREFETCH_KEEP: Duration = Duration::from_secs(600);
 /// Chunk fetches (peer or upstream) in flight on this node, all requests together.
@@ -124,6 +129,25 @@ struct StoredMeta {
     chunk_size: u64,
 }
 
+/// A file (a URL without its query) this node validated with the upstream: what
+/// `/blobs-meta/<key>` tells peers during an outage (stale-if-error).
+#[derive(Clone, Debug)]
+struct Validated {
+    validator: String,
+    size: u64,
+    etag: Option<String>,
+    at: Instant,
+}
+
+/// The answer of `/blobs-meta/<key>` (the id is recomputed by the asker from the URL).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ValidatedReply {
+    validator: String,
+    size: u64,
+    etag: Option<String>,
+    age_secs: u64,
+}
+
 pub struct BlobPeers {
     pub locate: Recipient<Locate>,
     pub report: Recipient<Outcome>,
@@ -178,6 +202,8 @@ pub struct BlobsState {
     interest: DashMap<String, Interest>,
     /// Owners that could not be reached, until when they are skipped.
     dead: DashMap<String, Instant>,
+    /// sha256(URL without query, chunk size) → what the upstream last confirmed for it.
+    validated: DashMap<String, Validated>,
     /// When "no disk room" was last logged.
     no_room_warned: std::sync::atomic::AtomicU64,
 }
@@ -279,6 +305,7 @@ impl BlobsState {
             sources: DashMap::new(),
             interest: DashMap::new(),
             dead: DashMap::new(),
+            validated: DashMap::new(),
             no_room_warned: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -300,23 +327,22 @@ impl BlobsState {
         let resp = match self.http.head(url.clone()).send().await.map_err(reqwest::Error::without_url) {
             Ok(r) => r,
             Err(e) => {
-                let known = self.meta.get(&key).map(|m| m.clone()).or_else(|| self.load_meta(&key));
-                return match known {
-                    Some(m) => {
-                        tracing::debug!(error = %e, "blob upstream unreachable; using the metadata it last confirmed");
-                        Ok(m)
-                    }
-                    None => Err(ApiError::Unavailable {
-                        status: StatusCode::SERVICE_UNAVAILABLE,
-                        message: format!("blob upstream unreachable: {e}"),
-                    }),
+                let unavailable = ApiError::Unavailable {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    message: format!("blob upstream unreachable: {e}"),
                 };
+                return self.stale_if_error(url, &key, unavailable).await;
             }
         };
         match resp.status().as_u16() {
             200 => {}
             404 => return Err(ApiError::BlobUnknown("no such file upstream".into())),
+            // A refusal is an answer about this URL: never served stale.
             401 | 403 => return Err(ApiError::Denied),
+            s @ (429 | 500..=599) => {
+                let failed = bad("UNKNOWN", StatusCode::BAD_GATEWAY, format!("upstream answered {s} to HEAD"));
+                return self.stale_if_error(url, &key, failed).await;
+            }
             s => return Err(bad("UNKNOWN", StatusCode::BAD_GATEWAY, format!("upstream answered {s} to HEAD"))),
         }
         let h = |n: header::HeaderName| resp.headers().get(n.as_str()).and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -327,12 +353,9 @@ impl BlobsState {
         // A digest in the path (content-addressed stores) is the strongest validator.
         let digest = url.path_segments().and_then(|mut s| s.find(|p| p.starts_with("sha256:")).map(str::to_owned));
         let validator = digest.or(etag.clone()).or_else(|| h(header::LAST_MODIFIED)).unwrap_or_default();
-        let mut stable = url.clone();
-        stable.set_query(None);
-        stable.set_fragment(None);
-        // The chunk size is part of the identity: chunks are cached by index.
-        let id = hex_sha256(format!("{stable}\n{validator}\n{size}\n{}", self.cfg.chunk_size).as_bytes());
+        let id = self.file_id(url, &validator, size);
         let meta = Meta { id, size, etag, checked: Instant::now() };
+        self.validated_now(url, Validated { validator, size, etag: meta.etag.clone(), at: Instant::now() });
         if self.meta.len() >= MAX_META {
             self.meta.clear();
         }
@@ -351,6 +374,100 @@ impl BlobsState {
         }
         self.meta.insert(key, meta.clone());
         Ok(meta)
+    }
+
+    /// The URL without query or fragment: what a file's identity and its validation records
+    /// are keyed by (the query holds the client's signature).
+    fn stable(url: &url::Url) -> url::Url {
+        let mut stable = url.clone();
+        stable.set_query(None);
+        stable.set_fragment(None);
+        stable
+    }
+
+    /// A file's id: `sha256(URL without query, validator, size, chunk size)`. The chunk size is
+    /// part of it: chunks are cached by index.
+    fn file_id(&self, url: &url::Url, validator: &str, size: u64) -> String {
+        let stable = Self::stable(url);
+        hex_sha256(format!("{stable}\n{validator}\n{size}\n{}", self.cfg.chunk_size).as_bytes())
+    }
+
+    /// The key of a URL's validation record (`/blobs-meta/<key>`, DHT `blobs-url/<key>`).
+    fn stable_key(&self, url: &url::Url) -> String {
+        hex_sha256(format!("{}\n{}", Self::stable(url), self.cfg.chunk_size).as_bytes())
+    }
+
+    /// Record that the upstream confirmed `url`'s file, and (first time) tell the cluster.
+    fn validated_now(&self, url: &url::Url, v: Validated) {
+        if self.cfg.stale_if_error.is_zero() {
+            return;
+        }
+        let key = self.stable_key(url);
+        if self.validated.len() >= MAX_META {
+            let window = self.cfg.stale_if_error;
+            self.validated.retain(|_, v| v.at.elapsed() < window);
+        }
+        let first = self.validated.insert(key.clone(), v).is_none();
+        if let (true, Some(p)) = (first, &self.peers) {
+            let router = p.router.clone();
+            actix_rt::spawn(async move {
+                let _ = router.provide_now(vec![format!("blobs-url/{key}")]).await;
+            });
+        }
+    }
+
+    /// The upstream failed (unreachable, 5xx, 429) for `url` (metadata key `key`). RFC 5861
+    /// stale-if-error: serve what this node last confirmed for this exact URL; else a file a
+    /// cluster node (this one, or a peer) validated for the URL without its query within
+    /// `blobs.stale_if_error`; else `failed`.
+    async fn stale_if_error(&self, url: &url::Url, key: &str, failed: ApiError) -> Result<Meta, ApiError> {
+        if let Some(m) = self.meta.get(key).map(|m| m.clone()).or_else(|| self.load_meta(key)) {
+            tracing::debug!(error = %failed, "blob upstream failed; using the metadata it last confirmed");
+            return Ok(m);
+        }
+        let window = self.cfg.stale_if_error;
+        if window.is_zero() {
+            return Err(failed);
+        }
+        let sk = self.stable_key(url);
+        let mine = self.validated.get(&sk).filter(|v| v.at.elapsed() < window).map(|v| v.clone());
+        let (found, by) = match mine {
+            Some(v) => (Some((v.validator, v.size, v.etag)), "self"),
+            None => (self.validated_by_peers(&sk, window).await, "peer"),
+        };
+        let Some((validator, size, etag)) = found else { return Err(failed) };
+        tracing::info!(error = %failed, by, "blob upstream failed; serving a file validated in the cluster (stale-if-error)");
+        metrics::counter!(STALE_SERVED, "by" => by).increment(1);
+        let id = self.file_id(url, &validator, size);
+        let checked = Instant::now().checked_sub(self.cfg.revalidate_after).unwrap_or_else(Instant::now);
+        Ok(Meta { id, size, etag, checked })
+    }
+
+    /// Ask the peers that validated the URL-without-query `sk` what the upstream told them.
+    async fn validated_by_peers(&self, sk: &str, window: Duration) -> Option<(String, u64, Option<String>)> {
+        let p = self.peers.as_ref()?;
+        let rx = p.router.resolve(format!("blobs-url/{sk}"), STALE_PEERS).await.ok()?;
+        let peers = crate::routing::memory::collect_peers(rx, Duration::from_millis(300)).await;
+        let target = format!("/blobs-meta/{sk}");
+        for peer in peers.into_iter().filter(|v| v.id != p.me).take(STALE_PEERS) {
+            let got = async {
+                let resp = p.client.fetch(&peer, &target, false, None, None).await.ok()?;
+                let want = resp.digest.clone()?;
+                let body = crate::store::collect(resp.body, 4096).await.ok()?;
+                // The digest is covered by the response signature; the body by the digest.
+                if want != format!("sha256:{}", hex_sha256(&body)) {
+                    return None;
+                }
+                serde_json::from_slice::<ValidatedReply>(&body).ok()
+            }
+            .await;
+            match got {
+                Some(r) if Duration::from_secs(r.age_secs) < window => return Some((r.validator, r.size, r.etag)),
+                Some(r) => tracing::debug!(peer = %peer.id, age = r.age_secs, "peer's validation is too old"),
+                None => tracing::debug!(peer = %peer.id, "peer did not confirm the file"),
+            }
+        }
+        None
     }
 
     fn load_meta(&self, key: &str) -> Option<Meta> {
@@ -757,6 +874,29 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// The peer endpoint `/blobs-chunk/<id>/<index>` on the peer listener (authenticated there).
 pub fn configure_peer(cfg: &mut web::ServiceConfig) {
     cfg.route("/blobs-chunk/{id}/{index}", web::get().to(peer_chunk));
+    cfg.route("/blobs-meta/{key}", web::get().to(peer_meta));
+}
+
+/// A peer asks (authenticated, signed) whether this node validated the URL-without-query
+/// `key` with the upstream within `blobs.stale_if_error`, during an outage (stale-if-error).
+/// The answer carries the validator and size, never the URL.
+async fn peer_meta(st: web::Data<Arc<BlobsState>>, key: web::Path<String>) -> HttpResponse {
+    let window = st.cfg.stale_if_error;
+    let found = st.validated.get(key.as_str()).filter(|v| !window.is_zero() && v.at.elapsed() < window).map(|v| {
+        ValidatedReply {
+            validator: v.validator.clone(),
+            size: v.size,
+            etag: v.etag.clone(),
+            age_secs: v.at.elapsed().as_secs(),
+        }
+    });
+    match found.and_then(|r| serde_json::to_vec(&r).ok()) {
+        Some(body) => HttpResponse::Ok()
+            .insert_header(("Docker-Content-Digest", format!("sha256:{}", hex_sha256(&body))))
+            .content_type("application/json")
+            .body(body),
+        None => actix_web::ResponseError::error_response(&ApiError::BlobUnknown(key.into_inner())),
+    }
 }
 
 async fn blob(req: HttpRequest, st: web::Data<Arc<BlobsState>>) -> Result<HttpResponse, ApiError> {

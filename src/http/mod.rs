@@ -88,6 +88,7 @@ fn handler_label(path: &str) -> &'static str {
         "/metrics/prometheus" => "metrics",
         p if p.starts_with("/blobs/") => "blobs_file",
         p if p.starts_with("/blobs-chunk/") => "blobs_chunk",
+        p if p.starts_with("/blobs-meta/") => "blobs_meta",
         p if p.starts_with("/v2/") => {
             let mut segs = p.rsplit('/');
             match (segs.next(), segs.next()) {
