@@ -701,12 +701,14 @@ class BlobsCheck:
                 c.fail(f"GET :{self.port}/blobs-chunk/{fid}/0 {hdrs}", f"the front end must not serve chunks: {status} {body[:120]!r}")
 
     def after_upstream_stopped(self):
-        """The upstream is gone: cached chunks are served on the metadata last confirmed."""
+        """The upstream is gone: cached chunks are served on the metadata last confirmed, and
+        (stale-if-error) under another query of the same URL; a file never validated gets 503."""
         url = f"{self.base}/file.bin"
-        _, _, body = self.blob("GET", url, status=200)
-        if body != self.data:
-            self.c.fail(f"GET {url} (upstream stopped)", "the cached file was not served whole")
-        self.blob("GET", f"{url}?never=confirmed", status=503, code="UNAVAILABLE")
+        for u in (url, f"{url}?other=sas"):
+            _, _, body = self.blob("GET", u, status=200)
+            if body != self.data:
+                self.c.fail(f"GET {u} (upstream stopped)", "the cached file was not served whole")
+        self.blob("GET", f"{self.base}/never-validated.bin?never=confirmed", status=503, code="UNAVAILABLE")
 
     def signed_peer(self, front, peer):
         """A peerd with a cluster secret: its front end reads the file, and /blobs-chunk on its

@@ -84,6 +84,10 @@ fn describe() {
     describe_counter!(crate::blobs::cache::CACHE_EVICTIONS, "/blobs chunks evicted");
     metrics::describe_gauge!(crate::blobs::cache::CACHE_BYTES, Unit::Bytes, "/blobs chunk cache size");
     describe_counter!(crate::blobs::PREFETCH_FILES, "/blobs files queued for prefetch");
+    describe_counter!(
+        crate::blobs::STALE_SERVED,
+        "/blobs requests served from a cluster validation while the upstream failed (stale-if-error)"
+    );
     describe_counter!(crate::blobs::PREFETCH_STOPPED, "/blobs prefetches stopped early by reason (size, cache, idle)");
     describe_counter!(
         crate::blobs::UPSTREAM_TIMEOUTS,

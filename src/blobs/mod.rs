@@ -5,8 +5,10 @@
 //! - **Identity**: a file is `sha256(URL without query, ETag or Last-Modified, size)`, so two
 //!   files never share chunks and a changed file gets new ones. Metadata is revalidated with a
 //!   HEAD of the client's exact URL (`blobs.revalidate_after`), which also means cached bytes are
-//!   served only for URLs the upstream accepted; stale metadata is used only when the upstream
-//!   cannot be reached, and only for a URL it accepted before.
+//!   served only for URLs the upstream accepted. When the upstream is unreachable or answers
+//!   5xx/429 (not 401/403), RFC 5861 stale-if-error: the metadata last confirmed for this URL,
+//!   else a validation of the URL without its query by this node or a peer within
+//!   `blobs.stale_if_error` (`/blobs-meta/<hash>` on the peer listener).
 //! - **Peers** see chunk ids only (`/blobs-chunk/<file id>/<index>`): never the URL, its
 //!   signature or the client's headers.
 //! - **Safety**: upstreams must match `blobs.allowed_hosts`; redirects are not followed; a
