@@ -214,11 +214,12 @@ enum Mode {
     Forbidden,
 }
 
-/// Two nodes on 127.0.0.8/9 that bootstrap each other, with the cluster secret.
+/// Nodes on 127.0.0.8/9/10 that bootstrap each other, with the cluster secret; the third one
+/// with `blobs.stale_if_error = "0s"`.
 fn cluster(up: &str) -> (Vec<Peerd>, tempfile::TempDir) {
     let work = tempdir("pd-stale");
     let ports = Ports::free("127.0.0.8");
-    let ips = ["127.0.0.8", "127.0.0.9"];
+    let ips = ["127.0.0.8", "127.0.0.9", "127.0.0.10"];
     let boot: Vec<String> = ips.iter().map(|i| format!("{i}:{}", ports.p2p)).collect();
     let allowed = format!("[\"http://{up}\"]");
     let chunk = CHUNK.to_string();
@@ -242,6 +243,10 @@ fn cluster(up: &str) -> (Vec<Peerd>, tempfile::TempDir) {
                 "--bootstrap-peer",
                 &boot[1],
             ];
+            let mut env = env.to_vec();
+            if *ip == "127.0.0.10" {
+                env.push(("PEERD_BLOBS__STALE_IF_ERROR", "0s"));
+            }
             Peerd::start_on(ip, ports, Some(&work.path().join(ip)), &args, &env)
         })
         .collect();
@@ -287,7 +292,7 @@ async fn an_outage_serves_files_a_peer_validated_but_never_refused_ones() {
         }
     });
     let (nodes, _work) = cluster(&up.addr);
-    let (a, b) = (&nodes[0], &nodes[1]);
+    let (a, b, off) = (&nodes[0], &nodes[1], &nodes[2]);
     let client = reqwest::Client::new();
     let url = |n: &Peerd, path: &str, sig: &str| format!("{}/blobs/http://{}{path}?sv=1&sig={sig}", n.url(""), up.addr);
     let whole = client.get(url(a, "/f.img", "for-a")).send().await.unwrap();
@@ -305,6 +310,11 @@ async fn an_outage_serves_files_a_peer_validated_but_never_refused_ones() {
     assert_eq!(gets(&up), upstream_gets, "no byte came from the failing upstream");
     assert!(b.metric("peerd_blobs_stale_if_error_total", &["by=\"peer\""]) >= 1.0);
     assert!(b.metric("peerd_blobs_bytes_total", &["source=\"peer\""]) > 0.0);
+
+    // The off switch: a node with stale_if_error = 0s serves only URLs it confirmed itself.
+    *mode.lock().unwrap() = Mode::Error503;
+    let r = client.get(url(off, "/f.img", "c-never-seen")).header("Range", "bytes=0-9").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 502, "stale_if_error = 0s: the upstream's 503 is passed on");
 
     // A file no node validated: still an error.
     *mode.lock().unwrap() = Mode::Error503;
