@@ -308,7 +308,8 @@ async fn an_outage_serves_files_a_peer_validated_but_never_refused_ones() {
         assert!(r.bytes().await.unwrap() == data[100..=70000], "B's bytes are A's file");
     }
     assert_eq!(gets(&up), upstream_gets, "no byte came from the failing upstream");
-    assert!(b.metric("peerd_blobs_stale_if_error_total", &["by=\"peer\""]) >= 1.0);
+    assert_eq!(b.metric("peerd_blobs_stale_if_error_total", &["by=\"peer\""]), 1.0, "asked the peers once");
+    assert!(b.metric("peerd_blobs_stale_if_error_total", &["by=\"cluster\""]) >= 1.0, "then remembered");
     assert!(b.metric("peerd_blobs_bytes_total", &["source=\"peer\""]) > 0.0);
 
     // The off switch: a node with stale_if_error = 0s serves only URLs it confirmed itself.

@@ -44,8 +44,8 @@ pub const PREFETCH_STOPPED: &str = "peerd_blobs_prefetch_stopped_total";
 /// `progress_timeout`; `slow`: not complete in `chunk_timeout`; `queued`: no slot of the host
 /// within `chunk_timeout`).
 pub const UPSTREAM_TIMEOUTS: &str = "peerd_blobs_upstream_timeouts_total";
-/// Files served while the upstream failed (RFC 5861 stale-if-error), by who validated them
-/// (`by`: `self`, `peer`).
+/// Requests served while the upstream failed (RFC 5861 stale-if-error) from a validation of
+/// the URL without its query (`by`: `self`, `peer`: found now; `cluster`: remembered).
 pub const STALE_SERVED: &str = "peerd_blobs_stale_if_error_total";
 /// Peers asked for a file's validation during an upstream outage.
 const STALE_PEERS: usize = 8;
@@ -115,6 +115,9 @@ struct Meta {
     size: u64,
     etag: Option<String>,
     checked: Instant,
+    /// Borrowed from a cluster validation (stale-if-error): usable while the upstream fails,
+    /// until the validation is `blobs.stale_if_error` old. `None`: this URL was confirmed here.
+    stale_until: Option<Instant>,
 }
 
 /// Metadata as persisted under `<cache>/meta/<sha256(full URL)>`, so a restarted node can serve
@@ -356,7 +359,7 @@ impl BlobsState {
         let digest = url.path_segments().and_then(|mut s| s.find(|p| p.starts_with("sha256:")).map(str::to_owned));
         let validator = digest.or(etag.clone()).or_else(|| h(header::LAST_MODIFIED)).unwrap_or_default();
         let id = self.file_id(url, &validator, size);
-        let meta = Meta { id, size, etag, checked: Instant::now() };
+        let meta = Meta { id, size, etag, checked: Instant::now(), stale_until: None };
         self.validated_now(url, Validated { validator, size, etag: meta.etag.clone(), at: Instant::now() });
         if self.meta.len() >= MAX_META {
             self.meta.clear();
@@ -423,8 +426,12 @@ impl BlobsState {
     /// cluster node (this one, or a peer) validated for the URL without its query within
     /// `blobs.stale_if_error`; else `failed`.
     async fn stale_if_error(&self, url: &url::Url, key: &str, failed: ApiError) -> Result<Meta, ApiError> {
-        if let Some(m) = self.meta.get(key).map(|m| m.clone()).or_else(|| self.load_meta(key)) {
-            tracing::debug!(error = %failed, "blob upstream failed; using the metadata it last confirmed");
+        let known = self.meta.get(key).map(|m| m.clone()).or_else(|| self.load_meta(key));
+        if let Some(m) = known.filter(|m| m.stale_until.is_none_or(|u| Instant::now() < u)) {
+            tracing::debug!(error = %failed, "blob upstream failed; using the metadata last confirmed");
+            if m.stale_until.is_some() {
+                metrics::counter!(STALE_SERVED, "by" => "cluster").increment(1);
+            }
             return Ok(m);
         }
         let window = self.cfg.stale_if_error;
@@ -434,19 +441,25 @@ impl BlobsState {
         let sk = self.stable_key(url);
         let mine = self.validated.get(&sk).filter(|v| v.at.elapsed() < window).map(|v| v.clone());
         let (found, by) = match mine {
-            Some(v) => (Some((v.validator, v.size, v.etag)), "self"),
+            Some(v) => (Some((v.validator, v.size, v.etag, v.at.elapsed())), "self"),
             None => (self.validated_by_peers(&sk, window).await, "peer"),
         };
-        let Some((validator, size, etag)) = found else { return Err(failed) };
+        let Some((validator, size, etag, age)) = found else { return Err(failed) };
         tracing::info!(error = %failed, by, "blob upstream failed; serving a file validated in the cluster (stale-if-error)");
         metrics::counter!(STALE_SERVED, "by" => by).increment(1);
         let id = self.file_id(url, &validator, size);
         let checked = Instant::now().checked_sub(self.cfg.revalidate_after).unwrap_or_else(Instant::now);
-        Ok(Meta { id, size, etag, checked })
+        let meta = Meta { id, size, etag, checked, stale_until: Some(Instant::now() + window.saturating_sub(age)) };
+        // Remembered for this URL (in memory only), so the outage's next reads skip the lookup;
+        // the upstream's next answer replaces it, and a 401/403 is passed on before this.
+        if self.meta.len() < MAX_META {
+            self.meta.insert(key.to_owned(), meta.clone());
+        }
+        Ok(meta)
     }
 
     /// Ask the peers that validated the URL-without-query `sk` what the upstream told them.
-    async fn validated_by_peers(&self, sk: &str, window: Duration) -> Option<(String, u64, Option<String>)> {
+    async fn validated_by_peers(&self, sk: &str, window: Duration) -> Option<(String, u64, Option<String>, Duration)> {
         let p = self.peers.as_ref()?;
         let rx = p.router.resolve(format!("blobs-url/{sk}"), STALE_PEERS).await.ok()?;
         let peers = crate::routing::memory::collect_peers(rx, Duration::from_millis(300)).await;
@@ -464,7 +477,9 @@ impl BlobsState {
             }
             .await;
             match got {
-                Some(r) if Duration::from_secs(r.age_secs) < window => return Some((r.validator, r.size, r.etag)),
+                Some(r) if Duration::from_secs(r.age_secs) < window => {
+                    return Some((r.validator, r.size, r.etag, Duration::from_secs(r.age_secs)))
+                }
                 Some(r) => tracing::debug!(peer = %peer.id, age = r.age_secs, "peer's validation is too old"),
                 None => tracing::debug!(peer = %peer.id, "peer did not confirm the file"),
             }
@@ -489,6 +504,7 @@ impl BlobsState {
             size: s.size,
             etag: s.etag,
             checked: Instant::now().checked_sub(self.cfg.revalidate_after).unwrap_or_else(Instant::now),
+            stale_until: None,
         })
     }
 
