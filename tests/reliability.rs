@@ -241,6 +241,25 @@ fn a_full_disk_streams_blobs_straight_through() {
         ],
     );
     peerd.wait_ready();
+    // A lone node streams directly (nobody to swarm with): a second node makes it swarm.
+    let boot = peerd.p2p.to_string();
+    let other = Peerd::start(
+        "127.0.0.1",
+        &[
+            "--mirror-host",
+            &reg.addr,
+            "--plain-http-host",
+            &reg.addr,
+            "--containerd-socket",
+            "/nonexistent.sock",
+            "--bootstrap-peer",
+            &boot,
+        ],
+        &[("PEERD_P2P__SECRET", SECRET), ("PEERD_P2P__BOOTSTRAP_INTERVAL", "1s")],
+    );
+    wait("the nodes are connected", Duration::from_secs(30), || {
+        get_json(&format!("http://{}/debug/p2p", peerd.http))["connected_peers"].as_u64() >= Some(1)
+    });
     assert!(!leftover.exists(), "a spool of an earlier run is removed");
     assert!(swarm_dir.join("keep.me").exists(), "a file that is not peerd's stays");
     assert!(files_named(&meta, ".peerd-tmp").is_empty(), "temporary metadata of an earlier run is removed");
@@ -261,6 +280,7 @@ fn a_full_disk_streams_blobs_straight_through() {
     assert_eq!((blobs.status, blobs.body.len() as u64), (200, size));
     assert_eq!(format!("sha256:{}", sha256_hex(&blobs.body)), layer);
     assert!(files_named(&disk.0, ".peerd-spool").is_empty() && files_named(&disk.0, "tmp").is_empty());
+    drop(other);
     drop(peerd);
 }
 
@@ -281,7 +301,9 @@ fn log_lines_stay_small_whatever_the_client_sends() {
     assert!(r.status >= 400, "{}", r.status);
     let node = "n".repeat(8 << 10);
     let target = format!("/v2/test/app/blobs/sha256:{}?ns=127.0.0.1", "0".repeat(64));
-    let r = curl("GET", &peerd.url(&target), &[("X-MS-Peerd-RequestFromPeer", "true"), ("X-MS-Peerd-Node", &node)]);
+    // Peer requests go to the peer listener, where an unsigned one is rejected and logged.
+    let r =
+        curl("GET", &peerd.peer_url(&target), &[("X-MS-Peerd-RequestFromPeer", "true"), ("X-MS-Peerd-Node", &node)]);
     assert_eq!(r.status, 401);
     wait("the rejection is logged", Duration::from_secs(5), || peerd.log_text().contains("rejected a peer request"));
     let log = peerd.log_text();
