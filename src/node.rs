@@ -180,9 +180,10 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
     let sources = web::Data::new(MetricsSources { peerd: prometheus.clone(), libp2p: libp2p_registry, router });
 
     // The node-local front end (containerd, overlaybd): /v2, /blobs, /debug/*, health.
-    let (s0, r1, s1, b1) = (state.clone(), ready.clone(), sources.clone(), blobs.clone());
+    let budget = web::Data::new(front::TransferBudget::new(cfg.http.max_transfers));
+    let (s0, r1, s1, b1, t1) = (state.clone(), ready.clone(), sources.clone(), blobs.clone(), budget.clone());
     let mut front_end = HttpServer::new(move || {
-        let mut app = App::new().app_data(s0.clone()).app_data(r1.clone()).app_data(s1.clone());
+        let mut app = App::new().app_data(s0.clone()).app_data(r1.clone()).app_data(s1.clone()).app_data(t1.clone());
         if let Some(b) = &b1 {
             app = app.app_data(b.clone());
         }
@@ -216,9 +217,9 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
     // The peer listener: other nodes, every request authenticated (with p2p only).
     let peer_server = match guard {
         Some(guard) => {
-            let (state, blobs, swarm) = (state.clone(), blobs.clone(), swarm_data.clone());
+            let (state, blobs, swarm, budget) = (state.clone(), blobs.clone(), swarm_data.clone(), budget.clone());
             let mut server = HttpServer::new(move || {
-                let mut app = App::new().app_data(state.clone()).app_data(guard.clone());
+                let mut app = App::new().app_data(state.clone()).app_data(guard.clone()).app_data(budget.clone());
                 if let Some(b) = &blobs {
                     app = app.app_data(b.clone());
                 }

@@ -476,3 +476,46 @@ fn measure_stalled_readers() {
     );
     drop(clients);
 }
+
+/// Finding 2, the global budget: at most `http.max_transfers` content bodies stream at once.
+/// With 20 slots held by stalled readers, the next request gets 503 at once (containerd then
+/// asks the registry) instead of more memory; once the stalled connections are cut, the slots
+/// come back and the blob is served again.
+#[test]
+fn the_transfer_budget_bounds_bodies_in_flight() {
+    if !require("transfer_budget", &["docker-registry", "curl", "ss"], false) {
+        return;
+    }
+    const SLOTS: usize = 20;
+    let work = tempdir("pd-tb");
+    let reg = Registry::start(&work.path().join("reg"));
+    let data: Vec<u8> = (0..40u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    let digest = push_blob(&reg, "test/big", &data, work.path());
+    let slots = SLOTS.to_string();
+    let peerd = Peerd::start(
+        "127.0.0.1",
+        &[
+            "--no-p2p",
+            "--mirror-host",
+            &reg.addr,
+            "--plain-http-host",
+            &reg.addr,
+            "--containerd-socket",
+            "/nonexistent.sock",
+        ],
+        &[("PEERD_HTTP__WRITE_TIMEOUT", "3s"), ("PEERD_HTTP__MAX_TRANSFERS", slots.as_str())],
+    );
+    let target = format!("/v2/test/big/blobs/{digest}?ns={}", reg.addr.replace(':', "%3A"));
+    let clients = stalled_clients(peerd.http, &target, SLOTS);
+    wait("the stalled requests hold every slot", Duration::from_secs(10), || established(peerd.http.port()) >= SLOTS);
+    std::thread::sleep(Duration::from_millis(500));
+    let refused = curl("GET", &peerd.url(&target), &[]);
+    assert_eq!((refused.status, refused.error_code().as_str()), (503, "UNAVAILABLE"), "no slot left");
+    assert!(peerd.metric("peerd_transfers_refused_total", &[]) >= 1.0);
+    // Non-content requests are not budgeted.
+    assert_eq!(curl("GET", &peerd.url("/v2/"), &[]).status, 200);
+    wait("stalled connections closed", Duration::from_secs(30), || established(peerd.http.port()) == 0);
+    drop(clients);
+    let again = curl("GET", &peerd.url(&target), &[]);
+    assert_eq!((again.status, format!("sha256:{}", sha256_hex(&again.body))), (200, digest), "slots released");
+}
