@@ -238,7 +238,7 @@ CASES=(
   "no-mirrors-keep|--set peerd.configureMirrors=false --set peerd.containerd.removeStaleMirrors=false"
   # IPv6-only, compat listener off, probes off, no priority class (so no quota), virtual
   # nodes allowed, no content dir, no cleanup hook: every optional part of the pod off.
-  "minimal|--set peerd.bindAddress=:: --set peerd.ports.compat=0 --set peerd.livenessProbe=null --set peerd.readinessProbe=null --set peerd.startupProbe=null --set peerd.priorityClassName= --set peerd.excludeVirtualNodes=false --set peerd.containerd.contentDir= --set peerd.cleanup.enabled=false"
+  "minimal|--set peerd.bindAddress=0.0.0.0 --set peerd.ports.compat=0 --set peerd.livenessProbe=null --set peerd.readinessProbe=null --set peerd.startupProbe=null --set peerd.priorityClassName= --set peerd.excludeVirtualNodes=false --set peerd.containerd.contentDir= --set peerd.cleanup.enabled=false"
   "kube-system|--namespace kube-system"
   "long-name|--release-name $LONG"
 )

@@ -146,7 +146,7 @@ def excludes_virtual_nodes(pod):
     return bool(terms) and all(all(e in t.get("matchExpressions", []) for e in VIRTUAL_EXCLUSIONS) for t in terms)
 
 
-def check_common(docs, case, ns, registries, secret_name, secret_key, domain, bind="0.0.0.0", compat=30000,
+def check_common(docs, case, ns, registries, secret_name, secret_key, domain, bind="::", compat=30000,
                  probes=True, priority="system-node-critical", virtual_excluded=True, content_dir=True):
     print(f"[{case}] rendered objects: " + ", ".join(
         f"{d['kind']}/{d['metadata']['name']}" for d in docs))
@@ -729,7 +729,7 @@ def main():
     print()
     docs = load(renders / "minimal.yaml")
     ds = check_common(docs, "IPv6, every optional part off", "peerd", default_regs, "peerd-secret", "secret",
-                      "cluster.local", bind="::", compat=0, probes=False, priority="", virtual_excluded=False,
+                      "cluster.local", bind="0.0.0.0", compat=0, probes=False, priority="", virtual_excluded=False,
                       content_dir=False)
     if ds:
         check(not ds["spec"]["template"]["spec"].get("affinity"), "no affinity at all when there is nothing to exclude")

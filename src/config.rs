@@ -42,6 +42,8 @@ pub struct HttpConfig {
     /// A connection whose client takes no bytes for this long is closed (TCP_USER_TIMEOUT).
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
+    /// Content bodies streaming at once (front end and peer listener together); more get 503.
+    pub max_transfers: usize,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -384,6 +386,9 @@ impl Config {
             return bad("upstream.failure_threshold", "must be positive".into());
         }
         self.http.compat()?;
+        if self.http.max_transfers == 0 {
+            return bad("http.max_transfers", "must be positive".into());
+        }
         if self.p2p.enabled {
             self.p2p.secret_bytes()?;
             if self.p2p.max_connections == 0

@@ -61,6 +61,10 @@ pub fn install() -> Result<PrometheusHandle, String> {
 
 fn describe() {
     describe_counter!(REQUESTS, "HTTP requests by handler, method, status and source");
+    describe_counter!(
+        crate::http::TRANSFERS_REFUSED,
+        "Content requests answered 503 because http.max_transfers bodies were already streaming"
+    );
     describe_histogram!(REQUEST_DURATION, Unit::Seconds, "HTTP request duration until the last body byte");
     describe_counter!(SERVED_BYTES, Unit::Bytes, "Body bytes served to clients by source");
     describe_counter!(UPSTREAM_ERRORS, "Upstream registry failures by kind");

@@ -180,9 +180,10 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
     let sources = web::Data::new(MetricsSources { peerd: prometheus.clone(), libp2p: libp2p_registry, router });
 
     // The node-local front end (containerd, overlaybd): /v2, /blobs, /debug/*, health.
-    let (s0, r1, s1, b1) = (state.clone(), ready.clone(), sources.clone(), blobs.clone());
+    let budget = web::Data::new(front::TransferBudget::new(cfg.http.max_transfers));
+    let (s0, r1, s1, b1, t1) = (state.clone(), ready.clone(), sources.clone(), blobs.clone(), budget.clone());
     let mut front_end = HttpServer::new(move || {
-        let mut app = App::new().app_data(s0.clone()).app_data(r1.clone()).app_data(s1.clone());
+        let mut app = App::new().app_data(s0.clone()).app_data(r1.clone()).app_data(s1.clone()).app_data(t1.clone());
         if let Some(b) = &b1 {
             app = app.app_data(b.clone());
         }
@@ -216,9 +217,9 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
     // The peer listener: other nodes, every request authenticated (with p2p only).
     let peer_server = match guard {
         Some(guard) => {
-            let (state, blobs, swarm) = (state.clone(), blobs.clone(), swarm_data.clone());
+            let (state, blobs, swarm, budget) = (state.clone(), blobs.clone(), swarm_data.clone(), budget.clone());
             let mut server = HttpServer::new(move || {
-                let mut app = App::new().app_data(state.clone()).app_data(guard.clone());
+                let mut app = App::new().app_data(state.clone()).app_data(guard.clone()).app_data(budget.clone());
                 if let Some(b) = &blobs {
                     app = app.app_data(b.clone());
                 }
@@ -244,8 +245,10 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
             if cfg.http.workers > 0 {
                 server = server.workers(cfg.http.workers);
             }
-            let server =
-                server.bind(cfg.peer.addr).map_err(|source| NodeError::Bind { addr: cfg.peer.addr, source })?.run();
+            let server = server
+                .listen(listener(cfg.peer.addr)?)
+                .map_err(|source| NodeError::Bind { addr: cfg.peer.addr, source })?
+                .run();
             tracing::info!(addr = %cfg.peer.addr, "peer listener");
             Some(server)
         }
@@ -267,7 +270,7 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
             .default_service(web::to(front::not_found))
     })
     .workers(1)
-    .bind(cfg.metrics.addr)
+    .listen(listener(cfg.metrics.addr)?)
     .map_err(|source| NodeError::Bind { addr: cfg.metrics.addr, source })?
     .run();
 
@@ -317,6 +320,33 @@ struct P2p {
     router: Arc<dyn Router>,
     registry: prometheus_client::registry::Registry,
     arbiter: Arbiter,
+}
+
+/// A listening socket for `addr`. `[::]` listens on both stacks (IPv6, and IPv4 as mapped
+/// addresses, whatever `net.ipv6.bindv6only` says); on a node without IPv6 it falls back to
+/// `0.0.0.0` with a warning, so one setting (the chart's `bindAddress: "::"`) fits IPv4-only,
+/// IPv6-only and dual-stack nodes.
+pub fn listener(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, NodeError> {
+    use socket2::{Domain, Socket, Type};
+    let open = |addr: std::net::SocketAddr| -> std::io::Result<std::net::TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        if addr.is_ipv6() && addr.ip().is_unspecified() {
+            socket.set_only_v6(false)?;
+        }
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        socket.set_nonblocking(true)?;
+        Ok(socket.into())
+    };
+    match open(addr) {
+        Err(e) if addr.is_ipv6() && addr.ip().is_unspecified() => {
+            let v4 = std::net::SocketAddr::from(([0, 0, 0, 0], addr.port()));
+            tracing::warn!(%addr, error = %e, fallback = %v4, "no IPv6 on this node: listening on IPv4 only");
+            open(v4).map_err(|source| NodeError::Bind { addr: v4, source })
+        }
+        other => other.map_err(|source| NodeError::Bind { addr, source }),
+    }
 }
 
 /// Fail at start, naming the directory and the key, when `dir` cannot be written (rather than

@@ -60,7 +60,7 @@ async fn thirty_routers_provide_resolve_withdraw() {
         nodes.push(P2pRouter::start(config(vec![seed.clone()], psk, ttl)).unwrap().0);
     }
     for (i, n) in nodes.iter().enumerate().skip(1) {
-        wait_until(&format!("node {i} connected"), Duration::from_secs(20), async || n.ready().await).await;
+        wait_until(&format!("node {i} connected"), Duration::from_secs(60), async || n.ready().await).await;
     }
     let provider = nodes[N / 2].clone();
     let provider_id = provider.status().await.unwrap().peer_id;
@@ -77,7 +77,9 @@ async fn thirty_routers_provide_resolve_withdraw() {
             );
             continue;
         }
-        wait_until(&format!("node {i} resolves the provider"), Duration::from_secs(20), async || {
+        // A bound, not a target: 30 routers in one process on a shared 2-core machine resolve in
+        // a few seconds when it is quiet and much later under load; the time is printed below.
+        wait_until(&format!("node {i} resolves the provider"), Duration::from_secs(60), async || {
             let peers = collect_peers(n.resolve("sha256:aaaa".into(), 3).await.unwrap(), Duration::from_secs(2)).await;
             peers.iter().any(|p| p.id == provider_id)
         })

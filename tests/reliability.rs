@@ -241,6 +241,25 @@ fn a_full_disk_streams_blobs_straight_through() {
         ],
     );
     peerd.wait_ready();
+    // A lone node streams directly (nobody to swarm with): a second node makes it swarm.
+    let boot = peerd.p2p.to_string();
+    let other = Peerd::start(
+        "127.0.0.1",
+        &[
+            "--mirror-host",
+            &reg.addr,
+            "--plain-http-host",
+            &reg.addr,
+            "--containerd-socket",
+            "/nonexistent.sock",
+            "--bootstrap-peer",
+            &boot,
+        ],
+        &[("PEERD_P2P__SECRET", SECRET), ("PEERD_P2P__BOOTSTRAP_INTERVAL", "1s")],
+    );
+    wait("the nodes are connected", Duration::from_secs(30), || {
+        get_json(&format!("http://{}/debug/p2p", peerd.http))["connected_peers"].as_u64() >= Some(1)
+    });
     assert!(!leftover.exists(), "a spool of an earlier run is removed");
     assert!(swarm_dir.join("keep.me").exists(), "a file that is not peerd's stays");
     assert!(files_named(&meta, ".peerd-tmp").is_empty(), "temporary metadata of an earlier run is removed");
@@ -261,6 +280,7 @@ fn a_full_disk_streams_blobs_straight_through() {
     assert_eq!((blobs.status, blobs.body.len() as u64), (200, size));
     assert_eq!(format!("sha256:{}", sha256_hex(&blobs.body)), layer);
     assert!(files_named(&disk.0, ".peerd-spool").is_empty() && files_named(&disk.0, "tmp").is_empty());
+    drop(other);
     drop(peerd);
 }
 
@@ -281,7 +301,9 @@ fn log_lines_stay_small_whatever_the_client_sends() {
     assert!(r.status >= 400, "{}", r.status);
     let node = "n".repeat(8 << 10);
     let target = format!("/v2/test/app/blobs/sha256:{}?ns=127.0.0.1", "0".repeat(64));
-    let r = curl("GET", &peerd.url(&target), &[("X-MS-Peerd-RequestFromPeer", "true"), ("X-MS-Peerd-Node", &node)]);
+    // Peer requests go to the peer listener, where an unsigned one is rejected and logged.
+    let r =
+        curl("GET", &peerd.peer_url(&target), &[("X-MS-Peerd-RequestFromPeer", "true"), ("X-MS-Peerd-Node", &node)]);
     assert_eq!(r.status, 401);
     wait("the rejection is logged", Duration::from_secs(5), || peerd.log_text().contains("rejected a peer request"));
     let log = peerd.log_text();
@@ -453,4 +475,47 @@ fn measure_stalled_readers() {
         established(peerd.http.port())
     );
     drop(clients);
+}
+
+/// Finding 2, the global budget: at most `http.max_transfers` content bodies stream at once.
+/// With 20 slots held by stalled readers, the next request gets 503 at once (containerd then
+/// asks the registry) instead of more memory; once the stalled connections are cut, the slots
+/// come back and the blob is served again.
+#[test]
+fn the_transfer_budget_bounds_bodies_in_flight() {
+    if !require("transfer_budget", &["docker-registry", "curl", "ss"], false) {
+        return;
+    }
+    const SLOTS: usize = 20;
+    let work = tempdir("pd-tb");
+    let reg = Registry::start(&work.path().join("reg"));
+    let data: Vec<u8> = (0..40u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    let digest = push_blob(&reg, "test/big", &data, work.path());
+    let slots = SLOTS.to_string();
+    let peerd = Peerd::start(
+        "127.0.0.1",
+        &[
+            "--no-p2p",
+            "--mirror-host",
+            &reg.addr,
+            "--plain-http-host",
+            &reg.addr,
+            "--containerd-socket",
+            "/nonexistent.sock",
+        ],
+        &[("PEERD_HTTP__WRITE_TIMEOUT", "3s"), ("PEERD_HTTP__MAX_TRANSFERS", slots.as_str())],
+    );
+    let target = format!("/v2/test/big/blobs/{digest}?ns={}", reg.addr.replace(':', "%3A"));
+    let clients = stalled_clients(peerd.http, &target, SLOTS);
+    wait("the stalled requests hold every slot", Duration::from_secs(10), || established(peerd.http.port()) >= SLOTS);
+    std::thread::sleep(Duration::from_millis(500));
+    let refused = curl("GET", &peerd.url(&target), &[]);
+    assert_eq!((refused.status, refused.error_code().as_str()), (503, "UNAVAILABLE"), "no slot left");
+    assert!(peerd.metric("peerd_transfers_refused_total", &[]) >= 1.0);
+    // Non-content requests are not budgeted.
+    assert_eq!(curl("GET", &peerd.url("/v2/"), &[]).status, 200);
+    wait("stalled connections closed", Duration::from_secs(30), || established(peerd.http.port()) == 0);
+    drop(clients);
+    let again = curl("GET", &peerd.url(&target), &[]);
+    assert_eq!((again.status, format!("sha256:{}", sha256_hex(&again.body))), (200, digest), "slots released");
 }

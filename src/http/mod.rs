@@ -89,6 +89,7 @@ fn handler_label(path: &str) -> &'static str {
         p if p.starts_with("/blobs/") => "blobs_file",
         p if p.starts_with("/blobs-chunk/") => "blobs_chunk",
         p if p.starts_with("/blobs-meta/") => "blobs_meta",
+        p if p.starts_with("/swarm/") => "swarm",
         p if p.starts_with("/v2/") => {
             let mut segs = p.rsplit('/');
             match (segs.next(), segs.next()) {
@@ -167,6 +168,24 @@ pub async fn observe(
     // The path and method are the client's: clipped, so no request makes a log line bigger than
     // a few hundred bytes (every line of the request's span carries them).
     let span = tracing::info_span!("request", correlation_id = %cid, method = %clip(req.method().as_str(), 16), path = %clip(req.path(), MAX_LOGGED_PATH));
+    // Bodies that stream content hold a slot of the node's transfer budget until they end: no
+    // slot, a 503 at once (containerd then asks the registry itself) rather than more memory.
+    let slot = match req.app_data::<web::Data<TransferBudget>>() {
+        Some(budget) if req.method() == actix_web::http::Method::GET && is_transfer(handler) => {
+            match budget.slots.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    metrics::counter!(TRANSFERS_REFUSED).increment(1);
+                    let resp = actix_web::ResponseError::error_response(&error::ApiError::Unavailable {
+                        status: StatusCode::SERVICE_UNAVAILABLE,
+                        message: format!("{} transfers in flight on this node (http.max_transfers)", budget.max),
+                    });
+                    return Ok(req.into_response(resp));
+                }
+            }
+        }
+        _ => None,
+    };
     let mut res = next.call(req).instrument(span.clone()).await?;
     let status = res.status().as_u16();
     let source = res.response().extensions().get::<Source>().map_or("none", |s| s.as_str());
@@ -176,9 +195,32 @@ pub async fn observe(
     if let Ok(v) = HeaderValue::from_str(&cid) {
         res.headers_mut().insert(HeaderName::from_static(CORRELATION_HEADER), v);
     }
-    Ok(res
-        .map_body(|_, body| BoxBody::new(Timed { body: body.boxed(), started, handler, method, span, failed: false })))
+    Ok(res.map_body(|_, body| {
+        BoxBody::new(Timed { body: body.boxed(), started, handler, method, span, failed: false, _slot: slot })
+    }))
 }
+
+/// The node's budget of content bodies in flight (`http.max_transfers`), shared by the front
+/// end and the peer listener. Each streaming body holds a bounded amount of memory (one source
+/// read and actix's write buffer, ~1 MiB at most), so this bounds the memory of all of them.
+pub struct TransferBudget {
+    slots: Arc<tokio::sync::Semaphore>,
+    max: usize,
+}
+
+impl TransferBudget {
+    pub fn new(max: usize) -> Self {
+        Self { slots: Arc::new(tokio::sync::Semaphore::new(max)), max }
+    }
+}
+
+/// Handlers whose GET answers stream content (blobs, /blobs files and chunks, swarm chunks).
+fn is_transfer(handler: &str) -> bool {
+    matches!(handler, "blobs" | "blobs_file" | "blobs_chunk" | "swarm")
+}
+
+/// Requests refused because the transfer budget was used up.
+pub const TRANSFERS_REFUSED: &str = "peerd_transfers_refused_total";
 
 /// Records the request duration when the body is done (or dropped: client gone, aborted).
 struct Timed {
@@ -188,6 +230,8 @@ struct Timed {
     method: &'static str,
     span: tracing::Span,
     failed: bool,
+    /// The transfer budget slot, released when the body ends or is dropped.
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl MessageBody for Timed {

@@ -288,9 +288,28 @@ impl SwarmTask {
         metrics: libp2p::metrics::Metrics,
         has_bootstrap: bool,
     ) -> Result<Self, RoutingError> {
-        swarm
-            .listen_on(to_multiaddr(cfg.listen))
-            .map_err(|e| RoutingError::Failed(format!("cannot listen on {}: {e}", cfg.listen)))?;
+        // libp2p's IPv6 sockets are IPv6-only: `[::]` listens on `0.0.0.0` too (same port), so
+        // one address serves IPv4-only, IPv6-only and dual-stack clusters. Either may fail on a
+        // node without that family; one listener is enough.
+        let mut targets = vec![cfg.listen];
+        if cfg.listen.is_ipv6() && cfg.listen.ip().is_unspecified() {
+            targets.push(SocketAddr::from(([0, 0, 0, 0], cfg.listen.port())));
+        }
+        let mut listening = 0;
+        let mut last_error = None;
+        for t in &targets {
+            match swarm.listen_on(to_multiaddr(*t)) {
+                Ok(_) => listening += 1,
+                Err(e) => {
+                    tracing::warn!(addr = %t, error = %e, "cannot listen for p2p on this address");
+                    last_error = Some(e.to_string());
+                }
+            }
+        }
+        if listening == 0 {
+            let e = last_error.unwrap_or_default();
+            return Err(RoutingError::Failed(format!("cannot listen on {}: {e}", cfg.listen)));
+        }
         Ok(Self {
             swarm,
             metrics,
