@@ -777,7 +777,9 @@ async fn upstream_whole_blob(
             // The upstream could not be reached a moment ago: asking again now would only
             // pile onto it (the leader's client got the same answer).
             Landed::Failed(FlightError::Upstream(
-                e @ (UpstreamError::Unreachable { .. } | UpstreamError::Timeout { .. } | UpstreamError::CircuitOpen { .. }),
+                e @ (UpstreamError::Unreachable { .. }
+                | UpstreamError::Timeout { .. }
+                | UpstreamError::CircuitOpen { .. }),
             )) => {
                 metrics::counter!(COALESCED, "outcome" => "failed").increment(1);
                 return Err(map(e));

@@ -427,10 +427,7 @@ async fn a_failed_flight_never_hands_out_wrong_bytes() {
     let app = app!(f);
     let uri = format!("/v2/a/blobs/{d}?ns={REG}");
     for (s, body) in concurrent_gets(&app, &uri, 10).await {
-        assert!(
-            s == StatusCode::BAD_GATEWAY || body.is_err(),
-            "a wrong blob is refused (502) or cut: {s} {body:?}"
-        );
+        assert!(s == StatusCode::BAD_GATEWAY || body.is_err(), "a wrong blob is refused (502) or cut: {s} {body:?}");
         if let Ok(b) = body {
             assert_ne!(&b[..], b"a corrupt blob");
         }
