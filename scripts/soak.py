@@ -396,7 +396,7 @@ class Soak:
         t0 = time.time()
         # A healthy client meanwhile: whole reads of the same blob.
         lat, errors, wrong = [], 0, 0
-        while time.time() - t0 < c["write_timeout"] + 2 or not lat:
+        while time.time() - t0 < c["write_timeout"] + 2 or (not lat and time.time() - t0 < 120):
             s_, b, dt, err = fetch(self.a.http, self.blob_path(self.big["digest"]))
             if err or s_ != 200:
                 errors += 1
