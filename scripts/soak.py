@@ -661,6 +661,9 @@ def markdown(res, machine, cfg, quick):
       "body differs from the blob or ends short without an error). A cut connection or an error status is "
       "counted under **errors** instead: the client sees it and containerd retries it. Every body is "
       "compared with the blob byte for byte (wrk: status and length).\n")
+    if "/debug/" in machine["binary"]:
+        w("The binary is a **debug build** (unoptimised): requests/s and latency under load are several times "
+          "worse than a release build's; errors, bytes lost and the memory bounds are what this soak is for.\n")
     w("| scenario | what | errors | p99 | peak RSS | bytes lost |")
     w("|---|---|---|---|---|---|")
 
@@ -703,7 +706,7 @@ def markdown(res, machine, cfg, quick):
     if g("load") and "failed" not in g("load"):
         r = g("load")
         w(f"- **load**: p50 {f(r.get('p50_ms'))} ms, p99 {f(r.get('p99_ms'))} ms, max {f(r.get('max_ms'))} ms; "
-          f"socket errors {r.get('socket_errors')}; answers with a wrong status or size: {r.get('bad')}; "
+          f"socket errors {r.get('socket_errors') or 'none'}; answers with a wrong status or size: {r.get('bad')}; "
           f"node alive after: {r.get('alive')}.")
     if g("load-miss") and "failed" not in g("load-miss"):
         r = g("load-miss")
@@ -714,7 +717,10 @@ def markdown(res, machine, cfg, quick):
     if g("stalled") and "failed" not in g("stalled"):
         r = g("stalled")
         w(f"- **stalled**: with `http.write_timeout` {r.get('write_timeout_s')} s, server connections still open "
-          f"at the end: {r.get('server_conns_open_at_end')} (checked until {f(r.get('all_cut_after_s'))} s).")
+          f"at the end: {r.get('server_conns_open_at_end')} (checked until {f(r.get('all_cut_after_s'))} s). "
+          f"Peak RSS {f(r.get('peak_rss_mib'))} MiB with {r.get('stalled')} stalled readers of a "
+          f"{f(r.get('blob_mib'), 0)} MiB blob (the chart's memory limit is 512 MiB), about "
+          f"{f((r.get('peak_rss_mib') or 0) / max(1, r.get('stalled') or 1), 2)} MiB per stalled reader.")
     if g("full-disk") and "failed" not in g("full-disk"):
         r = g("full-disk")
         w(f"- **full-disk**: wrong complete bodies {r.get('wrong')}; temporary or spool files left "
@@ -722,7 +728,8 @@ def markdown(res, machine, cfg, quick):
     if g("outage") and "failed" not in g("outage"):
         r = g("outage")
         w(f"- **outage**: answers by kind {json.dumps(r.get('status'))}; p99 by kind "
-          f"{json.dumps({k: round(v, 1) for k, v in (r.get('p99_ms') or {}).items()})} ms; stale tags served "
+          f"{json.dumps({k: round(v, 1) for k, v in (r.get('p99_ms') or {}).items()})} ms (held blobs must all be "
+          "200; tags may be served stale from the local image record; misses must fail fast); stale tags served "
           f"{f(r.get('stale_tags'), 0)}; a miss succeeded again {f(r.get('recovered_after_s'))} s after the "
           "registry came back.")
     if g("corrupt") and "failed" not in g("corrupt"):
@@ -744,8 +751,17 @@ def main():
     ap.add_argument("--quick", action="store_true", help="each scenario a few seconds")
     ap.add_argument("--binary", help="peerd binary (default: target/release/peerd, else target/debug/peerd)")
     ap.add_argument("--only", nargs="*", help="run only these scenarios")
+    ap.add_argument("--render", metavar="JSON", help="only write the markdown again from a saved result file")
     ap.add_argument("--out", help="markdown file (default: docs/reliability.md; with --quick, a temp file)")
     args = ap.parse_args()
+    if args.render:
+        with open(args.render) as fh:
+            saved = json.load(fh)
+        out = args.out or os.path.splitext(args.render)[0] + ".md"
+        with open(out, "w") as fh:
+            fh.write(markdown(saved["results"], saved["machine"], saved["config"], saved.get("quick", False)))
+        log(f"wrote {out}")
+        return
     if os.geteuid() != 0:
         sys.exit("soak: needs root (tmpfs mount, containerd)")
     for t in ("docker-registry", "containerd", "ctr", "curl", "ss", "mount"):
@@ -779,7 +795,7 @@ def main():
     with open(out, "w") as fh:
         fh.write(md)
     with open(os.path.splitext(out)[0] + ".json", "w") as fh:
-        json.dump({"machine": machine, "config": s.cfg, "results": s.results}, fh, indent=1, default=str)
+        json.dump({"machine": machine, "config": s.cfg, "quick": args.quick, "results": s.results}, fh, indent=1, default=str)
     print(md)
     log(f"wrote {out}")
     failed = [k for k, v in s.results.items() if "failed" in v]
