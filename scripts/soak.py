@@ -650,7 +650,9 @@ def markdown(res, machine, cfg, quick):
     w("# Reliability: soak and fault scenarios\n")
     w("Written by `make soak` (scripts/soak.py); do not edit by hand. Issue 14's scenarios, bounded, "
       "against real components on loopback: docker-registry (behind a switchable TCP proxy for the outage), "
-      "containerd, peerd processes.\n")
+      "containerd, peerd processes. The registry is reached through that proxy, a Python thread pair per "
+      "connection, so scenarios that read from the upstream (load-miss, full-disk, kill-peer's resumed part) "
+      "are bound by its throughput, not peerd's.\n")
     w(f"**Machine:** {machine['nproc']} vCPU ({machine['cpu_model']}), {machine['mem_gib']} GiB, kernel "
       f"{machine['kernel']}. **Shared** with other agents' builds and tests while this ran, so latency and "
       "throughput figures are pessimistic and noisy; errors and bytes lost are not affected by load.\n")
@@ -732,6 +734,11 @@ def markdown(res, machine, cfg, quick):
           "200; tags may be served stale from the local image record; misses must fail fast); stale tags served "
           f"{f(r.get('stale_tags'), 0)}; a miss succeeded again {f(r.get('recovered_after_s'))} s after the "
           "registry came back.")
+        odd = {k: v for k, v in (r.get("status") or {}).get("tag", {}).items() if k != "200"}
+        if odd:
+            w(f"  Tag answers other than 200 during the outage: {json.dumps(odd)}. The proxy cuts the open "
+              "connections when the outage starts; a request on peerd's pooled connection to it fails as a "
+              "protocol error (502), which is not treated as an unreachable upstream, so no stale tag for it.")
     if g("corrupt") and "failed" not in g("corrupt"):
         r = g("corrupt")
         w(f"- **corrupt**: first read {r.get('first_read')}; every later read complete and right: "
