@@ -3,10 +3,11 @@ CARGO ?= cargo
 ARGS ?=
 IMAGE_ARGS ?=
 BENCH_ARGS ?=
+SOAK_ARGS ?=
 FUZZ_CASES ?= 1000000
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build release image run config test test-unit test-integration lint fmt bench chart-check clean fuzz
+.PHONY: help deps build release image run config test test-unit test-integration lint fmt bench chart-check clean fuzz soak
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -52,6 +53,9 @@ fmt: ## Format the code
 
 bench: release ## Benchmarks (root; writes docs/benchmarks.md); BENCH_ARGS="--only throughput" or --smoke
 	python3 bench/run.py $(BENCH_ARGS)
+
+soak: ## Load + fault scenarios (root, loopback; release binary if built, else debug; writes docs/reliability.md); SOAK_ARGS=--quick: seconds each, to a temp file
+	python3 scripts/soak.py $(SOAK_ARGS)
 
 chart-check: ## Render and validate the Helm chart offline
 	scripts/chart-check.sh

@@ -393,6 +393,145 @@ impl Stream for Resume {
     }
 }
 
+/// Requests that joined another request's upstream fetch of a small blob, by outcome
+/// (`shared`: served the leader's verified bytes; `solo`: the flight could not be shared and the
+/// request fetched on its own; `failed`: the leader's unreachable upstream was reported).
+pub const COALESCED: &str = "peerd_coalesced_requests_total";
+
+/// Blobs up to this size are fetched once per node for all concurrent whole-blob GETs.
+pub const FLIGHT_MAX_BLOB: u64 = 1 << 20;
+/// Bytes all flights together may hold in memory; past it, requests fetch on their own.
+pub const FLIGHT_BUDGET: u64 = 64 << 20;
+
+/// Why a flight has no bytes for its followers.
+#[derive(Debug, Clone)]
+pub enum FlightError {
+    /// The upstream failed before sending a body.
+    Upstream(UpstreamError),
+    /// The flight was not shared: the blob is too large, has no declared size, the memory budget
+    /// is spent, the body failed or did not match, or the leader's client left.
+    NotShared,
+}
+
+/// How a flight ended, as its followers see it.
+#[derive(Debug, Clone)]
+pub enum Landed {
+    InFlight,
+    /// The whole blob, already verified against its digest.
+    Done(Bytes),
+    Failed(FlightError),
+}
+
+/// Single flight of whole-blob upstream GETs per node: the first request for a key leads (it
+/// fetches), concurrent ones follow and get the leader's verified bytes. Only blobs of at most
+/// `max_blob` bytes are shared, held in memory while in flight (all flights together within
+/// `budget`); larger ones are left to the swarm (or fetched per request).
+pub struct Flights {
+    max_blob: u64,
+    budget: u64,
+    inner: std::sync::Mutex<FlightsInner>,
+}
+
+#[derive(Default)]
+struct FlightsInner {
+    by_key: std::collections::HashMap<String, tokio::sync::watch::Receiver<Landed>>,
+    reserved: u64,
+}
+
+impl Default for Flights {
+    fn default() -> Self {
+        Self::new(FLIGHT_MAX_BLOB, FLIGHT_BUDGET)
+    }
+}
+
+/// A request's place in a flight.
+pub enum Seat {
+    /// Fetch, then [`Lead::land`] (dropping the lead sends the followers off on their own).
+    Leader(Lead),
+    Follower(tokio::sync::watch::Receiver<Landed>),
+}
+
+impl Flights {
+    pub fn new(max_blob: u64, budget: u64) -> Self {
+        Self { max_blob, budget, inner: Default::default() }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FlightsInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Lead the flight for `key`, or follow the one in progress.
+    pub fn board(self: &Arc<Self>, key: String) -> Seat {
+        let mut inner = self.lock();
+        if let Some(rx) = inner.by_key.get(&key) {
+            return Seat::Follower(rx.clone());
+        }
+        let (tx, rx) = tokio::sync::watch::channel(Landed::InFlight);
+        inner.by_key.insert(key.clone(), rx);
+        Seat::Leader(Lead { flights: self.clone(), key, tx, reserved: 0, landed: false })
+    }
+
+    /// Flights in progress.
+    pub fn in_flight(&self) -> usize {
+        self.lock().by_key.len()
+    }
+}
+
+/// Wait for a flight to land. A leader that vanished counts as not shared.
+pub async fn follow(mut rx: tokio::sync::watch::Receiver<Landed>) -> Landed {
+    match rx.wait_for(|l| !matches!(l, Landed::InFlight)).await {
+        Ok(l) => l.clone(),
+        Err(_) => Landed::Failed(FlightError::NotShared),
+    }
+}
+
+pub struct Lead {
+    flights: Arc<Flights>,
+    key: String,
+    tx: tokio::sync::watch::Sender<Landed>,
+    reserved: u64,
+    landed: bool,
+}
+
+impl Lead {
+    /// Room for a body of `len` bytes: within the per-blob limit and the shared budget.
+    pub fn reserve(&mut self, len: u64) -> bool {
+        if len > self.flights.max_blob {
+            return false;
+        }
+        let mut inner = self.flights.lock();
+        if inner.reserved + len > self.flights.budget {
+            return false;
+        }
+        inner.reserved += len;
+        self.reserved += len;
+        true
+    }
+
+    /// Tell the followers how the fetch ended (and close the flight: later requests start anew).
+    pub fn land(mut self, landed: Landed) {
+        self.close();
+        self.landed = true;
+        self.tx.send_replace(landed);
+    }
+
+    fn close(&mut self) {
+        let mut inner = self.flights.lock();
+        inner.by_key.remove(&self.key);
+        inner.reserved -= self.reserved;
+        self.reserved = 0;
+    }
+}
+
+impl Drop for Lead {
+    fn drop(&mut self) {
+        if !self.landed {
+            self.close();
+            self.tx.send_replace(Landed::Failed(FlightError::NotShared));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

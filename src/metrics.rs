@@ -74,6 +74,10 @@ fn describe() {
     metrics::describe_gauge!(crate::store::STORE_FAST_PATH, "1 if local blobs are read from containerd's files");
     describe_counter!(EVENTS, "Node events emitted by reason");
     describe_counter!(STALE_TAGS, "Tags served as last seen locally or by a peer while the upstream was unreachable");
+    describe_counter!(
+        crate::fetch::COALESCED,
+        "Requests that joined another request's upstream fetch of a small blob, by outcome"
+    );
     describe_histogram!(PEER_DISCOVERY_DURATION, Unit::Seconds, "Provider lookup duration");
     describe_histogram!(PEERS_FOUND, "Peers returned by a provider lookup");
     describe_counter!(PEER_FETCH_BYTES, Unit::Bytes, "Bytes fetched from peers");

@@ -175,6 +175,7 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
         cfg: cfg.registry.clone(),
         peers,
         swarm,
+        flights: Default::default(),
     });
     let ready = web::Data::new(Readiness::new(router.clone()));
     let sources = web::Data::new(MetricsSources { peerd: prometheus.clone(), libp2p: libp2p_registry, router });

@@ -12,7 +12,10 @@ use super::range::{self, ByteRange, RangeSpec};
 use crate::actors::fetch::{Corrupt, Locate, Outcome, ServedPeer, Suspect};
 use crate::actors::upstream::Fetch;
 use crate::config::RegistryConfig;
-use crate::fetch::{counted, verified_whole, Opener, PeerOpener, Resume, UpstreamOpener};
+use crate::fetch::{
+    counted, follow, verified_whole, FlightError, Flights, Landed, Opener, PeerOpener, Resume, Seat, UpstreamOpener,
+    COALESCED,
+};
 use crate::metrics::{Source, DIGEST_MISMATCHES, LOCAL_STORE_ERRORS, PEER_SERVED_BYTES, SERVED_BYTES, STALE_TAGS};
 use crate::oci::{media, parse_ns, validate_repository, validate_tag, Algorithm, Digest, Registry};
 use crate::peer::auth::ClusterKey;
@@ -40,6 +43,8 @@ pub struct RegistryState {
     pub peers: Option<PeerPath>,
     /// `None` when swarming is off.
     pub swarm: Option<Arc<crate::swarm::Swarm>>,
+    /// Concurrent whole-blob upstream GETs of one small blob share one fetch.
+    pub flights: Arc<Flights>,
 }
 
 /// What the handlers need to use peers and to answer them.
@@ -727,15 +732,7 @@ async fn upstream_blob(st: &RegistryState, ask: &Ask, repo: &str, digest: &Diges
         return Ok(tag_source(b.no_chunking(len).streaming(empty()), Source::Upstream));
     }
     let Some(spec) = ask.range else {
-        let resp = fetch(st, req(false, None)).await.map_err(map)?;
-        let body = verified(resp.body, digest, resp.content_length, Source::Upstream);
-        let mut b = HttpResponse::Ok();
-        blob_headers(&mut b, digest);
-        let resp = match resp.content_length {
-            Some(len) => b.no_chunking(len).streaming(counted(body, Source::Upstream)),
-            None => b.streaming(counted(body, Source::Upstream)),
-        };
-        return Ok(tag_source(resp, Source::Upstream));
+        return upstream_whole_blob(st, ask, repo, digest).await;
     };
     // A range from upstream: learn the size first, so suffix ranges become absolute (some blob
     // stores reject suffix ranges) and an unsatisfiable range is answered here.
@@ -753,6 +750,113 @@ async fn upstream_blob(st: &RegistryState, ask: &Ask, repo: &str, digest: &Diges
         Box::pin(Slice::new(resp.body, range.start, range.len()))
     };
     Ok(blob_body(digest, size, Some(range), body, Source::Upstream, false, true))
+}
+
+/// A whole blob from the upstream. Concurrent requests for the same small blob share one fetch
+/// (see [`Flights`]): the leader reads the body into memory, verifies it and hands the same bytes
+/// to every follower. Only blobs of at most [`crate::fetch::FLIGHT_MAX_BLOB`] bytes are shared
+/// (larger ones are the swarm's job, or fetched per request when swarming is off); a follower
+/// whose flight was not shared fetches on its own, so it never gets unverified bytes. The key is
+/// the registry and digest, not the client's credentials: like the local store and the peers,
+/// the node serves content it verified by digest.
+async fn upstream_whole_blob(
+    st: &RegistryState,
+    ask: &Ask,
+    repo: &str,
+    digest: &Digest,
+) -> Result<HttpResponse, ApiError> {
+    let what = format!("{}/{repo}@{digest}", ask.registry);
+    let map = |e| ApiError::from_upstream(e, Kind::Blob, &what);
+    let mut lead = match st.flights.board(format!("{}@{digest}", ask.registry)) {
+        Seat::Leader(lead) => lead,
+        Seat::Follower(rx) => match follow(rx).await {
+            Landed::Done(body) => {
+                metrics::counter!(COALESCED, "outcome" => "shared").increment(1);
+                return Ok(whole_blob_bytes(digest, body));
+            }
+            // The upstream could not be reached a moment ago: asking again now would only
+            // pile onto it (the leader's client got the same answer).
+            Landed::Failed(FlightError::Upstream(
+                e @ (UpstreamError::Unreachable { .. }
+                | UpstreamError::Timeout { .. }
+                | UpstreamError::CircuitOpen { .. }),
+            )) => {
+                metrics::counter!(COALESCED, "outcome" => "failed").increment(1);
+                return Err(map(e));
+            }
+            // Anything else may be the leader's own (credentials, a cut body): fetch alone.
+            _ => {
+                metrics::counter!(COALESCED, "outcome" => "solo").increment(1);
+                return upstream_stream_blob(st, ask, repo, digest).await;
+            }
+        },
+    };
+    let resp = match fetch(st, upstream_request(ask, repo, Kind::Blob, digest.to_string(), false, None)).await {
+        Ok(r) => r,
+        Err(e) => {
+            lead.land(Landed::Failed(FlightError::Upstream(e.clone())));
+            return Err(map(e));
+        }
+    };
+    let len = match resp.content_length {
+        Some(len) if lead.reserve(len) => len,
+        // Too large, no size or no room: followers fetch on their own, this one streams.
+        _ => {
+            drop(lead);
+            return Ok(whole_blob_stream(digest, resp));
+        }
+    };
+    let body = match store::collect(resp.body, len).await {
+        Ok(b) if b.len() as u64 == len && Digest::compute(digest.algorithm(), &b) == *digest => b,
+        Ok(b) => {
+            drop(lead);
+            mismatch(Source::Upstream, digest, "upstream blob");
+            return Err(ApiError::BadGateway {
+                code: "DIGEST_INVALID",
+                message: format!("upstream blob {what}: {} bytes that do not match the digest", b.len()),
+            });
+        }
+        Err(e) => {
+            drop(lead);
+            return Err(ApiError::BadGateway { code: "UNKNOWN", message: format!("{what}: {e}") });
+        }
+    };
+    lead.land(Landed::Done(body.clone()));
+    Ok(whole_blob_bytes(digest, body))
+}
+
+/// A whole blob from the upstream, each request on its own, verified while it streams.
+async fn upstream_stream_blob(
+    st: &RegistryState,
+    ask: &Ask,
+    repo: &str,
+    digest: &Digest,
+) -> Result<HttpResponse, ApiError> {
+    let what = format!("{}/{repo}@{digest}", ask.registry);
+    let resp = fetch(st, upstream_request(ask, repo, Kind::Blob, digest.to_string(), false, None))
+        .await
+        .map_err(|e| ApiError::from_upstream(e, Kind::Blob, &what))?;
+    Ok(whole_blob_stream(digest, resp))
+}
+
+fn whole_blob_stream(digest: &Digest, resp: UpstreamResponse) -> HttpResponse {
+    let body = verified(resp.body, digest, resp.content_length, Source::Upstream);
+    let mut b = HttpResponse::Ok();
+    blob_headers(&mut b, digest);
+    let resp = match resp.content_length {
+        Some(len) => b.no_chunking(len).streaming(counted(body, Source::Upstream)),
+        None => b.streaming(counted(body, Source::Upstream)),
+    };
+    tag_source(resp, Source::Upstream)
+}
+
+/// A whole blob already verified, from memory.
+fn whole_blob_bytes(digest: &Digest, body: Bytes) -> HttpResponse {
+    let mut b = HttpResponse::Ok();
+    blob_headers(&mut b, digest);
+    let len = body.len() as u64;
+    let stream: ByteStream = Box::pin(futures_util::stream::once(async move { Ok(body) }));
+    tag_source(b.no_chunking(len).streaming(counted(stream, Source::Upstream)), Source::Upstream)
 }
 
 /// A request from another peerd (already authenticated): serve only what this node holds.

@@ -36,6 +36,7 @@ fn fixture() -> Fixture {
         cfg,
         peers: None,
         swarm: None,
+        flights: Default::default(),
     });
     Fixture { store, up, state }
 }
@@ -197,11 +198,12 @@ async fn upstream_blob_full_and_ranges() {
     let (s, hd, _) = call(&app, Method::HEAD, &uri, &[]).await;
     assert_eq!((s, h(&hd, "content-length")), (StatusCode::OK, "10"));
 
-    // Upstream sends bytes that are not the blob: the body is cut.
+    // Upstream sends bytes that are not the blob: a small blob is checked before the answer
+    // (502), so none of its bytes reach the client.
     let other = Digest::compute(Algorithm::Sha256, b"other");
     f.up.put(REG, "a", Kind::Blob, &other.to_string(), media::OCTET_STREAM, "not other");
-    let (_, _, body) = call(&app, Method::GET, &format!("/v2/a/blobs/{other}?ns={REG}"), &[]).await;
-    assert!(body.is_err());
+    let (s, _, body) = call(&app, Method::GET, &format!("/v2/a/blobs/{other}?ns={REG}"), &[]).await;
+    assert_eq!((s, error_code(&body).as_str()), (StatusCode::BAD_GATEWAY, "DIGEST_INVALID"));
     // Unknown blob: 404 so containerd tries its next host.
     let missing = Digest::compute(Algorithm::Sha256, b"missing");
     let (s, _, body) = call(&app, Method::GET, &format!("/v2/a/blobs/{missing}?ns={REG}"), &[]).await;
@@ -359,4 +361,90 @@ async fn peer_requests_are_served_locally_only() {
         0,
         "a peer request never goes upstream (loop guard)"
     );
+}
+
+/// `n` concurrent GETs of `uri`, all started before any of them is answered.
+async fn concurrent_gets(
+    app: &impl actix_web::dev::Service<
+        actix_http::Request,
+        Response = actix_web::dev::ServiceResponse,
+        Error = actix_web::Error,
+    >,
+    uri: &str,
+    n: usize,
+) -> Vec<(StatusCode, Result<Bytes, String>)> {
+    let calls = (0..n).map(|_| async move {
+        let (s, _, body) = call(app, Method::GET, uri, &[]).await;
+        (s, body)
+    });
+    futures_util::future::join_all(calls).await
+}
+
+#[actix_web::test]
+async fn concurrent_gets_of_a_small_blob_share_one_upstream_fetch() {
+    use std::sync::atomic::Ordering;
+    let f = fixture();
+    let data = Bytes::from((0..300 * 1024).map(|i| (i * 7 % 251) as u8).collect::<Vec<u8>>());
+    let d = Digest::compute(Algorithm::Sha256, &data);
+    f.up.put(REG, "a", Kind::Blob, &d.to_string(), media::OCTET_STREAM, data.clone());
+    let app = app!(f);
+    let uri = format!("/v2/a/blobs/{d}?ns={REG}");
+    for (s, body) in concurrent_gets(&app, &uri, 50).await {
+        assert_eq!(s, StatusCode::OK);
+        assert!(body.unwrap() == data, "every client gets the blob's bytes");
+    }
+    assert_eq!(f.up.calls.load(Ordering::SeqCst), 1, "50 concurrent GETs, one upstream fetch");
+    assert_eq!(f.state.flights.in_flight(), 0, "the flight is closed once it landed");
+    // Later requests start a new flight (nothing is cached in memory).
+    let (s, _, body) = call(&app, Method::GET, &uri, &[]).await;
+    assert_eq!((s, body.unwrap()), (StatusCode::OK, data));
+    assert_eq!(f.up.calls.load(Ordering::SeqCst), 2);
+}
+
+#[actix_web::test]
+async fn blobs_over_the_flight_limit_are_fetched_per_request() {
+    use std::sync::atomic::Ordering;
+    let f = fixture();
+    let data = Bytes::from(vec![7u8; crate::fetch::FLIGHT_MAX_BLOB as usize + 1]);
+    let d = Digest::compute(Algorithm::Sha256, &data);
+    f.up.put(REG, "a", Kind::Blob, &d.to_string(), media::OCTET_STREAM, data.clone());
+    let app = app!(f);
+    for (s, body) in concurrent_gets(&app, &format!("/v2/a/blobs/{d}?ns={REG}"), 5).await {
+        assert_eq!(s, StatusCode::OK);
+        assert!(body.unwrap() == data);
+    }
+    assert_eq!(f.up.calls.load(Ordering::SeqCst), 5, "a large blob is not held in memory to share");
+}
+
+#[actix_web::test]
+async fn a_failed_flight_never_hands_out_wrong_bytes() {
+    use std::sync::atomic::Ordering;
+    let f = fixture();
+    // The upstream's bytes do not match the digest: the leader answers 502, every follower
+    // fetches on its own (verified) and gets an error too, never the bytes.
+    let d = Digest::compute(Algorithm::Sha256, b"the real blob");
+    f.up.put(REG, "a", Kind::Blob, &d.to_string(), media::OCTET_STREAM, "a corrupt blob");
+    let app = app!(f);
+    let uri = format!("/v2/a/blobs/{d}?ns={REG}");
+    for (s, body) in concurrent_gets(&app, &uri, 10).await {
+        assert!(s == StatusCode::BAD_GATEWAY || body.is_err(), "a wrong blob is refused (502) or cut: {s} {body:?}");
+        if let Ok(b) = body {
+            assert_ne!(&b[..], b"a corrupt blob");
+        }
+    }
+    // An unreachable upstream: one attempt, every client told it is unavailable.
+    let calls = f.up.calls.load(Ordering::SeqCst);
+    f.up.fail(Some(UpstreamError::Unreachable { host: REG.into(), reason: "refused".into() }));
+    for (s, _) in concurrent_gets(&app, &uri, 10).await {
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(f.up.calls.load(Ordering::SeqCst), calls + 1, "followers do not pile onto a dead upstream");
+    // A 404 for the leader is not taken for the followers' answer: each asks for itself.
+    f.up.fail(Some(UpstreamError::Status { status: 404, www_authenticate: None }));
+    let calls = f.up.calls.load(Ordering::SeqCst);
+    for (s, _) in concurrent_gets(&app, &uri, 4).await {
+        assert_eq!(s, StatusCode::NOT_FOUND);
+    }
+    assert_eq!(f.up.calls.load(Ordering::SeqCst), calls + 4);
+    assert_eq!(f.state.flights.in_flight(), 0);
 }

@@ -1,0 +1,105 @@
+//! Issue 14, finding 7: concurrent GETs of a small blob (under `swarm.min_size`) through one
+//! node share one upstream fetch, against a real docker-registry.
+
+mod common;
+use common::*;
+use std::process::Command;
+
+const TOOLS: &[&str] = &["docker-registry", "curl"];
+
+/// Upload `data` as a blob of `repo`: start an upload, then PUT the whole blob to it.
+fn push_blob(registry: &str, repo: &str, data: &[u8]) -> String {
+    let digest = format!("sha256:{}", sha256_hex(data));
+    let file = tempdir("pd-co-blob");
+    let path = file.path().join("blob");
+    std::fs::write(&path, data).unwrap();
+    let start = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-D", "-", "-X", "POST"])
+        .arg(format!("http://{registry}/v2/{repo}/blobs/uploads/"))
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&start.stdout).into_owned();
+    let location = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Location: ").or_else(|| l.strip_prefix("location: ")))
+        .unwrap_or_else(|| panic!("no upload location: {head}"))
+        .trim()
+        .to_owned();
+    let location = if location.starts_with("http") { location } else { format!("http://{registry}{location}") };
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT"])
+        .args(["-H", "Content-Type: application/octet-stream", "--data-binary"])
+        .arg(format!("@{}", path.display()))
+        .arg(format!("{location}{sep}digest={digest}"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "201", "{}", String::from_utf8_lossy(&out.stderr));
+    digest
+}
+
+/// Blob GETs the registry logged for `digest` (its access log has one line per request).
+fn registry_blob_gets(reg: &Registry, digest: &str) -> usize {
+    reg.log().lines().filter(|l| l.contains(&format!("\"GET /v2/test/small/blobs/{digest} "))).count()
+}
+
+#[test]
+fn fifty_concurrent_gets_of_a_small_blob_fetch_it_upstream_once() {
+    if !require("coalesce_small_blobs", TOOLS, false) {
+        return;
+    }
+    let work = tempdir("pd-co");
+    let reg = Registry::start(&work.path().join("reg"));
+    let data: Vec<u8> = (0..300 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let digest = push_blob(&reg.addr, "test/small", &data);
+    // About 2 MB/s from the registry: one fetch takes ~150 ms, so the 50 clients overlap it.
+    let proxy = CountingProxy::start(&reg.addr, 2_000_000);
+    let peerd = Peerd::start(
+        "127.0.0.1",
+        &[
+            "--mirror-host",
+            &proxy.addr,
+            "--plain-http-host",
+            &proxy.addr,
+            "--containerd-socket",
+            "/nonexistent.sock",
+            "--no-p2p",
+        ],
+        &[],
+    );
+    let url = peerd.url(&format!("/v2/test/small/blobs/{digest}?ns={}", proxy.addr.replace(':', "%3A")));
+    let before = registry_blob_gets(&reg, &digest);
+    let out = tempdir("pd-co-out");
+    let results: Vec<(String, Vec<u8>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..50)
+            .map(|i| {
+                let (url, path) = (url.clone(), out.path().join(format!("c{i}")));
+                s.spawn(move || {
+                    let o = Command::new("curl")
+                        .args(["-sS", "--max-time", "60", "-o"])
+                        .arg(&path)
+                        .args(["-w", "%{http_code}", &url])
+                        .output()
+                        .unwrap();
+                    (String::from_utf8_lossy(&o.stdout).into_owned(), std::fs::read(&path).unwrap_or_default())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, (status, body)) in results.iter().enumerate() {
+        assert_eq!(status, "200", "client {i}:\n{}", peerd.log_text());
+        assert_eq!(body.len(), data.len(), "client {i} got the whole blob");
+        assert!(*body == data, "client {i} got the blob's bytes");
+    }
+    let gets = registry_blob_gets(&reg, &digest) - before;
+    let shared = peerd.metric("peerd_coalesced_requests_total", &["outcome=\"shared\""]);
+    eprintln!(
+        "50 clients: {gets} blob GETs at the registry, {} bytes sent, {shared} requests served shared bytes",
+        proxy.sent()
+    );
+    assert!(gets >= 1, "the registry's access log names the blob GETs");
+    assert!(gets <= 3, "50 concurrent GETs of a 300 KiB blob cost {gets} upstream GETs");
+    assert!(proxy.sent() < 4 * data.len() as u64, "registry sent {} bytes", proxy.sent());
+    assert!(shared >= 40.0, "most clients joined a flight: {shared}");
+}
