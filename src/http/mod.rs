@@ -202,7 +202,8 @@ pub async fn observe(
 
 /// The node's budget of content bodies in flight (`http.max_transfers`), shared by the front
 /// end and the peer listener. Each streaming body holds a bounded amount of memory (one source
-/// read and actix's write buffer, ~1 MiB at most), so this bounds the memory of all of them.
+/// read ahead, the piece being sent and actix's write buffer: ~1.5 MiB measured), so this
+/// bounds the memory of all of them.
 pub struct TransferBudget {
     slots: Arc<tokio::sync::Semaphore>,
     max: usize,

@@ -29,8 +29,13 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::task::JoinHandle;
 
-/// Bytes per blocking read. 1 MiB measured as fast as nginx's sendfile on 2 vCPU (REFERENCE §6).
-pub const READ_SIZE: usize = 1 << 20;
+/// Bytes per blocking read. 1 MiB reads measured as fast as nginx's sendfile on 2 vCPU
+/// (REFERENCE §6), but a stalled client then pinned ~2.6 MiB (the read ahead, the rest of the
+/// piece being sent, actix's buffer: `make soak`, 150 stalled readers → 390 MiB). With 256 KiB
+/// reads, 30 stalled readers peaked at 61 MiB RSS against 108 MiB with 1 MiB reads (soak
+/// --quick, same run), so `http.max_transfers` (256) fits the chart's memory limit, for a few
+/// more syscalls and blocking tasks per GiB.
+pub const READ_SIZE: usize = 256 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
