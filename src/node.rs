@@ -176,6 +176,7 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
         peers,
         swarm,
         flights: Default::default(),
+        peer_checked: Default::default(),
     });
     let ready = web::Data::new(Readiness::new(router.clone()));
     let sources = web::Data::new(MetricsSources { peerd: prometheus.clone(), libp2p: libp2p_registry, router });

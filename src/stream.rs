@@ -6,35 +6,23 @@ use crate::oci::{Digest, Hasher};
 use crate::store::ByteStream;
 use bytes::Bytes;
 use futures_util::Stream;
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
-use tokio::task::JoinHandle;
 
 /// Hashes a body while it streams and releases its last byte only once the digest (and the
 /// expected length, when known) check out. On a mismatch the stream ends with an error instead
 /// of that byte, so the HTTP layer cuts the connection and the client never sees a complete,
 /// clean body with the wrong bytes. `on_mismatch` runs once when that happens.
 ///
-/// Hashing runs beside the I/O, not on the socket's thread: chunks are collected into batches of
-/// [`HASH_BATCH`] bytes and each batch is hashed by a `spawn_blocking` task while the next one
-/// arrives (the chunks are shared, not copied). At most one batch is being hashed and one
-/// collected, so memory stays bounded; a body that outruns the hash waits for it. The last,
-/// partial batch (all of a small body) is hashed inline at the end.
-///
-/// Only one byte is held back (a copy) for the final verdict: a client that stops reading pins
-/// no more of the body here than that and the batch awaiting its hash.
+/// Only one byte is held back (a copy): a client that stops reading pins no more of the body
+/// here than that, whatever the chunk sizes of the source.
+/// Called once with the expected digest and what went wrong.
+type OnMismatch = Box<dyn FnOnce(&Digest, &str) + Send>;
+
 pub struct Verify {
     inner: ByteStream,
-    /// The hash state while no batch is being hashed aside; `None` once verified or failed.
     hasher: Option<Hasher>,
-    /// The batch being hashed aside, which hands the hash state back.
-    hashing: Option<JoinHandle<Hasher>>,
-    batch: Vec<Bytes>,
-    batch_len: usize,
-    ended: bool,
-    done: bool,
     expected: Digest,
     expected_len: Option<u64>,
     seen: u64,
@@ -44,12 +32,6 @@ pub struct Verify {
     pending: Option<Bytes>,
     on_mismatch: Option<OnMismatch>,
 }
-
-/// Bytes hashed per blocking task (see [`Verify`]).
-pub const HASH_BATCH: usize = 256 << 10;
-
-/// Called once with the expected digest and what went wrong.
-type OnMismatch = Box<dyn FnOnce(&Digest, &str) + Send>;
 
 impl Verify {
     pub fn new(
@@ -61,11 +43,6 @@ impl Verify {
         Self {
             inner,
             hasher: Some(Hasher::new(expected.algorithm())),
-            hashing: None,
-            batch: Vec::new(),
-            batch_len: 0,
-            ended: false,
-            done: false,
             expected,
             expected_len,
             seen: 0,
@@ -76,56 +53,13 @@ impl Verify {
     }
 
     fn fail(&mut self, why: String) -> Poll<Option<io::Result<Bytes>>> {
-        self.stop();
+        self.hasher = None;
+        self.held = None;
+        self.pending = None;
         if let Some(f) = self.on_mismatch.take() {
             f(&self.expected, &why);
         }
         Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::InvalidData, why))))
-    }
-
-    /// Drop everything held; the stream ends after the item being returned.
-    fn stop(&mut self) {
-        self.done = true;
-        self.held = None;
-        self.pending = None;
-        self.hasher = None;
-        self.hashing = None;
-        self.batch.clear();
-    }
-
-    /// Hash the collected batch on a blocking thread.
-    fn hash_aside(&mut self) {
-        if let Some(mut h) = self.hasher.take() {
-            let batch = std::mem::take(&mut self.batch);
-            self.batch_len = 0;
-            self.hashing = Some(tokio::task::spawn_blocking(move || {
-                for b in &batch {
-                    h.update(b);
-                }
-                h
-            }));
-        }
-    }
-
-    /// The whole body is in and the last batch hashed: compare, then release the held chunk.
-    fn conclude(&mut self) -> Poll<Option<io::Result<Bytes>>> {
-        let Some(mut h) = self.hasher.take() else {
-            return self.fail(format!("{}: hash state lost", self.expected));
-        };
-        for b in self.batch.drain(..) {
-            h.update(&b);
-        }
-        let actual = h.finish();
-        if let Some(n) = self.expected_len.filter(|&n| n != self.seen) {
-            let why = format!("{} ended after {} of {n} bytes", self.expected, self.seen);
-            return self.fail(why);
-        }
-        if actual != self.expected {
-            let why = format!("digest mismatch: expected {}, content hashes to {actual}", self.expected);
-            return self.fail(why);
-        }
-        self.done = true;
-        Poll::Ready(self.held.take().map(Ok))
     }
 }
 
@@ -138,25 +72,9 @@ impl Stream for Verify {
             if let Some(p) = this.pending.take() {
                 return Poll::Ready(Some(Ok(p)));
             }
-            if this.done {
+            if this.hasher.is_none() {
                 // Verified and drained, or already failed.
                 return Poll::Ready(this.held.take().map(Ok));
-            }
-            // The hash state is needed back when a batch is full or the body has ended.
-            if let Some(task) = this.hashing.as_mut().filter(|_| this.ended || this.batch_len >= HASH_BATCH) {
-                match ready!(Pin::new(task).poll(cx)) {
-                    Ok(h) => {
-                        this.hashing = None;
-                        this.hasher = Some(h);
-                    }
-                    Err(e) => return this.fail(format!("{}: hashing task failed: {e}", this.expected)),
-                }
-            }
-            if this.ended {
-                return this.conclude();
-            }
-            if this.batch_len >= HASH_BATCH {
-                this.hash_aside();
             }
             match ready!(this.inner.as_mut().poll_next(cx)) {
                 Some(Ok(mut chunk)) => {
@@ -169,11 +87,9 @@ impl Stream for Verify {
                             format!("{} is longer than its {} bytes", this.expected, this.expected_len.unwrap_or(0));
                         return this.fail(why);
                     }
-                    if chunk.is_empty() {
-                        continue;
+                    if let Some(h) = this.hasher.as_mut() {
+                        h.update(&chunk);
                     }
-                    this.batch_len += chunk.len();
-                    this.batch.push(chunk.clone());
                     // Hold back a copy of the last byte (not a view that would pin the chunk).
                     let last = Bytes::copy_from_slice(&chunk[chunk.len() - 1..]);
                     chunk.truncate(chunk.len() - 1);
@@ -184,10 +100,26 @@ impl Stream for Verify {
                     }
                 }
                 Some(Err(e)) => {
-                    this.stop();
+                    this.held = None;
+                    this.hasher = None;
                     return Poll::Ready(Some(Err(e)));
                 }
-                None => this.ended = true,
+                None => {
+                    let actual = this.hasher.take().map(Hasher::finish);
+                    if let Some(n) = this.expected_len.filter(|&n| n != this.seen) {
+                        let why = format!("{} ended after {} of {n} bytes", this.expected, this.seen);
+                        return this.fail(why);
+                    }
+                    if actual.as_ref() != Some(&this.expected) {
+                        let why = format!(
+                            "digest mismatch: expected {}, content hashes to {}",
+                            this.expected,
+                            actual.map(|d| d.to_string()).unwrap_or_default()
+                        );
+                        return this.fail(why);
+                    }
+                    return Poll::Ready(this.held.take().map(Ok));
+                }
             }
         }
     }
@@ -402,9 +334,10 @@ mod tests {
         assert!(out.is_empty() && err.is_none());
     }
 
-    /// Bodies of several batches: hashed aside, same verdicts as inline.
+    /// Large bodies in chunks of many sizes: the same verdicts.
     #[tokio::test]
-    async fn verify_large_bodies_hashed_aside() {
+    async fn verify_large_bodies() {
+        const HASH_BATCH: usize = 256 << 10;
         let big: Vec<u8> = (0..5 * HASH_BATCH + 1234).map(|i| (i * 31 + i / 997) as u8).collect();
         let big: &'static [u8] = Box::leak(big.into_boxed_slice());
         let d = Digest::compute(Algorithm::Sha256, big);
@@ -431,7 +364,7 @@ mod tests {
         let (_, err) =
             drain(Verify::new(chunks(&big[1..], 64 << 10), d.clone(), Some(big.len() as u64), |_, _| {})).await;
         assert!(err.is_some());
-        // Dropped mid-body while a batch is being hashed: no hang, no panic.
+        // Dropped mid-body: no hang, no panic.
         let mut s = Verify::new(chunks(big, 64 << 10), d, None, |_, _| panic!());
         for _ in 0..20 {
             s.next().await.unwrap().unwrap();

@@ -45,6 +45,44 @@ pub struct RegistryState {
     pub swarm: Option<Arc<crate::swarm::Swarm>>,
     /// Concurrent whole-blob upstream GETs of one small blob share one fetch.
     pub flights: Arc<Flights>,
+    /// Local blobs hashed once before this node first served them to a peer (see
+    /// [`checked_for_peers`]).
+    pub peer_checked: dashmap::DashSet<String>,
+}
+
+/// Most digests remembered as checked; beyond, the set starts over (a re-check costs one hash).
+const MAX_PEER_CHECKED: usize = 100_000;
+
+/// Before a local blob first goes to a peer, hash it whole, once per node run: containerd
+/// verified it on ingest, but a file damaged since (a flipped bit, a tampered copy) would reach
+/// the peer's containerd before the peer could see the mismatch, and containerd 1.6 keeps such a
+/// partial download, failing every retry. A damaged blob is not served to peers (they go
+/// elsewhere); a good one is not hashed again. Costs one hash per blob per node run, not per
+/// byte served.
+async fn checked_for_peers(st: &RegistryState, digest: &Digest, size: u64) -> bool {
+    let key = digest.to_string();
+    if st.peer_checked.contains(&key) {
+        return true;
+    }
+    let body = match st.store.read_sized(digest, size, 0, None).await {
+        Ok(b) => b,
+        Err(e) => {
+            store_miss(&e, digest);
+            return false;
+        }
+    };
+    let mut v = Verify::new(body, digest.clone(), Some(size), |d, why| mismatch(Source::Local, d, why));
+    while let Some(item) = futures_util::StreamExt::next(&mut v).await {
+        if item.is_err() {
+            tracing::error!(%digest, "a local blob does not match its digest: not served to peers (containerd's copy is damaged; `ctr content rm` it to fetch it again)");
+            return false;
+        }
+    }
+    if st.peer_checked.len() >= MAX_PEER_CHECKED {
+        st.peer_checked.clear();
+    }
+    st.peer_checked.insert(key);
+    true
 }
 
 /// What the handlers need to use peers and to answer them.
@@ -550,6 +588,9 @@ async fn local_blob(
         Err(e) => return Some(Err(e.into())),
     };
     let (offset, len) = range.map_or((0, None), |r| (r.start, Some(r.len())));
+    if to_peer && !checked_for_peers(st, digest, size).await {
+        return None;
+    }
     // Content the store verified on ingest is not hashed again (its length is still checked).
     let verify = !st.store.content_is_verified();
     match st.store.read_sized(digest, size, offset, len).await {

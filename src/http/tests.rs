@@ -37,6 +37,7 @@ fn fixture() -> Fixture {
         peers: None,
         swarm: None,
         flights: Default::default(),
+        peer_checked: Default::default(),
     });
     Fixture { store, up, state }
 }
