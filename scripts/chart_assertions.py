@@ -526,13 +526,11 @@ def check_dashboard(docs, chart, root):
     check(used <= defined, f"every dashboard metric is defined in src/metrics.rs (unknown: {sorted(used - defined)})")
 
 
-def values_docs(chart):
-    """(key, type, default JSON, description) for every value with a `# --` comment, in file
-    order: the rows of the chart README's values table."""
-    lines = (chart / "values.yaml").read_text().splitlines()
-    values = yaml.safe_load((chart / "values.yaml").read_text())
-    rows, stack, comment = [], [], []
-    for line in lines:
+def value_comments(chart):
+    """(dotted key, the comment lines just above it) for every mapping key of values.yaml, in
+    file order: the one walk both the README table and the documentation check read."""
+    stack, comment = [], []  # stack: (indent, key)
+    for line in (chart / "values.yaml").read_text().splitlines():
         s = line.strip()
         if s.startswith("#"):
             comment.append(s)
@@ -546,45 +544,33 @@ def values_docs(chart):
             while stack and stack[-1][0] >= indent:
                 stack.pop()
             stack.append((indent, m.group(2)))
-            doc = [c for c in comment if c.startswith("# --")]
-            if doc:
-                at = comment.index(doc[0])
-                text = " ".join(c.lstrip("#").strip() for c in comment[at:])[len("--"):].strip()
-                key = ".".join(k for _, k in stack)
-                node = values
-                for k in key.split("."):
-                    node = node[k]
-                kind = {bool: "bool", int: "int", float: "number", str: "string", list: "list",
-                        dict: "object", type(None): "null"}[type(node)]
-                rows.append((key, kind, json.dumps(node, separators=(",", ":")), text))
+            yield ".".join(k for _, k in stack), comment
         comment = []
+
+
+def values_docs(chart):
+    """(key, type, default JSON, description) for every value with a `# --` comment, in file
+    order: the rows of the chart README's values table."""
+    values = yaml.safe_load((chart / "values.yaml").read_text())
+    rows = []
+    for key, comment in value_comments(chart):
+        doc = [c for c in comment if c.startswith("# --")]
+        if doc:
+            at = comment.index(doc[0])
+            text = " ".join(c.lstrip("#").strip() for c in comment[at:])[len("--"):].strip()
+            node = values
+            for k in key.split("."):
+                node = node[k]
+            kind = {bool: "bool", int: "int", float: "number", str: "string", list: "list",
+                    dict: "object", type(None): "null"}[type(node)]
+            rows.append((key, kind, json.dumps(node, separators=(",", ":")), text))
     return rows
 
 
 def check_values_documented(chart):
     """Every value in values.yaml has a `# --` comment (itself or a documented parent), and the
     chart README lists every documented value with its default."""
-    lines = (chart / "values.yaml").read_text().splitlines()
-    documented = set()
-    stack = []  # (indent, key)
-    comment = []
-    for line in lines:
-        s = line.strip()
-        if s.startswith("#"):
-            comment.append(s)
-            continue
-        if not s:
-            comment = []
-            continue
-        m = re.match(r"^( *)([A-Za-z0-9_.-]+):", line)
-        if m and not s.startswith("- "):
-            indent = len(m.group(1))
-            while stack and stack[-1][0] >= indent:
-                stack.pop()
-            stack.append((indent, m.group(2)))
-            if any(c.startswith("# --") for c in comment):
-                documented.add(".".join(k for _, k in stack))
-        comment = []
+    documented = {key for key, comment in value_comments(chart) if any(c.startswith("# --") for c in comment)}
 
     values = yaml.safe_load((chart / "values.yaml").read_text())
 

@@ -7,37 +7,6 @@ use std::process::Command;
 
 const TOOLS: &[&str] = &["docker-registry", "curl"];
 
-/// Upload `data` as a blob of `repo`: start an upload, then PUT the whole blob to it.
-fn push_blob(registry: &str, repo: &str, data: &[u8]) -> String {
-    let digest = format!("sha256:{}", sha256_hex(data));
-    let file = tempdir("pd-co-blob");
-    let path = file.path().join("blob");
-    std::fs::write(&path, data).unwrap();
-    let start = Command::new("curl")
-        .args(["-sS", "-o", "/dev/null", "-D", "-", "-X", "POST"])
-        .arg(format!("http://{registry}/v2/{repo}/blobs/uploads/"))
-        .output()
-        .unwrap();
-    let head = String::from_utf8_lossy(&start.stdout).into_owned();
-    let location = head
-        .lines()
-        .find_map(|l| l.strip_prefix("Location: ").or_else(|| l.strip_prefix("location: ")))
-        .unwrap_or_else(|| panic!("no upload location: {head}"))
-        .trim()
-        .to_owned();
-    let location = if location.starts_with("http") { location } else { format!("http://{registry}{location}") };
-    let sep = if location.contains('?') { '&' } else { '?' };
-    let out = Command::new("curl")
-        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT"])
-        .args(["-H", "Content-Type: application/octet-stream", "--data-binary"])
-        .arg(format!("@{}", path.display()))
-        .arg(format!("{location}{sep}digest={digest}"))
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "201", "{}", String::from_utf8_lossy(&out.stderr));
-    digest
-}
-
 /// Blob GETs the registry logged for `digest` (its access log has one line per request).
 fn registry_blob_gets(reg: &Registry, digest: &str) -> usize {
     reg.log().lines().filter(|l| l.contains(&format!("\"GET /v2/test/small/blobs/{digest} "))).count()
@@ -50,8 +19,8 @@ fn fifty_concurrent_gets_of_a_small_blob_fetch_it_upstream_once() {
     }
     let work = tempdir("pd-co");
     let reg = Registry::start(&work.path().join("reg"));
-    let data: Vec<u8> = (0..300 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-    let digest = push_blob(&reg.addr, "test/small", &data);
+    let data = pattern(300 * 1024, 13);
+    let digest = reg.push_blob("test/small", &data);
     // About 500 kB/s from the registry: one fetch takes ~600 ms, so the 50 clients (curl
     // processes, which take a while to start on a loaded machine) overlap it.
     let proxy = CountingProxy::start(&reg.addr, 500_000);

@@ -135,26 +135,12 @@ fn a_lone_node_does_not_swarm() {
     }
     let work = tempdir("pd-fh");
     let reg = Registry::start(work.path());
-    let blob: Vec<u8> = (0..4u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-    let digest = format!("sha256:{}", sha256_hex(&blob));
-    let file = work.path().join("blob");
-    std::fs::write(&file, &blob).unwrap();
-    // Monolithic upload through the distribution API.
-    let start = curl("POST", &format!("http://{}/v2/lone/app/blobs/uploads/", reg.addr), &[]);
-    assert_eq!(start.status, 202, "upload start");
-    let loc = start.header("location").unwrap().to_owned();
-    let loc = if loc.starts_with("http") { loc } else { format!("http://{}{loc}", reg.addr) };
-    let sep = if loc.contains('?') { '&' } else { '?' };
-    let put = Command::new("curl")
-        .args(["-sf", "-X", "PUT", "--data-binary", &format!("@{}", file.display())])
-        .args(["-H", "Content-Type: application/octet-stream", &format!("{loc}{sep}digest={digest}")])
-        .status()
-        .unwrap();
-    assert!(put.success(), "blob upload");
+    let blob = pattern(4 << 20, 13);
+    let digest = reg.push_blob("lone/app", &blob);
 
     let p = Peerd::start(
         "127.0.0.1",
-        &["--mirror-host", &reg.addr, "--plain-http-host", &reg.addr, "--containerd-socket", "/nonexistent.sock"],
+        &mirror_args(&reg.addr),
         &[("PEERD_P2P__SECRET", SECRET), ("PEERD_SWARM__GATHER", "3s")],
     );
     let t = Instant::now();

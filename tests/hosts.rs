@@ -349,19 +349,7 @@ fn containerd_uses_the_hosts_toml_peerd_writes() {
     )
     .unwrap();
 
-    let peerd = Peerd::start(
-        "127.0.0.1",
-        &[
-            "--no-p2p",
-            "--mirror-host",
-            &reg.addr,
-            "--plain-http-host",
-            &reg.addr,
-            "--containerd-socket",
-            "/nonexistent.sock",
-        ],
-        &[],
-    );
+    let peerd = Peerd::start("127.0.0.1", &[&mirror_args(&reg.addr)[..], &["--no-p2p"]].concat(), &[]);
     let mirror = format!("http://{}", peerd.http);
     let cfg = config.to_str().unwrap();
     let out = peerd_hosts(&[
@@ -419,19 +407,7 @@ fn containerd_pulls_through_peerd_with_only_a_default_file() {
         return;
     }
     let (work, reg, info) = registry_with_images("pd-hd");
-    let peerd = Peerd::start(
-        "127.0.0.1",
-        &[
-            "--no-p2p",
-            "--mirror-host",
-            &reg.addr,
-            "--plain-http-host",
-            &reg.addr,
-            "--containerd-socket",
-            "/nonexistent.sock",
-        ],
-        &[],
-    );
+    let peerd = Peerd::start("127.0.0.1", &[&mirror_args(&reg.addr)[..], &["--no-p2p"]].concat(), &[]);
     let certs = work.path().join("certs.d");
     std::fs::create_dir_all(&certs).unwrap();
     let mirror = format!("http://{}", peerd.http);

@@ -182,16 +182,7 @@ fn a_2gib_layer_streams_with_bounded_memory() {
             .next()
             .unwrap()
     );
-    // Monolithic upload: POST for a location, PUT the body with the digest.
-    let loc = curl("POST", &format!("http://{}/v2/test/big/blobs/uploads/", reg.addr), &[]);
-    let location = loc.header("location").expect("upload location").to_owned();
-    let sep = if location.contains('?') { '&' } else { '?' };
-    let put = Command::new("curl")
-        .args(["-sf", "-X", "PUT", "-H", "Content-Type: application/octet-stream", "-T", blob.to_str().unwrap()])
-        .arg(format!("{location}{sep}digest={digest}"))
-        .status()
-        .unwrap();
-    assert!(put.success());
+    reg.push_blob_file("test/big", &blob, &digest);
     std::fs::remove_file(&blob).unwrap();
 
     // Twice: through a swarm download (the default: chunks spooled to disk) and streamed

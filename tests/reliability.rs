@@ -335,36 +335,6 @@ fn an_empty_identity_key_is_explained_not_replaced() {
     assert_eq!(std::fs::read(&key).unwrap().len(), 0, "not replaced unasked");
 }
 
-/// Push `data` as a blob of `repo` (monolithic upload); returns its digest.
-fn push_blob(reg: &Registry, repo: &str, data: &[u8], work: &std::path::Path) -> String {
-    let digest = format!("sha256:{}", sha256_hex(data));
-    let file = work.join("blob.bin");
-    std::fs::write(&file, data).unwrap();
-    let out = Command::new("curl")
-        .args(["-sf", "-X", "POST", "-D", "-", "-o", "/dev/null"])
-        .arg(format!("http://{}/v2/{repo}/blobs/uploads/", reg.addr))
-        .output()
-        .unwrap();
-    let head = String::from_utf8_lossy(&out.stdout).into_owned();
-    let location = head
-        .lines()
-        .find_map(|l| l.strip_prefix("Location: ").or_else(|| l.strip_prefix("location: ")))
-        .unwrap_or_else(|| panic!("no upload location: {head}"))
-        .trim()
-        .to_owned();
-    let sep = if location.contains('?') { '&' } else { '?' };
-    let url = if location.starts_with("http") { location.clone() } else { format!("http://{}{location}", reg.addr) };
-    let out = Command::new("curl")
-        .args(["-sf", "-X", "PUT", "-H", "Content-Type: application/octet-stream", "--data-binary"])
-        .arg(format!("@{}", file.display()))
-        .arg(format!("{url}{sep}digest={digest}"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "blob upload failed: {}", String::from_utf8_lossy(&out.stderr));
-    std::fs::remove_file(&file).unwrap();
-    digest
-}
-
 /// `n` clients that send a GET for `target` and never read the answer.
 fn stalled_clients(addr: std::net::SocketAddr, target: &str, n: usize) -> Vec<std::net::TcpStream> {
     use std::io::Write;
@@ -401,21 +371,10 @@ fn stalled_readers_hold_bounded_memory_and_are_cut_off() {
     const CLIENTS: usize = 150;
     let work = tempdir("pd-sr");
     let reg = Registry::start(&work.path().join("reg"));
-    let data: Vec<u8> = (0..40u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-    let digest = push_blob(&reg, "test/big", &data, work.path());
-    let peerd = Peerd::start(
-        "127.0.0.1",
-        &[
-            "--no-p2p",
-            "--mirror-host",
-            &reg.addr,
-            "--plain-http-host",
-            &reg.addr,
-            "--containerd-socket",
-            "/nonexistent.sock",
-        ],
-        &[("PEERD_HTTP__WRITE_TIMEOUT", "3s")],
-    );
+    let data = pattern(40 << 20, 13);
+    let digest = reg.push_blob("test/big", &data);
+    let args = [&mirror_args(&reg.addr)[..], &["--no-p2p"]].concat();
+    let peerd = Peerd::start("127.0.0.1", &args, &[("PEERD_HTTP__WRITE_TIMEOUT", "3s")]);
     let target = format!("/v2/test/big/blobs/{digest}?ns={}", reg.addr.replace(':', "%3A"));
     let whole = curl("GET", &peerd.url(&target), &[]);
     assert_eq!(whole.body.len(), data.len(), "warm-up read");
@@ -449,21 +408,10 @@ fn measure_stalled_readers() {
     let work = tempdir("pd-sm");
     let reg = Registry::start(&work.path().join("reg"));
     let size: u32 = std::env::var("BLOB_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(40 << 20);
-    let data: Vec<u8> = (0..size).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-    let digest = push_blob(&reg, "test/big", &data, work.path());
-    let peerd = Peerd::start(
-        "127.0.0.1",
-        &[
-            "--no-p2p",
-            "--mirror-host",
-            &reg.addr,
-            "--plain-http-host",
-            &reg.addr,
-            "--containerd-socket",
-            "/nonexistent.sock",
-        ],
-        &[],
-    );
+    let data = pattern(size, 13);
+    let digest = reg.push_blob("test/big", &data);
+    let args = [&mirror_args(&reg.addr)[..], &["--no-p2p"]].concat();
+    let peerd = Peerd::start("127.0.0.1", &args, &[]);
     let target = format!("/v2/test/big/blobs/{digest}?ns={}", reg.addr.replace(':', "%3A"));
     assert_eq!(curl("GET", &peerd.url(&target), &[]).body.len(), data.len());
     std::thread::sleep(Duration::from_millis(500));
@@ -490,8 +438,8 @@ fn the_transfer_budget_bounds_bodies_in_flight() {
     const SLOTS: usize = 20;
     let work = tempdir("pd-tb");
     let reg = Registry::start(&work.path().join("reg"));
-    let data: Vec<u8> = (0..40u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
-    let digest = push_blob(&reg, "test/big", &data, work.path());
+    let data = pattern(40 << 20, 11);
+    let digest = reg.push_blob("test/big", &data);
     let slots = SLOTS.to_string();
     let peerd = Peerd::start(
         "127.0.0.1",

@@ -119,6 +119,33 @@ impl Registry {
             self.running = false;
         }
     }
+    /// Push `data` as a blob of `repo` (monolithic upload); returns its digest.
+    pub fn push_blob(&self, repo: &str, data: &[u8]) -> String {
+        let digest = format!("sha256:{}", sha256_hex(data));
+        let dir = tempdir("pd-blob");
+        let file = dir.path().join("blob");
+        std::fs::write(&file, data).unwrap();
+        self.push_blob_file(repo, &file, &digest);
+        digest
+    }
+
+    /// Push the file at `path`, whose digest is `digest`, as a blob of `repo`: POST for an
+    /// upload location, then PUT the whole body with the digest.
+    pub fn push_blob_file(&self, repo: &str, path: &Path, digest: &str) {
+        let start = curl("POST", &format!("http://{}/v2/{repo}/blobs/uploads/", self.addr), &[]);
+        assert_eq!(start.status, 202, "upload start: {}", String::from_utf8_lossy(&start.body));
+        let location = start.header("location").expect("upload location").to_owned();
+        let location = if location.starts_with("http") { location } else { format!("http://{}{location}", self.addr) };
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let out = Command::new("curl")
+            .args(["-sSf", "-X", "PUT", "-H", "Content-Type: application/octet-stream", "-T"])
+            .arg(path)
+            .arg(format!("{location}{sep}digest={digest}"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "blob upload failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     /// Requests the registry has logged for `path_part` (its access log).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("registry.log")).unwrap_or_default()
@@ -436,6 +463,16 @@ pub fn curl(method: &str, url: &str, headers: &[(&str, &str)]) -> Exchange {
         body: if method == "HEAD" { Vec::new() } else { out.stdout },
         curl_ok: out.status.success(),
     }
+}
+
+/// `len` bytes of a fixed, non-repeating-looking pattern (distinct per `shift`), for blobs.
+pub fn pattern(len: u32, shift: u32) -> Vec<u8> {
+    (0..len).map(|i| (i.wrapping_mul(2_654_435_761) >> shift) as u8).collect()
+}
+
+/// Flags of a single-registry mirror of `registry` (plain HTTP) without containerd.
+pub fn mirror_args(registry: &str) -> [&str; 6] {
+    ["--mirror-host", registry, "--plain-http-host", registry, "--containerd-socket", "/nonexistent.sock"]
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
