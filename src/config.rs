@@ -479,8 +479,7 @@ impl Config {
                 return bad("blobs.parallel_chunks", "parallel_chunks and prefetch_workers must be positive".into());
             }
             for h in &self.blobs.allowed_hosts {
-                crate::blobs::AllowRule::parse(h)
-                    .map_err(|e| ConfigError::Invalid { key: "blobs.allowed_hosts", reason: e })?;
+                AllowRule::parse(h).map_err(|e| ConfigError::Invalid { key: "blobs.allowed_hosts", reason: e })?;
             }
         }
         if self.kubernetes.events == EventsMode::On {
@@ -594,6 +593,63 @@ fn similar(a: &str, b: &str) -> bool {
         prev = cur;
     }
     prev[b.len()] <= 2
+}
+
+/// One entry of `blobs.allowed_hosts`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllowRule {
+    scheme: String,
+    host: String,
+    wildcard: bool,
+    port: Option<u16>,
+}
+
+impl AllowRule {
+    pub fn parse(s: &str) -> Result<AllowRule, String> {
+        let (scheme, rest) = match s.split_once("://") {
+            Some((sc, r)) if sc == "http" || sc == "https" => (sc.to_owned(), r),
+            Some(_) => return Err(format!("{s:?}: only http:// and https:// are allowed")),
+            None => ("https".to_owned(), s),
+        };
+        let port_of = |p: &str| p.parse::<u16>().map_err(|_| format!("{s:?}: bad port"));
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            // [IPv6] or [IPv6]:port, kept in the form `Url::host_str` gives (normalised).
+            let (addr, after) = v6.split_once(']').ok_or_else(|| format!("{s:?}: unclosed ["))?;
+            let ip = url::Url::parse(&format!("http://[{addr}]/")).map_err(|e| format!("{s:?}: {e}"))?;
+            let ip = ip.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
+            let port = match after.strip_prefix(':') {
+                Some(p) => Some(port_of(p)?),
+                None if after.is_empty() => None,
+                None => return Err(format!("{s:?}: expected [IPv6]:port")),
+            };
+            (format!("[{ip}]"), port)
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) => (h.to_owned(), Some(port_of(p)?)),
+                None => (rest.to_owned(), None),
+            }
+        };
+        let host = host.as_str();
+        let (wildcard, host) = match host.strip_prefix("*.") {
+            Some(h) => (true, h),
+            None => (false, host),
+        };
+        if host.is_empty() || host.contains('/') || host.contains('*') {
+            return Err(format!("{s:?}: expected [scheme://]host[:port] or *.domain"));
+        }
+        Ok(AllowRule { scheme, host: host.to_ascii_lowercase(), wildcard, port })
+    }
+
+    /// The host this rule names (without a `*.` prefix; IPv6 in brackets).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn allows(&self, url: &url::Url) -> bool {
+        let Some(host) = url.host_str().map(|h| h.to_ascii_lowercase()) else { return false };
+        let host_ok = if self.wildcard { host.ends_with(&format!(".{}", self.host)) } else { host == self.host };
+        host_ok && url.scheme() == self.scheme && self.port.is_none_or(|p| url.port_or_known_default() == Some(p))
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 
 use crate::hosts::containerd_config::{ConfigError, ConfigPathSource, ContainerdConfig, DEFAULT_CONFIG_PATH_2X};
 use crate::hosts::{marked_registries, DEFAULT_DIR, FILE};
-use crate::metrics::PEER_FETCH_BYTES;
+use crate::peer::PEER_FETCH_BYTES;
 use crate::swarm::SWARM_CHUNK_BYTES;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -5,12 +5,13 @@
 
 use crate::actors::fetch::Corrupt;
 use crate::actors::upstream::Fetch;
-use crate::http::range::ByteRange;
-use crate::metrics::{Source, PEER_FETCH_FAILURES, SERVED_BYTES};
+use crate::metrics::{Source, SERVED_BYTES};
 use crate::oci::Digest;
 use crate::peer::client::PeerClient;
+use crate::peer::PEER_FETCH_FAILURES;
+use crate::range::ByteRange;
 use crate::routing::Peer;
-use crate::store::ByteStream;
+use crate::stream::ByteStream;
 use crate::stream::{Count, Pieces, Slice, Verify, MAX_PIECE};
 use crate::upstream::{UpstreamError, UpstreamRequest};
 use actix::Recipient;
@@ -398,6 +399,14 @@ impl Stream for Resume {
 /// request fetched on its own; `failed`: the leader's unreachable upstream was reported).
 pub const COALESCED: &str = "peerd_coalesced_requests_total";
 
+/// Describe this module's metrics (called once when the recorder is installed).
+pub fn describe() {
+    metrics::describe_counter!(
+        COALESCED,
+        "Requests that joined another request's upstream fetch of a small blob, by outcome"
+    );
+}
+
 /// Blobs up to this size are fetched once per node for all concurrent whole-blob GETs.
 pub const FLIGHT_MAX_BLOB: u64 = 1 << 20;
 /// Bytes all flights together may hold in memory; past it, requests fetch on their own.
@@ -702,7 +711,7 @@ mod tests {
         .await
         .unwrap();
         assert_eq!((size, source), (DATA.len() as u64, Source::Peer));
-        let err = crate::store::collect(body, 100).await.unwrap_err();
+        let err = crate::stream::collect(body, 100).await.unwrap_err();
         assert!(err.to_string().contains("mismatch"), "{err}");
         assert_eq!(mismatches.load(Ordering::SeqCst), 1);
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -720,7 +729,7 @@ mod tests {
             verified_whole(vec![good], up, Duration::from_secs(5), &digest, Some(sink.recipient()), |_, _| panic!())
                 .await
                 .unwrap();
-        assert_eq!(&crate::store::collect(body, 100).await.unwrap()[..], DATA);
+        assert_eq!(&crate::stream::collect(body, 100).await.unwrap()[..], DATA);
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(seen.lock().unwrap().len(), 1);
     }

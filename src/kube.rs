@@ -20,6 +20,12 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const EVENTS_DROPPED: &str = "peerd_kubernetes_events_dropped_total";
 pub const EVENTS_FAILED: &str = "peerd_kubernetes_event_errors_total";
 
+/// Describe the Kubernetes worker's metrics.
+pub fn describe() {
+    metrics::describe_counter!(EVENTS_DROPPED, "Kubernetes events dropped because the worker's queue was full");
+    metrics::describe_counter!(EVENTS_FAILED, "Kubernetes events the API server did not accept");
+}
+
 /// Logs every event and forwards it to the API server worker.
 pub struct KubeSink {
     log: LogSink,

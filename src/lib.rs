@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod node;
 pub mod oci;
 pub mod peer;
+pub mod range;
 pub mod routing;
 pub mod store;
 pub mod stream;

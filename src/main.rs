@@ -585,7 +585,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     peerd::node::init_tracing(&cfg.log);
-    let prometheus = match peerd::metrics::install() {
+    let prometheus = match peerd::metrics::install(peerd::node::METRIC_BUCKETS, peerd::node::METRICS) {
         Ok(h) => h,
         Err(e) => {
             eprintln!("peerd: metrics: {e}");

@@ -23,6 +23,27 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Every component's metric descriptions, passed to [`crate::metrics::install`].
+pub const METRICS: &[fn()] = &[
+    crate::http::describe,
+    crate::http::registry::describe,
+    crate::store::describe,
+    crate::peer::describe,
+    crate::routing::describe,
+    crate::fetch::describe,
+    crate::actors::upstream::describe,
+    crate::actors::events::describe,
+    crate::actors::advertise::describe,
+    crate::actors::fetch::describe,
+    crate::blobs::describe,
+    crate::swarm::describe,
+    crate::kube::describe,
+];
+
+/// Histograms that count things rather than seconds.
+pub const METRIC_BUCKETS: &[crate::metrics::Buckets] =
+    &[(crate::routing::PEERS_FOUND, crate::routing::PEERS_FOUND_BUCKETS)];
+
 /// A node still not ready after this long says why it may be.
 const NOT_READY_WARNING: Duration = Duration::from_secs(30);
 /// How often histogram buckets are compacted by the exporter.

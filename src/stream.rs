@@ -3,12 +3,29 @@
 //! They hold at most one chunk, so memory stays bounded whatever the body size.
 
 use crate::oci::{Digest, Hasher};
-use crate::store::ByteStream;
 use bytes::Bytes;
 use futures_util::Stream;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+
+/// A body travelling from a source to an HTTP response. Never buffered whole, never sent
+/// through an actor mailbox.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+
+/// Collect a stream into one buffer, failing past `limit` bytes.
+pub async fn collect(mut stream: ByteStream, limit: u64) -> Result<Bytes, std::io::Error> {
+    use futures_util::StreamExt;
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if (buf.len() + chunk.len()) as u64 > limit {
+            return Err(std::io::Error::other(format!("body exceeds the {limit} byte limit")));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
 
 /// Hashes a body while it streams and releases its last byte only once the digest (and the
 /// expected length, when known) check out. On a mismatch the stream ends with an error instead

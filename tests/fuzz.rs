@@ -6,11 +6,12 @@
 //! `cargo test` runs a short pass (2,000 cases each); `make fuzz` runs 1,000,000 cases each
 //! (`PEERD_FUZZ_CASES`), in release mode.
 
-use peerd::blobs::{parse_blob_url, AllowRule};
-use peerd::http::range::{self, RangeSpec};
+use peerd::blobs::parse_blob_url;
+use peerd::config::AllowRule;
 use peerd::http::registry::{parse_path, Route};
 use peerd::oci::{parse_ns, validate_repository, validate_tag, Algorithm, Digest};
 use peerd::peer::auth::ClusterKey;
+use peerd::range::{self, RangeSpec};
 use peerd::upstream::policy::AddressPolicy;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence};

@@ -9,7 +9,6 @@
 //! watcher re-subscribes with back-off and re-walks; the actor reconciles the difference.
 //! Re-providing before records expire is Kademlia's republication (`p2p.provider_republish`).
 
-use crate::metrics::ADVERTISED_KEYS;
 use crate::oci::{media, Digest};
 use crate::routing::keys::tag_key;
 use crate::routing::Router;
@@ -19,6 +18,14 @@ use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Keys this node advertises, by `kind` (`digest`, `tag`).
+pub const ADVERTISED_KEYS: &str = "peerd_advertised_keys";
+
+/// Describe this module's metrics (called once when the recorder is installed).
+pub fn describe() {
+    metrics::describe_gauge!(ADVERTISED_KEYS, "Keys advertised in the DHT by kind");
+}
 
 /// Time for a subscription request to reach containerd before the walk starts.
 const SUBSCRIBE_GRACE: Duration = Duration::from_millis(200);

@@ -3,10 +3,17 @@
 //! (a repeated reason at most once per interval, with a count of what was folded in), then hands
 //! each event to an [`EventSink`]. Emitting is fire-and-forget for callers (`do_send`).
 
-use crate::metrics::EVENTS;
 use actix::prelude::*;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+/// Events emitted, by `reason`.
+pub const EVENTS: &str = "peerd_events_total";
+
+/// Describe this module's metrics (called once when the recorder is installed).
+pub fn describe() {
+    metrics::describe_counter!(EVENTS, "Node events emitted by reason");
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reason {

@@ -1,11 +1,18 @@
 //! Upstream fallback: the policy in front of an [`Upstream`].
 
-use crate::metrics::UPSTREAM_ERRORS;
 use crate::upstream::{Health, Upstream, UpstreamError, UpstreamRequest, UpstreamResponse};
 use actix::prelude::*;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Upstream failures by `kind`.
+pub const UPSTREAM_ERRORS: &str = "peerd_upstream_errors_total";
+
+/// Describe this module's metrics (called once when the recorder is installed).
+pub fn describe() {
+    metrics::describe_counter!(UPSTREAM_ERRORS, "Upstream registry failures by kind");
+}
 
 /// Fetch from upstream. The reply carries the body as a stream; no bytes cross the mailbox.
 #[derive(Message)]

@@ -24,6 +24,15 @@ pub const CACHE_CORRUPT: &str = "peerd_blobs_cache_corrupt_total";
 pub const CACHE_EVICTIONS: &str = "peerd_blobs_cache_evictions_total";
 pub const CACHE_BYTES: &str = "peerd_blobs_cache_bytes";
 
+/// Describe the cache's metrics.
+pub fn describe() {
+    metrics::describe_counter!(CACHE_HITS, "/blobs chunk cache hits");
+    metrics::describe_counter!(CACHE_MISSES, "/blobs chunk cache misses");
+    metrics::describe_counter!(CACHE_CORRUPT, "/blobs cached chunks found corrupt and dropped");
+    metrics::describe_counter!(CACHE_EVICTIONS, "/blobs chunks evicted");
+    metrics::describe_gauge!(CACHE_BYTES, metrics::Unit::Bytes, "/blobs chunk cache size");
+}
+
 /// Mark of peerd's temporary files (`<index>.peerd-tmp-<uuid>`, `<meta key>.peerd-tmp`): the
 /// start-up clean-up removes these and nothing else.
 pub const TMP_MARK: &str = ".peerd-tmp";

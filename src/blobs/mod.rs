@@ -17,11 +17,12 @@
 pub mod cache;
 
 use crate::actors::fetch::{Locate, Outcome, ServedPeer};
+use crate::config::AllowRule;
 use crate::config::BlobsConfig;
 use crate::http::error::ApiError;
 use crate::http::peer::wait_param;
-use crate::http::range::{self, ByteRange};
 use crate::peer::client::PeerClient;
+use crate::range::{self, ByteRange};
 use crate::routing::Router;
 use crate::upstream::policy::{is_loopback_host, AddressPolicy};
 use actix::Recipient;
@@ -47,6 +48,27 @@ pub const UPSTREAM_TIMEOUTS: &str = "peerd_blobs_upstream_timeouts_total";
 /// Requests served while the upstream failed (RFC 5861 stale-if-error) from a validation of
 /// the URL without its query (`by`: `self`, `peer`: found now; `cluster`: remembered).
 pub const STALE_SERVED: &str = "peerd_blobs_stale_if_error_total";
+
+/// Describe this module's metrics (called once when the recorder is installed).
+pub fn describe() {
+    cache::describe();
+    metrics::describe_counter!(
+        BLOBS_BYTES,
+        metrics::Unit::Bytes,
+        "/blobs chunk bytes by source (local, peer, upstream)"
+    );
+    metrics::describe_counter!(PREFETCH_FILES, "/blobs files queued for prefetch");
+    metrics::describe_counter!(
+        STALE_SERVED,
+        "/blobs requests served from a cluster validation while the upstream failed (stale-if-error)"
+    );
+    metrics::describe_counter!(PREFETCH_STOPPED, "/blobs prefetches stopped early by reason (size, cache, idle)");
+    metrics::describe_counter!(
+        UPSTREAM_TIMEOUTS,
+        "/blobs upstream chunk fetches failed for lack of progress by reason (stalled, slow, queued)"
+    );
+    metrics::describe_counter!(PREFETCH_CHUNKS, "/blobs chunks prefetched");
+}
 /// Peers asked for a file's validation during an upstream outage.
 const STALE_PEERS: usize = 8;
 /// Prefetch never evicts chunks used more recently than this.
@@ -55,58 +77,6 @@ const PREFETCH_KEEP: Duration = Duration::from_secs(600);
 const MAX_FETCHES: usize = 64;
 /// Files whose metadata is remembered.
 const MAX_META: usize = 100_000;
-
-/// One entry of `blobs.allowed_hosts`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AllowRule {
-    scheme: String,
-    host: String,
-    wildcard: bool,
-    port: Option<u16>,
-}
-
-impl AllowRule {
-    pub fn parse(s: &str) -> Result<AllowRule, String> {
-        let (scheme, rest) = match s.split_once("://") {
-            Some((sc, r)) if sc == "http" || sc == "https" => (sc.to_owned(), r),
-            Some(_) => return Err(format!("{s:?}: only http:// and https:// are allowed")),
-            None => ("https".to_owned(), s),
-        };
-        let port_of = |p: &str| p.parse::<u16>().map_err(|_| format!("{s:?}: bad port"));
-        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-            // [IPv6] or [IPv6]:port, kept in the form `Url::host_str` gives (normalised).
-            let (addr, after) = v6.split_once(']').ok_or_else(|| format!("{s:?}: unclosed ["))?;
-            let ip = url::Url::parse(&format!("http://[{addr}]/")).map_err(|e| format!("{s:?}: {e}"))?;
-            let ip = ip.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
-            let port = match after.strip_prefix(':') {
-                Some(p) => Some(port_of(p)?),
-                None if after.is_empty() => None,
-                None => return Err(format!("{s:?}: expected [IPv6]:port")),
-            };
-            (format!("[{ip}]"), port)
-        } else {
-            match rest.rsplit_once(':') {
-                Some((h, p)) => (h.to_owned(), Some(port_of(p)?)),
-                None => (rest.to_owned(), None),
-            }
-        };
-        let host = host.as_str();
-        let (wildcard, host) = match host.strip_prefix("*.") {
-            Some(h) => (true, h),
-            None => (false, host),
-        };
-        if host.is_empty() || host.contains('/') || host.contains('*') {
-            return Err(format!("{s:?}: expected [scheme://]host[:port] or *.domain"));
-        }
-        Ok(AllowRule { scheme, host: host.to_ascii_lowercase(), wildcard, port })
-    }
-
-    fn allows(&self, url: &url::Url) -> bool {
-        let Some(host) = url.host_str().map(|h| h.to_ascii_lowercase()) else { return false };
-        let host_ok = if self.wildcard { host.ends_with(&format!(".{}", self.host)) } else { host == self.host };
-        host_ok && url.scheme() == self.scheme && self.port.is_none_or(|p| url.port_or_known_default() == Some(p))
-    }
-}
 
 /// What peerd knows of one upstream file.
 #[derive(Clone, Debug)]
@@ -263,7 +233,7 @@ impl BlobsState {
         peers: Option<BlobPeers>,
     ) -> Result<BlobsState, String> {
         let allow = cfg.allowed_hosts.iter().map(|h| AllowRule::parse(h)).collect::<Result<Vec<_>, _>>()?;
-        let policy = AddressPolicy { allow_loopback: allow.iter().any(|r| is_loopback_host(&r.host)) };
+        let policy = AddressPolicy { allow_loopback: allow.iter().any(|r| is_loopback_host(r.host())) };
         let http = policy
             .apply(reqwest::Client::builder(), 0)
             .connect_timeout(connect_timeout)
@@ -468,7 +438,7 @@ impl BlobsState {
             let got = async {
                 let resp = p.client.fetch(&peer, &target, false, None, None).await.ok()?;
                 let want = resp.digest.clone()?;
-                let body = crate::store::collect(resp.body, 4096).await.ok()?;
+                let body = crate::stream::collect(resp.body, 4096).await.ok()?;
                 // The digest is covered by the response signature; the body by the digest.
                 if want != format!("sha256:{}", hex_sha256(&body)) {
                     return None;
@@ -598,7 +568,7 @@ impl BlobsState {
             let got = async {
                 let resp = p.client.fetch(&peer, &target, false, None, None).await.map_err(|e| e.to_string())?;
                 let want = resp.digest.clone().unwrap_or_default();
-                let body = crate::store::collect(resp.body, range.len()).await.map_err(|e| e.to_string())?;
+                let body = crate::stream::collect(resp.body, range.len()).await.map_err(|e| e.to_string())?;
                 if body.len() as u64 != range.len() || want != format!("sha256:{}", hex_sha256(&body)) {
                     return Err("chunk does not match its size or checksum".to_string());
                 }
@@ -651,7 +621,7 @@ impl BlobsState {
                 }
             };
             let want = resp.digest.clone().unwrap_or_default();
-            let body = crate::store::collect(resp.body, range.len()).await.ok()?;
+            let body = crate::stream::collect(resp.body, range.len()).await.ok()?;
             if body.len() as u64 != range.len() || want != format!("sha256:{}", hex_sha256(&body)) {
                 p.report.do_send(Outcome { peer: owner.id, ok: false });
                 return None;
@@ -745,9 +715,9 @@ impl BlobsState {
         if status != 206 && status != 200 {
             return Err(format!("upstream answered {status}"));
         }
-        let body: crate::store::ByteStream =
+        let body: crate::stream::ByteStream =
             Box::pin(resp.bytes_stream().map(|r| r.map_err(|e| std::io::Error::other(e.without_url().to_string()))));
-        let mut body: crate::store::ByteStream =
+        let mut body: crate::stream::ByteStream =
             if status == 200 { Box::pin(crate::stream::Slice::new(body, range.start, range.len())) } else { body };
         let mut buf = bytes::BytesMut::with_capacity(range.len() as usize);
         loop {
@@ -942,7 +912,7 @@ async fn blob(req: HttpRequest, st: web::Data<Arc<BlobsState>>) -> Result<HttpRe
         }
         None => None,
     };
-    let empty: crate::store::ByteStream = Box::pin(futures_util::stream::empty());
+    let empty: crate::stream::ByteStream = Box::pin(futures_util::stream::empty());
     if req.method() == actix_web::http::Method::HEAD || meta.size == 0 {
         let len = range.map_or(meta.size, |r| r.len());
         return Ok(b.no_chunking(len).streaming(empty));
@@ -995,7 +965,7 @@ async fn peer_chunk(req: HttpRequest, st: web::Data<Arc<BlobsState>>, path: web:
         }
         match found {
             Some((data, sha)) => {
-                metrics::counter!(crate::metrics::PEER_SERVED_BYTES).increment(data.len() as u64);
+                metrics::counter!(crate::peer::PEER_SERVED_BYTES).increment(data.len() as u64);
                 if let Some(p) = &st.peers {
                     p.served.do_send(ServedPeer);
                 }

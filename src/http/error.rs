@@ -2,8 +2,8 @@
 //! `{"errors":[{"code","message","detail"}]}` with the spec's codes, and statuses chosen so that
 //! containerd falls back to its next host (404/5xx) whenever peerd cannot serve.
 
-use super::range::RangeError;
 use crate::oci::{DigestError, NameError};
+use crate::range::RangeError;
 use crate::upstream::{Kind, UpstreamError};
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};

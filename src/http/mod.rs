@@ -5,7 +5,6 @@
 
 pub mod error;
 pub mod peer;
-pub mod range;
 pub mod registry;
 
 pub use registry::method_not_allowed;
@@ -222,6 +221,14 @@ fn is_transfer(handler: &str) -> bool {
 
 /// Requests refused because the transfer budget was used up.
 pub const TRANSFERS_REFUSED: &str = "peerd_transfers_refused_total";
+
+/// Describe this module's metrics (called once when the recorder is installed).
+pub fn describe() {
+    metrics::describe_counter!(
+        TRANSFERS_REFUSED,
+        "Content requests answered 503 because http.max_transfers bodies were already streaming"
+    );
+}
 
 /// Records the request duration when the body is done (or dropped: client gone, aborted).
 struct Timed {

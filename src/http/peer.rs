@@ -11,8 +11,8 @@
 //! [`MAX_SKEW_SECS`]: crate::peer::auth::MAX_SKEW_SECS
 
 use super::error::ApiError;
-use crate::metrics::PEER_AUTH_FAILURES;
 use crate::peer::auth::{unix_now, AuthError, ClusterKey, ReplayGuard};
+use crate::peer::PEER_AUTH_FAILURES;
 use crate::peer::{NODE_HEADER, NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};

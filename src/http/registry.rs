@@ -8,7 +8,6 @@
 //! local store that verified them on ingest (containerd; the client verifies them again).
 
 use super::error::ApiError;
-use super::range::{self, ByteRange, RangeSpec};
 use crate::actors::fetch::{Corrupt, Locate, Outcome, ServedPeer, Suspect};
 use crate::actors::upstream::Fetch;
 use crate::config::RegistryConfig;
@@ -16,12 +15,16 @@ use crate::fetch::{
     counted, follow, verified_whole, FlightError, Flights, Landed, Opener, PeerOpener, Resume, Seat, UpstreamOpener,
     COALESCED,
 };
-use crate::metrics::{Source, DIGEST_MISMATCHES, LOCAL_STORE_ERRORS, PEER_SERVED_BYTES, SERVED_BYTES, STALE_TAGS};
+use crate::metrics::{Source, DIGEST_MISMATCHES, SERVED_BYTES};
 use crate::oci::{media, parse_ns, validate_repository, validate_tag, Algorithm, Digest, Registry};
 use crate::peer::auth::ClusterKey;
 use crate::peer::client::PeerClient;
+use crate::peer::PEER_SERVED_BYTES;
+use crate::range::{self, ByteRange, RangeSpec};
 use crate::routing::Peer;
-use crate::store::{self, ByteStream, ContentStore, StoreError};
+use crate::store::LOCAL_STORE_ERRORS;
+use crate::store::{self, ContentStore, StoreError};
+use crate::stream::{self, ByteStream};
 use crate::stream::{Count, Slice, Verify};
 use crate::upstream::{Kind, UpstreamError, UpstreamRequest, UpstreamResponse};
 use actix::Recipient;
@@ -31,6 +34,18 @@ use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Tags answered from a local image record or a peer because the upstream was unreachable
+/// (possibly an older image than the registry's), by `source`.
+pub const STALE_TAGS: &str = "peerd_stale_tags_total";
+
+/// Describe this module's metrics (called once when the recorder is installed).
+pub fn describe() {
+    metrics::describe_counter!(
+        STALE_TAGS,
+        "Tags served as last seen locally or by a peer while the upstream was unreachable"
+    );
+}
 
 /// Header carrying a blob or manifest digest (distribution API).
 pub const DIGEST_HEADER: &str = "Docker-Content-Digest";
@@ -372,7 +387,7 @@ async fn upstream_manifest(
             message: format!("{what}: manifest over the {limit} byte limit"),
         });
     }
-    let body = store::collect(resp.body, limit)
+    let body = stream::collect(resp.body, limit)
         .await
         .map_err(|e| ApiError::BadGateway { code: "MANIFEST_INVALID", message: format!("{what}: {e}") })?;
     let digest = match reference {
@@ -505,7 +520,7 @@ async fn peer_manifest(st: &RegistryState, ask: &Ask, repo: &str, reference: &Re
                 continue;
             }
         };
-        let Ok(body) = store::collect(resp.body, st.cfg.max_manifest_bytes).await else { continue };
+        let Ok(body) = stream::collect(resp.body, st.cfg.max_manifest_bytes).await else { continue };
         let digest = match reference {
             Reference::Digest(d) => {
                 if Digest::compute(d.algorithm(), &body) != *d {
@@ -847,7 +862,7 @@ async fn upstream_whole_blob(
             return Ok(whole_blob_stream(digest, resp));
         }
     };
-    let body = match store::collect(resp.body, len).await {
+    let body = match stream::collect(resp.body, len).await {
         Ok(b) if b.len() as u64 == len && Digest::compute(digest.algorithm(), &b) == *digest => b,
         Ok(b) => {
             drop(lead);

@@ -4,10 +4,11 @@
 
 use super::auth::{unix_now, ClusterKey};
 use super::{NODE_HEADER, NONCE_HEADER, PROGRESS_HEADER, REQUEST_FROM_PEER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
-use crate::http::range::ByteRange;
-use crate::metrics::{PEER_AUTH_FAILURES, PEER_FETCH_BYTES};
+use super::{PEER_AUTH_FAILURES, PEER_FETCH_BYTES};
+use crate::range::ByteRange;
+
 use crate::routing::Peer;
-use crate::store::ByteStream;
+use crate::stream::ByteStream;
 use futures_util::StreamExt;
 use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE};
 use std::sync::Arc;

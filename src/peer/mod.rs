@@ -5,6 +5,23 @@ pub mod auth;
 pub mod client;
 pub mod identity;
 
+/// Bytes fetched from peers.
+pub const PEER_FETCH_BYTES: &str = "peerd_peer_fetch_bytes_total";
+/// Peer fetches that failed (and moved on to the next source), by `reason`.
+pub const PEER_FETCH_FAILURES: &str = "peerd_peer_fetch_failures_total";
+/// Requests from peers or connections rejected for authentication, by `kind` (`http`, `p2p`).
+pub const PEER_AUTH_FAILURES: &str = "peerd_peer_auth_failures_total";
+/// Bytes served to peers.
+pub const PEER_SERVED_BYTES: &str = "peerd_peer_served_bytes_total";
+
+/// Describe this module's metrics (called once when the recorder is installed).
+pub fn describe() {
+    metrics::describe_counter!(PEER_FETCH_BYTES, metrics::Unit::Bytes, "Bytes fetched from peers");
+    metrics::describe_counter!(PEER_FETCH_FAILURES, "Failed peer fetches by reason");
+    metrics::describe_counter!(PEER_AUTH_FAILURES, "Peer requests or connections rejected for authentication, by kind");
+    metrics::describe_counter!(PEER_SERVED_BYTES, metrics::Unit::Bytes, "Bytes served to peers");
+}
+
 /// Set on every peer-to-peer request (Azure/peerd's name). A node answering such a request
 /// serves only what it holds locally and never asks peers or upstream (loop guard).
 pub const REQUEST_FROM_PEER: &str = "x-ms-peerd-requestfrompeer";

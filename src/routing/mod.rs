@@ -14,6 +14,19 @@ use async_trait::async_trait;
 use std::net::SocketAddr;
 use tokio::sync::mpsc;
 
+/// Time from starting a provider lookup to its end (enough peers, exhausted, or abandoned).
+pub const PEER_DISCOVERY_DURATION: &str = "peerd_peer_discovery_duration_seconds";
+/// Peers a lookup returned.
+pub const PEERS_FOUND: &str = "peerd_peers_found";
+/// Buckets of [`PEERS_FOUND`] (a count, not seconds).
+pub const PEERS_FOUND_BUCKETS: &[f64] = &[0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0];
+
+/// Describe this module's metrics (called once when the recorder is installed).
+pub fn describe() {
+    metrics::describe_histogram!(PEER_DISCOVERY_DURATION, metrics::Unit::Seconds, "Provider lookup duration");
+    metrics::describe_histogram!(PEERS_FOUND, "Peers returned by a provider lookup");
+}
+
 /// A node that can serve content over HTTP, as a router reports it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Peer {

@@ -473,8 +473,8 @@ impl SwarmTask {
 
     fn finish_lookup(&mut self, id: QueryId) {
         if let Some(l) = self.lookups.remove(&id) {
-            metrics::histogram!(crate::metrics::PEER_DISCOVERY_DURATION).record(l.started.elapsed().as_secs_f64());
-            metrics::histogram!(crate::metrics::PEERS_FOUND).record(l.sent.len() as f64);
+            metrics::histogram!(crate::routing::PEER_DISCOVERY_DURATION).record(l.started.elapsed().as_secs_f64());
+            metrics::histogram!(crate::routing::PEERS_FOUND).record(l.sent.len() as f64);
         }
         if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
             q.finish();
@@ -524,7 +524,7 @@ impl SwarmTask {
                     self.last_reject_log = Some(std::time::Instant::now());
                     tracing::warn!(from = %send_back_addr, error = %error, "rejected an incoming p2p connection (wrong cluster secret, not a peerd, or over the connection limits); further rejections for 10 s are only counted in peerd_peer_auth_failures_total{{kind=\"p2p\"}}");
                 }
-                metrics::counter!(crate::metrics::PEER_AUTH_FAILURES, "kind" => "p2p").increment(1);
+                metrics::counter!(crate::peer::PEER_AUTH_FAILURES, "kind" => "p2p").increment(1);
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 if let Some(p) = peer_id {

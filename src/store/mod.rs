@@ -7,19 +7,28 @@ pub mod file;
 pub mod memory;
 
 use crate::oci::Digest;
+/// The body type and its collector live with the other stream adapters; re-exported for the
+/// store implementations' callers.
+pub use crate::stream::{collect, ByteStream};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::Stream;
 use std::pin::Pin;
 
+/// Local content store failures (other than "not found"), by `kind`.
+pub const LOCAL_STORE_ERRORS: &str = "peerd_local_store_errors_total";
+
+/// Describe this module's metrics (called once when the recorder is installed).
+pub fn describe() {
+    metrics::describe_counter!(STORE_READS, "Local blob reads by path (file: containerd's files, grpc)");
+    metrics::describe_gauge!(STORE_FAST_PATH, "1 if local blobs are read from containerd's files");
+    metrics::describe_counter!(LOCAL_STORE_ERRORS, "Local content store failures by kind");
+}
+
 /// Blob reads by `path`: `file` (containerd's content files) or `grpc` (containerd's API).
 pub const STORE_READS: &str = "peerd_store_reads_total";
 /// 1 when local blobs are read from containerd's content files, 0 when through gRPC only.
 pub const STORE_FAST_PATH: &str = "peerd_store_fast_path";
-
-/// A body travelling from a source to an HTTP response. Never buffered whole, never sent
-/// through an actor mailbox.
-pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
 
 /// What an image name points at (`containerd.types.Descriptor`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,20 +104,6 @@ pub async fn read_bounded(store: &dyn ContentStore, digest: &Digest, limit: u64)
     }
     let stream = store.read(digest, 0, None).await?;
     collect(stream, limit).await.map(Some).map_err(|e| StoreError::Other(e.to_string()))
-}
-
-/// Collect a stream into one buffer, failing past `limit` bytes.
-pub async fn collect(mut stream: ByteStream, limit: u64) -> Result<Bytes, std::io::Error> {
-    use futures_util::StreamExt;
-    let mut buf = bytes::BytesMut::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
-        if (buf.len() + chunk.len()) as u64 > limit {
-            return Err(std::io::Error::other(format!("body exceeds the {limit} byte limit")));
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf.freeze())
 }
 
 /// Conformance checks every [`ContentStore`] must pass; `store` must hold exactly the blob

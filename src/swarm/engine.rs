@@ -6,9 +6,9 @@
 
 use super::{owner, swarm_key, throttle, unbitmap, Download, End, PeerDoc, StatusDoc, Swarm};
 use super::{SWARM_CHUNK_BYTES, SWARM_CHUNK_FAILURES, SWARM_PEERS_LOST, SWARM_TAKEOVERS};
-use crate::http::range::ByteRange;
 use crate::oci::{Digest, Hasher};
 use crate::peer::client::PeerError;
+use crate::range::ByteRange;
 use crate::routing::Peer;
 use crate::stream::Slice;
 use crate::upstream::{UpstreamError, UpstreamRequest};

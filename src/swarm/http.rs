@@ -85,7 +85,7 @@ async fn chunk(req: HttpRequest, sw: web::Data<Arc<Swarm>>, path: web::Path<(Str
         match dl.read_chunk(index).await {
             Some((data, sha)) => {
                 metrics::counter!(SWARM_UPLOAD_BYTES).increment(data.len() as u64);
-                metrics::counter!(crate::metrics::PEER_SERVED_BYTES).increment(data.len() as u64);
+                metrics::counter!(crate::peer::PEER_SERVED_BYTES).increment(data.len() as u64);
                 if let Some(a) = &sw.active {
                     a.do_send(crate::actors::fetch::ServedPeer);
                 }

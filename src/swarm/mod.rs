@@ -30,7 +30,7 @@ use crate::config::SwarmConfig;
 use crate::oci::Digest;
 use crate::peer::client::PeerClient;
 use crate::routing::{Peer, Router};
-use crate::store::ByteStream;
+use crate::stream::ByteStream;
 use crate::upstream::UpstreamRequest;
 use actix::Recipient;
 use bytes::Bytes;
@@ -567,8 +567,8 @@ mod tests {
         let spool = Spool::create(dir.path().join("x"), 10).unwrap();
         let dl = Arc::new(Download::new(digest, 10, 4, spool));
         assert_eq!((dl.chunks, dl.chunk_len(2)), (3, 2));
-        let reader = tokio::spawn(crate::store::collect(dl.clone().body(0, 9, true), 100));
-        let part = tokio::spawn(crate::store::collect(dl.clone().body(5, 8, false), 100));
+        let reader = tokio::spawn(crate::stream::collect(dl.clone().body(0, 9, true), 100));
+        let part = tokio::spawn(crate::stream::collect(dl.clone().body(5, 8, false), 100));
         for i in [2u64, 0, 1] {
             let (s, e) = ((i * 4) as usize, ((i * 4 + 4) as usize).min(10));
             let sha: [u8; 32] = sha2::Sha256::digest(&data[s..e]).into();
@@ -587,7 +587,7 @@ mod tests {
             4,
             Spool::create(dir.path().join("y"), 10).unwrap(),
         ));
-        let r = tokio::spawn(crate::store::collect(failing.clone().body(0, 9, true), 100));
+        let r = tokio::spawn(crate::stream::collect(failing.clone().body(0, 9, true), 100));
         failing.finish(End::Failed("digest mismatch".into()));
         assert!(r.await.unwrap().unwrap_err().to_string().contains("digest mismatch"));
     }

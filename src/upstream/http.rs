@@ -228,7 +228,7 @@ impl Upstream for HttpUpstream {
         let content_length = header(&resp, CONTENT_LENGTH).and_then(|v| v.parse().ok());
         let content_type = header(&resp, CONTENT_TYPE);
         let digest = header(&resp, "docker-content-digest");
-        let body: crate::store::ByteStream = if req.head {
+        let body: crate::stream::ByteStream = if req.head {
             Box::pin(futures_util::stream::empty())
         } else {
             Box::pin(resp.bytes_stream().map(|r| r.map_err(|e| std::io::Error::other(root_cause(&e)))))

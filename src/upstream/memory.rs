@@ -58,7 +58,7 @@ impl Upstream for MemoryUpstream {
         if !req.head {
             self.body_bytes.fetch_add(len, Ordering::SeqCst);
         }
-        let stream: crate::store::ByteStream = if req.head {
+        let stream: crate::stream::ByteStream = if req.head {
             Box::pin(futures_util::stream::empty())
         } else {
             Box::pin(futures_util::stream::iter([Ok(body)]))

@@ -8,9 +8,9 @@ pub mod http;
 pub mod memory;
 pub mod policy;
 
-use crate::http::range::ByteRange;
 use crate::oci::Registry;
-use crate::store::ByteStream;
+use crate::range::ByteRange;
+use crate::stream::ByteStream;
 use async_trait::async_trait;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
