@@ -7,8 +7,8 @@
 //! A full client library (kube-rs) would add a large dependency tree for two HTTP calls; the
 //! request shapes are checked against a fake API server in `tests/events.rs`.
 
-use crate::actors::events::{Event, EventSink, LogSink};
 use crate::config::KubernetesConfig;
+use crate::events::{Event, EventSink, LogSink};
 use serde_json::json;
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};

@@ -2,10 +2,11 @@
 //! upstream client and both listeners from a [`Config`], then serves until SIGINT/SIGTERM.
 
 use crate::actors::advertise::Advertiser;
-use crate::actors::events::{Emit, Event, EventsActor, LogSink, Reason};
+use crate::actors::events::EventsActor;
 use crate::actors::fetch::FetchActor;
 use crate::actors::upstream::{Breaker, UpstreamActor};
 use crate::config::{Config, LogFormat};
+use crate::events::{Event, LogSink, Reason};
 use crate::http::peer::PeerGuard;
 use crate::http::registry::{self, PeerPath, RegistryState};
 use crate::http::{self as front, MetricsSources, Readiness};
@@ -32,7 +33,7 @@ pub const METRICS: &[fn()] = &[
     crate::routing::describe,
     crate::fetch::describe,
     crate::actors::upstream::describe,
-    crate::actors::events::describe,
+    crate::events::describe,
     crate::actors::advertise::describe,
     crate::actors::fetch::describe,
     crate::blobs::describe,
@@ -85,7 +86,7 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
         metrics = %cfg.metrics.addr, mirrored = ?cfg.registry.hosts, "peerd starting"
     );
 
-    let sink: Box<dyn crate::actors::events::EventSink> = if cfg.kubernetes.events_enabled() {
+    let sink: Box<dyn crate::events::EventSink> = if cfg.kubernetes.events_enabled() {
         match crate::kube::KubeSink::start(&cfg.kubernetes) {
             Ok(s) => {
                 tracing::info!(
@@ -104,7 +105,10 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
         Box::new(LogSink)
     };
     let events = EventsActor::new(sink, cfg.kubernetes.min_event_interval).start();
-    events.do_send(Emit(Event { reason: Reason::P2PInitializing, message: "peerd is starting".into() }));
+    crate::events::report(
+        &events.clone().recipient(),
+        Event { reason: Reason::P2PInitializing, message: "peerd is starting".into() },
+    );
 
     let store =
         ContainerdStore::new(cfg.containerd.socket.clone(), cfg.containerd.namespaces.clone(), cfg.containerd.timeout)
@@ -257,7 +261,7 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
                             crate::blobs::configure_peer(c)
                         }
                         if swarm.is_some() {
-                            crate::swarm::http::configure(c)
+                            crate::http::swarm::configure(c)
                         }
                     })
                     .default_service(web::to(front::not_found))

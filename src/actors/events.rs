@@ -1,69 +1,11 @@
-//! Node lifecycle events, named as Azure/peerd names them so dashboards and alerts carry over.
-//! The actor de-duplicates (state transitions only, one-shot events once) and rate-limits
+//! The events actor: it de-duplicates (state transitions only, one-shot events once) and rate-limits
 //! (a repeated reason at most once per interval, with a count of what was folded in), then hands
-//! each event to an [`EventSink`]. Emitting is fire-and-forget for callers (`do_send`).
+//! each event to an [`EventSink`]. The vocabulary (reasons, the message) is in [`crate::events`].
 
+use crate::events::{Emit, EventSink, Reason};
 use actix::prelude::*;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-
-/// Events emitted, by `reason`.
-pub const EVENTS: &str = "peerd_events_total";
-
-/// Describe this module's metrics (called once when the recorder is installed).
-pub fn describe() {
-    metrics::describe_counter!(EVENTS, "Node events emitted by reason");
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Reason {
-    P2PInitializing,
-    P2PConnected,
-    P2PActive,
-    P2PDisconnected,
-    P2PFailed,
-}
-
-impl Reason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::P2PInitializing => "P2PInitializing",
-            Reason::P2PConnected => "P2PConnected",
-            Reason::P2PActive => "P2PActive",
-            Reason::P2PDisconnected => "P2PDisconnected",
-            Reason::P2PFailed => "P2PFailed",
-        }
-    }
-    /// Kubernetes event type.
-    pub fn is_warning(self) -> bool {
-        matches!(self, Reason::P2PDisconnected | Reason::P2PFailed)
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Event {
-    pub reason: Reason,
-    pub message: String,
-}
-
-/// Where admitted events go. `count` is how many occurrences this emission stands for.
-pub trait EventSink: Send + 'static {
-    fn emit(&mut self, event: &Event, count: u32);
-}
-
-/// Logs each event (warnings at WARN) and counts it.
-pub struct LogSink;
-
-impl EventSink for LogSink {
-    fn emit(&mut self, e: &Event, count: u32) {
-        metrics::counter!(EVENTS, "reason" => e.reason.as_str()).increment(count as u64);
-        if e.reason.is_warning() {
-            tracing::warn!(reason = e.reason.as_str(), count, "{}", e.message);
-        } else {
-            tracing::info!(reason = e.reason.as_str(), count, "{}", e.message);
-        }
-    }
-}
 
 /// The de-duplication rules, apart from the actor so they are tested with a fake clock.
 #[derive(Debug)]
@@ -119,10 +61,6 @@ impl Dedup {
     }
 }
 
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Emit(pub Event);
-
 pub struct EventsActor {
     dedup: Dedup,
     sink: Box<dyn EventSink>,
@@ -150,6 +88,7 @@ impl Handler<Emit> for EventsActor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::Event;
     use std::sync::{Arc, Mutex};
 
     #[test]

@@ -6,7 +6,7 @@
 //! peer bytes again. Emits `P2PActive` on the first content moved between peers. Decisions only:
 //! the bytes flow in [`crate::fetch`].
 
-use super::events::{Emit, Event, Reason};
+use crate::events::{Emit, Event, Reason};
 use crate::routing::memory::collect_peers;
 use crate::routing::{Peer, Router};
 use actix::prelude::*;
@@ -124,7 +124,7 @@ impl FetchActor {
         if !self.active {
             self.active = true;
             if let Some(e) = &self.events {
-                e.do_send(Emit(Event { reason: Reason::P2PActive, message: message.into() }));
+                crate::events::report(e, Event { reason: Reason::P2PActive, message: message.into() });
             }
         }
     }

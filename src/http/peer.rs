@@ -10,15 +10,16 @@
 //!
 //! [`MAX_SKEW_SECS`]: crate::peer::auth::MAX_SKEW_SECS
 
-use super::error::ApiError;
 use crate::peer::auth::{unix_now, AuthError, ClusterKey, ReplayGuard};
 use crate::peer::PEER_AUTH_FAILURES;
 use crate::peer::{NODE_HEADER, NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use crate::service::error::ApiError;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{header, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpRequest, HttpResponse};
+use sha2::Digest as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -122,4 +123,22 @@ pub fn wait_param(req: &HttpRequest, cap: Duration) -> Duration {
         .find(|(k, _)| k == "wait")
         .and_then(|(_, v)| v.parse::<u64>().ok())
         .map_or(Duration::ZERO, |ms| Duration::from_millis(ms).min(cap))
+}
+
+/// A signed JSON document for a peer: its sha256 in `Docker-Content-Digest`, so the answer's
+/// signature covers the body.
+pub fn json_answer(body: Vec<u8>) -> HttpResponse {
+    let sum = hex::encode(sha2::Sha256::digest(&body));
+    HttpResponse::Ok()
+        .insert_header(("Docker-Content-Digest", format!("sha256:{sum}")))
+        .content_type("application/json")
+        .body(body)
+}
+
+/// A chunk for a peer with its sha256 (hex), which the peer checks before using it.
+pub fn chunk_answer(data: bytes::Bytes, sha256_hex: &str) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header(("Docker-Content-Digest", format!("sha256:{sha256_hex}")))
+        .content_type("application/octet-stream")
+        .body(data)
 }

@@ -7,7 +7,6 @@
 //! that each byte is hashed once: blobs served to a peer (the peer verifies them) and blobs from a
 //! local store that verified them on ingest (containerd; the client verifies them again).
 
-use super::error::ApiError;
 use crate::actors::fetch::{Corrupt, Locate, Outcome, ServedPeer, Suspect};
 use crate::actors::upstream::Fetch;
 use crate::config::RegistryConfig;
@@ -22,6 +21,7 @@ use crate::peer::client::PeerClient;
 use crate::peer::PEER_SERVED_BYTES;
 use crate::range::{self, ByteRange, RangeSpec};
 use crate::routing::Peer;
+use crate::service::error::ApiError;
 use crate::store::LOCAL_STORE_ERRORS;
 use crate::store::{self, ContentStore, StoreError};
 use crate::stream::{self, ByteStream};

@@ -7,7 +7,7 @@
 
 use super::keys::dht_key;
 use super::{Peer, Router, RoutingError, Status};
-use crate::actors::events::{Emit, Event, Reason};
+use crate::events::{Emit, Event, Reason};
 use actix::Recipient;
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -333,7 +333,7 @@ impl SwarmTask {
 
     fn emit(&self, reason: Reason, message: String) {
         if let Some(e) = &self.events {
-            e.do_send(Emit(Event { reason, message }));
+            crate::events::report(e, Event { reason, message });
         }
     }
 

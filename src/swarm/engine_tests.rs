@@ -100,7 +100,7 @@ async fn node(net: &Arc<MemoryNetwork>, name: &str, blob: &Bytes, digest: &Diges
     let data = web::Data::new(sw.clone());
     let server = serve(listener, move |c| {
         c.app_data(data.clone());
-        http::configure(c);
+        crate::http::swarm::configure(c);
     });
     Node { sw, up, server, _dir: dir }
 }

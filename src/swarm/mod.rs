@@ -22,7 +22,7 @@
 //! bytes live in a sparse spool file ([`spool`]) and flow from it straight to the responses.
 
 pub mod engine;
-pub mod http;
+mod serve;
 pub mod spool;
 
 use crate::actors::upstream::Fetch;
