@@ -218,7 +218,7 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
             .configure(registry::configure)
             .configure(|c| {
                 if b1.is_some() {
-                    crate::blobs::configure(c)
+                    crate::http::blobs::configure(c)
                 }
             })
             .configure(front::debug_routes)
@@ -258,7 +258,7 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
                     .configure(registry::configure_peer)
                     .configure(|c| {
                         if blobs.is_some() {
-                            crate::blobs::configure_peer(c)
+                            crate::http::blobs::configure_peer(c)
                         }
                         if swarm.is_some() {
                             crate::http::swarm::configure(c)

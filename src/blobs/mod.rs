@@ -19,15 +19,13 @@ pub mod cache;
 use crate::actors::fetch::{Locate, Outcome, ServedPeer};
 use crate::config::AllowRule;
 use crate::config::BlobsConfig;
-use crate::http::peer::wait_param;
 use crate::peer::client::PeerClient;
-use crate::range::{self, ByteRange};
+use crate::range::{ByteRange, RangeSpec};
 use crate::routing::Router;
 use crate::service::error::ApiError;
 use crate::upstream::policy::{is_loopback_host, AddressPolicy};
 use actix::Recipient;
 use actix_web::http::{header, StatusCode};
-use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use cache::{hex_sha256, ChunkCache};
 use dashmap::DashMap;
@@ -142,7 +140,7 @@ struct Interest {
 /// How long a file's interested nodes are trusted before they are looked up again.
 const INTEREST_TTL: Duration = Duration::from_secs(1);
 /// Longest a peer holds a chunk request open while it fetches the chunk for us.
-const CHUNK_WAIT: Duration = Duration::from_secs(2);
+pub const CHUNK_WAIT: Duration = Duration::from_secs(2);
 /// Longest a node waits for the owner of a chunk before fetching it itself.
 const TAKEOVER: Duration = Duration::from_secs(10);
 /// How long an owner that could not be reached is skipped.
@@ -287,11 +285,6 @@ impl BlobsState {
 
     pub fn cache(&self) -> &ChunkCache {
         &self.cache
-    }
-
-    /// Parse and police the upstream URL of a request.
-    fn upstream_url(&self, req: &HttpRequest) -> Result<url::Url, ApiError> {
-        parse_blob_url(req.uri().path(), req.uri().query(), &self.allow, self.policy)
     }
 
     async fn metadata(&self, url: &url::Url) -> Result<Meta, ApiError> {
@@ -849,135 +842,104 @@ fn this_idle(st: &BlobsState, id: &str) -> bool {
     st.last_read.get(id).is_none_or(|t| t.elapsed() >= st.cfg.prefetch_idle)
 }
 
-/// `GET|HEAD /blobs/<URL>` on the node-local front end.
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/blobs/{tail:.*}")
-            .route(web::get().to(blob))
-            .route(web::head().to(blob))
-            .default_service(web::to(crate::http::method_not_allowed)),
-    );
+/// What a `/blobs` read answers: the file's size and ETag, the range served (none: all of it)
+/// and, unless only the headers were asked for, the body.
+pub struct BlobRead {
+    pub size: u64,
+    pub etag: Option<String>,
+    pub range: Option<ByteRange>,
+    pub body: Option<crate::stream::ByteStream>,
 }
 
-/// The peer endpoint `/blobs-chunk/<id>/<index>` on the peer listener (authenticated there).
-pub fn configure_peer(cfg: &mut web::ServiceConfig) {
-    cfg.route("/blobs-chunk/{id}/{index}", web::get().to(peer_chunk));
-    cfg.route("/blobs-meta/{key}", web::get().to(peer_meta));
-}
-
-/// A peer asks (authenticated, signed) whether this node validated the URL-without-query
-/// `key` with the upstream within `blobs.stale_if_error`, during an outage (stale-if-error).
-/// The answer carries the validator and size, never the URL.
-async fn peer_meta(st: web::Data<Arc<BlobsState>>, key: web::Path<String>) -> HttpResponse {
-    let window = st.cfg.stale_if_error;
-    let found = st.validated.get(key.as_str()).filter(|v| !window.is_zero() && v.at.elapsed() < window).map(|v| {
-        ValidatedReply {
-            validator: v.validator.clone(),
-            size: v.size,
-            etag: v.etag.clone(),
-            age_secs: v.at.elapsed().as_secs(),
+impl BlobsState {
+    /// Read `range` (none: all) of the file at the `/blobs/<URL>` request path and query; with
+    /// `head`, the headers only. The body streams chunk by chunk (cache, peers, upstream), at
+    /// most `blobs.parallel_chunks` chunks ahead of the client, and starts a prefetch.
+    pub async fn read(
+        self: &Arc<Self>,
+        path: &str,
+        query: Option<&str>,
+        range: Option<RangeSpec>,
+        head: bool,
+    ) -> Result<BlobRead, ApiError> {
+        let url = parse_blob_url(path, query, &self.allow, self.policy)?;
+        let meta = self.metadata(&url).await?;
+        self.reading(&url, &meta);
+        self.touch(&meta.id);
+        let range = range.map(|s| s.resolve(meta.size)).transpose()?;
+        let (size, etag) = (meta.size, meta.etag.clone());
+        if head || meta.size == 0 {
+            return Ok(BlobRead { size, etag, range, body: None });
         }
-    });
-    match found.and_then(|r| serde_json::to_vec(&r).ok()) {
-        Some(body) => HttpResponse::Ok()
-            .insert_header(("Docker-Content-Digest", format!("sha256:{}", hex_sha256(&body))))
-            .content_type("application/json")
-            .body(body),
-        None => actix_web::ResponseError::error_response(&ApiError::BlobUnknown(key.into_inner())),
+        let r = range.unwrap_or(ByteRange { start: 0, end: meta.size - 1 });
+        let cs = self.cfg.chunk_size;
+        let (first, last) = (r.start / cs, r.end / cs);
+        let this = self.clone();
+        self.prefetch(url.clone(), meta.clone(), last + 1);
+        let chunks = futures_util::stream::iter(first..=last)
+            .map(move |index| {
+                let (t, u, m) = (this.clone(), url.clone(), meta.clone());
+                async move {
+                    t.touch(&m.id);
+                    let data = t.chunk(&u, &m, index, false).await.map_err(std::io::Error::other)?;
+                    let chunk_start = index * cs;
+                    let from = r.start.saturating_sub(chunk_start) as usize;
+                    let to = ((r.end + 1).min(chunk_start + data.len() as u64) - chunk_start) as usize;
+                    Ok::<Bytes, std::io::Error>(data.slice(from..to))
+                }
+            })
+            .buffered(self.cfg.parallel_chunks);
+        Ok(BlobRead { size, etag, range, body: Some(Box::pin(chunks)) })
     }
-}
 
-async fn blob(req: HttpRequest, st: web::Data<Arc<BlobsState>>) -> Result<HttpResponse, ApiError> {
-    let url = st.upstream_url(&req)?;
-    let meta = st.metadata(&url).await?;
-    st.reading(&url, &meta);
-    st.touch(&meta.id);
-    let spec = match req.headers().get(header::RANGE).and_then(|v| v.to_str().ok()) {
-        Some(v) => range::parse(v)?,
-        None => None,
-    };
-    let mut b = match spec {
-        Some(_) => HttpResponse::PartialContent(),
-        None => HttpResponse::Ok(),
-    };
-    b.insert_header((header::ACCEPT_RANGES, "bytes")).insert_header((header::CONTENT_TYPE, "application/octet-stream"));
-    if let Some(e) = &meta.etag {
-        b.insert_header((header::ETAG, e.as_str()));
+    /// A peer asks whether this node validated the URL-without-query `key` with the upstream
+    /// within `blobs.stale_if_error`, during an outage (stale-if-error). The answer (JSON)
+    /// carries the validator and size, never the URL.
+    pub fn validation_for_peer(&self, key: &str) -> Result<Vec<u8>, ApiError> {
+        let window = self.cfg.stale_if_error;
+        let found =
+            self.validated.get(key).filter(|v| !window.is_zero() && v.at.elapsed() < window).map(|v| ValidatedReply {
+                validator: v.validator.clone(),
+                size: v.size,
+                etag: v.etag.clone(),
+                age_secs: v.at.elapsed().as_secs(),
+            });
+        found.and_then(|r| serde_json::to_vec(&r).ok()).ok_or_else(|| ApiError::BlobUnknown(key.into()))
     }
-    let range = match spec {
-        Some(s) => {
-            let r = s.resolve(meta.size)?;
-            b.insert_header((header::CONTENT_RANGE, r.content_range(meta.size)));
-            Some(r)
-        }
-        None => None,
-    };
-    let empty: crate::stream::ByteStream = Box::pin(futures_util::stream::empty());
-    if req.method() == actix_web::http::Method::HEAD || meta.size == 0 {
-        let len = range.map_or(meta.size, |r| r.len());
-        return Ok(b.no_chunking(len).streaming(empty));
-    }
-    let r = range.unwrap_or(ByteRange { start: 0, end: meta.size - 1 });
-    let cs = st.cfg.chunk_size;
-    let (first, last) = (r.start / cs, r.end / cs);
-    let this = st.get_ref().clone();
-    st.prefetch(url.clone(), meta.clone(), last + 1);
-    let chunks = futures_util::stream::iter(first..=last)
-        .map(move |index| {
-            let (t, u, m) = (this.clone(), url.clone(), meta.clone());
-            async move {
-                t.touch(&m.id);
-                let data = t.chunk(&u, &m, index, false).await.map_err(std::io::Error::other)?;
-                let chunk_start = index * cs;
-                let from = r.start.saturating_sub(chunk_start) as usize;
-                let to = ((r.end + 1).min(chunk_start + data.len() as u64) - chunk_start) as usize;
-                Ok::<Bytes, std::io::Error>(data.slice(from..to))
-            }
-        })
-        .buffered(st.cfg.parallel_chunks);
-    Ok(b.no_chunking(r.len()).streaming(chunks))
-}
 
-/// A peer asks for a chunk (authenticated and signed by the peer listener), answered from the cache. With `fetch=1`
-/// (the peer computed that this node fetches the chunk for everyone), a missing chunk of a file
-/// this node reads is fetched from the upstream with this node's own URL; the request waits up
-/// to `wait` ms for it, then answers 425 (ask again).
-async fn peer_chunk(req: HttpRequest, st: web::Data<Arc<BlobsState>>, path: web::Path<(String, u64)>) -> HttpResponse {
-    let (id, index) = path.into_inner();
-    let fetch = url::form_urlencoded::parse(req.query_string().as_bytes()).any(|(k, v)| k == "fetch" && v == "1");
-    let wait = wait_param(&req, CHUNK_WAIT);
-    async {
-        let mut found = st.cache.get(&id, index).await;
+    /// A peer asks for chunk `index` of file `id`, answered from the cache, with its sha256
+    /// (hex). With `fetch` (the peer computed that this node fetches the chunk for everyone), a
+    /// missing chunk of a file this node reads is fetched from the upstream with this node's
+    /// own URL; the request waits up to `wait` for it (at most [`CHUNK_WAIT`]), then answers
+    /// [`ApiError::Pending`] (ask again). A fetch that failed (an expired URL, a refusal) is
+    /// "not here", so the asking node fetches the chunk itself at once.
+    pub async fn chunk_for_peer(
+        self: &Arc<Self>,
+        id: &str,
+        index: u64,
+        fetch: bool,
+        wait: Duration,
+    ) -> Result<(Bytes, String), ApiError> {
+        let mut found = self.cache.get(id, index).await;
         if found.is_none() && fetch {
-            let source = st.sources.get(&id).map(|s| s.clone());
-            if let Some((url, meta)) = source.filter(|(_, m)| index < m.size.div_ceil(st.cfg.chunk_size)) {
-                let this = st.get_ref().clone();
+            let source = self.sources.get(id).map(|s| s.clone());
+            if let Some((url, meta)) = source.filter(|(_, m)| index < m.size.div_ceil(self.cfg.chunk_size)) {
+                let this = self.clone();
                 let job = actix_rt::spawn(async move { this.chunk(&url, &meta, index, true).await });
-                match tokio::time::timeout(wait, job).await {
-                    Ok(Ok(Ok(_))) => found = st.cache.get(&id, index).await,
-                    // Still fetching: ask again.
-                    Err(_) => return HttpResponse::build(StatusCode::from_u16(425).expect("valid status")).finish(),
-                    // This node could not fetch it (its URL expired, the upstream refused): 404, so
-                    // the asking node fetches the chunk itself at once.
+                match tokio::time::timeout(wait.min(CHUNK_WAIT), job).await {
+                    Ok(Ok(Ok(_))) => found = self.cache.get(id, index).await,
+                    Err(_) => return Err(ApiError::Pending { progress: None }),
                     Ok(_) => tracing::debug!(chunk = index, "fetch for a peer failed"),
                 }
             }
         }
-        match found {
-            Some((data, sha)) => {
-                metrics::counter!(crate::peer::PEER_SERVED_BYTES).increment(data.len() as u64);
-                if let Some(p) = &st.peers {
-                    p.served.do_send(ServedPeer);
-                }
-                HttpResponse::Ok()
-                    .insert_header(("Docker-Content-Digest", format!("sha256:{sha}")))
-                    .content_type("application/octet-stream")
-                    .body(data)
-            }
-            None => actix_web::ResponseError::error_response(&ApiError::BlobUnknown(format!("{id}/{index}"))),
+        let (data, sha) = found.ok_or_else(|| ApiError::BlobUnknown(format!("{id}/{index}")))?;
+        metrics::counter!(crate::peer::PEER_SERVED_BYTES).increment(data.len() as u64);
+        if let Some(p) = &self.peers {
+            p.served.do_send(ServedPeer);
         }
+        Ok((data, sha))
     }
-    .await
 }
 
 #[cfg(test)]

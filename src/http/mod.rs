@@ -3,6 +3,7 @@
 //! a correlation id per request (`X-MS-Peerd-CorrelationId`, taken from the client or made up),
 //! a tracing span carrying it, and the request metrics, timed until the last body byte.
 
+pub mod blobs;
 pub mod error;
 pub mod peer;
 pub mod registry;

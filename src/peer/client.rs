@@ -7,7 +7,7 @@ use super::{NODE_HEADER, NONCE_HEADER, PROGRESS_HEADER, REQUEST_FROM_PEER, SIGNA
 use super::{PEER_AUTH_FAILURES, PEER_FETCH_BYTES};
 use crate::range::ByteRange;
 
-use crate::routing::Peer;
+use super::Peer;
 use crate::stream::ByteStream;
 use futures_util::StreamExt;
 use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE};

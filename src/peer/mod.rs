@@ -5,6 +5,17 @@ pub mod auth;
 pub mod client;
 pub mod identity;
 
+use std::net::SocketAddr;
+
+/// A node that can serve content over HTTP, as the router reports it: its id and its peer listener.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Peer {
+    /// libp2p peer id (base58).
+    pub id: String,
+    /// Its mirror listener.
+    pub addr: SocketAddr,
+}
+
 /// Bytes fetched from peers.
 pub const PEER_FETCH_BYTES: &str = "peerd_peer_fetch_bytes_total";
 /// Peer fetches that failed (and moved on to the next source), by `reason`.

@@ -11,7 +11,6 @@ pub mod memory;
 pub mod p2p;
 
 use async_trait::async_trait;
-use std::net::SocketAddr;
 use tokio::sync::mpsc;
 
 /// Time from starting a provider lookup to its end (enough peers, exhausted, or abandoned).
@@ -27,14 +26,8 @@ pub fn describe() {
     metrics::describe_histogram!(PEERS_FOUND, "Peers returned by a provider lookup");
 }
 
-/// A node that can serve content over HTTP, as a router reports it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Peer {
-    /// libp2p peer id (base58).
-    pub id: String,
-    /// Its mirror listener.
-    pub addr: SocketAddr,
-}
+/// The peers a router reports (defined with the peer protocol).
+pub use crate::peer::Peer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RoutingError {
