@@ -148,18 +148,20 @@ def _throughput(res, a, plots):
       "and on one loopback interface a connection A dials comes from 127.0.0.1, not 127.0.0.2, so B would "
       "learn A as 127.0.0.1:PORT, where nothing listens.\n")
     a(f"| source | 1 stream GB/s | ratio to nginx | {S} streams GB/s | ratio to nginx "
-      f"| CPU-s/GiB, serving node ({S} streams) | CPU-s/GiB, receiving node ({S} streams) |")
+      f"| CPU-s/GiB, serving node (1 / {S} streams) | CPU-s/GiB, receiving node (1 / {S} streams) |")
     a("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for k, label in (("nginx", "nginx (sendfile)"), ("registry", "docker-registry"),
                      ("peerd_local", "peerd, local store"), ("nginx_peer_phase", "nginx, in the peer rounds"),
                      ("peerd_peer", "peerd, from a peer")):
-        cpu = role_cpu_per_gib(tp, k, S)
+        c1, cN = role_cpu_per_gib(tp, k, "1"), role_cpu_per_gib(tp, k, S)
+        cpu = {role: "—" if c1[role] is None and cN[role] is None else f"{f2(c1[role])} / {f2(cN[role])}"
+               for role in c1}
         a(f"| {label} | {f2(g(tp, k, '1', 'gb_s'))} | {f2(ratio_to_nginx(tp, k, '1'))} | {f2(g(tp, k, S, 'gb_s'))} | "
-          f"{f2(ratio_to_nginx(tp, k, S))} | {f2(cpu.get('serving'))} | {f2(cpu.get('receiving'))} |")
+          f"{f2(ratio_to_nginx(tp, k, S))} | {cpu.get('serving', '—')} | {cpu.get('receiving', '—')} |")
     a("")
     sha = g(res, "components", "sha256_cpu_s_per_gib")
-    a(f"CPU-seconds per GiB moved, from `/proc/PID/stat` (utime + stime) over the last {S}-stream run: the "
-      "serving node is the process(es) holding the bytes (nginx; docker-registry; peerd A + containerd A), "
+    a("CPU-seconds per GiB moved, from `/proc/PID/stat` (utime + stime) over the last run of each stream count: "
+      "the serving node is the process(es) holding the bytes (nginx; docker-registry; peerd A + containerd A), "
       "the receiving node is peerd B on the peer path. For comparison, sha256 alone (Python hashlib, "
       f"OpenSSL, one core, the bytes already in memory) costs {f2(sha)} CPU-s/GiB in this run.\n")
     a("Each round runs every source once in turn (nginx, registry, peerd local; later nginx, peerd peer), "
