@@ -4,7 +4,6 @@ Cases: (a) no peerd, all at once; (b) one node first, then the rest through peer
 through peerd; (c4) = (c) with every rate divided by 4."""
 
 import os
-import resource
 import shutil
 import statistics
 import threading
@@ -12,7 +11,7 @@ import time
 
 from .common import MiB, NODE_BPS, NODE_RATE, REG_BPS, REG_RATE, log, sh, wait_until
 from .containerd import Containerd
-from .cpu import machine_cpu_s, procs_cpu_s
+from .cpu import machine_cpu_s, procs_cpu_s, waited_children_cpu_s
 from .images import Layout
 from .netns import Switch
 from .peerd import Peerd, stop_peerds
@@ -21,11 +20,6 @@ from .registry import NsRegistry
 
 NET = "10.213.0."
 CASES = (("a", False), ("b", True), ("c", True), ("c4", True))
-
-
-def _children_cpu_s():
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
 
 
 class Cluster:
@@ -140,7 +134,7 @@ class Cluster:
             cpu0 = machine_cpu_s()
             peerd_cpu0 = procs_cpu_s([p.pid for p in peers])
             ctrd_cpu0 = procs_cpu_s(ctrd_pids())
-            ctr_cpu0 = _children_cpu_s()
+            ctr_cpu0 = waited_children_cpu_s()
             r = {}
             if case == "b":
                 comp = self.pull_first_then_rest(peers, ctrds, r)
@@ -155,7 +149,7 @@ class Cluster:
             r["peerd_cpu_s"] = procs_cpu_s([p.pid for p in peers]) - peerd_cpu0
             r["containerd_cpu_s"] = procs_cpu_s(ctrd_pids()) - ctrd_cpu0
             # `ctr image pull` fetches in the client process: that is where the pull's own hashing is
-            r["ctr_cpu_s"] = _children_cpu_s() - ctr_cpu0
+            r["ctr_cpu_s"] = waited_children_cpu_s() - ctr_cpu0
             r["registry_egress_bytes"] = self.reg.tx_bytes() - tx0
             r["registry_egress_images"] = r["registry_egress_bytes"] / self.F
             r["bound_s"] = bound * (4 if case == "c4" else 1)

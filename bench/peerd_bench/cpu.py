@@ -1,6 +1,7 @@
 """CPU-seconds and memory per process (and per group of processes, a "role") from /proc."""
 
 import os
+import resource
 
 CLK = os.sysconf("SC_CLK_TCK")
 
@@ -28,6 +29,12 @@ def machine_cpu_s():
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:9]]
     return (sum(v) - v[3] - v[4]) / CLK
+
+
+def waited_children_cpu_s():
+    """CPU-seconds of this process's children that have been waited for (`sh`, `ctr` pulls)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def _kib(path, key):
