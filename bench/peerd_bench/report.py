@@ -47,8 +47,8 @@ def analysis(res):
                    "copies and GC, protobuf framing); one `ctr content get` of the same blob manages "
                    f"{f2(comp.get('ctr_content_get_gb_s'))} GB/s.")
     else:
-        out.append(f"- **containerd** is {loc_c / loc:.0%} of the local path's CPU: the bytes do not go through "
-                   f"its gRPC read (one `ctr content get` of the same blob, for comparison: "
+        out.append(f"- **containerd** is only {loc_c / loc:.0%} of the local path's CPU, so its gRPC read (Go "
+                   "copies and GC) is not what bounds it (one `ctr content get` of the same blob, for comparison: "
                    f"{f2(comp.get('ctr_content_get_gb_s'))} GB/s).")
     shares = [f"{v} of the {k} path's samples" for k, v in (("local", sha_share("profile_local")),
                                                            ("peer", sha_share("profile_peer"))) if v]
