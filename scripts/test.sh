@@ -19,4 +19,6 @@ scripts/build-image.sh --binary target/debug/peerd --smoke
 scripts/chart-check.sh
 # Benchmarks with tiny sizes (about a minute): every measurement must produce a number. Uses the
 # debug binary built above; `make bench` runs the full sizes and writes docs/benchmarks.md.
+# First the unit tests of the bench's pure parts (targets table, number check, HTTP client).
+python3 -m unittest discover -s bench
 python3 bench/run.py --smoke
