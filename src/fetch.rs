@@ -12,7 +12,7 @@ use crate::peer::PEER_FETCH_FAILURES;
 use crate::range::ByteRange;
 use crate::routing::Peer;
 use crate::stream::ByteStream;
-use crate::stream::{Count, Pieces, Slice, Verify, MAX_PIECE};
+use crate::stream::{Count, Pieces, Verify, MAX_PIECE};
 use crate::upstream::{UpstreamError, UpstreamRequest};
 use actix::Recipient;
 use async_trait::async_trait;
@@ -128,9 +128,7 @@ impl Opener for UpstreamOpener {
         req.range = range;
         let resp = send(&self.upstream, req).await.map_err(|e| e.to_string())?;
         let body = match range {
-            // An upstream that ignored Range: cut the range out of the whole body.
-            Some(r) if resp.status == 200 => Box::pin(Slice::new(resp.body, r.start, r.len())),
-            Some(r) => Box::pin(Slice::new(resp.body, 0, r.len())),
+            Some(r) => crate::stream::ranged(resp.body, resp.status, r),
             None => resp.body,
         };
         Ok(Opened { body, size: if range.is_none() { resp.content_length } else { None } })

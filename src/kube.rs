@@ -41,16 +41,21 @@ impl EventSink for KubeSink {
     }
 }
 
+/// A client for the API server at `api_url`, trusting the cluster CA in `ca_file` for https.
+fn api_client(api_url: &str, ca_file: &std::path::Path) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder().timeout(REQUEST_TIMEOUT);
+    if api_url.starts_with("https://") {
+        let pem = std::fs::read(ca_file).map_err(|e| format!("{}: {e}", ca_file.display()))?;
+        let ca = reqwest::Certificate::from_pem(&pem).map_err(|e| format!("{}: {e}", ca_file.display()))?;
+        builder = builder.add_root_certificate(ca);
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
 impl KubeSink {
     /// Start the worker on the current runtime.
     pub fn start(cfg: &KubernetesConfig) -> Result<KubeSink, String> {
-        let mut builder = reqwest::Client::builder().timeout(REQUEST_TIMEOUT);
-        if cfg.api_url.starts_with("https://") {
-            let pem = std::fs::read(&cfg.ca_file).map_err(|e| format!("{}: {e}", cfg.ca_file.display()))?;
-            let ca = reqwest::Certificate::from_pem(&pem).map_err(|e| format!("{}: {e}", cfg.ca_file.display()))?;
-            builder = builder.add_root_certificate(ca);
-        }
-        let http = builder.build().map_err(|e| e.to_string())?;
+        let http = api_client(&cfg.api_url, &cfg.ca_file)?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let worker = Worker { http, cfg: cfg.clone(), posted: HashMap::new() };
         tokio::spawn(worker.run(rx));
@@ -183,13 +188,7 @@ pub fn daemonset_pending(ds: &serde_json::Value) -> Option<String> {
 /// Poll the DaemonSet until it is rolled out (`Ok`) or the timeout passes (`Err` with the last
 /// state). Each step is printed, like `kubectl rollout status`.
 pub async fn wait_daemonset(w: &WaitDaemonSet) -> Result<(), String> {
-    let mut builder = reqwest::Client::builder().timeout(REQUEST_TIMEOUT);
-    if w.api_url.starts_with("https://") {
-        let pem = std::fs::read(&w.ca_file).map_err(|e| format!("{}: {e}", w.ca_file.display()))?;
-        let ca = reqwest::Certificate::from_pem(&pem).map_err(|e| format!("{}: {e}", w.ca_file.display()))?;
-        builder = builder.add_root_certificate(ca);
-    }
-    let http = builder.build().map_err(|e| e.to_string())?;
+    let http = api_client(&w.api_url, &w.ca_file)?;
     let token = std::fs::read_to_string(&w.token_file).ok().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
     let url =
         format!("{}/apis/apps/v1/namespaces/{}/daemonsets/{}", w.api_url.trim_end_matches('/'), w.namespace, w.name);

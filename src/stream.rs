@@ -3,6 +3,7 @@
 //! They hold at most one chunk, so memory stays bounded whatever the body size.
 
 use crate::oci::{Digest, Hasher};
+use crate::range::ByteRange;
 use bytes::Bytes;
 use futures_util::Stream;
 use std::io;
@@ -226,6 +227,14 @@ impl Stream for Pieces {
         let n = self.rest.len().min(self.max);
         Poll::Ready(Some(Ok(self.rest.split_to(n))))
     }
+}
+
+/// The body of a request for `range`: exactly `range.len()` bytes. A 206 answer is the range
+/// already; any other success means the source ignored `Range` and sent the whole file, so the
+/// range is cut out of it here (one place for every source that may do that).
+pub fn ranged(body: ByteStream, status: u16, range: ByteRange) -> ByteStream {
+    let skip = if status == 206 { 0 } else { range.start };
+    Box::pin(Slice::new(body, skip, range.len()))
 }
 
 /// Calls `count(n)` for every chunk of n bytes that passes through.

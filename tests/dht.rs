@@ -1,7 +1,7 @@
 //! The libp2p router in one process: 30 nodes on loopback, provide on one, resolve from all;
 //! withdrawal; a node with another cluster secret cannot join.
 
-use peerd::routing::memory::collect_peers;
+use peerd::routing::collect_peers;
 use peerd::routing::p2p::{P2pRouter, RouterConfig};
 use peerd::routing::Router;
 use std::time::{Duration, Instant};

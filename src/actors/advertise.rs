@@ -325,7 +325,8 @@ async fn watch(store: Arc<dyn ContentStore>, me: Addr<Advertiser>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routing::memory::{collect_peers, MemoryNetwork, MemoryRouter};
+    use crate::routing::collect_peers;
+    use crate::routing::memory::{MemoryNetwork, MemoryRouter};
     use crate::routing::Peer;
     use crate::store::memory::MemoryStore;
 

@@ -7,7 +7,7 @@
 //! the bytes flow in [`crate::fetch`].
 
 use crate::events::{Emit, Event, Reason};
-use crate::routing::memory::collect_peers;
+use crate::routing::collect_peers;
 use crate::routing::{Peer, Router};
 use actix::prelude::*;
 use std::collections::HashMap;

@@ -20,8 +20,9 @@ use crate::actors::fetch::{Locate, Outcome, ServedPeer};
 use crate::config::AllowRule;
 use crate::config::BlobsConfig;
 use crate::peer::client::PeerClient;
+use crate::peer::{DEAD_FOR, LONG_POLL};
 use crate::range::{ByteRange, RangeSpec};
-use crate::routing::Router;
+use crate::routing::{keys, Router};
 use crate::service::error::ApiError;
 use crate::upstream::policy::{is_loopback_host, AddressPolicy};
 use actix::Recipient;
@@ -139,12 +140,8 @@ struct Interest {
 
 /// How long a file's interested nodes are trusted before they are looked up again.
 const INTEREST_TTL: Duration = Duration::from_secs(1);
-/// Longest a peer holds a chunk request open while it fetches the chunk for us.
-pub const CHUNK_WAIT: Duration = Duration::from_secs(2);
 /// Longest a node waits for the owner of a chunk before fetching it itself.
 const TAKEOVER: Duration = Duration::from_secs(10);
-/// How long an owner that could not be reached is skipped.
-const DEAD_FOR: Duration = Duration::from_secs(30);
 
 pub struct BlobsState {
     cfg: BlobsConfig,
@@ -232,20 +229,15 @@ impl BlobsState {
     ) -> Result<BlobsState, String> {
         let allow = cfg.allowed_hosts.iter().map(|h| AllowRule::parse(h)).collect::<Result<Vec<_>, _>>()?;
         let policy = AddressPolicy { allow_loopback: allow.iter().any(|r| is_loopback_host(r.host())) };
-        let http = policy
-            .apply(reqwest::Client::builder(), 0)
-            .connect_timeout(connect_timeout)
-            .read_timeout(idle_timeout)
-            .user_agent(concat!("peerd/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| e.to_string())?;
+        // Redirects are not followed: the client signed this URL, not another.
+        let http = policy.client(0, connect_timeout, idle_timeout)?;
         let mut cache =
             ChunkCache::open(cache_dir, cfg.max_cache_bytes).map_err(|e| format!("{}: {e}", cache_dir.display()))?;
         if let Some(p) = &peers {
             // A dropped chunk is no longer advertised (peers asking meanwhile get a 404).
             let (router, chunk_size) = (p.router.clone(), cfg.chunk_size);
             cache = cache.with_on_drop(Box::new(move |id, index| {
-                let (router, key) = (router.clone(), format!("{id}_{}", index * chunk_size));
+                let (router, key) = (router.clone(), keys::chunk_key(id, index * chunk_size));
                 actix_rt::spawn(async move {
                     let _ = router.withdraw(vec![key]).await;
                 });
@@ -379,7 +371,7 @@ impl BlobsState {
         if let (true, Some(p)) = (first, &self.peers) {
             let router = p.router.clone();
             actix_rt::spawn(async move {
-                let _ = router.provide_now(vec![format!("blobs-url/{key}")]).await;
+                let _ = router.provide_now(vec![keys::validated_url_key(&key)]).await;
             });
         }
     }
@@ -424,18 +416,13 @@ impl BlobsState {
     /// Ask the peers that validated the URL-without-query `sk` what the upstream told them.
     async fn validated_by_peers(&self, sk: &str, window: Duration) -> Option<(String, u64, Option<String>, Duration)> {
         let p = self.peers.as_ref()?;
-        let rx = p.router.resolve(format!("blobs-url/{sk}"), STALE_PEERS).await.ok()?;
-        let peers = crate::routing::memory::collect_peers(rx, Duration::from_millis(300)).await;
+        let rx = p.router.resolve(keys::validated_url_key(sk), STALE_PEERS).await.ok()?;
+        let peers = crate::routing::collect_peers(rx, Duration::from_millis(300)).await;
         let target = format!("/blobs-meta/{sk}");
         for peer in peers.into_iter().filter(|v| v.id != p.me).take(STALE_PEERS) {
             let got = async {
                 let resp = p.client.fetch(&peer, &target, false, None, None).await.ok()?;
-                let want = resp.digest.clone()?;
-                let body = crate::stream::collect(resp.body, 4096).await.ok()?;
-                // The digest is covered by the response signature; the body by the digest.
-                if want != format!("sha256:{}", hex_sha256(&body)) {
-                    return None;
-                }
+                let (body, _) = resp.checked_body(4096, false).await.ok()?;
                 serde_json::from_slice::<ValidatedReply>(&body).ok()
             }
             .await;
@@ -544,7 +531,7 @@ impl BlobsState {
                 tracing::warn!(error = %e, "caching a chunk failed; serving it uncached");
             }
         } else if let Some(p) = &self.peers {
-            let key = format!("{}_{}", meta.id, range.start);
+            let key = keys::chunk_key(&meta.id, range.start);
             let router = p.router.clone();
             actix_rt::spawn(async move {
                 let _ = router.provide(vec![key]).await;
@@ -555,17 +542,13 @@ impl BlobsState {
 
     async fn chunk_from_peers(&self, meta: &Meta, index: u64, range: ByteRange) -> Option<Bytes> {
         let p = self.peers.as_ref()?;
-        let peers = p.locate.send(Locate { key: format!("{}_{}", meta.id, range.start) }).await.unwrap_or_default();
+        let peers = p.locate.send(Locate { key: keys::chunk_key(&meta.id, range.start) }).await.unwrap_or_default();
         let target = format!("/blobs-chunk/{}/{index}", meta.id);
         for peer in peers {
             let got = async {
                 let resp = p.client.fetch(&peer, &target, false, None, None).await.map_err(|e| e.to_string())?;
-                let want = resp.digest.clone().unwrap_or_default();
-                let body = crate::stream::collect(resp.body, range.len()).await.map_err(|e| e.to_string())?;
-                if body.len() as u64 != range.len() || want != format!("sha256:{}", hex_sha256(&body)) {
-                    return Err("chunk does not match its size or checksum".to_string());
-                }
-                Ok(body)
+                let (body, _) = resp.checked_body(range.len(), true).await.map_err(|e| e.to_string())?;
+                Ok::<Bytes, String>(body)
             }
             .await;
             match got {
@@ -595,7 +578,7 @@ impl BlobsState {
         let owner_id =
             crate::swarm::owner(&meta.id, index, alive.iter().map(|v| v.id.as_str()).chain([p.me.as_str()]))?;
         let owner = alive.into_iter().find(|v| v.id == owner_id)?.clone();
-        let target = format!("/blobs-chunk/{}/{index}?fetch=1&wait={}", meta.id, CHUNK_WAIT.as_millis());
+        let target = format!("/blobs-chunk/{}/{index}?fetch=1&wait={}", meta.id, LONG_POLL.as_millis());
         let deadline = Instant::now() + TAKEOVER;
         loop {
             let resp = match p.client.fetch(&owner, &target, false, None, None).await {
@@ -613,12 +596,10 @@ impl BlobsState {
                     return None;
                 }
             };
-            let want = resp.digest.clone().unwrap_or_default();
-            let body = crate::stream::collect(resp.body, range.len()).await.ok()?;
-            if body.len() as u64 != range.len() || want != format!("sha256:{}", hex_sha256(&body)) {
+            let Ok((body, _)) = resp.checked_body(range.len(), true).await else {
                 p.report.do_send(Outcome { peer: owner.id, ok: false });
                 return None;
-            }
+            };
             p.report.do_send(Outcome { peer: owner.id, ok: true });
             return Some(body);
         }
@@ -633,8 +614,8 @@ impl BlobsState {
             Some(_) => {}
             None => tokio::time::sleep(self.cfg.coalesce_gather).await,
         }
-        let peers = match p.router.resolve(format!("swarm/{id}"), 64).await {
-            Ok(rx) => crate::routing::memory::collect_peers(rx, Duration::from_millis(300)).await,
+        let peers = match p.router.resolve(keys::swarm_key(id), 64).await {
+            Ok(rx) => crate::routing::collect_peers(rx, Duration::from_millis(300)).await,
             Err(_) => Vec::new(),
         };
         if self.interest.len() >= MAX_META {
@@ -651,7 +632,7 @@ impl BlobsState {
         }
         let first = self.sources.insert(meta.id.clone(), (url.clone(), meta.clone())).is_none();
         if let (true, Some(p), true) = (first, &self.peers, self.cfg.coalesce) {
-            let (router, key) = (p.router.clone(), format!("swarm/{}", meta.id));
+            let (router, key) = (p.router.clone(), keys::swarm_key(&meta.id));
             actix_rt::spawn(async move {
                 let _ = router.provide_now(vec![key]).await;
             });
@@ -710,16 +691,12 @@ impl BlobsState {
         }
         let body: crate::stream::ByteStream =
             Box::pin(resp.bytes_stream().map(|r| r.map_err(|e| std::io::Error::other(e.without_url().to_string()))));
-        let mut body: crate::stream::ByteStream =
-            if status == 200 { Box::pin(crate::stream::Slice::new(body, range.start, range.len())) } else { body };
+        let mut body = crate::stream::ranged(body, status, range);
         let mut buf = bytes::BytesMut::with_capacity(range.len() as usize);
         loop {
             match tokio::time::timeout(self.cfg.progress_timeout, body.next()).await.map_err(|_| stalled())? {
                 None => break,
                 Some(Err(e)) => return Err(e.to_string()),
-                Some(Ok(b)) if (buf.len() + b.len()) as u64 > range.len() => {
-                    return Err(format!("upstream sent more than the {} bytes asked", range.len()))
-                }
                 Some(Ok(b)) => buf.extend_from_slice(&b),
             }
         }
@@ -910,7 +887,7 @@ impl BlobsState {
     /// A peer asks for chunk `index` of file `id`, answered from the cache, with its sha256
     /// (hex). With `fetch` (the peer computed that this node fetches the chunk for everyone), a
     /// missing chunk of a file this node reads is fetched from the upstream with this node's
-    /// own URL; the request waits up to `wait` for it (at most [`CHUNK_WAIT`]), then answers
+    /// own URL; the request waits up to `wait` for it (at most [`LONG_POLL`]), then answers
     /// [`ApiError::Pending`] (ask again). A fetch that failed (an expired URL, a refusal) is
     /// "not here", so the asking node fetches the chunk itself at once.
     pub async fn chunk_for_peer(
@@ -926,7 +903,7 @@ impl BlobsState {
             if let Some((url, meta)) = source.filter(|(_, m)| index < m.size.div_ceil(self.cfg.chunk_size)) {
                 let this = self.clone();
                 let job = actix_rt::spawn(async move { this.chunk(&url, &meta, index, true).await });
-                match tokio::time::timeout(wait.min(CHUNK_WAIT), job).await {
+                match tokio::time::timeout(wait.min(LONG_POLL), job).await {
                     Ok(Ok(Ok(_))) => found = self.cache.get(id, index).await,
                     Err(_) => return Err(ApiError::Pending { progress: None }),
                     Ok(_) => tracing::debug!(chunk = index, "fetch for a peer failed"),

@@ -3,7 +3,8 @@
 //! `/blobs-meta/<key>`. Extraction and answers only; [`crate::blobs`] decides.
 
 use super::peer::{chunk_answer, json_answer, wait_param};
-use crate::blobs::{BlobsState, CHUNK_WAIT};
+use crate::blobs::BlobsState;
+use crate::peer::LONG_POLL;
 use crate::range;
 use crate::service::error::ApiError;
 use actix_web::http::header;
@@ -60,7 +61,7 @@ async fn peer_meta(st: web::Data<Arc<BlobsState>>, key: web::Path<String>) -> Ht
 async fn peer_chunk(req: HttpRequest, st: web::Data<Arc<BlobsState>>, path: web::Path<(String, u64)>) -> HttpResponse {
     let (id, index) = path.into_inner();
     let fetch = url::form_urlencoded::parse(req.query_string().as_bytes()).any(|(k, v)| k == "fetch" && v == "1");
-    match st.chunk_for_peer(&id, index, fetch, wait_param(&req, CHUNK_WAIT)).await {
+    match st.chunk_for_peer(&id, index, fetch, wait_param(&req, LONG_POLL)).await {
         Ok((data, sha)) => chunk_answer(data, &sha),
         Err(e) => e.error_response(),
     }

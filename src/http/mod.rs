@@ -326,7 +326,7 @@ pub fn debug_routes(cfg: &mut web::ServiceConfig) {
                 let started = Instant::now();
                 match r.resolve(key.clone(), DEBUG_RESOLVE_MAX).await {
                     Ok(rx) => {
-                        let peers = crate::routing::memory::collect_peers(rx, DEBUG_RESOLVE_TIMEOUT).await;
+                        let peers = crate::routing::collect_peers(rx, DEBUG_RESOLVE_TIMEOUT).await;
                         let peers: Vec<_> =
                             peers.iter().map(|p| serde_json::json!({"id": p.id, "addr": p.addr.to_string()})).collect();
                         HttpResponse::Ok().json(

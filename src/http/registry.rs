@@ -25,7 +25,7 @@ use crate::service::error::ApiError;
 use crate::store::LOCAL_STORE_ERRORS;
 use crate::store::{self, ContentStore, StoreError};
 use crate::stream::{self, ByteStream};
-use crate::stream::{Count, Slice, Verify};
+use crate::stream::{Count, Verify};
 use crate::upstream::{Kind, UpstreamError, UpstreamRequest, UpstreamResponse};
 use actix::Recipient;
 use actix_web::http::{header, StatusCode};
@@ -799,12 +799,7 @@ async fn upstream_blob(st: &RegistryState, ask: &Ask, repo: &str, digest: &Diges
     })?;
     let range = spec.resolve(size)?;
     let resp = fetch(st, req(false, Some(range))).await.map_err(map)?;
-    let body: ByteStream = if resp.status == 206 {
-        Box::pin(Slice::new(resp.body, 0, range.len()))
-    } else {
-        // The upstream ignored Range and sent everything: cut our range out of it.
-        Box::pin(Slice::new(resp.body, range.start, range.len()))
-    };
+    let body = stream::ranged(resp.body, resp.status, range);
     Ok(blob_body(digest, size, Some(range), body, Source::Upstream, false, true))
 }
 

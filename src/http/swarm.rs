@@ -11,7 +11,7 @@
 //! [`StatusDoc`]: crate::swarm::StatusDoc
 
 use super::peer::{chunk_answer, json_answer, wait_param};
-use crate::swarm::engine::LONG_POLL;
+use crate::peer::LONG_POLL;
 use crate::swarm::Swarm;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use std::sync::Arc;

@@ -58,6 +58,36 @@ pub struct PeerResponse {
     pub body: ByteStream,
 }
 
+/// Why a peer's answer cannot be used as the content it claims to be.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("peer body failed: {0}")]
+    Read(#[from] std::io::Error),
+    #[error("peer sent {got} bytes, {want} expected")]
+    Length { got: u64, want: u64 },
+    #[error("peer body does not match its checksum")]
+    Checksum,
+}
+
+impl PeerResponse {
+    /// The whole body (at most `limit` bytes; exactly `limit` with `exact`) and its sha256,
+    /// checked against the sha256 the answer claims in `Docker-Content-Digest` — which the
+    /// answer's signature covers, so a body that passes is what the signing peer meant to send.
+    pub async fn checked_body(self, limit: u64, exact: bool) -> Result<(bytes::Bytes, [u8; 32]), BodyError> {
+        use sha2::Digest as _;
+        let body = crate::stream::collect(self.body, limit).await?;
+        if exact && body.len() as u64 != limit {
+            return Err(BodyError::Length { got: body.len() as u64, want: limit });
+        }
+        let sha: [u8; 32] = sha2::Sha256::digest(&body).into();
+        let claimed = self.digest.as_deref().and_then(|d| d.strip_prefix("sha256:"));
+        if claimed != Some(hex::encode(sha).as_str()) {
+            return Err(BodyError::Checksum);
+        }
+        Ok((body, sha))
+    }
+}
+
 impl PeerClient {
     pub fn new(
         connect_timeout: Duration,

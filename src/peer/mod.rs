@@ -6,6 +6,13 @@ pub mod client;
 pub mod identity;
 
 use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Longest a peer holds a chunk request open waiting for the chunk (below the idle timeout);
+/// then it answers 425 and the asker asks again. One value for the swarm and /blobs protocols.
+pub const LONG_POLL: Duration = Duration::from_secs(2);
+/// How long a peer that could not be reached is left out of a transfer's choices.
+pub const DEAD_FOR: Duration = Duration::from_secs(30);
 
 /// A node that can serve content over HTTP, as the router reports it: its id and its peer listener.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

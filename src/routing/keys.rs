@@ -12,6 +12,23 @@ pub fn dht_key(key: &str) -> Vec<u8> {
     out
 }
 
+/// The key under which the nodes fetching a file (a digest, a /blobs file id) at once announce
+/// themselves, so that they find each other and share its chunks.
+pub fn swarm_key(id: &str) -> String {
+    format!("swarm/{id}")
+}
+
+/// The key of one cached /blobs chunk: the file id and the chunk's first byte.
+pub fn chunk_key(file_id: &str, offset: u64) -> String {
+    format!("{file_id}_{offset}")
+}
+
+/// The key under which nodes that validated a URL without its query (its hash) announce it,
+/// for stale-if-error during an upstream outage.
+pub fn validated_url_key(stable_hash: &str) -> String {
+    format!("blobs-url/{stable_hash}")
+}
+
 /// The tag key of an image name, if it names a tag: `host/repo:tag` (not `repo@sha256:…`,
 /// not containerd's bare `sha256:…` config records).
 pub fn tag_key(image_name: &str) -> Option<String> {

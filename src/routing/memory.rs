@@ -1,5 +1,7 @@
 //! In-process [`Router`]: nodes sharing one [`MemoryNetwork`] see each other's provider records.
 
+#[cfg(test)]
+use super::collect_peers;
 use super::{Peer, Router, RoutingError, Status};
 use async_trait::async_trait;
 use dashmap::DashMap;
@@ -62,18 +64,6 @@ impl Router for MemoryRouter {
         }
         Ok(rx)
     }
-}
-
-/// Collect what a resolve channel yields within `timeout`.
-pub async fn collect_peers(mut rx: mpsc::Receiver<Peer>, timeout: std::time::Duration) -> Vec<Peer> {
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(timeout, async {
-        while let Some(p) = rx.recv().await {
-            out.push(p);
-        }
-    })
-    .await;
-    out
 }
 
 #[cfg(test)]

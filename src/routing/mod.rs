@@ -65,3 +65,15 @@ pub trait Router: Send + Sync + 'static {
     /// closes when the lookup ends; the caller bounds how long it waits.
     async fn resolve(&self, key: String, max: usize) -> Result<mpsc::Receiver<Peer>, RoutingError>;
 }
+
+/// Collect what a resolve channel yields within `timeout`.
+pub async fn collect_peers(mut rx: tokio::sync::mpsc::Receiver<Peer>, timeout: std::time::Duration) -> Vec<Peer> {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(timeout, async {
+        while let Some(p) = rx.recv().await {
+            out.push(p);
+        }
+    })
+    .await;
+    out
+}

@@ -201,7 +201,7 @@ impl Engine {
         async move {
             let found = match &sw.router {
                 Some(r) if lookup => match r.resolve(swarm_key(&dl.digest), MAX_VIEW).await {
-                    Ok(rx) => crate::routing::memory::collect_peers(rx, Duration::from_millis(500)).await,
+                    Ok(rx) => crate::routing::collect_peers(rx, Duration::from_millis(500)).await,
                     Err(_) => Vec::new(),
                 },
                 _ => Vec::new(),

@@ -68,7 +68,7 @@ pub fn describe() {
 
 /// The DHT key under which nodes downloading `digest` announce themselves.
 pub fn swarm_key(digest: &Digest) -> String {
-    format!("swarm/{digest}")
+    crate::routing::keys::swarm_key(&digest.to_string())
 }
 
 /// Which of `candidates` fetches chunk `index` of `key` (a digest, a /blobs file id) from the
@@ -487,7 +487,7 @@ impl Swarm {
     pub async fn size_from_peers(&self, digest: &Digest) -> Option<u64> {
         let router = self.router.as_ref()?;
         let rx = router.resolve(swarm_key(digest), 8).await.ok()?;
-        let peers = crate::routing::memory::collect_peers(rx, std::time::Duration::from_millis(500)).await;
+        let peers = crate::routing::collect_peers(rx, std::time::Duration::from_millis(500)).await;
         for p in peers {
             if let Ok(doc) = engine::status_of(self, digest, self.cfg.chunk_size, &p).await {
                 return Some(doc.size);

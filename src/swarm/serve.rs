@@ -2,9 +2,9 @@
 //! downloads and the chunks it hands out (bounded uploads, rate-limited). The peer endpoints in
 //! [`crate::http::swarm`] turn these into answers.
 
-use super::engine::LONG_POLL;
 use super::{throttle, Download, End, StatusDoc, Swarm, SWARM_UPLOAD_BYTES};
 use crate::oci::Digest;
+use crate::peer::LONG_POLL;
 use crate::service::error::ApiError;
 use bytes::Bytes;
 use std::sync::Arc;

@@ -51,14 +51,7 @@ impl HttpUpstream {
             allow_loopback: cfg.allow_loopback
                 || mirrored.iter().chain(&cfg.plain_http_hosts).any(|h| is_loopback_host(h)),
         };
-        let client = policy
-            .apply(reqwest::Client::builder(), MAX_REDIRECTS)
-            .connect_timeout(cfg.connect_timeout)
-            .read_timeout(cfg.idle_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .user_agent(concat!("peerd/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("building the HTTP client: {e}"))?;
+        let client = policy.client(MAX_REDIRECTS, cfg.connect_timeout, cfg.idle_timeout)?;
         Ok(Self {
             client,
             policy,

@@ -108,9 +108,26 @@ impl AddressPolicy {
         }
     }
 
+    /// The one HTTP client builder for upstreams (/v2 registries, /blobs stores): this policy on
+    /// DNS answers and every redirect hop (at most `max_redirects`), connect and idle timeouts,
+    /// peerd's user agent.
+    pub fn client(
+        self,
+        max_redirects: usize,
+        connect_timeout: std::time::Duration,
+        idle_timeout: std::time::Duration,
+    ) -> Result<reqwest::Client, String> {
+        self.apply(reqwest::Client::builder(), max_redirects)
+            .connect_timeout(connect_timeout)
+            .read_timeout(idle_timeout)
+            .user_agent(concat!("peerd/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("building the HTTP client: {e}"))
+    }
+
     /// A reqwest client builder with this policy on DNS answers and on every redirect hop
     /// (at most `max_redirects`; 0 follows none).
-    pub fn apply(self, builder: reqwest::ClientBuilder, max_redirects: usize) -> reqwest::ClientBuilder {
+    fn apply(self, builder: reqwest::ClientBuilder, max_redirects: usize) -> reqwest::ClientBuilder {
         let redirects = if max_redirects == 0 {
             reqwest::redirect::Policy::none()
         } else {
