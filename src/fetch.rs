@@ -4,7 +4,7 @@
 //! wraps it in [`crate::stream::Verify`] so the assembled bytes are checked against the digest.
 
 use crate::actors::fetch::Corrupt;
-use crate::actors::upstream::Fetch;
+use crate::actors::upstream::Gate;
 use crate::metrics::{Source, SERVED_BYTES};
 use crate::oci::Digest;
 use crate::peer::client::PeerClient;
@@ -100,18 +100,14 @@ impl Opener for PeerOpener {
 }
 
 pub struct UpstreamOpener {
-    pub upstream: Recipient<Fetch>,
+    pub upstream: Gate,
     pub request: UpstreamRequest,
 }
 
-/// Ask the upstream actor; a dead mailbox reads as an unreachable upstream.
-pub async fn send(
-    up: &Recipient<Fetch>,
-    req: UpstreamRequest,
-) -> Result<crate::upstream::UpstreamResponse, UpstreamError> {
-    up.send(Fetch(req))
-        .await
-        .unwrap_or_else(|e| Err(UpstreamError::Unreachable { host: "upstream actor".into(), reason: e.to_string() }))
+/// A /v2 request to the upstream through its gate (admission, then the request, then its
+/// outcome reported).
+pub async fn send(up: &Gate, req: UpstreamRequest) -> Result<crate::upstream::UpstreamResponse, UpstreamError> {
+    up.fetch(req).await
 }
 
 #[async_trait]

@@ -4,7 +4,7 @@
 use crate::actors::advertise::Advertiser;
 use crate::actors::events::EventsActor;
 use crate::actors::fetch::FetchActor;
-use crate::actors::upstream::{Breaker, UpstreamActor};
+use crate::actors::upstream::{Breaker, Gate};
 use crate::config::{Config, LogFormat};
 use crate::events::{Event, LogSink, Reason};
 use crate::http::peer::PeerGuard;
@@ -125,11 +125,8 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
     let upstream = Arc::new(HttpUpstream::new(&cfg.upstream, &cfg.registry.hosts).map_err(NodeError::Setup)?);
     let hosts = cfg.registry.hosts.clone();
     let breaker = Breaker::new(cfg.upstream.failure_threshold, cfg.upstream.failure_cooldown);
-    // Upstream requests run on their own arbiter, off the system arbiter that runs the others.
-    let upstream_arbiter = Arbiter::new();
-    let upstream_actor = UpstreamActor::start_in_arbiter(&upstream_arbiter.handle(), move |_| {
-        UpstreamActor::new(upstream, &hosts, breaker)
-    });
+    // Admission decisions only: the requests themselves run on the tasks that need them.
+    let upstream_gate = Gate::start(upstream, &hosts, breaker);
     if cfg.registry.hosts.is_empty() {
         tracing::warn!("registry.hosts is empty: this node mirrors ANY registry named in `ns`");
     }
@@ -159,6 +156,7 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
             cfg.upstream.connect_timeout,
             cfg.upstream.idle_timeout,
             blob_peers,
+            upstream_gate.clone(),
         )
         .map_err(NodeError::Setup)?;
         tracing::info!(cache = %dir.display(), cached_bytes = state.cache().total_bytes(), allowed = ?cfg.blobs.allowed_hosts, "/blobs enabled");
@@ -180,7 +178,7 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
             active: p.path.served.clone(),
         });
         writable(&dir, "swarm.spool_dir")?;
-        let sw = crate::swarm::Swarm::new(cfg.swarm.clone(), dir.clone(), upstream_actor.clone().recipient(), peers)
+        let sw = crate::swarm::Swarm::new(cfg.swarm.clone(), dir.clone(), upstream_gate.clone(), peers)
             .map_err(NodeError::Setup)?;
         tracing::info!(spool = %dir.display(), chunk_size = cfg.swarm.chunk_size, "swarming enabled");
         Some(sw)
@@ -196,7 +194,7 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
     let guard = peers.as_ref().map(|p| web::Data::new(PeerGuard::new(p.key.clone())));
     let state = web::Data::new(RegistryState {
         store,
-        upstream: upstream_actor.recipient(),
+        upstream: upstream_gate.clone(),
         cfg: cfg.registry.clone(),
         peers,
         swarm,
@@ -336,7 +334,6 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
     };
     let (a, b, c) = futures_util::future::join3(front_end, metrics, peer_server).await;
     ready.set(false);
-    upstream_arbiter.stop();
     tracing::info!("peerd stopped");
     a.and(b).and(c).map_err(NodeError::Serve)
 }

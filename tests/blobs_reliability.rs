@@ -231,6 +231,7 @@ fn cluster(up: &str) -> (Vec<Peerd>, tempfile::TempDir) {
         ("PEERD_BLOBS__CHUNK_SIZE", chunk.as_str()),
         ("PEERD_BLOBS__PREFETCH", "false"),
         ("PEERD_UPSTREAM__CONNECT_TIMEOUT", "1s"),
+        ("PEERD_UPSTREAM__FAILURE_COOLDOWN", "1s"),
     ];
     let nodes: Vec<Peerd> = ips
         .iter()
@@ -322,10 +323,39 @@ async fn an_outage_serves_files_a_peer_validated_but_never_refused_ones() {
     let r = client.get(url(b, "/other.img", "x")).header("Range", "bytes=0-9").send().await.unwrap();
     assert!(r.status().as_u16() >= 500, "a file nobody validated: {}", r.status());
 
-    // The upstream refuses (an expired or revoked SAS): never served, on B or on A.
+    // The upstream refuses (an expired or revoked SAS): never served, on B or on A. The outage
+    // rested the host behind the upstream breaker (/blobs shares /v2's): a resting host is not
+    // asked, so its refusal is heard at the first request after the rest (`failure_cooldown`).
     *mode.lock().unwrap() = Mode::Forbidden;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     for (n, sig) in [(b, "b-revoked"), (a, "for-a")] {
         let r = client.get(url(n, "/f.img", sig)).header("Range", "bytes=0-9").send().await.unwrap();
         assert_eq!(r.status().as_u16(), 403, "a refused URL is not served stale");
     }
+}
+
+/// /blobs used to skip the upstream circuit breaker /v2 has: a store answering 503 was asked
+/// again on every request. Now its host rests after `upstream.failure_threshold` failures (the
+/// requests are answered 503 at once, without reaching it), and another host is unaffected.
+/// (Before: 10 requests reached the store, each answered 502.)
+#[test]
+fn a_failing_store_rests_behind_the_same_breaker_as_v2() {
+    let down = FakeUpstream::start(|_| Reply::status(503, &[]));
+    let healthy = zeros_upstream(|_| 4 * CHUNK, Duration::ZERO);
+    let n = node(
+        &[&down.addr, &healthy.addr],
+        &[
+            ("PEERD_BLOBS__PREFETCH", "false"),
+            ("PEERD_UPSTREAM__FAILURE_THRESHOLD", "3"),
+            ("PEERD_UPSTREAM__FAILURE_COOLDOWN", "10m"),
+        ],
+    );
+    for i in 0..10 {
+        let ex = curl("GET", &n.url(&format!("/blobs/http://{}/f{i}", down.addr)), &[("Range", "bytes=0-0")]);
+        // The store's own 503 is passed on as 502 until the host rests; then 503 from here.
+        let want = if i < 3 { 502 } else { 503 };
+        assert_eq!(ex.status, want, "request {i} to a failing store");
+    }
+    assert_eq!(down.requests().len(), 3, "the store was asked until its host rested, then not again");
+    read_one_byte(&n, &healthy.addr, "/ok");
 }

@@ -1,4 +1,8 @@
-//! Upstream fallback: the policy in front of an [`Upstream`].
+//! Upstream admission: which upstream hosts may be asked now. The [`UpstreamActor`] owns the
+//! decisions (mirrored registries only; a circuit breaker per host) and answers an [`Admit`]
+//! with a permit or a refusal; the caller's own task does the network I/O and reports how the
+//! host answered ([`Reported`]). [`Gate`] wraps that exchange for callers: /v2, swarming and
+//! /blobs all go through one.
 
 use crate::upstream::{Health, Upstream, UpstreamError, UpstreamRequest, UpstreamResponse};
 use actix::prelude::*;
@@ -14,10 +18,22 @@ pub fn describe() {
     metrics::describe_counter!(UPSTREAM_ERRORS, "Upstream registry failures by kind");
 }
 
-/// Fetch from upstream. The reply carries the body as a stream; no bytes cross the mailbox.
+/// May `host` be asked now? `registry`: a /v2 registry (refused unless mirrored); otherwise a
+/// /blobs store (its allow-list is checked where its URLs are parsed).
 #[derive(Message)]
-#[rtype(result = "Result<UpstreamResponse, UpstreamError>")]
-pub struct Fetch(pub UpstreamRequest);
+#[rtype(result = "Result<(), UpstreamError>")]
+pub struct Admit {
+    pub host: String,
+    pub registry: bool,
+}
+
+/// How an admitted host answered.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reported {
+    pub host: String,
+    pub health: Health,
+}
 
 /// Per-host failure tracking: after `threshold` consecutive host failures, the host is skipped
 /// for `cooldown`; the first request after that is a probe (one more failure re-opens it).
@@ -72,17 +88,16 @@ impl Breaker {
 }
 
 pub struct UpstreamActor {
-    upstream: Arc<dyn Upstream>,
     /// `None` mirrors every registry.
     allowed: Option<HashSet<String>>,
     breaker: Breaker,
 }
 
 impl UpstreamActor {
-    pub fn new(upstream: Arc<dyn Upstream>, allowed_hosts: &[String], breaker: Breaker) -> Self {
+    pub fn new(allowed_hosts: &[String], breaker: Breaker) -> Self {
         let allowed =
             (!allowed_hosts.is_empty()).then(|| allowed_hosts.iter().map(|h| h.to_ascii_lowercase()).collect());
-        Self { upstream, allowed, breaker }
+        Self { allowed, breaker }
     }
 }
 
@@ -90,38 +105,82 @@ impl Actor for UpstreamActor {
     type Context = Context<Self>;
 }
 
-impl Handler<Fetch> for UpstreamActor {
-    type Result = ResponseActFuture<Self, Result<UpstreamResponse, UpstreamError>>;
+impl Handler<Admit> for UpstreamActor {
+    type Result = Result<(), UpstreamError>;
 
-    fn handle(&mut self, Fetch(req): Fetch, _ctx: &mut Context<Self>) -> Self::Result {
-        let host = req.registry.name().to_owned();
-        let refused = if self.allowed.as_ref().is_some_and(|a| !a.contains(&host)) {
-            Some(UpstreamError::NotMirrored(host.clone()))
-        } else {
-            self.breaker
-                .check(&host, Instant::now())
-                .err()
-                .map(|rest| UpstreamError::CircuitOpen { host: host.clone(), retry_in_ms: rest.as_millis() as u64 })
-        };
-        if let Some(e) = refused {
-            metrics::counter!(UPSTREAM_ERRORS, "kind" => e.kind()).increment(1);
-            return Box::pin(fut::ready(Err(e)));
+    fn handle(&mut self, Admit { host, registry }: Admit, _ctx: &mut Context<Self>) -> Self::Result {
+        if registry && self.allowed.as_ref().is_some_and(|a| !a.contains(&host)) {
+            return Err(UpstreamError::NotMirrored(host));
         }
-        let upstream = self.upstream.clone();
-        Box::pin(async move { upstream.fetch(req).await }.into_actor(self).map(move |res, act, _| {
-            let health = match &res {
-                Ok(_) => Health::Healthy,
-                Err(e) => e.health(),
-            };
-            act.breaker.record(&host, health, Instant::now());
-            if let Err(e) = &res {
+        self.breaker
+            .check(&host, Instant::now())
+            .map_err(|rest| UpstreamError::CircuitOpen { host, retry_in_ms: rest.as_millis() as u64 })
+    }
+}
+
+impl Handler<Reported> for UpstreamActor {
+    type Result = ();
+
+    fn handle(&mut self, Reported { host, health }: Reported, _ctx: &mut Context<Self>) {
+        self.breaker.record(&host, health, Instant::now());
+    }
+}
+
+/// The way to an upstream: admission by the [`UpstreamActor`], then the request on the
+/// caller's task (the body streams to the caller; no bytes cross a mailbox), then its outcome
+/// reported back. Cheap to clone.
+#[derive(Clone)]
+pub struct Gate {
+    admit: Recipient<Admit>,
+    report: Recipient<Reported>,
+    upstream: Arc<dyn Upstream>,
+}
+
+impl Gate {
+    /// Start the admission actor (on the current arbiter) for `upstream`.
+    pub fn start(upstream: Arc<dyn Upstream>, allowed_hosts: &[String], breaker: Breaker) -> Gate {
+        let addr = UpstreamActor::new(allowed_hosts, breaker).start();
+        Gate { admit: addr.clone().recipient(), report: addr.recipient(), upstream }
+    }
+
+    /// Ask whether `host` may be asked now; a dead actor reads as an unreachable upstream.
+    pub async fn admit(&self, host: &str, registry: bool) -> Result<(), UpstreamError> {
+        let refused = match self.admit.send(Admit { host: host.to_owned(), registry }).await {
+            Ok(r) => r.err(),
+            Err(e) => Some(UpstreamError::Unreachable { host: "upstream admission".into(), reason: e.to_string() }),
+        };
+        match refused {
+            Some(e) => {
                 metrics::counter!(UPSTREAM_ERRORS, "kind" => e.kind()).increment(1);
-                if health == Health::Unhealthy {
-                    tracing::warn!(host, error = %e, "upstream failure");
-                }
+                Err(e)
             }
-            res
-        }))
+            None => Ok(()),
+        }
+    }
+
+    /// Report how an admitted host answered (dropped if the actor's mailbox is full: the
+    /// breaker then misses one sample, the caller never waits for it).
+    pub fn report(&self, host: &str, health: Health) {
+        let _ = self.report.try_send(Reported { host: host.to_owned(), health });
+    }
+
+    /// A /v2 request to its registry, admitted and reported.
+    pub async fn fetch(&self, req: UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
+        let host = req.registry.name().to_owned();
+        self.admit(&host, true).await?;
+        let res = self.upstream.fetch(req).await;
+        let health = match &res {
+            Ok(_) => Health::Healthy,
+            Err(e) => e.health(),
+        };
+        self.report(&host, health);
+        if let Err(e) = &res {
+            metrics::counter!(UPSTREAM_ERRORS, "kind" => e.kind()).increment(1);
+            if health == Health::Unhealthy {
+                tracing::warn!(host, error = %e, "upstream failure");
+            }
+        }
+        res
     }
 }
 
@@ -165,32 +224,31 @@ mod tests {
     #[actix::test]
     async fn refuses_unmirrored_hosts_without_calling_upstream() {
         let up = Arc::new(MemoryUpstream::default());
-        let addr =
-            UpstreamActor::new(up.clone(), &["docker.io".into()], Breaker::new(3, Duration::from_secs(5))).start();
-        let err = addr.send(Fetch(req("evil.example"))).await.unwrap().unwrap_err();
+        let addr = Gate::start(up.clone(), &["docker.io".into()], Breaker::new(3, Duration::from_secs(5)));
+        let err = addr.fetch(req("evil.example")).await.unwrap_err();
         assert!(matches!(err, UpstreamError::NotMirrored(h) if h == "evil.example"));
         assert_eq!(up.calls.load(Ordering::SeqCst), 0);
         up.put("docker.io", "app", Kind::Manifest, "v1", "x", "{}");
-        assert!(addr.send(Fetch(req("docker.io"))).await.unwrap().is_ok());
+        assert!(addr.fetch(req("docker.io")).await.is_ok());
     }
 
     #[actix::test]
     async fn failing_host_fails_fast_after_threshold() {
         let up = Arc::new(MemoryUpstream::default());
         up.fail(Some(UpstreamError::Unreachable { host: "h".into(), reason: "refused".into() }));
-        let addr = UpstreamActor::new(up.clone(), &[], Breaker::new(2, Duration::from_secs(60))).start();
+        let addr = Gate::start(up.clone(), &[], Breaker::new(2, Duration::from_secs(60)));
         for _ in 0..2 {
-            let e = addr.send(Fetch(req("docker.io"))).await.unwrap().unwrap_err();
+            let e = addr.fetch(req("docker.io")).await.unwrap_err();
             assert!(matches!(e, UpstreamError::Unreachable { .. }));
         }
-        let e = addr.send(Fetch(req("docker.io"))).await.unwrap().unwrap_err();
+        let e = addr.fetch(req("docker.io")).await.unwrap_err();
         assert!(matches!(e, UpstreamError::CircuitOpen { .. }), "{e:?}");
         assert_eq!(up.calls.load(Ordering::SeqCst), 2, "third request must not reach upstream");
         // 404s are not host failures.
         let up2 = Arc::new(MemoryUpstream::default());
-        let addr2 = UpstreamActor::new(up2.clone(), &[], Breaker::new(1, Duration::from_secs(60))).start();
+        let addr2 = Gate::start(up2.clone(), &[], Breaker::new(1, Duration::from_secs(60)));
         for _ in 0..3 {
-            let e = addr2.send(Fetch(req("docker.io"))).await.unwrap().unwrap_err();
+            let e = addr2.fetch(req("docker.io")).await.unwrap_err();
             assert!(matches!(e, UpstreamError::Status { status: 404, .. }));
         }
     }
@@ -244,17 +302,17 @@ mod tests {
     async fn client_chosen_500s_never_rest_the_host() {
         let up = Arc::new(MemoryUpstream::default());
         up.fail(Some(status(500)));
-        let addr = UpstreamActor::new(up.clone(), &[], Breaker::new(3, Duration::from_secs(60))).start();
+        let addr = Gate::start(up.clone(), &[], Breaker::new(3, Duration::from_secs(60)));
         for _ in 0..10 {
-            let e = addr.send(Fetch(req("docker.io"))).await.unwrap().unwrap_err();
+            let e = addr.fetch(req("docker.io")).await.unwrap_err();
             assert!(matches!(e, UpstreamError::Status { status: 500, .. }), "{e:?}");
         }
         assert_eq!(up.calls.load(Ordering::SeqCst), 10, "every request reached the upstream");
         up.fail(Some(status(503)));
         for _ in 0..3 {
-            addr.send(Fetch(req("docker.io"))).await.unwrap().unwrap_err();
+            addr.fetch(req("docker.io")).await.unwrap_err();
         }
-        let e = addr.send(Fetch(req("docker.io"))).await.unwrap().unwrap_err();
+        let e = addr.fetch(req("docker.io")).await.unwrap_err();
         assert!(matches!(e, UpstreamError::CircuitOpen { .. }), "a real outage still opens it: {e:?}");
         assert!(e.is_unavailable() && !status(500).is_unavailable() && status(504).is_unavailable());
     }

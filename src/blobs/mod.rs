@@ -17,6 +17,7 @@
 pub mod cache;
 
 use crate::actors::fetch::{Locate, Outcome, ServedPeer};
+use crate::actors::upstream::Gate;
 use crate::config::AllowRule;
 use crate::config::BlobsConfig;
 use crate::peer::client::PeerClient;
@@ -25,6 +26,7 @@ use crate::range::{ByteRange, RangeSpec};
 use crate::routing::{keys, Router};
 use crate::service::error::ApiError;
 use crate::upstream::policy::{is_loopback_host, AddressPolicy};
+use crate::upstream::Health;
 use actix::Recipient;
 use actix_web::http::{header, StatusCode};
 use bytes::Bytes;
@@ -144,6 +146,8 @@ const INTEREST_TTL: Duration = Duration::from_secs(1);
 const TAKEOVER: Duration = Duration::from_secs(10);
 
 pub struct BlobsState {
+    /// Upstream admission (the circuit breaker /v2 uses too), per store host.
+    gate: Gate,
     cfg: BlobsConfig,
     allow: Vec<AllowRule>,
     /// Where fetches may connect (loopback only when an allowed host is on loopback).
@@ -226,6 +230,7 @@ impl BlobsState {
         connect_timeout: Duration,
         idle_timeout: Duration,
         peers: Option<BlobPeers>,
+        gate: Gate,
     ) -> Result<BlobsState, String> {
         let allow = cfg.allowed_hosts.iter().map(|h| AllowRule::parse(h)).collect::<Result<Vec<_>, _>>()?;
         let policy = AddressPolicy { allow_loopback: allow.iter().any(|r| is_loopback_host(r.host())) };
@@ -253,6 +258,7 @@ impl BlobsState {
             }
         }
         Ok(BlobsState {
+            gate,
             cfg,
             allow,
             policy,
@@ -284,7 +290,14 @@ impl BlobsState {
         if let Some(m) = self.meta.get(&key).filter(|m| m.checked.elapsed() < self.cfg.revalidate_after) {
             return Ok(m.clone());
         }
-        let resp = match self.http.head(url.clone()).send().await.map_err(reqwest::Error::without_url) {
+        let host = &breaker_key(url);
+        if let Err(e) = self.gate.admit(host, false).await {
+            let resting = ApiError::Unavailable { status: StatusCode::SERVICE_UNAVAILABLE, message: e.to_string() };
+            return self.stale_if_error(url, &key, resting).await;
+        }
+        let sent = self.http.head(url.clone()).send().await.map_err(reqwest::Error::without_url);
+        self.gate.report(host, Health::of_status(sent.as_ref().ok().map(|r| r.status().as_u16())));
+        let resp = match sent {
             Ok(r) => r,
             Err(e) => {
                 let unavailable = ApiError::Unavailable {
@@ -676,11 +689,13 @@ impl BlobsState {
         if let Some(etag) = &meta.etag {
             req = req.header(header::IF_MATCH.as_str(), etag);
         }
+        let host = &breaker_key(url);
+        self.gate.admit(host, false).await.map_err(|e| e.to_string())?;
         // Errors never carry the URL: it holds the client's signature.
-        let resp = tokio::time::timeout(self.cfg.progress_timeout, req.send())
-            .await
-            .map_err(|_| stalled())?
-            .map_err(|e| format!("upstream: {}", e.without_url()))?;
+        let sent = tokio::time::timeout(self.cfg.progress_timeout, req.send()).await;
+        let status = sent.as_ref().ok().and_then(|r| r.as_ref().ok()).map(|r| r.status().as_u16());
+        self.gate.report(host, Health::of_status(status));
+        let resp = sent.map_err(|_| stalled())?.map_err(|e| format!("upstream: {}", e.without_url()))?;
         let status = resp.status().as_u16();
         if status == 412 {
             self.meta.retain(|_, m| m.id != meta.id);
@@ -812,6 +827,11 @@ impl BlobsState {
             _ => fetched,
         }
     }
+}
+
+/// The upstream breaker's name for a store: host and port (two stores on one host are two).
+fn breaker_key(url: &url::Url) -> String {
+    format!("{}:{}", url.host_str().unwrap_or_default(), url.port_or_known_default().unwrap_or(0))
 }
 
 /// No client has read file `id` within `blobs.prefetch_idle`.

@@ -8,7 +8,7 @@
 //! local store that verified them on ingest (containerd; the client verifies them again).
 
 use crate::actors::fetch::{Corrupt, Locate, Outcome, ServedPeer, Suspect};
-use crate::actors::upstream::Fetch;
+use crate::actors::upstream::Gate;
 use crate::config::RegistryConfig;
 use crate::fetch::{
     counted, follow, verified_whole, FlightError, Flights, Landed, Opener, PeerOpener, Resume, Seat, UpstreamOpener,
@@ -52,7 +52,7 @@ pub const DIGEST_HEADER: &str = "Docker-Content-Digest";
 
 pub struct RegistryState {
     pub store: Arc<dyn ContentStore>,
-    pub upstream: Recipient<Fetch>,
+    pub upstream: Gate,
     pub cfg: RegistryConfig,
     /// `None` on a single-node mirror.
     pub peers: Option<PeerPath>,

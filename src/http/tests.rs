@@ -1,13 +1,12 @@
 //! Front-end behaviour with in-memory store and upstream behind the real actor and middleware.
 
 use super::registry::{self, parse_path, RegistryState, Route};
-use crate::actors::upstream::{Breaker, UpstreamActor};
+use crate::actors::upstream::{Breaker, Gate};
 use crate::config::Config;
 use crate::oci::{media, Algorithm, Digest};
 use crate::store::memory::MemoryStore;
 use crate::upstream::memory::MemoryUpstream;
 use crate::upstream::{Kind, UpstreamError};
-use actix::Actor;
 use actix_web::http::{header, Method, StatusCode};
 use actix_web::middleware::from_fn;
 use actix_web::{test, web, App};
@@ -29,10 +28,10 @@ fn fixture() -> Fixture {
     let mut cfg = Config::load(None, Vec::new(), vec![]).unwrap().registry;
     cfg.hosts = vec![REG.into(), "docker.io".into()];
     cfg.max_manifest_bytes = 1024;
-    let actor = UpstreamActor::new(up.clone(), &cfg.hosts, Breaker::new(100, Duration::from_secs(1))).start();
+    let gate = Gate::start(up.clone(), &cfg.hosts, Breaker::new(100, Duration::from_secs(1)));
     let state = web::Data::new(RegistryState {
         store: store.clone(),
-        upstream: actor.recipient(),
+        upstream: gate,
         cfg,
         peers: None,
         swarm: None,

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::actors::fetch::FetchActor;
-use crate::actors::upstream::{Breaker, UpstreamActor};
+use crate::actors::upstream::{Breaker, Gate};
 use crate::config::{Config, SwarmConfig};
 use crate::oci::{parse_ns, Algorithm};
 use crate::routing::memory::{MemoryNetwork, MemoryRouter};
@@ -90,13 +90,13 @@ async fn node(net: &Arc<MemoryNetwork>, name: &str, blob: &Bytes, digest: &Diges
         // The stalled node's own reads are not counted: it never gets any bytes.
         up.body_bytes.store(0, Ordering::SeqCst);
     }
-    let actor = UpstreamActor::new(upstream, &[], Breaker::new(100, Duration::from_secs(1))).start();
+    let gate = Gate::start(upstream, &[], Breaker::new(100, Duration::from_secs(1)));
     let fetch = FetchActor::new(router.clone(), Duration::from_millis(50), 3, None).start();
     let client =
         Arc::new(PeerClient::new(Duration::from_millis(500), Duration::from_secs(5), None, name.into()).unwrap());
     let dir = tempfile::tempdir().unwrap();
     let peers = SwarmPeers { router, client, me: name.into(), active: fetch.recipient() };
-    let sw = Swarm::new(cfg(), dir.path().join("spool"), actor.recipient(), Some(peers)).unwrap();
+    let sw = Swarm::new(cfg(), dir.path().join("spool"), gate, Some(peers)).unwrap();
     let data = web::Data::new(sw.clone());
     let server = serve(listener, move |c| {
         c.app_data(data.clone());

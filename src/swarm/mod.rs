@@ -25,7 +25,7 @@ pub mod engine;
 mod serve;
 pub mod spool;
 
-use crate::actors::upstream::Fetch;
+use crate::actors::upstream::Gate;
 use crate::config::SwarmConfig;
 use crate::oci::Digest;
 use crate::peer::client::PeerClient;
@@ -342,7 +342,7 @@ pub struct Swarm {
     no_room_warned: AtomicU64,
     router: Option<Arc<dyn Router>>,
     client: Option<Arc<PeerClient>>,
-    upstream: Recipient<Fetch>,
+    upstream: Gate,
     /// This node's peer id (rendezvous hashing), "local" without p2p.
     me: String,
     /// Told when content moves between peers (the `P2PActive` event).
@@ -365,7 +365,7 @@ impl Swarm {
     pub fn new(
         cfg: SwarmConfig,
         dir: PathBuf,
-        upstream: Recipient<Fetch>,
+        upstream: Gate,
         peers: Option<SwarmPeers>,
     ) -> Result<Arc<Swarm>, String> {
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;

@@ -143,6 +143,19 @@ pub enum Health {
     Unknown,
 }
 
+impl Health {
+    /// What an HTTP answer with `status` says about its host (`None`: no answer at all — the
+    /// connection failed or timed out). The same rules as [`UpstreamError::health`].
+    pub fn of_status(status: Option<u16>) -> Health {
+        match status {
+            None | Some(502..=504) => Health::Unhealthy,
+            Some(429) => Health::Unknown,
+            Some(200..=499) => Health::Healthy,
+            Some(_) => Health::Unknown,
+        }
+    }
+}
+
 #[async_trait]
 pub trait Upstream: Send + Sync + 'static {
     async fn fetch(&self, req: UpstreamRequest) -> Result<UpstreamResponse, UpstreamError>;
