@@ -8,8 +8,9 @@ use crate::actors::upstream::{Breaker, Gate};
 use crate::config::{Config, LogFormat};
 use crate::events::{Event, LogSink, Reason};
 use crate::http::peer::PeerGuard;
-use crate::http::registry::{self, PeerPath, RegistryState};
+use crate::http::registry;
 use crate::http::{self as front, MetricsSources, Readiness};
+use crate::mirror::{PeerPath, RegistryState};
 use crate::peer::auth::ClusterKey;
 use crate::peer::client::PeerClient;
 use crate::routing::p2p::{P2pRouter, RouterConfig};
@@ -27,7 +28,7 @@ use std::time::Duration;
 /// Every component's metric descriptions, passed to [`crate::metrics::install`].
 pub const METRICS: &[fn()] = &[
     crate::http::describe,
-    crate::http::registry::describe,
+    crate::mirror::describe,
     crate::store::describe,
     crate::peer::describe,
     crate::routing::describe,

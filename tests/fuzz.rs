@@ -8,7 +8,7 @@
 
 use peerd::blobs::parse_blob_url;
 use peerd::config::AllowRule;
-use peerd::http::registry::{parse_path, Route};
+use peerd::mirror::{parse_path, Route};
 use peerd::oci::{parse_ns, validate_repository, validate_tag, Algorithm, Digest};
 use peerd::peer::auth::ClusterKey;
 use peerd::range::{self, RangeSpec};

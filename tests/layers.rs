@@ -19,7 +19,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("core", &["oci", "range", "stream", "config", "metrics", "events"]),
     ("adapters", &["store", "upstream", "routing", "peer", "kube", "hosts"]),
     ("transfer", &["transfer", "actors", "fetch"]),
-    ("service", &["service", "swarm", "blobs", "preheat"]),
+    ("service", &["error", "mirror", "swarm", "blobs", "preheat"]),
     ("http", &["http"]),
     ("app", &["node", "doctor", "sim"]),
 ];
@@ -256,5 +256,5 @@ fn the_reader_finds_imports_and_skips_comments() {
     let found: Vec<String> = lines.iter().flat_map(|(_, l)| targets(l, &m)).collect();
     assert_eq!(found, vec!["oci"]);
     let (refs, _) = references();
-    assert!(refs.iter().any(|r| r.from == "http" && r.to == "service"), "http uses the services");
+    assert!(refs.iter().any(|r| r.from == "http" && r.to == "mirror"), "http uses the services");
 }

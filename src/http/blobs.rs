@@ -4,9 +4,9 @@
 
 use super::peer::{chunk_answer, json_answer, wait_param};
 use crate::blobs::BlobsState;
+use crate::error::ApiError;
 use crate::peer::LONG_POLL;
 use crate::range;
-use crate::service::error::ApiError;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use std::sync::Arc;

@@ -2,8 +2,8 @@
 //! `{"errors":[{"code","message","detail"}]}` with the spec's codes, and statuses chosen so that
 //! containerd falls back to its next host (404/5xx) whenever peerd cannot serve.
 
+use crate::error::ApiError;
 use crate::peer::PROGRESS_HEADER;
-use crate::service::error::ApiError;
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;

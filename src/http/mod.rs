@@ -75,7 +75,7 @@ pub fn health(cfg: &mut web::ServiceConfig) {
 
 /// Anything that is not a route: an OCI-style 404.
 pub async fn not_found(req: actix_web::HttpRequest) -> HttpResponse {
-    actix_web::ResponseError::error_response(&crate::service::error::ApiError::Unsupported {
+    actix_web::ResponseError::error_response(&crate::error::ApiError::Unsupported {
         status: StatusCode::NOT_FOUND,
         message: format!("no route for {}", req.path()),
     })
@@ -177,11 +177,10 @@ pub async fn observe(
                 Ok(permit) => Some(permit),
                 Err(_) => {
                     metrics::counter!(TRANSFERS_REFUSED).increment(1);
-                    let resp =
-                        actix_web::ResponseError::error_response(&crate::service::error::ApiError::Unavailable {
-                            status: StatusCode::SERVICE_UNAVAILABLE,
-                            message: format!("{} transfers in flight on this node (http.max_transfers)", budget.max),
-                        });
+                    let resp = actix_web::ResponseError::error_response(&crate::error::ApiError::Unavailable {
+                        status: StatusCode::SERVICE_UNAVAILABLE,
+                        message: format!("{} transfers in flight on this node (http.max_transfers)", budget.max),
+                    });
                     return Ok(req.into_response(resp));
                 }
             }

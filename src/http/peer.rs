@@ -10,10 +10,10 @@
 //!
 //! [`MAX_SKEW_SECS`]: crate::peer::auth::MAX_SKEW_SECS
 
+use crate::error::ApiError;
 use crate::peer::auth::{unix_now, AuthError, ClusterKey, ReplayGuard};
 use crate::peer::PEER_AUTH_FAILURES;
 use crate::peer::{NODE_HEADER, NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
-use crate::service::error::ApiError;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{header, StatusCode};

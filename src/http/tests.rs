@@ -1,8 +1,9 @@
 //! Front-end behaviour with in-memory store and upstream behind the real actor and middleware.
 
-use super::registry::{self, parse_path, RegistryState, Route};
+use super::registry;
 use crate::actors::upstream::{Breaker, Gate};
 use crate::config::Config;
+use crate::mirror::{parse_path, RegistryState, Route};
 use crate::oci::{media, Algorithm, Digest};
 use crate::store::memory::MemoryStore;
 use crate::upstream::memory::MemoryUpstream;

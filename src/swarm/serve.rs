@@ -3,9 +3,9 @@
 //! [`crate::http::swarm`] turn these into answers.
 
 use super::{throttle, Download, End, StatusDoc, Swarm, SWARM_UPLOAD_BYTES};
+use crate::error::ApiError;
 use crate::oci::Digest;
 use crate::peer::LONG_POLL;
-use crate::service::error::ApiError;
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
