@@ -32,6 +32,7 @@ pub mod fetch;
 pub mod hosts;
 pub mod http;
 pub mod kube;
+pub mod lifecycle;
 pub mod metrics;
 pub mod mirror;
 pub mod node;

@@ -70,15 +70,8 @@ fn kube(cmd: &KubeCommand) -> ExitCode {
     };
     match cmd {
         KubeCommand::Sleep => rt.block_on(async {
-            use tokio::signal::unix::{signal, SignalKind};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = term.recv() => {}
-                        _ = tokio::signal::ctrl_c() => {}
-                    }
-                    ExitCode::SUCCESS
-                }
+            match peerd::lifecycle::termination().await {
+                Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("peerd: {e}");
                     ExitCode::FAILURE

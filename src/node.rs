@@ -10,6 +10,7 @@ use crate::events::{Event, LogSink, Reason};
 use crate::http::peer::PeerGuard;
 use crate::http::registry;
 use crate::http::{self as front, MetricsSources, Readiness};
+use crate::lifecycle::Lifecycle;
 use crate::mirror::{PeerPath, RegistryState};
 use crate::peer::auth::ClusterKey;
 use crate::peer::client::PeerClient;
@@ -198,12 +199,15 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
         upstream: upstream_gate.clone(),
         cfg: cfg.registry.clone(),
         peers,
-        swarm,
+        swarm: swarm.clone(),
         flights: Default::default(),
         peer_checked: Default::default(),
     });
     let ready = web::Data::new(Readiness::new(router.clone()));
-    let sources = web::Data::new(MetricsSources { peerd: prometheus.clone(), libp2p: libp2p_registry, router });
+    let sources =
+        web::Data::new(MetricsSources { peerd: prometheus.clone(), libp2p: libp2p_registry, router: router.clone() });
+    // Background work of this node, ended together at shutdown.
+    let life = Lifecycle::new();
 
     // The node-local front end (containerd, overlaybd): /v2, /blobs, /debug/*, health.
     let budget = web::Data::new(front::TransferBudget::new(cfg.http.max_transfers));
@@ -226,6 +230,7 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
     })
     .on_connect(front::write_timeout(cfg.http.write_timeout))
     .shutdown_timeout(cfg.http.shutdown_timeout.as_secs())
+    .disable_signals()
     .max_connections(cfg.http.max_connections);
     if cfg.http.workers > 0 {
         front_end = front_end.workers(cfg.http.workers);
@@ -267,6 +272,7 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
             })
             .on_connect(front::write_timeout(cfg.http.write_timeout))
             .shutdown_timeout(cfg.http.shutdown_timeout.as_secs())
+            .disable_signals()
             .max_connections(cfg.http.max_connections);
             if cfg.http.workers > 0 {
                 server = server.workers(cfg.http.workers);
@@ -296,11 +302,12 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
             .default_service(web::to(front::not_found))
     })
     .workers(1)
+    .disable_signals()
     .listen(listener(cfg.metrics.addr)?)
     .map_err(|source| NodeError::Bind { addr: cfg.metrics.addr, source })?
     .run();
 
-    actix_rt::spawn(async move {
+    life.spawn(async move {
         let mut tick = actix_rt::time::interval(METRICS_UPKEEP);
         loop {
             tick.tick().await;
@@ -311,7 +318,7 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
     ready.set(true);
     // "ready" only when /readyz says so: with peers configured that needs a connection.
     let watch = ready.clone();
-    actix_rt::spawn(async move {
+    life.spawn(async move {
         let started = std::time::Instant::now();
         let mut warned = false;
         loop {
@@ -327,17 +334,60 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
         }
     });
     tracing::info!("peerd serving");
+    let (front_handle, metrics_handle) = (front_end.handle(), metrics.handle());
+    let peer_handle = peer_server.as_ref().map(|s| s.handle());
     let peer_server = async move {
         match peer_server {
             Some(s) => s.await,
             None => Ok(()),
         }
     };
-    let (a, b, c) = futures_util::future::join3(front_end, metrics, peer_server).await;
+    let servers = futures_util::future::join3(front_end, metrics, peer_server);
+    // The shutdown runs beside the servers (they must keep being polled to carry out a stop).
+    let (grace, ready_now, swarm_now, blobs_now, router_now) =
+        (cfg.http.shutdown_timeout, ready.clone(), swarm.clone(), blobs.clone(), router.clone());
+    let drain = actix_rt::spawn(async move {
+        let signal = crate::lifecycle::termination().await;
+        // 1. Not ready: /readyz answers 503 from now on.
+        ready_now.set(false);
+        tracing::info!(
+            signal = signal.unwrap_or("signal handler failed"),
+            ?grace,
+            "shutting down: not ready, no new connections; transfers in flight get the grace period"
+        );
+        // 2 and 3. Stop accepting; in-flight requests finish within the grace, then are cut.
+        let peer_stop = async {
+            if let Some(h) = &peer_handle {
+                h.stop(true).await;
+            }
+        };
+        futures_util::future::join(front_handle.stop(true), peer_stop).await;
+        // 4. Background work: downloads, prefetch, the libp2p owner task, upkeep loops.
+        if let Some(sw) = &swarm_now {
+            sw.shut_down();
+        }
+        if let Some(b) = &blobs_now {
+            b.shut_down();
+        }
+        if let Some(r) = &router_now {
+            r.shut_down().await;
+        }
+        if !life.shut_down(BACKGROUND_GRACE).await {
+            tracing::warn!("background work did not end within {BACKGROUND_GRACE:?}; leaving it");
+        }
+        // 5. The metrics listener last, so the shutdown stays observable.
+        metrics_handle.stop(true).await;
+    });
+    let (a, b, c) = servers.await;
+    // Servers that ended on their own (an error) end the node too.
+    drain.abort();
     ready.set(false);
     tracing::info!("peerd stopped");
     a.and(b).and(c).map_err(NodeError::Serve)
 }
+
+/// How long background work gets to end after the servers stopped.
+const BACKGROUND_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 struct P2p {
     path: PeerPath,

@@ -177,3 +177,26 @@ async fn not_ready_before_any_bootstrap_peer_answers() {
     let (alone, _) = P2pRouter::start(config(vec![], Some([5u8; 32]), Duration::from_secs(600))).unwrap();
     assert!(alone.ready().await, "no bootstrap peers: knowingly alone");
 }
+
+/// The libp2p owner task ends when every handle to it is dropped, or at `shut_down`: its
+/// bootstrap loop used to hold a sender, so the task (its connections, its port) lived on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_task_ends_with_its_handles_or_at_shutdown() {
+    let port_free = |addr: &str| std::net::TcpListener::bind(addr).is_ok();
+    for explicit in [false, true] {
+        // A bootstrap peer that never answers keeps the bootstrap loop running.
+        let (r, _) =
+            P2pRouter::start(config(vec!["127.0.0.1:9".into()], Some([3u8; 32]), Duration::from_secs(60))).unwrap();
+        let addr = listen_addr(&r).await;
+        assert!(!port_free(&addr), "the router listens on {addr}");
+        if explicit {
+            let other = r.clone();
+            r.shut_down().await;
+            wait_until("the owner task to stop", Duration::from_secs(10), async || port_free(&addr)).await;
+            assert!(other.status().await.is_err(), "a stopped router answers Stopped");
+        } else {
+            drop(r);
+            wait_until("the owner task to end", Duration::from_secs(10), async || port_free(&addr)).await;
+        }
+    }
+}

@@ -146,6 +146,8 @@ const INTEREST_TTL: Duration = Duration::from_secs(1);
 const TAKEOVER: Duration = Duration::from_secs(10);
 
 pub struct BlobsState {
+    /// Cancelled at node shutdown: prefetches stop.
+    stop: tokio_util::sync::CancellationToken,
     /// Upstream admission (the circuit breaker /v2 uses too), per store host.
     gate: Gate,
     cfg: BlobsConfig,
@@ -258,6 +260,7 @@ impl BlobsState {
             }
         }
         Ok(BlobsState {
+            stop: tokio_util::sync::CancellationToken::new(),
             gate,
             cfg,
             allow,
@@ -763,9 +766,19 @@ impl BlobsState {
         };
         let this = self.clone();
         actix_rt::spawn(async move {
-            let fetched = this.prefetch_run(&url, &meta, from, done).await;
-            this.prefetched.insert(meta.id.clone(), fetched);
+            let stop = this.stop.clone();
+            tokio::select! {
+                fetched = this.prefetch_run(&url, &meta, from, done) => {
+                    this.prefetched.insert(meta.id.clone(), fetched);
+                }
+                _ = stop.cancelled() => {}
+            }
         });
+    }
+
+    /// Stop prefetching (node shutdown); reads in flight finish on their own.
+    pub fn shut_down(&self) {
+        self.stop.cancel();
     }
 
     /// The prefetch of one file; returns the bytes it fetched (counted against the cap).

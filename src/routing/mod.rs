@@ -52,6 +52,8 @@ pub struct Status {
 pub trait Router: Send + Sync + 'static {
     /// Whether the node can route (connected to the DHT, or knowingly alone).
     async fn ready(&self) -> bool;
+    /// Stop routing (node shutdown): connections close, later calls fail with `Stopped`.
+    async fn shut_down(&self) {}
     async fn status(&self) -> Result<Status, RoutingError>;
     /// Announce that this node holds `keys`.
     async fn provide(&self, keys: Vec<String>) -> Result<(), RoutingError>;

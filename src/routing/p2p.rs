@@ -80,6 +80,8 @@ enum Command {
     Status(oneshot::Sender<Status>),
     /// Bootstrap addresses resolved now, and how many static peers did not resolve.
     Dial(Vec<SocketAddr>, usize),
+    /// End the owner task (the node is shutting down): its connections close, its port frees.
+    Stop,
 }
 
 /// Handle to the swarm task. Cheap to clone.
@@ -98,6 +100,9 @@ impl P2pRouter {
         let swarm = build_swarm(&cfg)?;
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let router = P2pRouter { tx: tx.clone() };
+        // The bootstrap loop must not keep the owner task alive: it holds a weak sender, so the
+        // task ends once every handle is dropped (or on `shut_down`), and the loop with it.
+        let tx = tx.downgrade();
         let dns = cfg.bootstrap_dns.clone();
         let statics = cfg.bootstrap_peers.clone();
         let interval = cfg.bootstrap_interval;
@@ -122,6 +127,7 @@ impl P2pRouter {
                         }
                     }
                 }
+                let Some(tx) = tx.upgrade() else { return };
                 if tx.send(Command::Dial(addrs, unresolved)).await.is_err() {
                     return;
                 }
@@ -139,6 +145,11 @@ impl P2pRouter {
 
 #[async_trait]
 impl Router for P2pRouter {
+    /// Ends the owner task now; later calls answer [`RoutingError::Stopped`].
+    async fn shut_down(&self) {
+        let _ = self.tx.send(Command::Stop).await;
+    }
+
     async fn ready(&self) -> bool {
         self.status().await.map(|s| s.ready).unwrap_or(false)
     }
@@ -349,8 +360,11 @@ impl SwarmTask {
         loop {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
+                    Some(Command::Stop) | None => {
+                        tracing::info!("p2p stopped");
+                        return;
+                    }
                     Some(cmd) => self.command(cmd),
-                    None => return,
                 },
                 event = self.swarm.select_next_some() => self.event(event),
                 _ = sweep.tick() => self.sweep(),
@@ -411,6 +425,8 @@ impl SwarmTask {
                     listen_addrs: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
                 });
             }
+            // Handled by the loop in `run` (it ends the task).
+            Command::Stop => {}
             Command::Dial(targets, unresolved) => {
                 self.unresolved_statics = unresolved;
                 let own: HashSet<SocketAddr> = self.listen_addrs.iter().filter_map(tcp_addr).collect();

@@ -351,6 +351,8 @@ pub struct Swarm {
     upload_slots: Arc<Semaphore>,
     upload_limit: Option<Limiter>,
     download_limit: Option<Limiter>,
+    /// Cancelled at node shutdown: every running download ends (its readers get an error).
+    stop: tokio_util::sync::CancellationToken,
 }
 
 /// What the swarm needs from the p2p side.
@@ -384,6 +386,7 @@ impl Swarm {
         Ok(Arc::new(Swarm {
             upload_limit: limiter(cfg.upload_rate, cfg.chunk_size),
             download_limit: limiter(cfg.download_rate, cfg.chunk_size),
+            stop: tokio_util::sync::CancellationToken::new(),
             fetch_slots: Arc::new(Semaphore::new(cfg.max_fetches)),
             upload_slots: Arc::new(Semaphore::new(cfg.upload_slots)),
             cfg,
@@ -453,10 +456,24 @@ impl Swarm {
         tracing::info!(%digest, size, chunks = dl.chunks, "swarm download started");
         let (this, d) = (self.clone(), dl.clone());
         actix_rt::spawn(async move {
-            let end = engine::Engine::new(this.clone(), d.clone(), request).run().await;
+            // A panicking engine, or the node shutting down, still ends the download: readers
+            // waiting for its chunks get an error instead of waiting forever.
+            let run = std::panic::AssertUnwindSafe(engine::Engine::new(this.clone(), d.clone(), request).run());
+            let end = tokio::select! {
+                end = futures_util::FutureExt::catch_unwind(run) => end.unwrap_or_else(|_| {
+                    tracing::error!(digest = %d.digest, "swarm download engine panicked");
+                    End::Failed("the download's engine failed".into())
+                }),
+                _ = this.stop.cancelled() => End::Failed("the node is shutting down".into()),
+            };
             this.retire(d, end).await;
         });
         Some(dl)
+    }
+
+    /// End every running download (node shutdown).
+    pub fn shut_down(&self) {
+        self.stop.cancel();
     }
 
     /// After the end: a verified download keeps serving peers for `linger`, then goes.
@@ -590,5 +607,83 @@ mod tests {
         let r = tokio::spawn(crate::stream::collect(failing.clone().body(0, 9, true), 100));
         failing.finish(End::Failed("digest mismatch".into()));
         assert!(r.await.unwrap().unwrap_err().to_string().contains("digest mismatch"));
+    }
+
+    /// An upstream that panics on every ranged read (a bug in a source, say).
+    struct Panics;
+
+    #[async_trait::async_trait]
+    impl crate::upstream::Upstream for Panics {
+        async fn fetch(
+            &self,
+            _req: UpstreamRequest,
+        ) -> Result<crate::upstream::UpstreamResponse, crate::upstream::UpstreamError> {
+            panic!("a source that panics");
+        }
+    }
+
+    /// An upstream that never answers.
+    struct Stalls;
+
+    #[async_trait::async_trait]
+    impl crate::upstream::Upstream for Stalls {
+        async fn fetch(
+            &self,
+            _req: UpstreamRequest,
+        ) -> Result<crate::upstream::UpstreamResponse, crate::upstream::UpstreamError> {
+            std::future::pending().await
+        }
+    }
+
+    fn lone_swarm(dir: &std::path::Path, upstream: Arc<dyn crate::upstream::Upstream>) -> Arc<Swarm> {
+        let mut cfg = crate::config::Config::load(None, Vec::<(String, String)>::new(), Vec::new()).unwrap().swarm;
+        cfg.chunk_size = 4;
+        let breaker = crate::actors::upstream::Breaker::new(100, std::time::Duration::from_secs(1));
+        let gate = crate::actors::upstream::Gate::start(upstream, &[], breaker);
+        Swarm::new(cfg, dir.join("spool"), gate, None).unwrap()
+    }
+
+    fn request() -> UpstreamRequest {
+        UpstreamRequest {
+            registry: crate::oci::parse_ns(Some("example.com"), "docker.io").unwrap(),
+            repository: "app".into(),
+            kind: crate::upstream::Kind::Blob,
+            reference: "x".into(),
+            head: false,
+            accept: None,
+            authorization: None,
+            range: None,
+        }
+    }
+
+    /// A panicking download used to leave its readers waiting forever.
+    #[actix::test]
+    async fn a_panicking_download_ends_its_readers_with_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let sw = lone_swarm(dir.path(), Arc::new(Panics));
+        let digest = Digest::compute(Algorithm::Sha256, b"0123456789");
+        let dl = sw.join(&digest, 10, request()).expect("a download starts");
+        let read = crate::stream::collect(dl.clone().body(0, 9, true), 100);
+        let got =
+            tokio::time::timeout(std::time::Duration::from_secs(10), read).await.expect("readers are not left waiting");
+        assert!(got.is_err(), "the reader gets an error, not bytes");
+        assert!(matches!(dl.end(), End::Failed(_)));
+    }
+
+    #[actix::test]
+    async fn shutdown_ends_running_downloads() {
+        let dir = tempfile::tempdir().unwrap();
+        // A download that cannot finish (its upstream never answers), stopped while a reader waits.
+        let sw = lone_swarm(dir.path(), Arc::new(Stalls));
+        let digest = Digest::compute(Algorithm::Sha256, b"abcdefghij");
+        let dl = sw.join(&digest, 10, request()).expect("a download starts");
+        let read = tokio::spawn(crate::stream::collect(dl.clone().body(0, 9, true), 100));
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!read.is_finished(), "the reader waits for a stalled download");
+        sw.shut_down();
+        let read = async { read.await.unwrap() };
+        let got =
+            tokio::time::timeout(std::time::Duration::from_secs(10), read).await.expect("readers are not left waiting");
+        assert!(got.is_err());
     }
 }

@@ -350,6 +350,11 @@ impl Peerd {
         proc_status_kib(self.pid(), "VmHWM")
     }
 
+    /// The exit status, once the process has exited.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// SIGKILL: a node dying, not shutting down.
     pub fn stop_hard(&mut self) {
         let _ = self.child.kill();
