@@ -200,3 +200,16 @@ async fn the_owner_task_ends_with_its_handles_or_at_shutdown() {
         }
     }
 }
+
+/// The router conformance checks (`peerd::routing::conformance`, which the in-memory router
+/// passes in unit tests) against two libp2p nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libp2p_router_conforms() {
+    let ttl = Duration::from_secs(3);
+    let (a, _) = P2pRouter::start(config(vec![], Some([5u8; 32]), ttl)).unwrap();
+    let seed = listen_addr(&a).await;
+    let (b, _) = P2pRouter::start(config(vec![seed], Some([5u8; 32]), ttl)).unwrap();
+    let (a_id, b_id) = (a.status().await.unwrap().peer_id, b.status().await.unwrap().peer_id);
+    // Withdrawn records expire at the provider TTL on the nodes that store them.
+    peerd::routing::conformance::check(&a, &a_id, &b, &b_id, Duration::from_secs(30), "libp2p").await;
+}

@@ -223,3 +223,34 @@ fn a_2gib_layer_streams_with_bounded_memory() {
         drop(other);
     }
 }
+
+/// The upstream conformance checks (`peerd::upstream::conformance`, which the in-memory upstream
+/// passes in unit tests) against docker-registry through the HTTP client.
+#[test]
+fn http_upstream_conforms_against_a_real_registry() {
+    use peerd::oci::{parse_ns, Digest};
+    use peerd::upstream::conformance::{check, Fixture};
+    use peerd::upstream::http::HttpUpstream;
+    if !require("http_upstream_conformance", &["docker-registry", "skopeo", "umoci", "busybox"], false) {
+        return;
+    }
+    let (_work, reg, info) = registry_with_images("pd-upconf");
+    let mut cfg = peerd::config::Config::load(None, Vec::<(String, String)>::new(), Default::default()).unwrap();
+    cfg.upstream.plain_http_hosts = vec![reg.addr.clone()];
+    let registry = parse_ns(Some(&reg.addr), "docker.io").unwrap();
+    let manifest: Digest = info["single"]["manifest"]["digest"].as_str().unwrap().parse().unwrap();
+    let (layer, size) = image_layers(&info, "single").remove(0);
+    let blob: Digest = layer.parse().unwrap();
+    let f = Fixture {
+        registry: &registry,
+        repo: "test/single",
+        tag: "v1",
+        manifest: &manifest,
+        blob: &blob,
+        blob_len: size,
+    };
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let up = HttpUpstream::new(&cfg.upstream, std::slice::from_ref(&reg.addr)).unwrap();
+        check(&up, &f).await;
+    });
+}

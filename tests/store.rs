@@ -364,3 +364,36 @@ fn a_content_dir_without_read_permission_falls_back_to_grpc() {
     assert_eq!(p.metric("peerd_store_reads_total", &["path=\"file\""]), 0.0);
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
+
+/// The content-store conformance checks (`peerd::store::conformance`, which the in-memory store
+/// passes in unit tests) against a real containerd: once through its content files, once
+/// through gRPC only.
+#[test]
+fn containerd_store_conforms_through_files_and_through_grpc() {
+    use peerd::oci::Digest;
+    use peerd::store::conformance::{check, Fixture};
+    use peerd::store::containerd::{ContainerdStore, ReadPath};
+    if !require("store_conformance", TOOLS, true) {
+        return;
+    }
+    let (work, reg, info) = registry_with_images("pd-conf");
+    let c = Containerd::start(&work.path().join("ctrd"));
+    let image = format!("{}/test/single:v1", reg.addr);
+    pull(&c, "k8s.io", &image);
+    let config = info["single"]["config"]["digest"].as_str().unwrap();
+    let blob = std::fs::read(blob_file(&c, config)).unwrap();
+    assert_eq!(format!("sha256:{}", sha256_hex(&blob)), config, "the fixture blob is the image config");
+    let target: Digest = info["single"]["manifest"]["digest"].as_str().unwrap().parse().unwrap();
+    let fixture = Fixture { blob: &blob, image: &image, image_target: &target };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for (dir, want_files) in [(None, true), (Some(work.path().join("no-such-dir")), false)] {
+        rt.block_on(async {
+            let store = ContainerdStore::new(c.socket.clone(), vec!["k8s.io".into()], Duration::from_secs(5))
+                .unwrap()
+                .with_content_dir(dir);
+            let path = store.read_path().await.unwrap();
+            assert_eq!(matches!(path, ReadPath::File(_)), want_files, "read path {path:?}");
+            check(&store, &fixture).await;
+        });
+    }
+}

@@ -88,4 +88,12 @@ mod tests {
         nodes[0].withdraw(vec!["k".into()]).await.unwrap();
         assert!(collect_peers(nodes[1].resolve("k".into(), 5).await.unwrap(), t).await.is_empty());
     }
+
+    #[tokio::test]
+    async fn memory_router_conforms() {
+        let net = Arc::new(MemoryNetwork::default());
+        let peer = |id: &str, port| Peer { id: id.into(), addr: ([127, 0, 0, 1], port).into() };
+        let (a, b) = (MemoryRouter::new(net.clone(), peer("a", 5000)), MemoryRouter::new(net, peer("b", 5001)));
+        crate::routing::conformance::check(&a, "a", &b, "b", Duration::from_secs(1), "memory").await;
+    }
 }

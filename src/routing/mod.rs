@@ -6,6 +6,7 @@
 //! keys by [`keys::dht_key`] exactly as Azure/peerd does (CIDv1, raw codec, sha2-256 of the
 //! string), so the two key spaces mean the same thing.
 
+pub mod conformance;
 pub mod keys;
 pub mod memory;
 pub mod p2p;

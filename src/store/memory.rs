@@ -90,6 +90,8 @@ mod tests {
         let s = MemoryStore::default();
         let d = s.put("hello world");
         s.tag("example.com/app:v1", "application/octet-stream", &d);
-        super::super::conformance(&s).await;
+        let f =
+            crate::store::conformance::Fixture { blob: b"hello world", image: "example.com/app:v1", image_target: &d };
+        crate::store::conformance::check(&s, &f).await;
     }
 }

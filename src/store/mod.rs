@@ -1,7 +1,8 @@
 //! The node's local content: what containerd already holds. [`ContentStore`] is the boundary;
 //! [`memory::MemoryStore`] backs unit tests and [`containerd::ContainerdStore`] is the real one.
-//! Both pass the same conformance checks (`conformance` below).
+//! Every implementation passes the same checks ([`conformance`]).
 
+pub mod conformance;
 pub mod containerd;
 pub mod file;
 pub mod memory;
@@ -104,29 +105,4 @@ pub async fn read_bounded(store: &dyn ContentStore, digest: &Digest, limit: u64)
     }
     let stream = store.read(digest, 0, None).await?;
     collect(stream, limit).await.map(Some).map_err(|e| StoreError::Other(e.to_string()))
-}
-
-/// Conformance checks every [`ContentStore`] must pass; `store` must hold exactly the blob
-/// `b"hello world"` and the image `example.com/app:v1` pointing at it.
-#[cfg(test)]
-pub async fn conformance(store: &dyn ContentStore) {
-    use crate::oci::Algorithm;
-    let hello = Digest::compute(Algorithm::Sha256, b"hello world");
-    let missing = Digest::compute(Algorithm::Sha256, b"missing");
-    assert_eq!(store.size(&hello).await.unwrap(), Some(11));
-    assert_eq!(store.size(&missing).await.unwrap(), None);
-    let all = collect(store.read(&hello, 0, None).await.unwrap(), 100).await.unwrap();
-    assert_eq!(&all[..], b"hello world");
-    let part = collect(store.read(&hello, 6, Some(3)).await.unwrap(), 100).await.unwrap();
-    assert_eq!(&part[..], b"wor");
-    let tail = collect(store.read(&hello, 6, None).await.unwrap(), 100).await.unwrap();
-    assert_eq!(&tail[..], b"world");
-    let sized = collect(store.read_sized(&hello, 11, 4, Some(5)).await.unwrap(), 100).await.unwrap();
-    assert_eq!(&sized[..], b"o wor");
-    assert!(store.read(&missing, 0, None).await.is_err());
-    let d = store.resolve("example.com/app:v1").await.unwrap().unwrap();
-    assert_eq!(d.digest, hello);
-    assert_eq!(store.resolve("example.com/app:v2").await.unwrap(), None);
-    assert_eq!(read_bounded(store, &hello, 100).await.unwrap().unwrap(), "hello world");
-    assert!(read_bounded(store, &hello, 5).await.is_err());
 }

@@ -66,3 +66,35 @@ impl Upstream for MemoryUpstream {
         Ok(UpstreamResponse { status, content_type: Some(ct), content_length: Some(len), digest: None, body: stream })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::{media, Algorithm, Digest};
+
+    #[tokio::test]
+    async fn memory_upstream_conforms() {
+        let up = MemoryUpstream::default();
+        let blob = bytes::Bytes::from_static(b"some layer bytes");
+        let blob_digest = Digest::compute(Algorithm::Sha256, &blob);
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"x","digest":"{blob_digest}","size":16}},"layers":[]}}"#,
+            media::OCI_MANIFEST
+        );
+        let manifest_digest = Digest::compute(Algorithm::Sha256, manifest.as_bytes());
+        let reg = crate::oci::parse_ns(Some("example.com"), "docker.io").unwrap();
+        for reference in ["v1".to_owned(), manifest_digest.to_string()] {
+            up.put("example.com", "app", Kind::Manifest, &reference, media::OCI_MANIFEST, manifest.clone());
+        }
+        up.put("example.com", "app", Kind::Blob, &blob_digest.to_string(), media::OCTET_STREAM, blob);
+        let f = crate::upstream::conformance::Fixture {
+            registry: &reg,
+            repo: "app",
+            tag: "v1",
+            manifest: &manifest_digest,
+            blob: &blob_digest,
+            blob_len: 16,
+        };
+        crate::upstream::conformance::check(&up, &f).await;
+    }
+}

@@ -4,6 +4,7 @@
 //! [`crate::actors::upstream::UpstreamActor`], not here.
 
 pub mod auth;
+pub mod conformance;
 pub mod http;
 pub mod memory;
 pub mod policy;
