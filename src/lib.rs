@@ -18,6 +18,7 @@
 //! - [`fetch`]: multi-source blob fetching (hedged start, resume at the next byte).
 //! - [`hosts`]: containerd hosts.toml install/uninstall (`peerd hosts`), containerd config reading.
 //! - [`doctor`]: end-to-end node checks (`peerd doctor`).
+//! - [`preheat`]: images written into chosen nodes' containerd before a rollout (no coordinator).
 //! - [`node`]: wiring all of the above into a running node (used by `main`).
 
 #![forbid(unsafe_code)]
@@ -34,6 +35,7 @@ pub mod metrics;
 pub mod node;
 pub mod oci;
 pub mod peer;
+pub mod preheat;
 pub mod routing;
 pub mod store;
 pub mod stream;

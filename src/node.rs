@@ -163,6 +163,7 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
         None
     };
     let swarm_data = swarm.clone().map(web::Data::new);
+    let preheat = web::Data::new(preheater(&cfg, p2p.as_ref(), &events)?);
     let (peers, router, libp2p_registry, _p2p_arbiter) = match p2p {
         Some(p) => (Some(p.path), Some(p.router), Some(p.registry), Some(p.arbiter)),
         None => (None, None, None, None),
@@ -184,8 +185,14 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
     // The node-local front end (containerd, overlaybd): /v2, /blobs, /debug/*, health.
     let budget = web::Data::new(front::TransferBudget::new(cfg.http.max_transfers));
     let (s0, r1, s1, b1, t1) = (state.clone(), ready.clone(), sources.clone(), blobs.clone(), budget.clone());
+    let h1 = preheat.clone();
     let mut front_end = HttpServer::new(move || {
-        let mut app = App::new().app_data(s0.clone()).app_data(r1.clone()).app_data(s1.clone()).app_data(t1.clone());
+        let mut app = App::new()
+            .app_data(s0.clone())
+            .app_data(r1.clone())
+            .app_data(s1.clone())
+            .app_data(t1.clone())
+            .app_data(h1.clone());
         if let Some(b) = &b1 {
             app = app.app_data(b.clone());
         }
@@ -197,6 +204,7 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
                 }
             })
             .configure(front::debug_routes)
+            .configure(crate::http::preheat::configure)
             .configure(front::health)
             .default_service(web::to(front::not_found))
     })
@@ -220,8 +228,13 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
     let peer_server = match guard {
         Some(guard) => {
             let (state, blobs, swarm, budget) = (state.clone(), blobs.clone(), swarm_data.clone(), budget.clone());
+            let h2 = preheat.clone();
             let mut server = HttpServer::new(move || {
-                let mut app = App::new().app_data(state.clone()).app_data(guard.clone()).app_data(budget.clone());
+                let mut app = App::new()
+                    .app_data(state.clone())
+                    .app_data(guard.clone())
+                    .app_data(budget.clone())
+                    .app_data(h2.clone());
                 if let Some(b) = &blobs {
                     app = app.app_data(b.clone());
                 }
@@ -231,6 +244,7 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
                 app.wrap(from_fn(crate::http::peer::authenticate))
                     .wrap(from_fn(front::observe))
                     .configure(registry::configure_peer)
+                    .configure(crate::http::preheat::configure_peer)
                     .configure(|c| {
                         if blobs.is_some() {
                             crate::blobs::configure_peer(c)
@@ -284,6 +298,14 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
         }
     });
 
+    // Announced as a preheat target once the router is up.
+    let (announce, announce_ready) = (preheat.clone(), ready.clone());
+    actix_rt::spawn(async move {
+        while !announce_ready.get().await {
+            actix_rt::time::sleep(Duration::from_millis(200)).await;
+        }
+        announce.announce().await;
+    });
     ready.set(true);
     // "ready" only when /readyz says so: with peers configured that needs a connection.
     let watch = ready.clone();
@@ -314,6 +336,47 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
     upstream_arbiter.stop();
     tracing::info!("peerd stopped");
     a.and(b).and(c).map_err(NodeError::Serve)
+}
+
+/// The preheat service: requester always, target when `preheat.enabled` (with a containerd
+/// writer in the first served namespace, or `preheat.namespace`).
+fn preheater(
+    cfg: &Config,
+    p2p: Option<&P2p>,
+    events: &Addr<EventsActor>,
+) -> Result<Arc<crate::preheat::Preheater>, NodeError> {
+    use crate::preheat::{containerd_write::ContainerdWriter, PreheatParts, Preheater};
+    let namespace = if cfg.preheat.namespace.is_empty() {
+        cfg.containerd.namespaces.first().cloned().unwrap_or_default()
+    } else {
+        cfg.preheat.namespace.clone()
+    };
+    let writer = cfg
+        .preheat
+        .enabled
+        .then(|| ContainerdWriter::new(cfg.containerd.socket.clone(), namespace, cfg.containerd.timeout))
+        .transpose()
+        .map_err(|e| NodeError::Setup(e.to_string()))?;
+    // The node's own front end, as a client reaches it.
+    let front = match cfg.http.addr {
+        a if a.ip().is_unspecified() && a.is_ipv4() => format!("http://127.0.0.1:{}", a.port()),
+        a if a.ip().is_unspecified() => format!("http://[::1]:{}", a.port()),
+        a => format!("http://{a}"),
+    };
+    Preheater::new(PreheatParts {
+        cfg: cfg.preheat.clone(),
+        mirrored: cfg.registry.hosts.clone(),
+        default_ns: cfg.registry.default_ns.clone(),
+        max_manifest: cfg.registry.max_manifest_bytes,
+        front,
+        writer,
+        router: p2p.map(|p| p.router.clone()),
+        client: p2p.map(|p| p.path.client.clone()),
+        me: p2p.map_or_else(|| "this-node".to_owned(), |p| p.peer_id.clone()),
+        my_addr: cfg.peer.addr,
+        events: Some(events.clone().recipient()),
+    })
+    .map_err(NodeError::Setup)
 }
 
 struct P2p {

@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod peer;
+pub mod preheat;
 pub mod range;
 pub mod registry;
 
@@ -90,6 +91,7 @@ fn handler_label(path: &str) -> &'static str {
         p if p.starts_with("/blobs-chunk/") => "blobs_chunk",
         p if p.starts_with("/blobs-meta/") => "blobs_meta",
         p if p.starts_with("/swarm/") => "swarm",
+        p if p.starts_with("/preheat") => "preheat",
         p if p.starts_with("/v2/") => {
             let mut segs = p.rsplit('/');
             match (segs.next(), segs.next()) {
