@@ -3,6 +3,7 @@
 //! a correlation id per request (`X-MS-Peerd-CorrelationId`, taken from the client or made up),
 //! a tracing span carrying it, and the request metrics, timed until the last body byte.
 
+pub mod debug_web;
 pub mod error;
 pub mod peer;
 pub mod preheat;
@@ -188,9 +189,18 @@ pub async fn observe(
         }
         _ => None,
     };
+    // Content answers are remembered for the debug page (`/debug/web`), when it is on.
+    let record = match req.app_data::<web::Data<Arc<debug_web::Recorder>>>() {
+        Some(r) if req.method() == actix_web::http::Method::GET && matches!(handler, "blobs" | "blobs_file") => {
+            let to = if req.headers().contains_key(crate::peer::REQUEST_FROM_PEER) { "peer" } else { "client" };
+            Some((r.get_ref().clone(), clip(req.path(), 160).into_owned(), to))
+        }
+        _ => None,
+    };
     let mut res = next.call(req).instrument(span.clone()).await?;
     let status = res.status().as_u16();
     let source = res.response().extensions().get::<Source>().map_or("none", |s| s.as_str());
+    let record = record.map(|(r, what, to)| Record { recorder: r, what, to, source, status });
     metrics::counter!(REQUESTS, "handler" => handler, "method" => method, "status" => status.to_string(), "source" => source)
         .increment(1);
     span.in_scope(|| tracing::debug!(status, source, "response started"));
@@ -198,7 +208,17 @@ pub async fn observe(
         res.headers_mut().insert(HeaderName::from_static(CORRELATION_HEADER), v);
     }
     Ok(res.map_body(|_, body| {
-        BoxBody::new(Timed { body: body.boxed(), started, handler, method, span, failed: false, _slot: slot })
+        BoxBody::new(Timed {
+            body: body.boxed(),
+            started,
+            handler,
+            method,
+            span,
+            failed: false,
+            _slot: slot,
+            bytes: 0,
+            record,
+        })
     }))
 }
 
@@ -235,6 +255,18 @@ struct Timed {
     failed: bool,
     /// The transfer budget slot, released when the body ends or is dropped.
     _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Body bytes sent.
+    bytes: u64,
+    /// Where to remember this transfer (the debug page), if anywhere.
+    record: Option<Record>,
+}
+
+struct Record {
+    recorder: Arc<debug_web::Recorder>,
+    what: String,
+    to: &'static str,
+    source: &'static str,
+    status: u16,
 }
 
 impl MessageBody for Timed {
@@ -246,6 +278,9 @@ impl MessageBody for Timed {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Self::Error>>> {
         let polled = Pin::new(&mut self.body).poll_next(cx);
+        if let Poll::Ready(Some(Ok(b))) = &polled {
+            self.bytes += b.len() as u64;
+        }
         if let Poll::Ready(Some(Err(e))) = &polled {
             self.failed = true;
             self.span.in_scope(|| tracing::warn!(error = %e, "response body aborted"));
@@ -260,6 +295,17 @@ impl Drop for Timed {
         metrics::histogram!(REQUEST_DURATION, "handler" => self.handler, "method" => self.method).record(secs);
         let failed = self.failed;
         self.span.in_scope(|| tracing::debug!(seconds = secs, failed, "request finished"));
+        if let Some(r) = self.record.take() {
+            r.recorder.record(debug_web::Transfer {
+                at: std::time::SystemTime::now(),
+                what: r.what,
+                to: r.to,
+                source: r.source,
+                status: if failed { 0 } else { r.status },
+                bytes: self.bytes,
+                seconds: secs,
+            });
+        }
     }
 }
 

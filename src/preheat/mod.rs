@@ -72,6 +72,8 @@ pub const MAX_NODES: usize = 1000;
 const NODES_WAIT: Duration = Duration::from_secs(2);
 /// Timeout of one control request to a peer.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Wait before asking an unreachable node again.
+const RETRY_AFTER: Duration = Duration::from_millis(300);
 /// Largest control answer.
 const CONTROL_LIMIT: u64 = 64 << 10;
 /// Largest `POST /preheat` body.
@@ -562,7 +564,16 @@ impl Preheater {
                     None => failed("the job is no longer known".into()),
                 }
             } else {
-                self.remote_progress(&t, id).await.unwrap_or_else(|e| failed(format!("node unreachable: {e}")))
+                // One retry: a node is reported failed only when it misses two questions in a row.
+                let first = self.remote_progress(&t, id).await;
+                let answer = match first {
+                    Ok(p) => Ok(p),
+                    Err(_) => {
+                        tokio::time::sleep(RETRY_AFTER).await;
+                        self.remote_progress(&t, id).await
+                    }
+                };
+                answer.unwrap_or_else(|e| failed(format!("node unreachable: {e}")))
             };
             nodes.push(p);
         }
