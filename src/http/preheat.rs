@@ -7,34 +7,54 @@
 //!   &platform=os/arch` starts a job here → 202; `GET /preheat/<id>` → this node's
 //!   [`NodeProgress`].
 //!
-//! Errors are `{"error": "..."}` with a 4xx for a bad or refused request (400 malformed, 403 a
-//! registry that is not mirrored, 404 unknown id), 503 when disabled or full, 502 otherwise.
+//! Errors are OCI error bodies like every other answer ([`ApiError`]): 400 `NAME_INVALID` for a
+//! bad image reference, 400 `UNSUPPORTED` for another bad request, 403 `DENIED` for a registry
+//! that is not mirrored, 404 `UNSUPPORTED` for an unknown id, 503 `UNAVAILABLE` when preheat is
+//! off or the node is full, 502 otherwise (a tag that cannot be resolved, containerd failing).
 //!
 //! [`PreheatRequest`]: crate::preheat::PreheatRequest
 //! [`RequestProgress`]: crate::preheat::RequestProgress
 //! [`NodeProgress`]: crate::preheat::NodeProgress
 
+use super::error::ApiError;
 use crate::preheat::{PreheatError, PreheatRequest, Preheater, MAX_BODY};
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use std::sync::Arc;
 
 type Data = web::Data<Arc<Preheater>>;
 
+/// The one mapping of preheat failures to HTTP.
+pub fn api_error(e: &PreheatError) -> ApiError {
+    let message = e.to_string();
+    match e {
+        PreheatError::BadImage { .. } => ApiError::NameInvalid(message),
+        PreheatError::BadPlatform(_) | PreheatError::BadRequest(_) => {
+            ApiError::Unsupported { status: StatusCode::BAD_REQUEST, message }
+        }
+        PreheatError::NotMirrored { .. } => ApiError::Forbidden(message),
+        PreheatError::Unknown(_) => ApiError::Unsupported { status: StatusCode::NOT_FOUND, message },
+        PreheatError::Disabled | PreheatError::Busy(_) => {
+            ApiError::Unavailable { status: StatusCode::SERVICE_UNAVAILABLE, message }
+        }
+        PreheatError::Resolve { .. }
+        | PreheatError::NoPlatform { .. }
+        | PreheatError::Source { .. }
+        | PreheatError::Containerd(_)
+        | PreheatError::Timeout(_) => ApiError::BadGateway { code: "UNAVAILABLE", message },
+    }
+}
+
 fn error(e: &PreheatError) -> HttpResponse {
-    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY);
-    HttpResponse::build(status).json(serde_json::json!({ "error": e.to_string() }))
+    api_error(e).error_response()
 }
 
 /// Routes of the node-local front end.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::JsonConfig::default().limit(MAX_BODY).error_handler(|e, _| {
-        let msg = format!("bad preheat request: {e}");
-        actix_web::error::InternalError::from_response(
-            e,
-            HttpResponse::BadRequest().json(serde_json::json!({ "error": msg })),
-        )
-        .into()
+        let message = format!("bad preheat request: {e}");
+        let resp = ApiError::Unsupported { status: StatusCode::BAD_REQUEST, message }.error_response();
+        actix_web::error::InternalError::from_response(e, resp).into()
     }))
     .route(
         "/preheat",

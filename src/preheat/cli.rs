@@ -62,10 +62,11 @@ pub fn render(p: &RequestProgress) -> String {
     out
 }
 
+/// The message of an OCI error body (or the body itself).
 fn error_text(body: &[u8]) -> String {
     serde_json::from_slice::<serde_json::Value>(body)
         .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_owned))
+        .and_then(|v| v["errors"][0]["message"].as_str().map(str::to_owned))
         .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_owned())
 }
 

@@ -115,19 +115,6 @@ pub enum PreheatError {
     Timeout(Duration),
 }
 
-impl PreheatError {
-    /// The HTTP status for this error.
-    pub fn status(&self) -> u16 {
-        match self {
-            PreheatError::BadImage { .. } | PreheatError::BadPlatform(_) | PreheatError::BadRequest(_) => 400,
-            PreheatError::NotMirrored { .. } => 403,
-            PreheatError::Unknown(_) => 404,
-            PreheatError::Disabled | PreheatError::Busy(_) => 503,
-            _ => 502,
-        }
-    }
-}
-
 /// An image reference `host[:port]/repo[:tag][@digest]` (`docker.io` for a name without host).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImageRef {
@@ -962,14 +949,19 @@ mod tests {
     }
 
     fn preheater(mirrored: &[&str]) -> Arc<Preheater> {
-        let cfg = crate::config::Config::load(None, Vec::new(), vec![]).unwrap();
+        preheater_with(mirrored, None, 2)
+    }
+
+    fn preheater_with(mirrored: &[&str], writer: Option<ContainerdWriter>, max_concurrent: usize) -> Arc<Preheater> {
+        let mut cfg = crate::config::Config::load(None, Vec::new(), vec![]).unwrap();
+        cfg.preheat.max_concurrent = max_concurrent;
         Preheater::new(PreheatParts {
             cfg: cfg.preheat,
             mirrored: mirrored.iter().map(|s| s.to_string()).collect(),
             default_ns: "docker.io".into(),
             max_manifest: 4 << 20,
             front: "http://127.0.0.1:1".into(),
-            writer: None,
+            writer,
             router: None,
             client: None,
             me: "me".into(),
@@ -988,13 +980,13 @@ mod tests {
         };
         assert!(p.check(&req(&["127.0.0.1:5000/a:v1"])).is_ok());
         let e = p.check(&req(&["ghcr.io/a:v1"])).unwrap_err();
-        assert!(matches!(e, PreheatError::NotMirrored { .. }) && e.status() == 403, "{e}");
-        assert_eq!(p.check(&req(&[])).unwrap_err().status(), 400);
+        assert!(matches!(e, PreheatError::NotMirrored { .. }), "{e}");
+        assert!(matches!(p.check(&req(&[])).unwrap_err(), PreheatError::BadRequest(_)));
         let many: Vec<String> = (0..17).map(|i| format!("127.0.0.1:5000/a:v{i}")).collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
         assert!(p.check(&req(&many)).unwrap_err().to_string().contains("at most 16"));
         let both = PreheatRequest { copies: Some(2), all: true, ..req(&["127.0.0.1:5000/a:v1"]) };
-        assert_eq!(p.check(&both).unwrap_err().status(), 400);
+        assert!(matches!(p.check(&both).unwrap_err(), PreheatError::BadRequest(_)));
         assert!(preheater(&[]).check(&req(&["ghcr.io/a:v1"])).is_ok(), "no hosts: every registry is mirrored");
         // A job names images by digest only, with known parameters.
         assert!(p.parse_job_query("image=127.0.0.1%3A5000%2Fa%3Av1").is_err());
@@ -1004,5 +996,38 @@ mod tests {
         let (images, platform) = p.parse_job_query(&q).unwrap();
         assert_eq!(images, vec![format!("127.0.0.1:5000/a@{d}")]);
         assert_eq!(platform.arch, "arm64");
+    }
+
+    /// Jobs beyond 5 × `max_concurrent` (running and queued) are refused; the same id twice is
+    /// one job; without a writer (preheat off) nothing is accepted. On a current-thread runtime
+    /// the spawned jobs do not run before the test yields, so the count is exact.
+    #[tokio::test(flavor = "current_thread")]
+    async fn jobs_are_bounded_and_idempotent() {
+        let platform = Platform::host();
+        let off = preheater(&[]);
+        assert!(matches!(off.start_job("a", &[], &platform), Err(PreheatError::Disabled)));
+        let writer =
+            ContainerdWriter::new("/nonexistent/containerd.sock".into(), "k8s.io".into(), Duration::from_millis(100))
+                .unwrap();
+        let p = preheater_with(&[], Some(writer), 1);
+        let images = vec![format!("127.0.0.1:5000/a@sha256:{}", "c".repeat(64))];
+        for i in 0..5 {
+            p.start_job(&format!("job{i}"), &images, &platform).unwrap();
+        }
+        let again = p.start_job("job0", &images, &platform).unwrap();
+        assert!(Arc::ptr_eq(&again, &p.job("job0").unwrap()), "the same id is the same job");
+        assert!(matches!(p.start_job("job5", &images, &platform), Err(PreheatError::Busy(5))));
+        assert!(matches!(p.start_job("bad id/..", &images, &platform), Err(PreheatError::BadRequest(_))));
+        // Once they ran (and failed: no containerd), there is room again, and each failure says why.
+        for _ in 0..200 {
+            if p.jobs().iter().all(|j| j.state().finished()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let j = p.job("job0").unwrap().progress("n", "a");
+        assert_eq!(j.state, JobState::Failed);
+        assert!(j.error.unwrap().contains("containerd"));
+        assert!(p.start_job("job5", &images, &platform).is_ok());
     }
 }
