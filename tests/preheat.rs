@@ -106,10 +106,13 @@ fn preheat_two_copies_into_containerd_with_the_registry_sending_the_image_once()
             "no preheat lease:\n{leases}"
         );
     }
-    // A garbage collection keeps it (content without a lease would go).
+    // A synchronous garbage collection (deleting a throw-away lease with --sync runs one) keeps
+    // the content: the preheat lease holds it.
     for n in &holders {
-        let _ = n.containerd.ctr(&["content", "prune", "references"]);
-        assert!(content(n).contains(big.as_str()), "the lease kept the layer through a prune");
+        let id = "pd-test-gc";
+        assert!(n.containerd.ctr(&["leases", "create", "--id", id]).status.success());
+        assert!(n.containerd.ctr(&["leases", "delete", "--sync", id]).status.success());
+        assert!(content(n).contains(big.as_str()), "the lease kept the layer through a collection");
     }
 
     // A later pull on a holder fetches no layer: containerd finds every blob locally.
@@ -120,6 +123,14 @@ fn preheat_two_copies_into_containerd_with_the_registry_sending_the_image_once()
         let sent = proxy.sent() - sent_before;
         assert!(sent < 64 << 10, "the registry sent {sent} bytes for a preheated pull");
     }
+    // Once the lease is gone, the image the pull recorded keeps its content (the manifests'
+    // gc references): delete the preheat lease with a synchronous collection.
+    let n = holders[0];
+    let leases = String::from_utf8_lossy(&n.containerd.ctr(&["leases", "ls", "-q"]).stdout).into_owned();
+    let lease = leases.lines().find(|l| l.starts_with("peerd-preheat-")).unwrap().to_owned();
+    assert!(n.containerd.ctr(&["leases", "delete", "--sync", &lease]).status.success());
+    let c = content(n);
+    assert!(layers.iter().all(|(d, _)| c.contains(d.as_str())), "the pulled image keeps its layers:\n{c}");
     // Metrics: done twice (on the holders), requested once (on the requester).
     let done: f64 = nodes.iter().map(|n| n.peerd.metric("peerd_preheats_total", &["outcome=\"done\""])).sum();
     assert_eq!(done, 2.0);
