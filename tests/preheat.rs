@@ -187,6 +187,10 @@ fn preheat_is_refused_for_registries_that_are_not_mirrored_and_bad_requests() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&o.stdout).starts_with('4'), "{}", String::from_utf8_lossy(&o.stdout));
+    // An index without the asked platform: the job fails and says why; exit status 1.
+    let out = preheat_cli(&node, &["--platform", "linux/s390x", "--wait", &format!("{}/test/index:v1", reg.addr)]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("no manifest for platform linux/s390x"), "{}", text(&out));
     // The peer listener does not take an unsigned job.
     let o = curl(
         "POST",
@@ -254,4 +258,51 @@ fn a_node_killed_during_preheat_is_reported_failed_and_the_others_finish() {
         let c = content(n);
         assert!(layers.iter().all(|(d, _)| c.contains(d.as_str())), "a survivor lacks a layer:\n{c}");
     }
+}
+
+/// `preheat.rate` bounds what preheats read, while a live pull on the same node is not slowed.
+#[test]
+fn preheat_reads_at_its_rate_and_live_pulls_do_not_wait() {
+    if !require("preheat_rate", TOOLS, true) {
+        return;
+    }
+    let (work, reg, info) = registry_with_images("pd-phrt");
+    let ctr = Containerd::start(&work.path().join("ctr"));
+    let args = [
+        "--mirror-host",
+        &reg.addr,
+        "--plain-http-host",
+        &reg.addr,
+        "--containerd-socket",
+        ctr.socket.to_str().unwrap(),
+    ];
+    let rate = 16u64 << 20;
+    let mut env = cluster_env(SECRET);
+    env.push(("PEERD_PREHEAT__RATE", "16777216"));
+    let node = Peerd::start("127.0.0.2", &args, &env);
+    let hosts = work.path().join("hosts");
+    hosts_toml(&hosts, &reg.addr, &node.http.to_string());
+
+    let size = image_bytes(&info, "multi");
+    let started = std::time::Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_peerd"))
+        .args(["preheat", "--wait", "--addr", &node.url(""), &format!("{}/test/multi:v1", reg.addr)])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A live pull meanwhile: not queued behind the preheat, not limited by its rate.
+    std::thread::sleep(Duration::from_secs(2));
+    let t = std::time::Instant::now();
+    let pulled =
+        ctr.ctr(&["image", "pull", "--hosts-dir", hosts.to_str().unwrap(), &format!("{}/test/single:v1", reg.addr)]);
+    let pull_time = t.elapsed();
+    assert!(pulled.status.success(), "{}", String::from_utf8_lossy(&pulled.stderr));
+    let status = child.wait().unwrap();
+    let took = started.elapsed();
+    assert!(status.success());
+    eprintln!("preheat of {size} bytes at {rate} B/s took {took:?}; a live pull meanwhile {pull_time:?}");
+    // One burst of 16 MiB, then the rate (a little slack for rounding).
+    let floor = Duration::from_secs_f64((size - rate) as f64 / rate as f64 * 0.9);
+    assert!(took >= floor, "preheat took {took:?}, faster than its rate allows ({floor:?})");
+    assert!(pull_time < Duration::from_secs(5), "the live pull waited: {pull_time:?}");
 }
