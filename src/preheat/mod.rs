@@ -80,6 +80,8 @@ const CONTROL_LIMIT: u64 = 64 << 10;
 pub const MAX_BODY: usize = 16 << 10;
 /// Longest image reference.
 const MAX_REF_LEN: usize = 512;
+/// Longest lease label value written (containerd refuses values over 4096 bytes).
+const MAX_LABEL: usize = 1024;
 /// Finished jobs and requests remembered (for progress queries and the debug page).
 const KEEP_FINISHED: usize = 64;
 /// The lease of job `id`.
@@ -126,8 +128,7 @@ pub struct ImageRef {
 
 impl ImageRef {
     pub fn parse(s: &str, default_ns: &str) -> Result<ImageRef, PreheatError> {
-        let bad =
-            |reason: &str| PreheatError::BadImage { image: crate::http::clip(s, 80).into(), reason: reason.into() };
+        let bad = |reason: &str| PreheatError::BadImage { image: clip(s, 80).into(), reason: reason.into() };
         if s.is_empty() || s.len() > MAX_REF_LEN {
             return Err(bad("empty or too long"));
         }
@@ -205,7 +206,7 @@ impl Platform {
             [os, arch, v] if ok(os) && ok(arch) && ok(v) => {
                 Ok(Platform { os: os.to_string(), arch: arch.to_string(), variant: Some(v.to_string()) })
             }
-            _ => Err(PreheatError::BadPlatform(crate::http::clip(s, 64).into())),
+            _ => Err(PreheatError::BadPlatform(clip(s, 64).into())),
         }
     }
 
@@ -399,7 +400,7 @@ impl Preheater {
             return Ok(());
         }
         Err(PreheatError::NotMirrored {
-            image: crate::http::clip(image, 80).into(),
+            image: clip(image, 80).into(),
             registry: r.registry.clone(),
             hosts: self.p.mirrored.join(", "),
         })
@@ -606,12 +607,7 @@ impl Preheater {
             match k.as_ref() {
                 "image" => images.push(v.into_owned()),
                 "platform" => platform = Some(Platform::parse(&v)?),
-                other => {
-                    return Err(PreheatError::BadRequest(format!(
-                        "unknown parameter {:?}",
-                        crate::http::clip(other, 32)
-                    )))
-                }
+                other => return Err(PreheatError::BadRequest(format!("unknown parameter {:?}", clip(other, 32)))),
             }
         }
         let req = PreheatRequest { images, platform: platform.as_ref().map(|p| p.to_string()), ..Default::default() };
@@ -678,7 +674,12 @@ impl Preheater {
             let lease = lease_id(&job.id);
             let writer = self.p.writer.as_ref().ok_or(PreheatError::Disabled)?;
             writer
-                .lease(&lease, self.p.cfg.lease_ttl, SystemTime::now(), &[("peerd.io/preheat", &job.images.join(" "))])
+                .lease(
+                    &lease,
+                    self.p.cfg.lease_ttl,
+                    SystemTime::now(),
+                    &[("peerd.io/preheat", &clip(&job.images.join(" "), MAX_LABEL))],
+                )
                 .await?;
             let mut keys = Vec::new();
             for image in &job.images {
@@ -886,6 +887,15 @@ pub fn choose<'a>(key: &str, candidates: impl IntoIterator<Item = &'a str>, n: u
         out.push(best);
     }
     out
+}
+
+/// `s` cut to at most `max` bytes on a character boundary (for messages and labels).
+fn clip(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
 }
 
 fn remember<T>(q: &Mutex<VecDeque<T>>, item: T) {
