@@ -128,7 +128,7 @@ pub struct ImageRef {
 
 impl ImageRef {
     pub fn parse(s: &str, default_ns: &str) -> Result<ImageRef, PreheatError> {
-        let bad = |reason: &str| PreheatError::BadImage { image: clip(s, 80).into(), reason: reason.into() };
+        let bad = |reason: &str| PreheatError::BadImage { image: clip(s, 80), reason: reason.into() };
         if s.is_empty() || s.len() > MAX_REF_LEN {
             return Err(bad("empty or too long"));
         }
@@ -206,7 +206,7 @@ impl Platform {
             [os, arch, v] if ok(os) && ok(arch) && ok(v) => {
                 Ok(Platform { os: os.to_string(), arch: arch.to_string(), variant: Some(v.to_string()) })
             }
-            _ => Err(PreheatError::BadPlatform(clip(s, 64).into())),
+            _ => Err(PreheatError::BadPlatform(clip(s, 64))),
         }
     }
 
@@ -400,7 +400,7 @@ impl Preheater {
             return Ok(());
         }
         Err(PreheatError::NotMirrored {
-            image: clip(image, 80).into(),
+            image: clip(image, 80),
             registry: r.registry.clone(),
             hosts: self.p.mirrored.join(", "),
         })
