@@ -62,14 +62,6 @@ pub fn render(p: &RequestProgress) -> String {
     out
 }
 
-/// The message of an OCI error body (or the body itself).
-fn error_text(body: &[u8]) -> String {
-    serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v["errors"][0]["message"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_owned())
-}
-
 /// Run the command; prints to stdout, returns how it ended.
 pub async fn run(o: &Options) -> Result<RequestProgress, CliError> {
     let addr = o.addr.trim_end_matches('/').to_owned();
@@ -79,7 +71,7 @@ pub async fn run(o: &Options) -> Result<RequestProgress, CliError> {
     let status = resp.status();
     let body = resp.bytes().await.map_err(unreachable)?;
     if !status.is_success() {
-        return Err(CliError::Refused(format!("preheat refused ({status}): {}", error_text(&body))));
+        return Err(CliError::Refused(format!("preheat refused ({status}): {}", super::error_message(&body))));
     }
     let mut progress: RequestProgress =
         serde_json::from_slice(&body).map_err(|e| CliError::Refused(format!("unexpected answer: {e}")))?;
@@ -120,7 +112,7 @@ pub async fn run(o: &Options) -> Result<RequestProgress, CliError> {
         let status = resp.status();
         let body = resp.bytes().await.map_err(unreachable)?;
         if !status.is_success() {
-            return Err(CliError::Refused(format!("progress ({status}): {}", error_text(&body))));
+            return Err(CliError::Refused(format!("progress ({status}): {}", super::error_message(&body))));
         }
         progress = serde_json::from_slice(&body).map_err(|e| CliError::Refused(format!("unexpected answer: {e}")))?;
     }

@@ -336,6 +336,9 @@ struct Target {
     images: Vec<String>,
     /// The node refused or could not be asked.
     refused: Option<String>,
+    /// Its last answer once finished (done or failed): kept, so a node that goes away after it
+    /// finished is not reported failed.
+    finished: Option<NodeProgress>,
 }
 
 /// What the node's other parts give the preheater.
@@ -491,19 +494,22 @@ impl Preheater {
             }
         }
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let mut targets = Vec::new();
-        for (i, images) in per_node {
-            let node = &nodes[i];
-            let refused = if node.id == self.p.me {
-                self.start_job(&id, &images, &platform).err().map(|e| e.to_string())
-            } else {
-                self.ask(node.addr, &id, &images, &platform).await.err()
-            };
-            if let Some(e) = &refused {
-                tracing::warn!(node = %node.id, error = %e, "preheat refused or not delivered");
+        // Every chosen node is asked at once.
+        let asks = per_node.into_iter().map(|(i, images)| {
+            let (node, id, platform) = (&nodes[i], &id, &platform);
+            async move {
+                let refused = if node.id == self.p.me {
+                    self.start_job(id, &images, platform).err().map(|e| e.to_string())
+                } else {
+                    self.ask(node.addr, id, &images, platform).await.err()
+                };
+                if let Some(e) = &refused {
+                    tracing::warn!(node = %node.id, error = %e, "preheat refused or not delivered");
+                }
+                Target { node: node.id.clone(), addr: node.addr, images, refused, finished: None }
             }
-            targets.push(Target { node: node.id.clone(), addr: node.addr, images, refused });
-        }
+        });
+        let targets = futures_util::future::join_all(asks).await;
         tracing::info!(id, images = ?req.images, nodes = targets.len(), %platform, "preheat requested");
         remember(&self.requests, (id.clone(), targets));
         Ok(self.progress(&id).await.expect("just remembered"))
@@ -520,54 +526,68 @@ impl Preheater {
         let target = format!("/preheat/{id}?{}", q.finish());
         match client.control(addr, reqwest::Method::POST, &target, CONTROL_TIMEOUT, CONTROL_LIMIT).await {
             Ok((202 | 200, _)) => Ok(()),
-            Ok((status, body)) => Err(format!("node answered {status}: {}", String::from_utf8_lossy(&body).trim())),
+            Ok((status, body)) => Err(format!("node answered {status}: {}", error_message(&body))),
             Err(e) => Err(e.to_string()),
         }
     }
 
-    /// Progress of request `id` made here (None: unknown).
+    /// Progress of request `id` made here (None: unknown). The chosen nodes are asked at once.
     pub async fn progress(&self, id: &str) -> Option<RequestProgress> {
         let targets = {
             let r = self.requests.lock().unwrap_or_else(|p| p.into_inner());
             r.iter().find(|(i, _)| i == id)?.1.clone()
         };
-        let mut nodes = Vec::new();
-        for t in targets {
-            let addr = t.addr.to_string();
-            let failed = |e: String| NodeProgress {
-                node: t.node.clone(),
-                addr: addr.clone(),
-                state: JobState::Failed,
-                images: t.images.clone(),
-                bytes: 0,
-                total: 0,
-                error: Some(e),
-                seconds: 0.0,
-            };
-            let p = if let Some(e) = &t.refused {
-                failed(e.clone())
-            } else if t.node == self.p.me {
-                match self.job(id) {
-                    Some(j) => j.progress(&t.node, &addr),
-                    None => failed("the job is no longer known".into()),
-                }
-            } else {
-                // One retry: a node is reported failed only when it misses two questions in a row.
-                let first = self.remote_progress(&t, id).await;
-                let answer = match first {
-                    Ok(p) => Ok(p),
-                    Err(_) => {
-                        tokio::time::sleep(RETRY_AFTER).await;
-                        self.remote_progress(&t, id).await
+        let nodes = futures_util::future::join_all(targets.iter().map(|t| self.node_progress(t, id))).await;
+        // Remember who finished.
+        {
+            let mut r = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, stored)) = r.iter_mut().find(|(i, _)| i == id) {
+                for (t, p) in stored.iter_mut().zip(&nodes) {
+                    if p.state.finished() && t.finished.is_none() {
+                        t.finished = Some(p.clone());
                     }
-                };
-                answer.unwrap_or_else(|e| failed(format!("node unreachable: {e}")))
-            };
-            nodes.push(p);
+                }
+            }
         }
         let failed = nodes.iter().filter(|n| n.state == JobState::Failed).count();
         let finished = nodes.iter().all(|n| n.state.finished());
         Some(RequestProgress { id: id.into(), nodes, finished, failed })
+    }
+
+    /// One chosen node's progress: its final answer, this node's own job, or the node asked
+    /// (a node is reported failed only when it misses two questions in a row).
+    async fn node_progress(&self, t: &Target, id: &str) -> NodeProgress {
+        let addr = t.addr.to_string();
+        let failed = |e: String| NodeProgress {
+            node: t.node.clone(),
+            addr: addr.clone(),
+            state: JobState::Failed,
+            images: t.images.clone(),
+            bytes: 0,
+            total: 0,
+            error: Some(e),
+            seconds: 0.0,
+        };
+        if let Some(p) = &t.finished {
+            return p.clone();
+        }
+        if let Some(e) = &t.refused {
+            return failed(e.clone());
+        }
+        if t.node == self.p.me {
+            return match self.job(id) {
+                Some(j) => j.progress(&t.node, &addr),
+                None => failed("the job is no longer known".into()),
+            };
+        }
+        let answer = match self.remote_progress(t, id).await {
+            Ok(p) => Ok(p),
+            Err(_) => {
+                tokio::time::sleep(RETRY_AFTER).await;
+                self.remote_progress(t, id).await
+            }
+        };
+        answer.unwrap_or_else(|e| failed(format!("node unreachable: {e}")))
     }
 
     async fn remote_progress(&self, t: &Target, id: &str) -> Result<NodeProgress, String> {
@@ -896,6 +916,14 @@ fn clip(s: &str, max: usize) -> String {
         end -= 1;
     }
     s[..end].to_owned()
+}
+
+/// The message of an OCI error body (or the body itself, clipped).
+pub fn error_message(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["errors"][0]["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| clip(String::from_utf8_lossy(body).trim(), 256))
 }
 
 fn remember<T>(q: &Mutex<VecDeque<T>>, item: T) {
