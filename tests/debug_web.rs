@@ -88,9 +88,10 @@ fn debug_page_renders_live_cluster_data_in_headless_chromium() {
     let refused = chromium(&profile, &["--dump-dom"], &format!("{page}/measure?image=ghcr.io%2Fx%3Av1"));
     assert!(refused.contains("not mirrored"), "{refused}");
 
-    // A screenshot, as the README shows it.
+    // A screenshot, as the README shows it: the page with a measurement.
     let shot = work.path().join("debug-web.png");
-    chromium(&profile, &[&format!("--screenshot={}", shot.display()), "--window-size=1200,1500"], &page);
+    let measure_url = format!("{page}/measure?image={ns}%2Ftest%2Fmulti%3Av1");
+    chromium(&profile, &[&format!("--screenshot={}", shot.display()), "--window-size=1280,1700"], &measure_url);
     let png = std::fs::read(&shot).unwrap();
     assert!(png.starts_with(b"\x89PNG") && png.len() > 20_000, "a real screenshot ({} bytes)", png.len());
     if std::env::var("PEERD_UPDATE_SCREENSHOT").as_deref() == Ok("1") {

@@ -306,3 +306,27 @@ fn preheat_reads_at_its_rate_and_live_pulls_do_not_wait() {
     assert!(took >= floor, "preheat took {took:?}, faster than its rate allows ({floor:?})");
     assert!(pull_time < Duration::from_secs(5), "the live pull waited: {pull_time:?}");
 }
+
+#[test]
+fn preheat_help_documents_every_option() {
+    let out = Command::new(env!("CARGO_BIN_EXE_peerd")).args(["preheat", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in ["IMAGE", "--platform", "--copies", "--all", "--wait", "--addr", "--timeout", "http://127.0.0.1:5000"] {
+        assert!(help.contains(flag), "{flag} missing from:\n{help}");
+    }
+    // --copies and --all exclude each other; an image is required.
+    let both =
+        Command::new(env!("CARGO_BIN_EXE_peerd")).args(["preheat", "--copies", "2", "--all", "x"]).output().unwrap();
+    assert_eq!(both.status.code(), Some(2));
+    let none = Command::new(env!("CARGO_BIN_EXE_peerd")).args(["preheat"]).output().unwrap();
+    assert_eq!(none.status.code(), Some(2));
+    // Nothing listening: a clear message, exit 1.
+    let port = free_port("127.0.0.1");
+    let out = Command::new(env!("CARGO_BIN_EXE_peerd"))
+        .args(["preheat", "--addr", &format!("http://127.0.0.1:{port}"), "registry.example.com/app:v1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach peerd at"), "{}", text(&out));
+}

@@ -170,6 +170,26 @@ fn esc(s: &str) -> String {
     o
 }
 
+/// `s` with every `sha256:<hex>` cut to 12 hex digits and a peer id (`12D3KooW...`) to its
+/// last 8 characters, HTML-escaped, inside a `<code>` whose title is the whole of `s`.
+fn abbrev(s: &str) -> String {
+    let word = |w: &str| -> String {
+        let mut w = w.to_owned();
+        if let Some(pos) = w.find("sha256:") {
+            let hex_end = pos + 7 + 64;
+            if w.len() >= hex_end && w[pos + 7..hex_end].bytes().all(|b| b.is_ascii_hexdigit()) {
+                w.replace_range(pos + 7 + 12..hex_end, "…");
+            }
+        }
+        if w.starts_with("12D3Koo") && w.len() > 20 && w.is_ascii() {
+            w = format!("…{}", &w[w.len() - 8..]);
+        }
+        w
+    };
+    let short: Vec<String> = s.split(' ').map(|part| part.split('/').map(word).collect::<Vec<_>>().join("/")).collect();
+    format!("<code title=\"{}\">{}</code>", esc(s), esc(&short.join(" ")))
+}
+
 fn bytes(n: f64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let (mut v, mut u) = (n, 0);
@@ -367,9 +387,9 @@ pub async fn measure(d: &DebugWeb, image: &str) -> Result<Measurement, String> {
     Ok(Measurement { image: r.to_string(), manifest: digest, resolve, layers })
 }
 
-const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:1.5em;color:#212529;max-width:1100px}\
+const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:1.5em;color:#212529;max-width:1400px}\
 h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.6em;border-bottom:1px solid #dee2e6}\
-table{border-collapse:collapse}td,th{padding:2px 10px 2px 0;text-align:left;vertical-align:top}\
+table{border-collapse:collapse}td,th{padding:2px 10px 2px 0;text-align:left;vertical-align:top;white-space:nowrap}\
 th{color:#495057;font-weight:600}code{font-size:12px}.bad{color:#c92a2a}.ok{color:#2b8a3e}\
 .legend span{display:inline-block;width:10px;height:10px;margin:0 4px 0 12px}\
 .bar{display:inline-block;width:160px;height:10px;background:#e9ecef}.bar i{display:block;height:10px;background:#1c7ed6}";
@@ -452,9 +472,9 @@ async fn page(d: &DebugWeb, measured: Option<(String, Result<Measurement, String
             let rate = if t.seconds > 0.0 { bytes(t.bytes as f64 / t.seconds) + "/s" } else { "-".into() };
             let _ = write!(
                 h,
-                "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.3}s</td><td>{rate}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.3}s</td><td>{rate}</td></tr>",
                 ago(t.at, now),
-                esc(&t.what),
+                abbrev(&t.what),
                 t.to,
                 t.source,
                 if t.status == 0 { "aborted".to_owned() } else { t.status.to_string() },
@@ -483,9 +503,9 @@ async fn page(d: &DebugWeb, measured: Option<(String, Result<Measurement, String
             };
             let _ = write!(
                 h,
-                "<tr><td><code>{}</code></td><td><code>{}</code></td><td>{state}</td><td><span class=bar><i style=\"width:{pct:.0}%\"></i></span> {} / {}</td><td>{:.1}s</td></tr>",
+                "<tr><td><code>{}</code></td><td>{}</td><td>{state}</td><td><span class=bar><i style=\"width:{pct:.0}%\"></i></span> {} / {}</td><td>{:.1}s</td></tr>",
                 esc(&j.id),
-                esc(&p.images.join(" ")),
+                p.images.iter().map(|i| abbrev(i)).collect::<Vec<_>>().join("<br>"),
                 bytes(p.bytes as f64),
                 bytes(p.total as f64),
                 p.seconds
@@ -510,9 +530,9 @@ async fn page(d: &DebugWeb, measured: Option<(String, Result<Measurement, String
             Ok(m) => {
                 let _ = write!(
                     h,
-                    "<p id=measure><code>{}</code> → <code>{}</code>, resolved in {:.3}s</p>",
-                    esc(&m.image),
-                    esc(&m.manifest),
+                    "<p id=measure>{} → {}, resolved in {:.3}s</p>",
+                    abbrev(&m.image),
+                    abbrev(&m.manifest),
                     m.resolve.as_secs_f64()
                 );
                 h.push_str("<table id=layers><tr><th>layer</th><th>size</th><th>holders (DHT)</th><th>lookup</th><th>read through a peer</th></tr>");
@@ -530,12 +550,12 @@ async fn page(d: &DebugWeb, measured: Option<(String, Result<Measurement, String
                     let holders = if l.holders.is_empty() {
                         "none".to_owned()
                     } else {
-                        l.holders.iter().map(|x| format!("<code>{}</code>", esc(x))).collect::<Vec<_>>().join("<br>")
+                        l.holders.iter().map(|x| abbrev(x)).collect::<Vec<_>>().join("<br>")
                     };
                     let _ = write!(
                         h,
-                        "<tr><td><code>{}</code></td><td>{}</td><td>{holders}</td><td>{:.3}s</td><td>{read}</td></tr>",
-                        esc(&l.digest),
+                        "<tr><td>{}</td><td>{}</td><td>{holders}</td><td>{:.3}s</td><td>{read}</td></tr>",
+                        abbrev(&l.digest),
                         bytes(l.size as f64),
                         l.lookup.as_secs_f64()
                     );
@@ -600,5 +620,16 @@ peerd_peer_served_bytes_total 7\npeerd_peer_fetch_bytes_total 3\n";
     #[test]
     fn escapes() {
         assert_eq!(esc("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+    }
+
+    #[test]
+    fn long_digests_and_peer_ids_are_shortened_with_the_whole_in_the_title() {
+        let d = format!("sha256:{}", "ab".repeat(32));
+        let a = abbrev(&format!("/v2/x/blobs/{d}"));
+        assert!(a.starts_with(&format!("<code title=\"/v2/x/blobs/{d}\">")), "{a}");
+        assert!(a.ends_with(">/v2/x/blobs/sha256:abababababab…</code>"), "{a}");
+        let p = abbrev("12D3KooWLzJJHy4hrFQzfa4WvhPZRuPqEAGsWfeYiRZpweL6NYSf (127.0.0.2:1)");
+        assert!(p.contains(">…weL6NYSf (127.0.0.2:1)<"), "{p}");
+        assert_eq!(abbrev("<b>"), "<code title=\"&lt;b&gt;\">&lt;b&gt;</code>");
     }
 }
