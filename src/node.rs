@@ -164,8 +164,8 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
     };
     let swarm_data = swarm.clone().map(web::Data::new);
     let preheat = web::Data::new(preheater(&cfg, p2p.as_ref(), &events)?);
-    let debug_web = cfg.metrics.debug_web.then(|| {
-        web::Data::new(crate::http::debug_web::DebugWeb {
+    let debug_web = match cfg.metrics.debug_web {
+        true => Some(web::Data::new(crate::http::debug_web::DebugWeb {
             started: std::time::Instant::now(),
             peer_id: p2p.as_ref().map_or_else(|| "(p2p off)".to_owned(), |p| p.peer_id.clone()),
             addrs: vec![
@@ -185,9 +185,10 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
                 .connect_timeout(Duration::from_secs(5))
                 .read_timeout(Duration::from_secs(30))
                 .build()
-                .unwrap_or_default(),
-        })
-    });
+                .map_err(|e| NodeError::Setup(format!("debug page HTTP client: {e}")))?,
+        })),
+        false => None,
+    };
     let recorder = debug_web.as_ref().map(|d| web::Data::new(d.recorder.clone()));
     let (peers, router, libp2p_registry, _p2p_arbiter) = match p2p {
         Some(p) => (Some(p.path), Some(p.router), Some(p.registry), Some(p.arbiter)),
