@@ -89,6 +89,14 @@ fn preheat_two_copies_into_containerd_with_the_registry_sending_the_image_once()
         })
         .collect();
     assert_eq!(holders.len(), 2, "two copies");
+    // The preheated content is advertised like any other: the third node finds both holders.
+    let other = nodes.iter().find(|n| !holders.iter().any(|h| std::ptr::eq(*h, *n))).unwrap();
+    let holder_ids: Vec<String> = holders.iter().map(|h| peer_id(&h.peerd)).collect();
+    wait("the third node resolves the preheated layer to both holders", Duration::from_secs(30), || {
+        let found = resolves(&other.peerd, &manifest);
+        let layer = resolves(&other.peerd, &layers[0].0);
+        holder_ids.iter().all(|id| found.contains(id) && layer.contains(id))
+    });
     // Each byte really is the layer (containerd verified the digest on commit; check one again).
     let (big, big_size) = layers.iter().max_by_key(|(_, s)| *s).unwrap();
     for n in &holders {
