@@ -141,17 +141,17 @@ impl ContainerdWriter {
     ) -> Result<(), WriteError> {
         let reference = format!("peerd-preheat-{lease}-{}", digest.hex());
         let (tx, rx) = tokio::sync::mpsc::channel::<WriteContentRequest>(1);
-        let piece = |action: WriteAction, offset: u64, data: bytes::Bytes| WriteContentRequest {
+        let piece = |action: WriteAction, offset: u64, data: Vec<u8>| WriteContentRequest {
             action: action as i32,
             r#ref: reference.clone(),
             total: size as i64,
             expected: digest.to_string(),
             offset: offset as i64,
-            data: data.to_vec(),
+            data,
             labels: if action == WriteAction::Commit { labels.clone() } else { HashMap::new() },
         };
         // The first message opens the writer (a stale ingest of this ref is truncated: offset 0).
-        tx.send(piece(WriteAction::Stat, 0, bytes::Bytes::new())).await.map_err(|_| closed())?;
+        tx.send(piece(WriteAction::Stat, 0, Vec::new())).await.map_err(|_| closed())?;
         let mut client = ContentClient::new(self.channel.clone());
         let call = client.write(self.req(tokio_stream::wrappers::ReceiverStream::new(rx), Some(lease)));
         let mut answers = match tokio::time::timeout(STEP_TIMEOUT, call).await {
@@ -183,9 +183,7 @@ impl ContainerdWriter {
                         want: size,
                     });
                 }
-                tx.send(piece(WriteAction::Write, offset, bytes::Bytes::copy_from_slice(part)))
-                    .await
-                    .map_err(|_| closed())?;
+                tx.send(piece(WriteAction::Write, offset, part.to_vec())).await.map_err(|_| closed())?;
                 next_answer().await?;
                 offset += part.len() as u64;
                 progress(part.len() as u64);
@@ -194,7 +192,7 @@ impl ContainerdWriter {
         if offset != size {
             return Err(WriteError::Size { digest: digest.clone(), got: offset, want: size });
         }
-        tx.send(piece(WriteAction::Commit, offset, bytes::Bytes::new())).await.map_err(|_| closed())?;
+        tx.send(piece(WriteAction::Commit, offset, Vec::new())).await.map_err(|_| closed())?;
         match next_answer().await {
             Ok(_) => Ok(()),
             Err(WriteError::Containerd { code: Code::AlreadyExists, .. }) => self.keep(lease, digest).await,
