@@ -341,6 +341,12 @@ def check_swarm_env(ds, want):
           f"swarm integer env values are plain digits ({ints})")
 
 
+def check_env_value(ds, name, value, what):
+    """The peerd container has env var `name` exactly once, with the string `value`."""
+    got = [e.get("value") for e in peerd_container(ds).get("env", []) if e["name"] == name]
+    check(got == [value], f"{what} ({name}={got})")
+
+
 def check_names(docs):
     """Every name fits its field: object names and label values at most 63 characters (the Job
     controller copies the Job's name into its pods' `job-name` label)."""
@@ -618,6 +624,7 @@ def main():
     if ds:
         check_mirrors(docs, ds, default_regs)
         check_swarm_env(ds, default_swarm)
+        check_env_value(ds, "PEERD_METRICS__DEBUG_WEB", "false", "the /debug/web page is off by default")
         us = ds["spec"]["updateStrategy"]["rollingUpdate"]
         check(isinstance(us["maxUnavailable"], str) and us["maxUnavailable"].endswith("%"),
               f"maxUnavailable is a percentage by default ({us['maxUnavailable']}), which scales with the cluster")
@@ -639,6 +646,7 @@ def main():
         check_mirrors(docs, ds, regs, mode="replace", default_host=True, stale=["/etc/docker/certs.d"])
         check_swarm_env(ds, {"PEERD_SWARM__ENABLED": "false", "PEERD_SWARM__MAX_SPOOL_BYTES": "107374182400",
                              "PEERD_SWARM__UPLOAD_RATE": "1048576", "PEERD_SWARM__DOWNLOAD_RATE": "5368709120"})
+        check_env_value(ds, "PEERD_METRICS__DEBUG_WEB", "true", "debugWeb: true turns the /debug/web page on")
         c = peerd_container(ds)
         pod = ds["spec"]["template"]["spec"]
         env = c.get("env", [])

@@ -11,6 +11,7 @@ PACKAGES=(
   busybox-static      # the test images' rootfs
   nginx-light         # plain HTTP upstream (/blobs tests)
   curl jq iproute2 ca-certificates
+  chromium            # the /debug/web page rendered in a headless browser (tests/debug_web.rs)
 )
 
 missing=()

@@ -26,6 +26,7 @@ pub struct Config {
     pub kubernetes: KubernetesConfig,
     pub blobs: BlobsConfig,
     pub swarm: SwarmConfig,
+    pub preheat: PreheatConfig,
     pub log: LogConfig,
 }
 
@@ -52,6 +53,29 @@ pub struct MetricsConfig {
     pub addr: SocketAddr,
     /// Also serve `/debug/*` here (they are always on the node-local front end).
     pub debug: bool,
+    /// Serve the HTML debug page `/debug/web` here.
+    pub debug_web: bool,
+}
+
+/// Preheat: images written into this node's containerd ahead of a rollout (`crate::preheat`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreheatConfig {
+    pub enabled: bool,
+    /// Preheats running at once on this node (more wait in a queue of 4× this, then 503).
+    pub max_concurrent: usize,
+    /// Bytes per second all preheats of this node read together (0: unlimited).
+    pub rate: u64,
+    /// How long the containerd lease keeps preheated content from garbage collection.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// containerd namespace written into ("" = the first of `containerd.namespaces`).
+    pub namespace: String,
+    /// Images in one request.
+    pub max_images: usize,
+    /// A preheat still running after this long is failed.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
 }
 
 /// The listener other nodes fetch from; every request on it is authenticated.
@@ -491,6 +515,17 @@ impl Config {
                 if v.is_empty() {
                     return bad(key, "needed when kubernetes.events = \"on\" (or set POD_NAME, POD_NAMESPACE, KUBERNETES_SERVICE_HOST)".into());
                 }
+            }
+        }
+        if self.preheat.enabled {
+            if self.preheat.max_concurrent == 0 || self.preheat.max_images == 0 {
+                return bad("preheat.max_concurrent", "max_concurrent and max_images must be positive".into());
+            }
+            if self.preheat.lease_ttl < Duration::from_secs(60) || self.preheat.timeout.is_zero() {
+                return bad("preheat.lease_ttl", "lease_ttl must be at least 1m and timeout positive".into());
+            }
+            if self.preheat.rate != 0 && self.preheat.rate < 1 << 20 {
+                return bad("preheat.rate", "0 (unlimited) or at least 1 MiB per second".into());
             }
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)

@@ -20,6 +20,10 @@ pub enum Reason {
     P2PActive,
     P2PDisconnected,
     P2PFailed,
+    /// A preheat finished on this node (`P2PPreheat`, Normal).
+    P2PPreheat,
+    /// A preheat failed on this node (`P2PPreheat`, Warning).
+    P2PPreheatFailed,
 }
 
 impl Reason {
@@ -30,11 +34,12 @@ impl Reason {
             Reason::P2PActive => "P2PActive",
             Reason::P2PDisconnected => "P2PDisconnected",
             Reason::P2PFailed => "P2PFailed",
+            Reason::P2PPreheat | Reason::P2PPreheatFailed => "P2PPreheat",
         }
     }
     /// Kubernetes event type.
     pub fn is_warning(self) -> bool {
-        matches!(self, Reason::P2PDisconnected | Reason::P2PFailed)
+        matches!(self, Reason::P2PDisconnected | Reason::P2PFailed | Reason::P2PPreheatFailed)
     }
 }
 

@@ -66,8 +66,9 @@ impl KubeSink {
 struct Worker {
     http: reqwest::Client,
     cfg: KubernetesConfig,
-    /// reason → (event name, count so far)
-    posted: HashMap<&'static str, (String, u32)>,
+    /// reason → (event name, count so far). Keyed by [`Reason`], not its name: a failed
+    /// `P2PPreheat` (Warning) is its own Event, apart from the done ones (Normal).
+    posted: HashMap<crate::events::Reason, (String, u32)>,
 }
 
 fn now() -> String {
@@ -94,7 +95,7 @@ impl Worker {
 
     async fn send(&mut self, event: &Event, count: u32) -> Result<(), String> {
         let reason = event.reason.as_str();
-        if let Some((name, total)) = self.posted.get(reason).cloned() {
+        if let Some((name, total)) = self.posted.get(&event.reason).cloned() {
             let total = total + count;
             let patch = json!({ "count": total, "lastTimestamp": now(), "message": event.message });
             let mut req = self
@@ -107,7 +108,7 @@ impl Worker {
             }
             let resp = req.send().await.map_err(|e| e.to_string())?;
             if resp.status().is_success() {
-                self.posted.insert(reason, (name, total));
+                self.posted.insert(event.reason, (name, total));
                 return Ok(());
             }
             if resp.status().as_u16() != 404 {
@@ -147,7 +148,7 @@ impl Worker {
         if !resp.status().is_success() {
             return Err(format!("POST event: {}", resp.status()));
         }
-        self.posted.insert(reason, (name, count));
+        self.posted.insert(event.reason, (name, count));
         Ok(())
     }
 }

@@ -18,6 +18,7 @@
 //! - [`fetch`]: multi-source blob fetching (hedged start, resume at the next byte).
 //! - [`hosts`]: containerd hosts.toml install/uninstall (`peerd hosts`), containerd config reading.
 //! - [`doctor`]: end-to-end node checks (`peerd doctor`).
+//! - [`preheat`]: images written into chosen nodes' containerd before a rollout (no coordinator).
 //! - [`node`]: wiring all of the above into a running node (used by `main`).
 
 #![forbid(unsafe_code)]
@@ -38,6 +39,7 @@ pub mod mirror;
 pub mod node;
 pub mod oci;
 pub mod peer;
+pub mod preheat;
 pub mod range;
 pub mod routing;
 pub mod store;

@@ -35,6 +35,67 @@ enum Command {
     /// Helpers the Helm chart runs in peerd's own image (no other image to pull).
     #[command(subcommand)]
     Kube(KubeCommand),
+    /// Put images into nodes' containerd before a rollout: asks the node-local peerd, which
+    /// picks the nodes (rendezvous hashing on the image digest) and asks each of them.
+    /// Exit status 0 only when every chosen node holds the images (with --wait).
+    Preheat(PreheatArgs),
+}
+
+#[derive(Args)]
+struct PreheatArgs {
+    /// Images, e.g. registry.example.com/app:v2 or ...@sha256:<digest>; only from mirrored registries.
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<String>,
+    /// Platform to take from a multi-platform index [default: this node's, e.g. linux/amd64].
+    #[arg(long, value_name = "OS/ARCH")]
+    platform: Option<String>,
+    /// Number of nodes per image [default: 1].
+    #[arg(long, value_name = "N", conflicts_with = "all")]
+    copies: Option<usize>,
+    /// Every node.
+    #[arg(long)]
+    all: bool,
+    /// Show progress per node until every chosen node is done or failed.
+    #[arg(long)]
+    wait: bool,
+    /// The node-local peerd front end.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:5000")]
+    addr: String,
+    /// With --wait: give up after this long.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
+}
+
+fn preheat(a: &PreheatArgs) -> ExitCode {
+    use peerd::preheat::cli;
+    let opts = cli::Options {
+        addr: a.addr.clone(),
+        request: peerd::preheat::PreheatRequest {
+            images: a.images.clone(),
+            platform: a.platform.clone(),
+            copies: a.copies,
+            all: a.all,
+        },
+        wait: a.wait,
+        timeout: a.timeout,
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("peerd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(cli::run(&opts)) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("peerd preheat: {e}");
+            match e {
+                cli::CliError::Refused(_) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -565,6 +626,7 @@ fn main() -> ExitCode {
         Command::Hosts(h) => return hosts(h),
         Command::Doctor(d) => return doctor(d),
         Command::Kube(k) => return kube(k),
+        Command::Preheat(p) => return preheat(p),
     };
     let cfg = match args.load() {
         Ok(c) => c,

@@ -40,6 +40,7 @@ pub const METRICS: &[fn()] = &[
     crate::actors::fetch::describe,
     crate::blobs::describe,
     crate::swarm::describe,
+    crate::preheat::describe,
     crate::kube::describe,
 ];
 
@@ -188,6 +189,33 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
         None
     };
     let swarm_data = swarm.clone().map(web::Data::new);
+    let preheat = web::Data::new(preheater(&cfg, p2p.as_ref(), &events)?);
+    let debug_web = match cfg.metrics.debug_web {
+        true => Some(web::Data::new(crate::http::debug_web::DebugWeb {
+            started: std::time::Instant::now(),
+            peer_id: p2p.as_ref().map_or_else(|| "(p2p off)".to_owned(), |p| p.peer_id.clone()),
+            addrs: vec![
+                ("front end (node-local)", cfg.http.addr.to_string()),
+                ("peer listener", cfg.peer.addr.to_string()),
+                ("p2p", cfg.p2p.addr.to_string()),
+                ("metrics", cfg.metrics.addr.to_string()),
+            ],
+            store: store.clone(),
+            router: p2p.as_ref().map(|p| p.router.clone()),
+            preheat: preheat.get_ref().clone(),
+            recorder: Default::default(),
+            prometheus: prometheus.clone(),
+            front: front_url(cfg.http.addr),
+            client: p2p.as_ref().map(|p| p.path.client.clone()),
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .read_timeout(Duration::from_secs(30))
+                .build()
+                .map_err(|e| NodeError::Setup(format!("debug page HTTP client: {e}")))?,
+        })),
+        false => None,
+    };
+    let recorder = debug_web.as_ref().map(|d| web::Data::new(d.recorder.clone()));
     let (peers, router, libp2p_registry, _p2p_arbiter) = match p2p {
         Some(p) => (Some(p.path), Some(p.router), Some(p.registry), Some(p.arbiter)),
         None => (None, None, None, None),
@@ -212,8 +240,17 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
     // The node-local front end (containerd, overlaybd): /v2, /blobs, /debug/*, health.
     let budget = web::Data::new(front::TransferBudget::new(cfg.http.max_transfers));
     let (s0, r1, s1, b1, t1) = (state.clone(), ready.clone(), sources.clone(), blobs.clone(), budget.clone());
+    let (h1, rec1) = (preheat.clone(), recorder.clone());
     let mut front_end = HttpServer::new(move || {
-        let mut app = App::new().app_data(s0.clone()).app_data(r1.clone()).app_data(s1.clone()).app_data(t1.clone());
+        let mut app = App::new()
+            .app_data(s0.clone())
+            .app_data(r1.clone())
+            .app_data(s1.clone())
+            .app_data(t1.clone())
+            .app_data(h1.clone());
+        if let Some(r) = &rec1 {
+            app = app.app_data(r.clone());
+        }
         if let Some(b) = &b1 {
             app = app.app_data(b.clone());
         }
@@ -225,6 +262,7 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
                 }
             })
             .configure(front::debug_routes)
+            .configure(crate::http::preheat::configure)
             .configure(front::health)
             .default_service(web::to(front::not_found))
     })
@@ -249,8 +287,16 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
     let peer_server = match guard {
         Some(guard) => {
             let (state, blobs, swarm, budget) = (state.clone(), blobs.clone(), swarm_data.clone(), budget.clone());
+            let (h2, rec2) = (preheat.clone(), recorder.clone());
             let mut server = HttpServer::new(move || {
-                let mut app = App::new().app_data(state.clone()).app_data(guard.clone()).app_data(budget.clone());
+                let mut app = App::new()
+                    .app_data(state.clone())
+                    .app_data(guard.clone())
+                    .app_data(budget.clone())
+                    .app_data(h2.clone());
+                if let Some(r) = &rec2 {
+                    app = app.app_data(r.clone());
+                }
                 if let Some(b) = &blobs {
                     app = app.app_data(b.clone());
                 }
@@ -260,6 +306,7 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
                 app.wrap(from_fn(crate::http::peer::authenticate))
                     .wrap(from_fn(front::observe))
                     .configure(registry::configure_peer)
+                    .configure(crate::http::preheat::configure_peer)
                     .configure(|c| {
                         if blobs.is_some() {
                             crate::http::blobs::configure_peer(c)
@@ -288,14 +335,22 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
     };
 
     let (r2, debug) = (ready.clone(), cfg.metrics.debug);
+    if let Some(d) = &debug_web {
+        crate::http::debug_web::spawn_sampler(d.recorder.clone(), prometheus.clone());
+        tracing::info!(addr = %cfg.metrics.addr, "debug page at /debug/web (metrics.debug_web)");
+    }
     let metrics = HttpServer::new(move || {
-        App::new()
-            .app_data(sources.clone())
-            .app_data(r2.clone())
-            .configure(front::metrics_routes)
+        let mut app = App::new().app_data(sources.clone()).app_data(r2.clone());
+        if let Some(d) = &debug_web {
+            app = app.app_data(d.clone());
+        }
+        app.configure(front::metrics_routes)
             .configure(|c| {
                 if debug {
                     front::debug_routes(c)
+                }
+                if debug_web.is_some() {
+                    crate::http::debug_web::routes(c)
                 }
             })
             .configure(front::health)
@@ -315,6 +370,14 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
         }
     });
 
+    // Announced as a preheat target once the router is up.
+    let (announce, announce_ready) = (preheat.clone(), ready.clone());
+    actix_rt::spawn(async move {
+        while !announce_ready.get().await {
+            actix_rt::time::sleep(Duration::from_millis(200)).await;
+        }
+        announce.announce().await;
+    });
     ready.set(true);
     // "ready" only when /readyz says so: with peers configured that needs a connection.
     let watch = ready.clone();
@@ -388,6 +451,51 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
 
 /// How long background work gets to end after the servers stopped.
 const BACKGROUND_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The node's own front end, as a client on this node reaches it.
+fn front_url(addr: std::net::SocketAddr) -> String {
+    match addr {
+        a if a.ip().is_unspecified() && a.is_ipv4() => format!("http://127.0.0.1:{}", a.port()),
+        a if a.ip().is_unspecified() => format!("http://[::1]:{}", a.port()),
+        a => format!("http://{a}"),
+    }
+}
+
+/// The preheat service: requester always, target when `preheat.enabled` (with a containerd
+/// writer in the first served namespace, or `preheat.namespace`).
+fn preheater(
+    cfg: &Config,
+    p2p: Option<&P2p>,
+    events: &Addr<EventsActor>,
+) -> Result<Arc<crate::preheat::Preheater>, NodeError> {
+    use crate::preheat::{containerd_write::ContainerdWriter, PreheatParts, Preheater};
+    let namespace = if cfg.preheat.namespace.is_empty() {
+        cfg.containerd.namespaces.first().cloned().unwrap_or_default()
+    } else {
+        cfg.preheat.namespace.clone()
+    };
+    let writer = cfg
+        .preheat
+        .enabled
+        .then(|| ContainerdWriter::new(cfg.containerd.socket.clone(), namespace, cfg.containerd.timeout))
+        .transpose()
+        .map_err(|e| NodeError::Setup(e.to_string()))?;
+    let front = front_url(cfg.http.addr);
+    Preheater::new(PreheatParts {
+        cfg: cfg.preheat.clone(),
+        mirrored: cfg.registry.hosts.clone(),
+        default_ns: cfg.registry.default_ns.clone(),
+        max_manifest: cfg.registry.max_manifest_bytes,
+        front,
+        writer,
+        router: p2p.map(|p| p.router.clone()),
+        client: p2p.map(|p| p.path.client.clone()),
+        me: p2p.map_or_else(|| "this-node".to_owned(), |p| p.peer_id.clone()),
+        my_addr: cfg.peer.addr,
+        events: Some(events.clone().recipient()),
+    })
+    .map_err(NodeError::Setup)
+}
 
 struct P2p {
     path: PeerPath,

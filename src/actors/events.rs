@@ -41,6 +41,8 @@ impl Dedup {
                 self.connected = Some(up);
                 Some(1)
             }
+            // Each preheat ends once, and preheats are bounded per node: every end is an event.
+            Reason::P2PPreheat | Reason::P2PPreheatFailed => Some(1),
             Reason::P2PFailed => match self.last.get_mut(&reason) {
                 Some((at, suppressed)) if now.duration_since(*at) < self.interval => {
                     *suppressed += 1;
@@ -116,6 +118,18 @@ mod tests {
         assert_eq!(d.admit(Reason::P2PFailed, t + Duration::from_secs(2)), None);
         assert_eq!(d.admit(Reason::P2PFailed, t + Duration::from_secs(61)), Some(3));
         assert_eq!(d.admit(Reason::P2PFailed, t + Duration::from_secs(200)), Some(1));
+    }
+
+    #[test]
+    fn every_preheat_end_is_an_event() {
+        let t = Instant::now();
+        let mut d = Dedup::new(Duration::from_secs(60));
+        for _ in 0..3 {
+            assert_eq!(d.admit(Reason::P2PPreheat, t), Some(1));
+            assert_eq!(d.admit(Reason::P2PPreheatFailed, t), Some(1));
+        }
+        assert_eq!(Reason::P2PPreheatFailed.as_str(), "P2PPreheat");
+        assert!(Reason::P2PPreheatFailed.is_warning() && !Reason::P2PPreheat.is_warning());
     }
 
     struct Capture(Arc<Mutex<Vec<(Reason, u32)>>>);

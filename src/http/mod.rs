@@ -4,8 +4,10 @@
 //! a tracing span carrying it, and the request metrics, timed until the last body byte.
 
 pub mod blobs;
+pub mod debug_web;
 pub mod error;
 pub mod peer;
+pub mod preheat;
 pub mod registry;
 pub mod swarm;
 
@@ -91,6 +93,7 @@ fn handler_label(path: &str) -> &'static str {
         p if p.starts_with("/blobs-chunk/") => "blobs_chunk",
         p if p.starts_with("/blobs-meta/") => "blobs_meta",
         p if p.starts_with("/swarm/") => "swarm",
+        p if p.starts_with("/preheat") => "preheat",
         p if p.starts_with("/v2/") => {
             let mut segs = p.rsplit('/');
             match (segs.next(), segs.next()) {
@@ -187,9 +190,18 @@ pub async fn observe(
         }
         _ => None,
     };
+    // Content answers are remembered for the debug page (`/debug/web`), when it is on.
+    let record = match req.app_data::<web::Data<Arc<debug_web::Recorder>>>() {
+        Some(r) if req.method() == actix_web::http::Method::GET && matches!(handler, "blobs" | "blobs_file") => {
+            let to = if req.headers().contains_key(crate::peer::REQUEST_FROM_PEER) { "peer" } else { "client" };
+            Some((r.get_ref().clone(), clip(req.path(), 160).into_owned(), to))
+        }
+        _ => None,
+    };
     let mut res = next.call(req).instrument(span.clone()).await?;
     let status = res.status().as_u16();
     let source = res.response().extensions().get::<Source>().map_or("none", |s| s.as_str());
+    let record = record.map(|(r, what, to)| Record { recorder: r, what, to, source, status });
     metrics::counter!(REQUESTS, "handler" => handler, "method" => method, "status" => status.to_string(), "source" => source)
         .increment(1);
     span.in_scope(|| tracing::debug!(status, source, "response started"));
@@ -197,7 +209,17 @@ pub async fn observe(
         res.headers_mut().insert(HeaderName::from_static(CORRELATION_HEADER), v);
     }
     Ok(res.map_body(|_, body| {
-        BoxBody::new(Timed { body: body.boxed(), started, handler, method, span, failed: false, _slot: slot })
+        BoxBody::new(Timed {
+            body: body.boxed(),
+            started,
+            handler,
+            method,
+            span,
+            failed: false,
+            _slot: slot,
+            bytes: 0,
+            record,
+        })
     }))
 }
 
@@ -242,6 +264,18 @@ struct Timed {
     failed: bool,
     /// The transfer budget slot, released when the body ends or is dropped.
     _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Body bytes sent.
+    bytes: u64,
+    /// Where to remember this transfer (the debug page), if anywhere.
+    record: Option<Record>,
+}
+
+struct Record {
+    recorder: Arc<debug_web::Recorder>,
+    what: String,
+    to: &'static str,
+    source: &'static str,
+    status: u16,
 }
 
 impl MessageBody for Timed {
@@ -253,6 +287,9 @@ impl MessageBody for Timed {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Self::Error>>> {
         let polled = Pin::new(&mut self.body).poll_next(cx);
+        if let Poll::Ready(Some(Ok(b))) = &polled {
+            self.bytes += b.len() as u64;
+        }
         if let Poll::Ready(Some(Err(e))) = &polled {
             self.failed = true;
             self.span.in_scope(|| tracing::warn!(error = %e, "response body aborted"));
@@ -267,6 +304,17 @@ impl Drop for Timed {
         metrics::histogram!(REQUEST_DURATION, "handler" => self.handler, "method" => self.method).record(secs);
         let failed = self.failed;
         self.span.in_scope(|| tracing::debug!(seconds = secs, failed, "request finished"));
+        if let Some(r) = self.record.take() {
+            r.recorder.record(debug_web::Transfer {
+                at: std::time::SystemTime::now(),
+                what: r.what,
+                to: r.to,
+                source: r.source,
+                status: if failed { 0 } else { r.status },
+                bytes: self.bytes,
+                seconds: secs,
+            });
+        }
     }
 }
 

@@ -106,6 +106,63 @@ impl PeerClient {
         Ok(Self { http, key, node })
     }
 
+    /// A request to `target` on the peer listener at `addr`, signed (method, path and query,
+    /// `range`, timestamp, nonce, node id); returns it with its nonce.
+    fn signed(
+        &self,
+        method: reqwest::Method,
+        addr: std::net::SocketAddr,
+        target: &str,
+        range: Option<&str>,
+    ) -> (reqwest::RequestBuilder, String) {
+        let nonce = uuid::Uuid::new_v4().simple().to_string();
+        let ts = unix_now();
+        let mut req = self
+            .http
+            .request(method.clone(), format!("http://{addr}{target}"))
+            .header(REQUEST_FROM_PEER, "true")
+            .header(NODE_HEADER, &self.node)
+            .header(TIMESTAMP_HEADER, ts.to_string())
+            .header(NONCE_HEADER, &nonce);
+        if let Some(k) = &self.key {
+            let sig = k.sign_request(method.as_str(), target, range.unwrap_or(""), ts, &nonce, &self.node);
+            req = req.header(SIGNATURE_HEADER, sig);
+        }
+        (req, nonce)
+    }
+
+    /// A small signed control request (no body; everything in the signed query) to the peer
+    /// listener at `addr`: the status and at most `limit` bytes of the answer, whose signature
+    /// is checked. Used by preheat (`POST /preheat/<id>?...`, `GET /preheat/<id>`).
+    pub async fn control(
+        &self,
+        addr: std::net::SocketAddr,
+        method: reqwest::Method,
+        target: &str,
+        timeout: Duration,
+        limit: u64,
+    ) -> Result<(u16, bytes::Bytes), PeerError> {
+        let (req, nonce) = self.signed(method, addr, target, None);
+        let resp = req.timeout(timeout).send().await.map_err(|e| PeerError::Failed(e.to_string()))?;
+        let status = resp.status().as_u16();
+        if let Some(k) = &self.key {
+            let h = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+            if let Err(e) = k.verify_response(
+                &nonce,
+                status,
+                &h("docker-content-digest"),
+                &h(CONTENT_RANGE.as_str()),
+                resp.headers().get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()),
+            ) {
+                metrics::counter!(PEER_AUTH_FAILURES, "kind" => "http").increment(1);
+                return Err(PeerError::Auth(e.to_string()));
+            }
+        }
+        let body = resp.bytes_stream().map(|r| r.map_err(|e| std::io::Error::other(format!("peer body: {e}"))));
+        let body = crate::store::collect(Box::pin(body), limit).await.map_err(|e| PeerError::Failed(e.to_string()))?;
+        Ok((status, body))
+    }
+
     /// GET or HEAD `target` (`/v2/...?ns=...`) from `peer`.
     pub async fn fetch(
         &self,
@@ -116,20 +173,8 @@ impl PeerClient {
         accept: Option<&str>,
     ) -> Result<PeerResponse, PeerError> {
         let method = if head { reqwest::Method::HEAD } else { reqwest::Method::GET };
-        let nonce = uuid::Uuid::new_v4().simple().to_string();
-        let ts = unix_now();
-        let mut req = self
-            .http
-            .request(method.clone(), format!("http://{}{target}", peer.addr))
-            .header(REQUEST_FROM_PEER, "true")
-            .header(NODE_HEADER, &self.node)
-            .header(TIMESTAMP_HEADER, ts.to_string())
-            .header(NONCE_HEADER, &nonce);
         let range = range.map(|r| r.header());
-        if let Some(k) = &self.key {
-            let sig = k.sign_request(method.as_str(), target, range.as_deref().unwrap_or(""), ts, &nonce, &self.node);
-            req = req.header(SIGNATURE_HEADER, sig);
-        }
+        let (mut req, nonce) = self.signed(method, peer.addr, target, range.as_deref());
         if let Some(r) = range {
             req = req.header(RANGE, r);
         }
