@@ -60,7 +60,7 @@ pub struct PeerOpener {
 impl PeerOpener {
     fn report(&self, ok: bool) {
         if let Some(r) = &self.report {
-            r.do_send(crate::actors::fetch::Outcome { peer: self.peer.id.clone(), ok });
+            let _ = r.try_send(crate::actors::fetch::Outcome { peer: self.peer.id.clone(), ok });
         }
     }
 }
@@ -220,7 +220,7 @@ pub async fn verified_whole(
         let peers = contributors.take();
         metrics::counter!(PEER_FETCH_FAILURES, "reason" => "digest_mismatch").increment(peers.len() as u64);
         if let Some(c) = corrupt {
-            c.do_send(Corrupt { peers, key: d.to_string() });
+            let _ = c.try_send(Corrupt { peers, key: d.to_string() });
         }
     });
     Ok((Box::pin(verified), size, source))

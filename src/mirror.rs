@@ -481,7 +481,7 @@ async fn peer_manifest(st: &RegistryState, ask: &Ask, repo: &str, reference: &Re
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(peer = %peer.id, error = %e, "peer manifest fetch failed");
-                p.report.do_send(Outcome { peer: peer.id, ok: false });
+                let _ = p.report.try_send(Outcome { peer: peer.id, ok: false });
                 continue;
             }
         };
@@ -490,7 +490,7 @@ async fn peer_manifest(st: &RegistryState, ask: &Ask, repo: &str, reference: &Re
             Reference::Digest(d) => {
                 if Digest::compute(d.algorithm(), &body) != *d {
                     mismatch(Source::Peer, d, "peer manifest");
-                    p.corrupt.do_send(Corrupt { peers: vec![peer.id], key: d.to_string() });
+                    let _ = p.corrupt.try_send(Corrupt { peers: vec![peer.id], key: d.to_string() });
                     continue;
                 }
                 d.clone()
@@ -498,7 +498,7 @@ async fn peer_manifest(st: &RegistryState, ask: &Ask, repo: &str, reference: &Re
             Reference::Tag(_) => Digest::compute(Algorithm::Sha256, &body),
         };
         let Some(media_type) = resp.content_type.or_else(|| media::sniff_manifest(&body)) else { continue };
-        p.report.do_send(Outcome { peer: peer.id, ok: true });
+        let _ = p.report.try_send(Outcome { peer: peer.id, ok: true });
         return Some(Manifest { body, media_type, digest });
     }
     None
@@ -873,7 +873,7 @@ pub async fn get_for_peer(st: &RegistryState, ask: &Ask, route: Route) -> Result
     };
     if answer.is_ok() {
         if let Some(p) = &st.peers {
-            p.served.do_send(ServedPeer);
+            let _ = p.served.try_send(ServedPeer);
         }
     }
     answer

@@ -267,7 +267,7 @@ async fn watch(store: Arc<dyn ContentStore>, me: Addr<Advertiser>) {
         match all_keys(store.as_ref()).await {
             Ok(all) => {
                 tracing::info!(images = all.len(), "walked local images");
-                me.do_send(Resync(all));
+                let _ = me.send(Resync(all)).await;
                 backoff = Duration::from_secs(1);
                 warned = false;
             }
@@ -287,12 +287,16 @@ async fn watch(store: Arc<dyn ContentStore>, me: Addr<Advertiser>) {
                             Some(Ok(ImageEvent::Changed(name))) => match store.resolve(&name).await {
                                 Ok(Some(target)) => {
                                     let keys = image_keys(store.as_ref(), &name, &target).await;
-                                    me.do_send(ImageKeys { name, keys });
+                                    let _ = me.send(ImageKeys { name, keys }).await;
                                 }
-                                Ok(None) => me.do_send(ImageGone(name)),
+                                Ok(None) => {
+                                    let _ = me.send(ImageGone(name)).await;
+                                }
                                 Err(e) => tracing::warn!(image = name, error = %e, "resolving a changed image failed"),
                             },
-                            Some(Ok(ImageEvent::Deleted(name))) => me.do_send(ImageGone(name)),
+                            Some(Ok(ImageEvent::Deleted(name))) => {
+                                let _ = me.send(ImageGone(name)).await;
+                            }
                             Some(Err(e)) => {
                                 tracing::warn!(error = %e, "containerd event stream failed; re-subscribing");
                                 break;
@@ -304,7 +308,7 @@ async fn watch(store: Arc<dyn ContentStore>, me: Addr<Advertiser>) {
                         },
                         _ = resync.tick() => {
                             if let Ok(all) = all_keys(store.as_ref()).await {
-                                me.do_send(Resync(all));
+                                let _ = me.send(Resync(all)).await;
                             }
                         }
                     }

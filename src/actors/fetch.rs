@@ -130,8 +130,16 @@ impl FetchActor {
     }
 }
 
+/// Messages the fetch actor holds; senders use `try_send`, so past this an outcome report is
+/// dropped (advisory) rather than the mailbox growing without bound.
+const MAILBOX: usize = 4096;
+
 impl Actor for FetchActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(MAILBOX);
+    }
 }
 
 impl Handler<Locate> for FetchActor {

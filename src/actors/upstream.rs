@@ -101,8 +101,16 @@ impl UpstreamActor {
     }
 }
 
+/// Admissions and reports the actor holds at once (`Reported` is sent with `try_send`: past
+/// this a report is dropped, and the breaker misses one sample).
+const MAILBOX: usize = 4096;
+
 impl Actor for UpstreamActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(MAILBOX);
+    }
 }
 
 impl Handler<Admit> for UpstreamActor {

@@ -569,12 +569,12 @@ impl BlobsState {
             .await;
             match got {
                 Ok(body) => {
-                    p.report.do_send(Outcome { peer: peer.id, ok: true });
+                    let _ = p.report.try_send(Outcome { peer: peer.id, ok: true });
                     return Some(body);
                 }
                 Err(e) => {
                     tracing::debug!(peer = %peer.id, error = %e, "peer chunk fetch failed");
-                    p.report.do_send(Outcome { peer: peer.id, ok: false });
+                    let _ = p.report.try_send(Outcome { peer: peer.id, ok: false });
                 }
             }
         }
@@ -613,10 +613,10 @@ impl BlobsState {
                 }
             };
             let Ok((body, _)) = resp.checked_body(range.len(), true).await else {
-                p.report.do_send(Outcome { peer: owner.id, ok: false });
+                let _ = p.report.try_send(Outcome { peer: owner.id, ok: false });
                 return None;
             };
-            p.report.do_send(Outcome { peer: owner.id, ok: true });
+            let _ = p.report.try_send(Outcome { peer: owner.id, ok: true });
             return Some(body);
         }
     }
@@ -946,7 +946,7 @@ impl BlobsState {
         let (data, sha) = found.ok_or_else(|| ApiError::BlobUnknown(format!("{id}/{index}")))?;
         metrics::counter!(crate::peer::PEER_SERVED_BYTES).increment(data.len() as u64);
         if let Some(p) = &self.peers {
-            p.served.do_send(ServedPeer);
+            let _ = p.served.try_send(ServedPeer);
         }
         Ok((data, sha))
     }

@@ -741,7 +741,7 @@ impl Preheater {
                     job.progress("", "").error.unwrap_or_default()
                 ),
             };
-            ev.do_send(Emit(Event { reason, message }));
+            crate::events::report(ev, Event { reason, message });
         }
     }
 

@@ -54,7 +54,7 @@ impl Swarm {
         metrics::counter!(SWARM_UPLOAD_BYTES).increment(data.len() as u64);
         metrics::counter!(crate::peer::PEER_SERVED_BYTES).increment(data.len() as u64);
         if let Some(a) = &self.active {
-            a.do_send(crate::actors::fetch::ServedPeer);
+            let _ = a.try_send(crate::actors::fetch::ServedPeer);
         }
         Ok((data, sha))
     }
