@@ -3,23 +3,18 @@
 //! Peer-to-peer distribution of container images and large files inside a Kubernetes cluster.
 //!
 //! ## Layout
-//! - [`blobs`]: `/blobs/<URL>` byte-range proxy with an on-disk chunk cache (overlaybd).
-//! - [`config`]: the one config tree (defaults → file → `PEERD_*` env → flags).
-//! - [`oci`]: digests, names, `ns` hosts, media types (pure parsers).
-//! - [`store`]: the local content store boundary; containerd and in-memory implementations.
-//! - [`upstream`]: the upstream registry boundary; HTTP (token flow) and in-memory implementations.
-//! - [`routing`]: the peer routing boundary (who holds what); in-memory implementation.
-//! - [`actors`]: upstream fallback policy and event emission, as actix actors.
-//! - [`stream`]: data-path stream adapters (verification, accounting, slicing).
-//! - [`http`]: actix-web front ends, error mapping, middleware.
-//! - [`kube`]: Kubernetes events on the node's Pod (Events API, bounded worker).
-//! - [`metrics`]: metric names and the Prometheus recorder.
-//! - [`peer`]: peer identity, cluster-secret authentication, the peer HTTP client.
-//! - [`fetch`]: multi-source blob fetching (hedged start, resume at the next byte).
-//! - [`hosts`]: containerd hosts.toml install/uninstall (`peerd hosts`), containerd config reading.
-//! - [`doctor`]: end-to-end node checks (`peerd doctor`).
-//! - [`preheat`]: images written into chosen nodes' containerd before a rollout (no coordinator).
-//! - [`node`]: wiring all of the above into a running node (used by `main`).
+//! Modules sit in one-way layers (`tests/layers.rs` checks it; docs/design.md draws it), bottom
+//! to top:
+//! - core: [`oci`] (digests, names, media types), [`range`], [`stream`] (bodies and their
+//!   adapters), [`config`], [`metrics`] (the recorder), [`events`] (the event vocabulary),
+//!   [`lifecycle`] (cancellation and shutdown).
+//! - adapters: [`store`] (containerd), [`upstream`] (registries), [`routing`] (the DHT),
+//!   [`peer`] (the peer protocol), [`kube`] (the Kubernetes API), [`hosts`] (containerd's
+//!   hosts.toml).
+//! - transfer and actors: [`fetch`] (multi-source fetching), [`actors`] (decisions).
+//! - services: [`error`], [`mirror`] (`/v2`), [`swarm`], [`blobs`] (`/blobs`), [`preheat`].
+//! - http: [`http`] (listeners, extraction, answers).
+//! - app: [`node`] (wiring a node), [`doctor`].
 
 #![forbid(unsafe_code)]
 
