@@ -26,6 +26,26 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+/// Why a source could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Peer(#[from] crate::peer::client::PeerError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("{0} sent no size")]
+    NoSize(String),
+    /// Every source was tried; the last one's failure.
+    #[error("no source could serve: {0}")]
+    Exhausted(Box<SourceError>),
+    #[error("no sources")]
+    NoSources,
+    /// A failing source in the tests.
+    #[cfg(test)]
+    #[error("{0}")]
+    Test(String),
+}
+
 /// A body opened from one source, with the total size when the source said it.
 pub struct Opened {
     pub body: ByteStream,
@@ -38,9 +58,9 @@ pub trait Opener: Send + Sync {
     fn source(&self) -> Source;
     fn label(&self) -> String;
     /// Open `range` (the whole blob when `None`).
-    async fn open(&self, range: Option<ByteRange>) -> Result<Opened, String>;
+    async fn open(&self, range: Option<ByteRange>) -> Result<Opened, SourceError>;
     /// The blob's size.
-    async fn size(&self) -> Result<u64, String>;
+    async fn size(&self) -> Result<u64, SourceError>;
     /// The peer behind this source (`None` for the upstream): who is blamed when the assembled
     /// body does not match its digest.
     fn peer_id(&self) -> Option<String> {
@@ -76,7 +96,7 @@ impl Opener for PeerOpener {
     fn peer_id(&self) -> Option<String> {
         Some(self.peer.id.clone())
     }
-    async fn open(&self, range: Option<ByteRange>) -> Result<Opened, String> {
+    async fn open(&self, range: Option<ByteRange>) -> Result<Opened, SourceError> {
         match self.client.fetch(&self.peer, &self.target, false, range, None).await {
             Ok(r) => {
                 self.report(true);
@@ -85,17 +105,17 @@ impl Opener for PeerOpener {
             Err(e) => {
                 metrics::counter!(PEER_FETCH_FAILURES, "reason" => e.reason()).increment(1);
                 self.report(false);
-                Err(e.to_string())
+                Err(e.into())
             }
         }
     }
-    async fn size(&self) -> Result<u64, String> {
+    async fn size(&self) -> Result<u64, SourceError> {
         let r = self.client.fetch(&self.peer, &self.target, true, None, None).await.map_err(|e| {
             metrics::counter!(PEER_FETCH_FAILURES, "reason" => e.reason()).increment(1);
             self.report(false);
-            e.to_string()
+            e
         })?;
-        r.content_length.ok_or_else(|| "no Content-Length".into())
+        r.content_length.ok_or_else(|| SourceError::NoSize(self.label()))
     }
 }
 
@@ -118,23 +138,23 @@ impl Opener for UpstreamOpener {
     fn label(&self) -> String {
         format!("upstream {}", self.request.registry)
     }
-    async fn open(&self, range: Option<ByteRange>) -> Result<Opened, String> {
+    async fn open(&self, range: Option<ByteRange>) -> Result<Opened, SourceError> {
         let mut req = self.request.clone();
         req.head = false;
         req.range = range;
-        let resp = send(&self.upstream, req).await.map_err(|e| e.to_string())?;
+        let resp = send(&self.upstream, req).await?;
         let body = match range {
             Some(r) => crate::stream::ranged(resp.body, resp.status, r),
             None => resp.body,
         };
         Ok(Opened { body, size: if range.is_none() { resp.content_length } else { None } })
     }
-    async fn size(&self) -> Result<u64, String> {
+    async fn size(&self) -> Result<u64, SourceError> {
         let mut req = self.request.clone();
         req.head = true;
         req.range = None;
-        let resp = send(&self.upstream, req).await.map_err(|e| e.to_string())?;
-        resp.content_length.ok_or_else(|| "no Content-Length".into())
+        let resp = send(&self.upstream, req).await?;
+        resp.content_length.ok_or_else(|| SourceError::NoSize(self.label()))
     }
 }
 
@@ -152,14 +172,19 @@ pub fn counted(body: ByteStream, source: Source) -> ByteStream {
 pub async fn open_first(
     sources: Vec<Arc<dyn Opener>>,
     hedge: Duration,
-) -> Result<(Opened, Arc<dyn Opener>, VecDeque<Arc<dyn Opener>>), String> {
+) -> Result<(Opened, Arc<dyn Opener>, VecDeque<Arc<dyn Opener>>), SourceError> {
     let mut queue: VecDeque<Arc<dyn Opener>> = sources.into();
     let mut racing = FuturesUnordered::new();
     let mut in_race: Vec<Arc<dyn Opener>> = Vec::new();
-    let mut last_error = "no sources".to_string();
+    let mut last_error = SourceError::NoSources;
     loop {
         if racing.is_empty() {
-            let Some(next) = queue.pop_front() else { return Err(last_error) };
+            let Some(next) = queue.pop_front() else {
+                return Err(match last_error {
+                    SourceError::NoSources => SourceError::NoSources,
+                    e => SourceError::Exhausted(Box::new(e)),
+                });
+            };
             let idx = in_race.len();
             in_race.push(next.clone());
             racing.push(async move { (idx, next.open(None).await) }.boxed());
@@ -178,10 +203,10 @@ pub async fn open_first(
                     rest.extend(queue);
                     return Ok((opened, winner, rest));
                 }
-                Ok(_) => last_error = format!("{} sent no size", in_race[idx].label()),
+                Ok(_) => last_error = SourceError::NoSize(in_race[idx].label()),
                 Err(e) => {
                     tracing::debug!(source = %in_race[idx].label(), error = %e, "source failed");
-                    last_error = format!("{}: {e}", in_race[idx].label());
+                    last_error = e;
                 }
             },
             _ = timer => {
@@ -207,7 +232,7 @@ pub async fn verified_whole(
     digest: &Digest,
     corrupt: Option<Recipient<Corrupt>>,
     on_mismatch: impl FnOnce(&Digest, &str) + Send + 'static,
-) -> Result<(ByteStream, u64, Source), String> {
+) -> Result<(ByteStream, u64, Source), SourceError> {
     let (opened, winner, mut rest) = open_first(peers, hedge).await?;
     rest.push_back(upstream);
     let size = opened.size.unwrap_or(0);
@@ -232,7 +257,7 @@ pub struct Resume {
     current: Option<ByteStream>,
     /// The peer `current` reads from (`None`: the upstream).
     current_peer: Option<String>,
-    pending: Option<BoxFuture<'static, Result<Opened, String>>>,
+    pending: Option<BoxFuture<'static, Result<Opened, SourceError>>>,
     pending_source: Source,
     pending_peer: Option<String>,
     /// Peers whose bytes went into the body so far.
@@ -574,11 +599,11 @@ mod tests {
         fn peer_id(&self) -> Option<String> {
             self.id.map(str::to_owned)
         }
-        async fn open(&self, range: Option<ByteRange>) -> Result<Opened, String> {
+        async fn open(&self, range: Option<ByteRange>) -> Result<Opened, SourceError> {
             self.opens.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(self.delay).await;
             if self.broken {
-                return Err("broken".into());
+                return Err(SourceError::Test("broken".into()));
             }
             let (s, e) = range.map_or((0, self.data.len()), |r| (r.start as usize, r.end as usize + 1));
             let part = self.data.slice(s..e);
@@ -590,13 +615,13 @@ mod tests {
             }
             Ok(Opened { body: Box::pin(futures_util::stream::iter(items)), size: Some(self.data.len() as u64) })
         }
-        async fn size(&self) -> Result<u64, String> {
+        async fn size(&self) -> Result<u64, SourceError> {
             Ok(self.data.len() as u64)
         }
     }
 
     async fn run(sources: Vec<Arc<dyn Opener>>) -> Result<Vec<u8>, String> {
-        let (opened, src, rest) = open_first(sources, Duration::from_millis(20)).await?;
+        let (opened, src, rest) = open_first(sources, Duration::from_millis(20)).await.map_err(|e| e.to_string())?;
         let size = opened.size.unwrap();
         let mut s = Resume::new(opened.body, src.source(), rest, 0, size - 1);
         let mut out = Vec::new();
@@ -648,9 +673,13 @@ mod tests {
             id: None,
         };
         broken.broken = true;
-        let err = run(vec![a, Arc::new(broken)]).await.unwrap_err();
+        let broken = Arc::new(broken);
+        let err = run(vec![a, broken.clone()]).await.unwrap_err();
         assert!(err.contains("every source failed at byte 4"), "{err}");
-        assert!(run(vec![]).await.is_err());
+        // Nothing opens: the error says so, typed, with the last source's failure inside.
+        let none = open_first(vec![broken.clone(), broken], Duration::from_millis(20)).await;
+        assert!(matches!(none, Err(SourceError::Exhausted(e)) if matches!(*e, SourceError::Test(_))));
+        assert!(matches!(open_first(vec![], Duration::ZERO).await, Err(SourceError::NoSources)));
     }
 
     /// Records what a fetch reports as corrupt.
