@@ -110,10 +110,9 @@ impl Opener for PeerOpener {
         }
     }
     async fn size(&self) -> Result<u64, SourceError> {
-        let r = self.client.fetch(&self.peer, &self.target, true, None, None).await.map_err(|e| {
+        let r = self.client.fetch(&self.peer, &self.target, true, None, None).await.inspect_err(|e| {
             metrics::counter!(PEER_FETCH_FAILURES, "reason" => e.reason()).increment(1);
             self.report(false);
-            e
         })?;
         r.content_length.ok_or_else(|| SourceError::NoSize(self.label()))
     }
