@@ -79,13 +79,7 @@ fn preheat(a: &PreheatArgs) -> ExitCode {
         wait: a.wait,
         timeout: a.timeout,
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("peerd: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let Some(rt) = cli_runtime() else { return ExitCode::FAILURE };
     match rt.block_on(cli::run(&opts)) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
@@ -122,13 +116,7 @@ enum KubeCommand {
 }
 
 fn kube(cmd: &KubeCommand) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("peerd: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let Some(rt) = cli_runtime() else { return ExitCode::FAILURE };
     match cmd {
         KubeCommand::Sleep => rt.block_on(async {
             match peerd::lifecycle::termination().await {
@@ -216,13 +204,7 @@ fn doctor(a: &DoctorArgs) -> ExitCode {
         mirror_hosts: a.mirror_host.clone(),
         timeout: a.timeout,
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("peerd: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let Some(rt) = cli_runtime() else { return ExitCode::FAILURE };
     let report = rt.block_on(peerd::doctor::run(&opts));
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report).expect("the report serializes"));
@@ -656,4 +638,10 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The runtime of a one-shot command (`doctor`, `preheat`, the chart's `kube` helpers); `None`
+/// (said on stderr) when it cannot be built.
+fn cli_runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| eprintln!("peerd: {e}")).ok()
 }
