@@ -64,8 +64,8 @@ pub fn describe() {
     describe_histogram!(PREHEAT_SECONDS, Unit::Seconds, "Duration of preheat jobs on this node by outcome");
 }
 
-/// The DHT key every node provides, so a requester finds the nodes with one lookup.
-pub const NODES_KEY: &str = "peerd/nodes";
+/// The DHT key every node provides (see [`crate::routing::keys::NODES`]).
+pub use crate::routing::keys::NODES as NODES_KEY;
 /// Most nodes one lookup of [`NODES_KEY`] returns.
 pub const MAX_NODES: usize = 1000;
 /// How long the requester collects nodes.
