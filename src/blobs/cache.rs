@@ -95,16 +95,22 @@ pub struct ChunkCache {
 
 /// Bytes `from..to` of the file at `path` if it is still the version `stamp` describes (checked
 /// on the open file itself, so a file replaced between the check and the read cannot slip in).
+/// One trip to the blocking pool: open, `fstat`, `pread`.
 async fn read_if_unchanged(path: &Path, stamp: Stamp, from: u64, to: u64) -> Option<Bytes> {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let mut f = tokio::fs::File::open(path).await.ok()?;
-    if Stamp::of(&f.metadata().await.ok()?) != stamp {
-        return None;
-    }
-    f.seek(std::io::SeekFrom::Start(from)).await.ok()?;
-    let mut buf = vec![0u8; (to - from) as usize];
-    f.read_exact(&mut buf).await.ok()?;
-    Some(Bytes::from(buf))
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(&path).ok()?;
+        if Stamp::of(&f.metadata().ok()?) != stamp {
+            return None;
+        }
+        let mut buf = vec![0u8; (to - from) as usize];
+        f.read_exact_at(&mut buf, from).ok()?;
+        Some(Bytes::from(buf))
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 pub(crate) fn hex_sha256(data: &[u8]) -> String {

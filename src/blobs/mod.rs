@@ -842,6 +842,14 @@ impl BlobsState {
     }
 }
 
+/// The part of chunk `index` (of `chunk_size`-byte chunks of a `size`-byte file) that range `r`
+/// covers, as offsets within the chunk.
+fn part_of_chunk(size: u64, chunk_size: u64, r: ByteRange, index: u64) -> (u64, u64) {
+    let start = index * chunk_size;
+    let len = chunk_size.min(size - start);
+    (r.start.saturating_sub(start), (r.end + 1).min(start + len) - start)
+}
+
 /// The upstream breaker's name for a store: host and port (two stores on one host are two).
 fn breaker_key(url: &url::Url) -> String {
     format!("{}:{}", url.host_str().unwrap_or_default(), url.port_or_known_default().unwrap_or(0))
@@ -873,7 +881,24 @@ impl BlobsState {
         head: bool,
     ) -> Result<BlobRead, ApiError> {
         let url = parse_blob_url(path, query, &self.allow, self.policy)?;
-        let meta = self.metadata(&url).await?;
+        let cs = self.cfg.chunk_size;
+        // While the upstream confirms the URL (by default a HEAD per request), the first chunk's
+        // part is read from the cache if the URL's last known metadata names a cached chunk. Its
+        // bytes are used only if the confirmation names the same file; nothing is released
+        // before it.
+        let known = self.meta.get(&hex_sha256(url.as_str().as_bytes())).map(|m| m.clone());
+        let early = async {
+            let m = known.as_ref().filter(|m| !head && m.size > 0)?;
+            let r =
+                range.map(|s| s.resolve(m.size)).transpose().ok()?.unwrap_or(ByteRange { start: 0, end: m.size - 1 });
+            let index = r.start / cs;
+            let (from, to) = part_of_chunk(m.size, cs, r, index);
+            let bytes = self.cache.get_range(&m.id, index, from, to).await?;
+            Some((m.id.clone(), bytes))
+        };
+        let (meta, early) = tokio::join!(self.metadata(&url), early);
+        let meta = meta?;
+        let mut early = early.filter(|(id, _)| *id == meta.id).map(|(_, b)| b);
         self.reading(&url, &meta);
         self.touch(&meta.id);
         let range = range.map(|s| s.resolve(meta.size)).transpose()?;
@@ -882,21 +907,22 @@ impl BlobsState {
             return Ok(BlobRead { size, etag, range, body: None });
         }
         let r = range.unwrap_or(ByteRange { start: 0, end: meta.size - 1 });
-        let cs = self.cfg.chunk_size;
         let (first, last) = (r.start / cs, r.end / cs);
         let this = self.clone();
         self.prefetch(url.clone(), meta.clone(), last + 1);
         let chunks = futures_util::stream::iter(first..=last)
             .map(move |index| {
                 let (t, u, m) = (this.clone(), url.clone(), meta.clone());
+                let ready = if index == first { early.take() } else { None };
                 async move {
                     t.touch(&m.id);
-                    let chunk_start = index * cs;
-                    let chunk_len = cs.min(m.size - chunk_start);
-                    let from = r.start.saturating_sub(chunk_start);
-                    let to = (r.end + 1).min(chunk_start + chunk_len) - chunk_start;
+                    let (from, to) = part_of_chunk(m.size, cs, r, index);
                     // A cached chunk this node checked: just the bytes asked for.
-                    if let Some(part) = t.cache.get_range(&m.id, index, from, to).await {
+                    let cached = match ready {
+                        Some(b) => Some(b),
+                        None => t.cache.get_range(&m.id, index, from, to).await,
+                    };
+                    if let Some(part) = cached {
                         metrics::counter!(BLOBS_BYTES, "source" => "local").increment(part.len() as u64);
                         return Ok(part);
                     }
