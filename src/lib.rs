@@ -16,6 +16,7 @@
 //! - [`metrics`]: metric names and the Prometheus recorder.
 //! - [`peer`]: peer identity, cluster-secret authentication, the peer HTTP client.
 //! - [`fetch`]: multi-source blob fetching (hedged start, resume at the next byte).
+//! - [`transfer`]: the sans-IO planner of chunked multi-source transfers, rendezvous owners.
 //! - [`hosts`]: containerd hosts.toml install/uninstall (`peerd hosts`), containerd config reading.
 //! - [`doctor`]: end-to-end node checks (`peerd doctor`).
 //! - [`node`]: wiring all of the above into a running node (used by `main`).
@@ -38,4 +39,5 @@ pub mod routing;
 pub mod store;
 pub mod stream;
 pub mod swarm;
+pub mod transfer;
 pub mod upstream;
