@@ -17,6 +17,7 @@
 //! - [`peer`]: peer identity, cluster-secret authentication, the peer HTTP client.
 //! - [`fetch`]: multi-source blob fetching (hedged start, resume at the next byte).
 //! - [`transfer`]: the sans-IO planner of chunked multi-source transfers, rendezvous owners.
+//! - [`sim`]: a discrete-event simulator of many nodes driven by the transfer planner (`peerd-sim`).
 //! - [`hosts`]: containerd hosts.toml install/uninstall (`peerd hosts`), containerd config reading.
 //! - [`doctor`]: end-to-end node checks (`peerd doctor`).
 //! - [`node`]: wiring all of the above into a running node (used by `main`).
@@ -36,6 +37,7 @@ pub mod node;
 pub mod oci;
 pub mod peer;
 pub mod routing;
+pub mod sim;
 pub mod store;
 pub mod stream;
 pub mod swarm;

@@ -1,0 +1,219 @@
+//! A flow-level network: every node has an uplink and a downlink, the registry one egress link;
+//! a flow's rate is its fair share at both ends, `min(up(src) / flows out of src, down(dst) /
+//! flows into dst)`. When a flow starts or ends, only the flows sharing one of its two ends
+//! change rate, so an event costs the flows at two nodes, not the whole network.
+//!
+//! This is a one-pass approximation of max-min fairness: capacity a flow leaves unused at one
+//! end (because it is held back at its other end) is not handed to the other flows there, so
+//! the model is slightly pessimistic where bottlenecks mix.
+
+/// The registry's end of a flow.
+pub const REGISTRY: u32 = u32::MAX;
+
+#[derive(Clone, Debug)]
+pub struct Flow {
+    pub src: u32,
+    pub dst: u32,
+    pub len: f64,
+    pub remaining: f64,
+    rate: f64,
+    last: u64,
+    pub version: u32,
+    /// What the flow carries (the caller's id).
+    pub tag: u64,
+}
+
+pub struct Net {
+    up: Vec<f64>,
+    down: Vec<f64>,
+    registry: f64,
+    flows: Vec<Option<Flow>>,
+    free: Vec<u32>,
+    out: Vec<Vec<u32>>,
+    inn: Vec<Vec<u32>>,
+    reg_out: Vec<u32>,
+    /// Bytes the registry sent (settled so far).
+    pub registry_bytes: f64,
+    /// Bytes each node sent.
+    pub sent: Vec<f64>,
+    /// (time µs, flow, version) completions to schedule; the caller drains this.
+    pub due: Vec<(u64, u32, u32)>,
+}
+
+impl Net {
+    /// Rates in bytes per second.
+    pub fn new(up: Vec<f64>, down: Vec<f64>, registry: f64) -> Net {
+        let n = up.len();
+        Net {
+            up,
+            down,
+            registry,
+            flows: Vec::new(),
+            free: Vec::new(),
+            out: vec![Vec::new(); n],
+            inn: vec![Vec::new(); n],
+            reg_out: Vec::new(),
+            registry_bytes: 0.0,
+            sent: vec![0.0; n],
+            due: Vec::new(),
+        }
+    }
+
+    fn share(&self, f: &Flow) -> f64 {
+        let up = if f.src == REGISTRY {
+            self.registry / self.reg_out.len().max(1) as f64
+        } else {
+            self.up[f.src as usize] / self.out[f.src as usize].len().max(1) as f64
+        };
+        let down = self.down[f.dst as usize] / self.inn[f.dst as usize].len().max(1) as f64;
+        up.min(down)
+    }
+
+    /// Account what flow `id` moved since it was last touched.
+    fn settle(&mut self, id: u32, now: u64) {
+        let Some(f) = self.flows[id as usize].as_mut() else { return };
+        let moved = (f.rate * (now.saturating_sub(f.last)) as f64 / 1e6).min(f.remaining);
+        f.remaining -= moved;
+        f.last = now;
+        if f.src == REGISTRY {
+            self.registry_bytes += moved;
+        } else {
+            self.sent[f.src as usize] += moved;
+        }
+    }
+
+    /// New rates for the flows at `src`'s uplink and `dst`'s downlink (already settled).
+    fn rerate(&mut self, src: u32, dst: u32, now: u64) {
+        let mut ids: Vec<u32> =
+            if src == REGISTRY { self.reg_out.clone() } else { self.out[src as usize].clone() };
+        ids.extend(self.inn[dst as usize].iter().copied());
+        for id in ids {
+            self.settle(id, now);
+        }
+        let mut ids: Vec<u32> =
+            if src == REGISTRY { self.reg_out.clone() } else { self.out[src as usize].clone() };
+        ids.extend(self.inn[dst as usize].iter().copied());
+        for id in ids {
+            let Some(f) = self.flows[id as usize].as_ref() else { continue };
+            let rate = self.share(f);
+            let f = self.flows[id as usize].as_mut().expect("present");
+            if (rate - f.rate).abs() > f.rate * 1e-9 || f.version == 0 {
+                f.rate = rate;
+                f.version += 1;
+                let left = (f.remaining / rate * 1e6).ceil() as u64;
+                self.due.push((now + left.max(1), id, f.version));
+            }
+        }
+    }
+
+    /// Start moving `len` bytes from `src` to `dst`.
+    pub fn start(&mut self, now: u64, src: u32, dst: u32, len: f64, tag: u64) -> u32 {
+        // Settle the flows whose rate is about to change before the new one joins.
+        let ids: Vec<u32> = if src == REGISTRY { self.reg_out.clone() } else { self.out[src as usize].clone() };
+        for id in ids.into_iter().chain(self.inn[dst as usize].clone()) {
+            self.settle(id, now);
+        }
+        let f = Flow { src, dst, len, remaining: len, rate: 0.0, last: now, version: 0, tag };
+        let id = match self.free.pop() {
+            Some(i) => {
+                self.flows[i as usize] = Some(f);
+                i
+            }
+            None => {
+                self.flows.push(Some(f));
+                (self.flows.len() - 1) as u32
+            }
+        };
+        if src == REGISTRY {
+            self.reg_out.push(id);
+        } else {
+            self.out[src as usize].push(id);
+        }
+        self.inn[dst as usize].push(id);
+        self.rerate(src, dst, now);
+        id
+    }
+
+    /// Whether completion `(id, version)` is still the flow's current one.
+    pub fn current(&self, id: u32, version: u32) -> bool {
+        self.flows.get(id as usize).and_then(Option::as_ref).is_some_and(|f| f.version == version)
+    }
+
+    pub fn get(&self, id: u32) -> Option<&Flow> {
+        self.flows.get(id as usize).and_then(Option::as_ref)
+    }
+
+    /// Bytes flow `id` moved so far.
+    pub fn moved(&self, id: u32, now: u64) -> f64 {
+        self.get(id).map_or(0.0, |f| f.len - (f.remaining - f.rate * now.saturating_sub(f.last) as f64 / 1e6).max(0.0))
+    }
+
+    /// End flow `id` (done, or cut) and give its share to the others.
+    pub fn end(&mut self, id: u32, now: u64) -> Option<Flow> {
+        self.settle(id, now);
+        let f = self.flows[id as usize].take()?;
+        self.free.push(id);
+        let list = if f.src == REGISTRY { &mut self.reg_out } else { &mut self.out[f.src as usize] };
+        if let Some(p) = list.iter().position(|x| *x == id) {
+            list.swap_remove(p);
+        }
+        let list = &mut self.inn[f.dst as usize];
+        if let Some(p) = list.iter().position(|x| *x == id) {
+            list.swap_remove(p);
+        }
+        self.rerate(f.src, f.dst, now);
+        Some(f)
+    }
+
+    /// Flows to or from node `n`.
+    pub fn flows_of(&self, n: u32) -> Vec<u32> {
+        let mut v = self.out[n as usize].clone();
+        v.extend(self.inn[n as usize].iter().copied());
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Run the network alone until every flow ended; the end time of each tag.
+    fn drain(net: &mut Net, mut now: u64) -> Vec<(u64, u64)> {
+        let mut ends = Vec::new();
+        loop {
+            let Some(&(t, id, v)) = net.due.iter().filter(|(_, id, v)| net.current(*id, *v)).min_by_key(|d| d.0)
+            else {
+                return ends;
+            };
+            net.due.retain(|d| d.0 > t || !(d.1 == id && d.2 == v));
+            now = now.max(t);
+            let f = net.end(id, now).unwrap();
+            ends.push((f.tag, now));
+        }
+    }
+
+    #[test]
+    fn flows_share_links_fairly_and_bytes_are_counted() {
+        // Two 1 MB flows out of one 1 MB/s uplink: both end at 2 s.
+        let mut net = Net::new(vec![1e6, 1e6, 1e6], vec![1e9, 1e9, 1e9], 5e5);
+        net.start(0, 0, 1, 1e6, 1);
+        net.start(0, 0, 2, 1e6, 2);
+        let ends = drain(&mut net, 0);
+        assert_eq!(ends.len(), 2);
+        for (_, t) in &ends {
+            assert!((1_999_000..=2_001_000).contains(t), "{ends:?}");
+        }
+        assert!((net.sent[0] - 2e6).abs() < 10.0);
+        // The registry at 0.5 MB/s: 1 MB to one node takes 2 s; a second one joining at 1 s
+        // halves the rate, so the first ends at 3 s and the second at 4 s.
+        net.start(0, REGISTRY, 1, 1e6, 3);
+        let _ = net.due.drain(..).collect::<Vec<_>>();
+        net.start(1_000_000, REGISTRY, 2, 1e6, 4);
+        let ends = drain(&mut net, 1_000_000);
+        let t3 = ends.iter().find(|e| e.0 == 3).unwrap().1;
+        let t4 = ends.iter().find(|e| e.0 == 4).unwrap().1;
+        assert!((2_999_000..=3_001_000).contains(&t3), "{ends:?}");
+        assert!((3_999_000..=4_001_000).contains(&t4), "{ends:?}");
+        assert!((net.registry_bytes - 2e6).abs() < 10.0);
+    }
+}
