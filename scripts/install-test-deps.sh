@@ -11,6 +11,7 @@ PACKAGES=(
   busybox-static      # the test images' rootfs
   nginx-light         # plain HTTP upstream (/blobs tests)
   curl jq iproute2 ca-certificates
+  python3-matplotlib  # make sim: the plots of docs/scale.md
 )
 
 missing=()

@@ -20,3 +20,8 @@ scripts/chart-check.sh
 # Benchmarks with tiny sizes (about a minute): every measurement must produce a number. Uses the
 # debug binary built above; `make bench` runs the full sizes and writes docs/benchmarks.md.
 python3 bench/run.py --smoke
+# The scale simulator in quick mode (debug build, well under a minute): it exits non-zero when an
+# invariant breaks (a node completing without every byte exactly once); the report script checks
+# that every run produced sane numbers. `make sim` runs the full sizes and writes docs/scale.md.
+cargo run --locked --bin peerd-sim -- --quick --out target/sim-quick.json
+/usr/bin/python3 scripts/sim-report.py target/sim-quick.json --check

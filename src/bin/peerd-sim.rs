@@ -5,6 +5,7 @@
 
 use clap::Parser;
 use peerd::config::Config;
+use peerd::sim::dht::{self, DhtParams};
 use peerd::sim::rollout::{self, Found, Params, Report};
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ struct Args {
     /// Small sizes, about a minute: for `make test`.
     #[arg(long)]
     quick: bool,
-    /// Node counts to sweep (default 100,1000,10000; quick: 100,1000).
+    /// Node counts to sweep (default 100,1000,10000; quick: 50,200).
     #[arg(long, value_delimiter = ',')]
     nodes: Vec<usize>,
     /// Scenarios: dht, rollout, churn, scaleout, validate (default: all).
@@ -34,7 +35,7 @@ const MBIT: f64 = 1e6 / 8.0;
 
 fn base(nodes: usize, seed: u64, quick: bool) -> Params {
     let cfg = Config::load(None, Vec::<(String, String)>::new(), Vec::new()).expect("default config");
-    let image = if quick { 256 * MIB } else { 1024 * MIB };
+    let image = if quick { 32 * MIB } else { 1024 * MIB };
     Params {
         nodes,
         blobs: vec![image],
@@ -52,7 +53,7 @@ fn base(nodes: usize, seed: u64, quick: bool) -> Params {
         start_spread: Duration::from_millis(100),
         found: Found::FirstPerStore,
         max_sim: Duration::from_secs(if quick { 300 } else { 900 }),
-        max_wall: Duration::from_secs(if quick { 20 } else { 100 }),
+        max_wall: Duration::from_secs(if quick { 8 } else { 30 }),
         seed,
     }
 }
@@ -85,7 +86,7 @@ fn main() {
     let sizes = if !args.nodes.is_empty() {
         args.nodes.clone()
     } else if args.quick {
-        vec![100, 1000]
+        vec![50, 200]
     } else {
         vec![100, 1000, 10_000]
     };
@@ -100,15 +101,95 @@ fn main() {
         let v = out.entry(scenario.to_owned()).or_insert_with(|| serde_json::Value::Array(Vec::new()));
         v.as_array_mut().expect("array").push(serde_json::to_value(&r).expect("serializable"));
     };
+    let cfg = Config::load(None, Vec::<(String, String)>::new(), Vec::new()).expect("default config");
+    if want("dht") {
+        for &n in &sizes {
+            let p = DhtParams {
+                nodes: n,
+                rtt: Duration::from_micros(500),
+                keys_per_node: 10,
+                lookups: if args.quick { 40 } else { 300 },
+                leave: 0.1,
+                provider_ttl: cfg.p2p.provider_ttl,
+                provider_republish: cfg.p2p.provider_republish,
+                resolve_timeout: cfg.p2p.resolve_timeout,
+                max_peers: cfg.p2p.max_peers,
+                hedge_delay: cfg.p2p.hedge_delay,
+                connect_timeout: cfg.p2p.connect_timeout,
+                swarm_lookup_every: cfg.swarm.refresh * 3,
+                seed: args.seed,
+            };
+            let r = dht::run(&p);
+            eprintln!(
+                "{:>24} N={n:>5}: resolvable p50 {:.1} ms p99 {:.1} ms, hops p50 {} p99 {}, records/node median {} max {}, after 10% left: lookups touching dead {:.0}%, p99 {:.0} ms [{:.1}s wall]",
+                "dht", r.resolvable_ms_p50, r.resolvable_ms_p99, r.hops_p50, r.hops_p99, r.records_per_node_median,
+                r.records_per_node_max, r.after_lookups_touching_dead * 100.0, r.after_lookup_ms_p99, r.wall_s
+            );
+            out.entry("dht")
+                .or_insert_with(|| serde_json::Value::Array(Vec::new()))
+                .as_array_mut()
+                .expect("array")
+                .push(serde_json::to_value(&r).expect("serializable"));
+        }
+    }
+    // 10,000 nodes of a 1 GiB image is 5 million chunk transfers; there the image is 64 MiB
+    // (times are compared with the bound, which scales with it).
+    let sized =
+        |n: usize, p: Params| if n >= 10_000 && !args.quick { Params { blobs: vec![64 * MIB], ..p } } else { p };
     if want("rollout") {
         for &n in &sizes {
-            record("rollout", rollout::run(base(n, args.seed, args.quick)), &mut out);
+            record("rollout", rollout::run(sized(n, base(n, args.seed, args.quick))), &mut out);
         }
     }
     if want("rollout-random") {
         for &n in &sizes {
-            let p = Params { found: Found::Random, ..base(n, args.seed, args.quick) };
-            record("rollout-random", rollout::run(p), &mut out);
+            let b = base(n, args.seed, args.quick);
+            let p = Params { found: Found::Random, max_wall: b.max_wall * 3, ..b };
+            record("rollout-random", rollout::run(sized(n, p)), &mut out);
+        }
+    }
+    if want("churn") {
+        for &n in &sizes {
+            let b = sized(n, base(n, args.seed, args.quick));
+            let at = Duration::from_secs_f64(b.blobs[0] as f64 / b.registry / 2.0);
+            for (name, found) in [("churn", Found::FirstPerStore), ("churn-random", Found::Random)] {
+                let p = Params { kill: Some((0.1, at)), found, ..b.clone() };
+                record(name, rollout::run(p), &mut out);
+            }
+        }
+    }
+    if want("scaleout") {
+        for &n in &sizes {
+            let b = sized(n, base(n, args.seed, args.quick));
+            // As peerd does today: a peer holds the blob completely, so every new node pulls it
+            // whole from the located holders (at most p2p.max_peers, here the one seed).
+            let f = b.blobs.iter().sum::<u64>() as f64;
+            let direct = ((n - 1) as f64 * f / b.node_up).max(f / b.node_down);
+            out.entry("scaleout-direct").or_insert_with(|| serde_json::Value::Array(Vec::new()))
+                .as_array_mut().expect("array")
+                .push(serde_json::json!({"nodes": n, "image_bytes": f, "slowest_s": direct, "bound_s": (f / b.node_up).max(f / b.node_down).max(n as f64 * f / (b.node_up * n as f64)), "registry_egress_over_f": 0.0}));
+            eprintln!("{:>24} N={n:>5}: every node from the one seed: {direct:.1}s", "scaleout-direct");
+            for (name, found) in [("scaleout", Found::FirstPerStore), ("scaleout-random", Found::Random)] {
+                let p = Params { seeds: 1, found, ..b.clone() };
+                record(name, rollout::run(p), &mut out);
+            }
+        }
+    }
+    if want("validate") {
+        // bench/run.py case (c) and (c4): 8 nodes, 4 layers of 64 MiB, nodes 1 Gbit/s, the
+        // registry 200 Mbit/s (c4: every rate ÷ 4), one bridge (RTT ~0.1 ms).
+        for (name, div) in [("validate-c", 1.0), ("validate-c4", 4.0)] {
+            let p = Params {
+                blobs: vec![64 * MIB; 4],
+                node_up: GBIT / div,
+                node_down: GBIT / div,
+                registry: 200.0 * MBIT / div,
+                rtt: Duration::from_micros(100),
+                registry_rtt: Duration::from_micros(100),
+                max_wall: Duration::from_secs(60),
+                ..base(8, args.seed, false)
+            };
+            record(name, rollout::run(p), &mut out);
         }
     }
     let json = serde_json::to_string_pretty(&serde_json::Value::Object(out)).expect("json");

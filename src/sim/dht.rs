@@ -88,7 +88,6 @@ fn key_of(bytes: &[u8], reference: &KBucketKey<Vec<u8>>) -> U256 {
     KBucketKey::new(bytes.to_vec()).distance(reference).0
 }
 
-
 impl Dht {
     fn build(n: usize, rng: &mut Rng, rtt: Duration) -> Dht {
         let reference = KBucketKey::new(b"reference".to_vec());

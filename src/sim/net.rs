@@ -19,6 +19,8 @@ pub struct Flow {
     rate: f64,
     last: u64,
     pub version: u32,
+    /// When its scheduled completion fires.
+    due: u64,
     /// What the flow carries (the caller's id).
     pub tag: u64,
 }
@@ -82,28 +84,43 @@ impl Net {
         }
     }
 
-    /// New rates for the flows at `src`'s uplink and `dst`'s downlink (already settled).
+    /// New rates for the flows at `src`'s uplink and `dst`'s downlink. A completion is
+    /// scheduled only when it moves earlier; one that fires early finds bytes left and is
+    /// scheduled again ([`Net::check`]), which keeps stale events few.
     fn rerate(&mut self, src: u32, dst: u32, now: u64) {
-        let mut ids: Vec<u32> =
-            if src == REGISTRY { self.reg_out.clone() } else { self.out[src as usize].clone() };
+        let mut ids: Vec<u32> = if src == REGISTRY { self.reg_out.clone() } else { self.out[src as usize].clone() };
         ids.extend(self.inn[dst as usize].iter().copied());
         for id in ids {
             self.settle(id, now);
-        }
-        let mut ids: Vec<u32> =
-            if src == REGISTRY { self.reg_out.clone() } else { self.out[src as usize].clone() };
-        ids.extend(self.inn[dst as usize].iter().copied());
-        for id in ids {
             let Some(f) = self.flows[id as usize].as_ref() else { continue };
             let rate = self.share(f);
             let f = self.flows[id as usize].as_mut().expect("present");
-            if (rate - f.rate).abs() > f.rate * 1e-9 || f.version == 0 {
-                f.rate = rate;
+            f.rate = rate;
+            let at = now + ((f.remaining / rate * 1e6).ceil() as u64).max(1);
+            if f.version == 0 || at < f.due {
                 f.version += 1;
-                let left = (f.remaining / rate * 1e6).ceil() as u64;
-                self.due.push((now + left.max(1), id, f.version));
+                f.due = at;
+                self.due.push((at, id, f.version));
             }
         }
+    }
+
+    /// A scheduled completion of flow `id` fired: `true` when the flow is done, else it is
+    /// scheduled again for when it will be.
+    pub fn check(&mut self, id: u32, version: u32, now: u64) -> bool {
+        if !self.current(id, version) {
+            return false;
+        }
+        self.settle(id, now);
+        let f = self.flows[id as usize].as_mut().expect("current");
+        if f.remaining <= 1e-3 * f.len.max(1.0) || f.remaining < 1.0 {
+            return true;
+        }
+        let at = now + ((f.remaining / f.rate * 1e6).ceil() as u64).max(1);
+        f.version += 1;
+        f.due = at;
+        self.due.push((at, id, f.version));
+        false
     }
 
     /// Start moving `len` bytes from `src` to `dst`.
@@ -113,7 +130,7 @@ impl Net {
         for id in ids.into_iter().chain(self.inn[dst as usize].clone()) {
             self.settle(id, now);
         }
-        let f = Flow { src, dst, len, remaining: len, rate: 0.0, last: now, version: 0, tag };
+        let f = Flow { src, dst, len, remaining: len, rate: 0.0, last: now, version: 0, due: u64::MAX, tag };
         let id = match self.free.pop() {
             Some(i) => {
                 self.flows[i as usize] = Some(f);
@@ -181,14 +198,15 @@ mod tests {
     fn drain(net: &mut Net, mut now: u64) -> Vec<(u64, u64)> {
         let mut ends = Vec::new();
         loop {
-            let Some(&(t, id, v)) = net.due.iter().filter(|(_, id, v)| net.current(*id, *v)).min_by_key(|d| d.0)
-            else {
+            let Some(&(t, id, v)) = net.due.iter().filter(|(_, id, v)| net.current(*id, *v)).min_by_key(|d| d.0) else {
                 return ends;
             };
             net.due.retain(|d| d.0 > t || !(d.1 == id && d.2 == v));
             now = now.max(t);
-            let f = net.end(id, now).unwrap();
-            ends.push((f.tag, now));
+            if net.check(id, v, now) {
+                let f = net.end(id, now).unwrap();
+                ends.push((f.tag, now));
+            }
         }
     }
 

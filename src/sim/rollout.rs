@@ -487,7 +487,8 @@ impl Sim {
     }
 
     fn flow_done(&mut self, id: u32, version: u32) {
-        if !self.net.current(id, version) {
+        if !self.net.check(id, version, self.now) {
+            self.drain_net();
             return;
         }
         let Some(f) = self.net.end(id, self.now) else { return };
@@ -682,8 +683,11 @@ impl Sim {
             }
             self.drain_net();
             // Its registry reads end with it.
-            let ups: Vec<u32> =
-                self.nodes[n as usize].dls.iter_mut().flat_map(|d| std::mem::take(&mut d.upstream).into_values()).collect();
+            let ups: Vec<u32> = self.nodes[n as usize]
+                .dls
+                .iter_mut()
+                .flat_map(|d| std::mem::take(&mut d.upstream).into_values())
+                .collect();
             {
                 for r in ups {
                     if let Some(f) = self.reqs[r as usize].flow.take() {
@@ -888,7 +892,8 @@ fn finish(mut sim: Sim, wall: Instant) -> Report {
     let mut r = std::mem::take(&mut sim.rep);
     r.sim_s = sim.now as f64 / 1e6;
     r.wall_s = wall.elapsed().as_secs_f64();
-    let live_left = sim.nodes.iter().filter(|n| n.alive && !n.seed && n.dls.iter().any(|d| d.done_at.is_none())).count();
+    let live_left =
+        sim.nodes.iter().filter(|n| n.alive && !n.seed && n.dls.iter().any(|d| d.done_at.is_none())).count();
     if live_left > 0 {
         r.capped = true;
     }
@@ -921,7 +926,8 @@ fn finish(mut sim: Sim, wall: Instant) -> Report {
             r.invariant_errors.push(format!("node {n} completed with {got} bytes"));
         }
         if done && node.peer_bytes + node.upstream_bytes != got {
-            r.invariant_errors.push(format!("node {n}: {} + {} bytes received, {got} kept", node.peer_bytes, node.upstream_bytes));
+            r.invariant_errors
+                .push(format!("node {n}: {} + {} bytes received, {got} kept", node.peer_bytes, node.upstream_bytes));
         }
     }
     r.invariant_errors.truncate(20);
