@@ -138,13 +138,15 @@ fn main() {
         |n: usize, p: Params| if n >= 10_000 && !args.quick { Params { blobs: vec![64 * MIB], ..p } } else { p };
     if want("rollout") {
         for &n in &sizes {
-            record("rollout", rollout::run(sized(n, base(n, args.seed, args.quick))), &mut out);
+            let b = base(n, args.seed, args.quick);
+            let p = Params { max_wall: b.max_wall * 2, ..b };
+            record("rollout", rollout::run(sized(n, p)), &mut out);
         }
     }
     if want("rollout-random") {
         for &n in &sizes {
             let b = base(n, args.seed, args.quick);
-            let p = Params { found: Found::Random, max_wall: b.max_wall * 3, ..b };
+            let p = Params { found: Found::Random, max_wall: b.max_wall * 2, ..b };
             record("rollout-random", rollout::run(sized(n, p)), &mut out);
         }
     }
@@ -167,7 +169,7 @@ fn main() {
             let direct = ((n - 1) as f64 * f / b.node_up).max(f / b.node_down);
             out.entry("scaleout-direct").or_insert_with(|| serde_json::Value::Array(Vec::new()))
                 .as_array_mut().expect("array")
-                .push(serde_json::json!({"nodes": n, "image_bytes": f, "slowest_s": direct, "bound_s": (f / b.node_up).max(f / b.node_down).max(n as f64 * f / (b.node_up * n as f64)), "registry_egress_over_f": 0.0}));
+                .push(serde_json::json!({"nodes": n, "image_bytes": f, "slowest_s": direct, "bound_s": (f / (b.node_up + b.registry)).max(f / b.node_down), "registry_egress_over_f": 0.0}));
             eprintln!("{:>24} N={n:>5}: every node from the one seed: {direct:.1}s", "scaleout-direct");
             for (name, found) in [("scaleout", Found::FirstPerStore), ("scaleout-random", Found::Random)] {
                 let p = Params { seeds: 1, found, ..b.clone() };

@@ -6,6 +6,13 @@
 //! This is a one-pass approximation of max-min fairness: capacity a flow leaves unused at one
 //! end (because it is held back at its other end) is not handed to the other flows there, so
 //! the model is slightly pessimistic where bottlenecks mix.
+//!
+//! The registry is a processor-sharing server: its n flows each get min(B/n, d) (d: a node's
+//! downlink), tracked in virtual time so that thousands of concurrent registry reads cost
+//! O(log n) per event. Registry flows do not count against the receivers' downlinks.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 
 /// The registry's end of a flow.
 pub const REGISTRY: u32 = u32::MAX;
@@ -33,7 +40,13 @@ pub struct Net {
     free: Vec<u32>,
     out: Vec<Vec<u32>>,
     inn: Vec<Vec<u32>>,
-    reg_out: Vec<u32>,
+    /// Registry flows in progress, and the virtual bytes each has been served since the start.
+    reg_n: usize,
+    reg_v: f64,
+    reg_last: u64,
+    /// (virtual bytes at which it ends, flow)
+    reg_heap: BinaryHeap<Reverse<(u64, u32)>>,
+    reg_version: u32,
     /// Bytes the registry sent (settled so far).
     pub registry_bytes: f64,
     /// Bytes each node sent.
@@ -41,6 +54,9 @@ pub struct Net {
     /// (time µs, flow, version) completions to schedule; the caller drains this.
     pub due: Vec<(u64, u32, u32)>,
 }
+
+/// The id under which the registry's next completion is scheduled.
+pub const REGISTRY_EVENT: u32 = u32::MAX;
 
 impl Net {
     /// Rates in bytes per second.
@@ -54,7 +70,11 @@ impl Net {
             free: Vec::new(),
             out: vec![Vec::new(); n],
             inn: vec![Vec::new(); n],
-            reg_out: Vec::new(),
+            reg_n: 0,
+            reg_v: 0.0,
+            reg_last: 0,
+            reg_heap: BinaryHeap::new(),
+            reg_version: 0,
             registry_bytes: 0.0,
             sent: vec![0.0; n],
             due: Vec::new(),
@@ -62,33 +82,59 @@ impl Net {
     }
 
     fn share(&self, f: &Flow) -> f64 {
-        let up = if f.src == REGISTRY {
-            self.registry / self.reg_out.len().max(1) as f64
-        } else {
-            self.up[f.src as usize] / self.out[f.src as usize].len().max(1) as f64
-        };
+        let up = self.up[f.src as usize] / self.out[f.src as usize].len().max(1) as f64;
         let down = self.down[f.dst as usize] / self.inn[f.dst as usize].len().max(1) as f64;
         up.min(down)
+    }
+
+    /// Each registry flow's rate now.
+    fn reg_rate(&self) -> f64 {
+        let d = self.down.first().copied().unwrap_or(f64::MAX);
+        (self.registry / self.reg_n.max(1) as f64).min(d)
+    }
+
+    fn reg_advance(&mut self, now: u64) {
+        if self.reg_n > 0 {
+            let dv = self.reg_rate() * now.saturating_sub(self.reg_last) as f64 / 1e6;
+            self.reg_v += dv;
+            self.registry_bytes += dv * self.reg_n as f64;
+        }
+        self.reg_last = now;
+    }
+
+    /// Schedule the registry's next completion.
+    fn reg_schedule(&mut self, now: u64) {
+        while let Some(Reverse((_, id))) = self.reg_heap.peek() {
+            if self.flows.get(*id as usize).and_then(Option::as_ref).is_some_and(|f| f.src == REGISTRY) {
+                break;
+            }
+            self.reg_heap.pop();
+        }
+        self.reg_version += 1;
+        if let Some(Reverse((v, _))) = self.reg_heap.peek() {
+            let left = (*v as f64 - self.reg_v).max(0.0);
+            let at = now + ((left / self.reg_rate() * 1e6).ceil() as u64).max(1);
+            self.due.push((at, REGISTRY_EVENT, self.reg_version));
+        }
     }
 
     /// Account what flow `id` moved since it was last touched.
     fn settle(&mut self, id: u32, now: u64) {
         let Some(f) = self.flows[id as usize].as_mut() else { return };
+        if f.src == REGISTRY {
+            return;
+        }
         let moved = (f.rate * (now.saturating_sub(f.last)) as f64 / 1e6).min(f.remaining);
         f.remaining -= moved;
         f.last = now;
-        if f.src == REGISTRY {
-            self.registry_bytes += moved;
-        } else {
-            self.sent[f.src as usize] += moved;
-        }
+        self.sent[f.src as usize] += moved;
     }
 
     /// New rates for the flows at `src`'s uplink and `dst`'s downlink. A completion is
     /// scheduled only when it moves earlier; one that fires early finds bytes left and is
-    /// scheduled again ([`Net::check`]), which keeps stale events few.
+    /// scheduled again ([`Net::fire`]), which keeps stale events few.
     fn rerate(&mut self, src: u32, dst: u32, now: u64) {
-        let mut ids: Vec<u32> = if src == REGISTRY { self.reg_out.clone() } else { self.out[src as usize].clone() };
+        let mut ids: Vec<u32> = self.out[src as usize].clone();
         ids.extend(self.inn[dst as usize].iter().copied());
         for id in ids {
             self.settle(id, now);
@@ -105,33 +151,48 @@ impl Net {
         }
     }
 
-    /// A scheduled completion of flow `id` fired: `true` when the flow is done, else it is
-    /// scheduled again for when it will be.
-    pub fn check(&mut self, id: u32, version: u32, now: u64) -> bool {
+    /// A scheduled completion fired: the flows that ended (none when it was stale or early; an
+    /// early one is scheduled again).
+    pub fn fire(&mut self, id: u32, version: u32, now: u64) -> Vec<Flow> {
+        if id == REGISTRY_EVENT {
+            if version != self.reg_version {
+                return Vec::new();
+            }
+            self.reg_advance(now);
+            let mut done = Vec::new();
+            while let Some(Reverse((v, fid))) = self.reg_heap.peek().copied() {
+                let live = self.flows.get(fid as usize).and_then(Option::as_ref).is_some_and(|f| f.src == REGISTRY);
+                if live && v as f64 > self.reg_v + 1.0 {
+                    break;
+                }
+                self.reg_heap.pop();
+                if live {
+                    let f = self.flows[fid as usize].take().expect("live");
+                    self.free.push(fid);
+                    self.reg_n -= 1;
+                    done.push(f);
+                }
+            }
+            self.reg_schedule(now);
+            return done;
+        }
         if !self.current(id, version) {
-            return false;
+            return Vec::new();
         }
         self.settle(id, now);
         let f = self.flows[id as usize].as_mut().expect("current");
         if f.remaining <= 1e-3 * f.len.max(1.0) || f.remaining < 1.0 {
-            return true;
+            return self.end(id, now).into_iter().collect();
         }
         let at = now + ((f.remaining / f.rate * 1e6).ceil() as u64).max(1);
         f.version += 1;
         f.due = at;
         self.due.push((at, id, f.version));
-        false
+        Vec::new()
     }
 
-    /// Start moving `len` bytes from `src` to `dst`.
-    pub fn start(&mut self, now: u64, src: u32, dst: u32, len: f64, tag: u64) -> u32 {
-        // Settle the flows whose rate is about to change before the new one joins.
-        let ids: Vec<u32> = if src == REGISTRY { self.reg_out.clone() } else { self.out[src as usize].clone() };
-        for id in ids.into_iter().chain(self.inn[dst as usize].clone()) {
-            self.settle(id, now);
-        }
-        let f = Flow { src, dst, len, remaining: len, rate: 0.0, last: now, version: 0, due: u64::MAX, tag };
-        let id = match self.free.pop() {
+    fn insert(&mut self, f: Flow) -> u32 {
+        match self.free.pop() {
             Some(i) => {
                 self.flows[i as usize] = Some(f);
                 i
@@ -140,12 +201,32 @@ impl Net {
                 self.flows.push(Some(f));
                 (self.flows.len() - 1) as u32
             }
-        };
-        if src == REGISTRY {
-            self.reg_out.push(id);
-        } else {
-            self.out[src as usize].push(id);
         }
+    }
+
+    /// Start moving `len` bytes from `src` to `dst`.
+    pub fn start(&mut self, now: u64, src: u32, dst: u32, len: f64, tag: u64) -> u32 {
+        if src == REGISTRY {
+            self.reg_advance(now);
+            let f = Flow { src, dst, len, remaining: len, rate: 0.0, last: now, version: 0, due: 0, tag };
+            let id = self.insert(f);
+            self.reg_n += 1;
+            self.reg_heap.push(Reverse(((self.reg_v + len).ceil() as u64, id)));
+            // `due` of a registry flow: the virtual bytes at which it ends.
+            if let Some(f) = self.flows[id as usize].as_mut() {
+                f.due = (self.reg_v + len).ceil() as u64;
+            }
+            self.reg_schedule(now);
+            return id;
+        }
+        // Settle the flows whose rate is about to change before the new one joins.
+        let ids: Vec<u32> = self.out[src as usize].clone();
+        for id in ids.into_iter().chain(self.inn[dst as usize].clone()) {
+            self.settle(id, now);
+        }
+        let f = Flow { src, dst, len, remaining: len, rate: 0.0, last: now, version: 0, due: u64::MAX, tag };
+        let id = self.insert(f);
+        self.out[src as usize].push(id);
         self.inn[dst as usize].push(id);
         self.rerate(src, dst, now);
         id
@@ -162,15 +243,28 @@ impl Net {
 
     /// Bytes flow `id` moved so far.
     pub fn moved(&self, id: u32, now: u64) -> f64 {
-        self.get(id).map_or(0.0, |f| f.len - (f.remaining - f.rate * now.saturating_sub(f.last) as f64 / 1e6).max(0.0))
+        let Some(f) = self.get(id) else { return 0.0 };
+        if f.src == REGISTRY {
+            let v = self.reg_v + self.reg_rate() * now.saturating_sub(self.reg_last) as f64 / 1e6;
+            return (v - (f.due as f64 - f.len)).clamp(0.0, f.len);
+        }
+        f.len - (f.remaining - f.rate * now.saturating_sub(f.last) as f64 / 1e6).max(0.0)
     }
 
     /// End flow `id` (done, or cut) and give its share to the others.
     pub fn end(&mut self, id: u32, now: u64) -> Option<Flow> {
+        if self.get(id).is_some_and(|f| f.src == REGISTRY) {
+            self.reg_advance(now);
+            let f = self.flows[id as usize].take()?;
+            self.free.push(id);
+            self.reg_n -= 1;
+            self.reg_schedule(now);
+            return Some(f);
+        }
         self.settle(id, now);
         let f = self.flows[id as usize].take()?;
         self.free.push(id);
-        let list = if f.src == REGISTRY { &mut self.reg_out } else { &mut self.out[f.src as usize] };
+        let list = &mut self.out[f.src as usize];
         if let Some(p) = list.iter().position(|x| *x == id) {
             list.swap_remove(p);
         }
@@ -182,7 +276,7 @@ impl Net {
         Some(f)
     }
 
-    /// Flows to or from node `n`.
+    /// Peer flows to or from node `n` (registry reads are the caller's to end).
     pub fn flows_of(&self, n: u32) -> Vec<u32> {
         let mut v = self.out[n as usize].clone();
         v.extend(self.inn[n as usize].iter().copied());
@@ -198,13 +292,13 @@ mod tests {
     fn drain(net: &mut Net, mut now: u64) -> Vec<(u64, u64)> {
         let mut ends = Vec::new();
         loop {
-            let Some(&(t, id, v)) = net.due.iter().filter(|(_, id, v)| net.current(*id, *v)).min_by_key(|d| d.0) else {
+            let live = |id: u32, v: u32| if id == REGISTRY_EVENT { v == net.reg_version } else { net.current(id, v) };
+            let Some(&(t, id, v)) = net.due.iter().filter(|(_, id, v)| live(*id, *v)).min_by_key(|d| d.0) else {
                 return ends;
             };
             net.due.retain(|d| d.0 > t || !(d.1 == id && d.2 == v));
             now = now.max(t);
-            if net.check(id, v, now) {
-                let f = net.end(id, now).unwrap();
+            for f in net.fire(id, v, now) {
                 ends.push((f.tag, now));
             }
         }
@@ -224,8 +318,9 @@ mod tests {
         assert!((net.sent[0] - 2e6).abs() < 10.0);
         // The registry at 0.5 MB/s: 1 MB to one node takes 2 s; a second one joining at 1 s
         // halves the rate, so the first ends at 3 s and the second at 4 s.
-        net.start(0, REGISTRY, 1, 1e6, 3);
+        let first = net.start(0, REGISTRY, 1, 1e6, 3);
         let _ = net.due.drain(..).collect::<Vec<_>>();
+        assert!((net.moved(first, 1_000_000) - 5e5).abs() < 10.0, "half of it after 1 s");
         net.start(1_000_000, REGISTRY, 2, 1e6, 4);
         let ends = drain(&mut net, 1_000_000);
         let t3 = ends.iter().find(|e| e.0 == 3).unwrap().1;

@@ -185,11 +185,16 @@ enum DlState {
     Failed,
 }
 
+/// (id, node) of peers.
+type Peers = Vec<(String, u32)>;
+/// A DHT node storing a swarm key, and the providers that reached it: (time µs, node).
+type Store = (u32, Vec<(u64, u32)>);
+
 struct Dl {
     plan: Planner<u32>,
     state: DlState,
     /// The refresh in progress: peers found, peers to ask.
-    refresh: Option<(Vec<(String, u32)>, Vec<(String, u32)>)>,
+    refresh: Option<(Peers, Peers)>,
     /// Bytes of chunks received (each chunk once).
     got: u64,
     /// The first refresh ended: the refresh interval is running.
@@ -239,7 +244,7 @@ struct Sim {
     chunk_size: u64,
     /// Per blob: the DHT nodes storing its swarm key's providers, each with its providers in
     /// arrival order (time µs, node).
-    stores: Vec<Vec<(u32, Vec<(u64, u32)>)>>,
+    stores: Vec<Vec<Store>>,
     /// Per blob: providers in announce order (for `Found::Random`).
     providers: Vec<Vec<u32>>,
     dht_rounds: u64,
@@ -487,26 +492,24 @@ impl Sim {
     }
 
     fn flow_done(&mut self, id: u32, version: u32) {
-        if !self.net.check(id, version, self.now) {
-            self.drain_net();
-            return;
-        }
-        let Some(f) = self.net.end(id, self.now) else { return };
+        let ended = self.net.fire(id, version, self.now);
         self.drain_net();
-        let r = f.tag as u32;
-        let q = &self.reqs[r as usize];
-        if !q.live {
-            return;
+        for f in ended {
+            let r = f.tag as u32;
+            let q = &self.reqs[r as usize];
+            if !q.live {
+                continue;
+            }
+            let (from, to, b) = (q.from, q.to, q.b);
+            self.reqs[r as usize].flow = None;
+            if to == REGISTRY {
+                self.nodes[from as usize].dls[b as usize].upstream_done += f.len;
+            } else {
+                self.nodes[to as usize].uploads -= 1;
+            }
+            let h = self.half_rtt(to);
+            self.push(self.now + h, Ev::Reply { r, reply: Reply::Got });
         }
-        let (from, to, b) = (q.from, q.to, q.b);
-        self.reqs[r as usize].flow = None;
-        if to == REGISTRY {
-            self.nodes[from as usize].dls[b as usize].upstream_done += f.len;
-        } else {
-            self.nodes[to as usize].uploads -= 1;
-        }
-        let h = self.half_rtt(to);
-        self.push(self.now + h, Ev::Reply { r, reply: Reply::Got });
     }
 
     fn reply(&mut self, r: u32, reply: Reply) {
@@ -815,9 +818,13 @@ pub fn run(p: Params) -> Report {
     let net = Net::new(vec![p.node_up; p.nodes], vec![p.node_down; p.nodes], p.registry);
     let size: u64 = p.blobs.iter().sum();
     let u = p.node_up;
-    let bound = (size as f64 / p.registry)
+    // Kumar & Ross: the sources (the registry and any seeds) must send F once, every node must
+    // receive F, and all receivers together need (N - seeds)·F through the total upload.
+    let sources = p.registry + p.seeds as f64 * u;
+    let receivers = (p.nodes - p.seeds.min(p.nodes)) as f64;
+    let bound = (size as f64 / sources)
         .max(size as f64 / p.node_down)
-        .max(p.nodes as f64 * size as f64 / (p.registry + p.nodes as f64 * u));
+        .max(receivers * size as f64 / (sources + (p.nodes - p.seeds.min(p.nodes)) as f64 * u));
     let mut sim = Sim {
         now: 0,
         seq: 0,
@@ -870,7 +877,7 @@ pub fn run(p: Params) -> Report {
         }
         sim.now = t;
         sim.rep.events += 1;
-        if sim.rep.events % 65_536 == 0 && wall.elapsed() > max_wall {
+        if sim.rep.events.is_multiple_of(65_536) && wall.elapsed() > max_wall {
             sim.rep.capped = true;
             break;
         }
