@@ -15,7 +15,7 @@ use crate::transfer::Bits;
 use libp2p::kad::KBucketKey;
 use serde::Serialize;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -203,7 +203,7 @@ struct Dl {
     /// chunk → the request reading it from the registry
     upstream: BTreeMap<u64, u32>,
     /// chunk → requests waiting for it here (long polls)
-    waiters: HashMap<u64, Vec<u32>>,
+    waiters: BTreeMap<u64, Vec<u32>>,
     done_at: Option<u64>,
 }
 
@@ -701,8 +701,11 @@ impl Sim {
             }
             self.drain_net();
             // Long polls held by it stall too.
-            let waiting: Vec<u32> =
-                self.nodes[n as usize].dls.iter_mut().flat_map(|d| d.waiters.drain().flat_map(|(_, v)| v)).collect();
+            let waiting: Vec<u32> = self.nodes[n as usize]
+                .dls
+                .iter_mut()
+                .flat_map(|d| std::mem::take(&mut d.waiters).into_values().flatten())
+                .collect();
             for r in waiting {
                 if self.reqs[r as usize].live {
                     self.reqs[r as usize].waiting = false;
@@ -796,7 +799,7 @@ pub fn run(p: Params) -> Report {
                     ticking: false,
                     upstream_done: 0.0,
                     upstream: BTreeMap::new(),
-                    waiters: HashMap::new(),
+                    waiters: BTreeMap::new(),
                     done_at: None,
                 })
                 .collect(),
