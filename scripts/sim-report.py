@@ -177,6 +177,10 @@ def report(res, out):
         w(f"\n### {title}\n")
         if extra:
             w(extra + "\n")
+        if any(r["capped"] for r in runs):
+            w("A run marked *stopped* hit its wall-clock budget before every node completed: its slowest time "
+              "and slowest / bound are lower bounds (the simulated time reached), its egress what the registry "
+              "had sent by then.\n")
         w("| N | image MiB | completed | p50 s | slowest s | bound s | slowest / bound | registry egress / F | "
           "upload per node max / median (·F) | mean view | takeovers | registry reads abandoned | 503s | wall s |")
         w("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -193,7 +197,8 @@ def report(res, out):
     table("rollout", "As peerd is (DHT answers as libp2p-kad 0.49 gives them)")
     table("rollout-random", "What-if: the DHT returns a random 64 of the providers",
           "Same planner; only peer discovery differs (each lookup returns a uniform sample of the nodes "
-          "downloading the blob). This is what the design does once discovery is not capped.")
+          "downloading the blob): what the design does once discovery is not capped. The per-view ownership "
+          "problem (see below) remains.")
     w("\n![rollout](scale/rollout.png)\n\n![rollout-random](scale/rollout-random.png)\n\n![sweep](scale/sweep.png)\n")
 
     w("\n## 3. Churn: 10% of the nodes die mid-rollout (at F/B/2)\n")

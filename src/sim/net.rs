@@ -102,10 +102,17 @@ impl Net {
         self.reg_last = now;
     }
 
+    /// Whether heap entry (`v`, `id`) is a registry flow in progress (ids are reused: the entry
+    /// must also end where that flow ends).
+    fn reg_live(&self, id: u32, v: u64) -> bool {
+        self.flows.get(id as usize).and_then(Option::as_ref).is_some_and(|f| f.src == REGISTRY && f.due == v)
+    }
+
     /// Schedule the registry's next completion.
     fn reg_schedule(&mut self, now: u64) {
         while let Some(Reverse((_, id))) = self.reg_heap.peek() {
-            if self.flows.get(*id as usize).and_then(Option::as_ref).is_some_and(|f| f.src == REGISTRY) {
+            let v = self.reg_heap.peek().map(|Reverse((v, _))| *v);
+            if self.reg_live(*id, v.unwrap_or(u64::MAX)) {
                 break;
             }
             self.reg_heap.pop();
@@ -161,7 +168,7 @@ impl Net {
             self.reg_advance(now);
             let mut done = Vec::new();
             while let Some(Reverse((v, fid))) = self.reg_heap.peek().copied() {
-                let live = self.flows.get(fid as usize).and_then(Option::as_ref).is_some_and(|f| f.src == REGISTRY);
+                let live = self.reg_live(fid, v);
                 if live && v as f64 > self.reg_v + 1.0 {
                     break;
                 }
