@@ -7,7 +7,7 @@ SOAK_ARGS ?=
 FUZZ_CASES ?= 1000000
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build release image run config test test-unit test-integration lint fmt bench chart-check clean fuzz soak
+.PHONY: help deps build release image run config test test-unit test-integration lint fmt bench chart-check clean fuzz soak sim
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -56,6 +56,11 @@ bench: release ## Benchmarks (root; writes docs/benchmarks.md); BENCH_ARGS="--on
 
 soak: ## Load + fault scenarios (root, loopback; release binary if built, else debug; writes docs/reliability.md); SOAK_ARGS=--quick: seconds each, to a temp file
 	python3 scripts/soak.py $(SOAK_ARGS)
+
+sim: ## Scale simulation, 100-10,000 nodes, real planner (release, <= 10 min; writes docs/scale.md + docs/scale/*.png); SIM_ARGS="--seed 2"
+	$(CARGO) build --release --bin peerd-sim
+	target/release/peerd-sim $(SIM_ARGS) --out target/sim.json
+	/usr/bin/python3 scripts/sim-report.py target/sim.json --out docs/scale.md
 
 chart-check: ## Render and validate the Helm chart offline
 	scripts/chart-check.sh

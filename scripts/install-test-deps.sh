@@ -12,6 +12,7 @@ PACKAGES=(
   nginx-light         # plain HTTP upstream (/blobs tests)
   curl jq iproute2 ca-certificates
   chromium            # the /debug/web page rendered in a headless browser (tests/debug_web.rs)
+  python3-matplotlib  # make sim: the plots of docs/scale.md
 )
 
 missing=()

@@ -22,3 +22,8 @@ scripts/chart-check.sh
 # First the unit tests of the bench's pure parts (targets table, number check, HTTP client).
 python3 -m unittest discover -s bench
 python3 bench/run.py --smoke
+# The scale simulator in quick mode (debug build, well under a minute): it exits non-zero when an
+# invariant breaks (a node completing without every byte exactly once); the report script checks
+# that every run produced sane numbers. `make sim` runs the full sizes and writes docs/scale.md.
+cargo run --locked --bin peerd-sim -- --quick --out target/sim-quick.json
+/usr/bin/python3 scripts/sim-report.py target/sim-quick.json --check

@@ -11,10 +11,11 @@
 //! - adapters: [`store`] (containerd), [`upstream`] (registries), [`routing`] (the DHT),
 //!   [`peer`] (the peer protocol), [`kube`] (the Kubernetes API), [`hosts`] (containerd's
 //!   hosts.toml).
-//! - transfer and actors: [`fetch`] (multi-source fetching), [`actors`] (decisions).
+//! - transfer and actors: [`transfer`] (the sans-IO planner of a chunked download), [`fetch`]
+//!   (multi-source fetching), [`actors`] (decisions).
 //! - services: [`error`], [`mirror`] (`/v2`), [`swarm`], [`blobs`] (`/blobs`), [`preheat`].
 //! - http: [`http`] (listeners, extraction, answers).
-//! - app: [`node`] (wiring a node), [`doctor`].
+//! - app: [`node`] (wiring a node), [`doctor`], [`sim`] (the scale simulator).
 
 #![forbid(unsafe_code)]
 
@@ -37,7 +38,9 @@ pub mod peer;
 pub mod preheat;
 pub mod range;
 pub mod routing;
+pub mod sim;
 pub mod store;
 pub mod stream;
 pub mod swarm;
+pub mod transfer;
 pub mod upstream;

@@ -131,11 +131,10 @@ fn references() -> (Vec<Reference>, BTreeSet<String>) {
     let mut files = Vec::new();
     rust_files(&src, &mut files);
     files.sort();
-    let modules: BTreeSet<String> = files
-        .iter()
-        .filter_map(|f| module_path(&src, f).first().cloned())
-        .filter(|m| m != "lib" && m != "main")
-        .collect();
+    // `lib.rs` and the binaries (`main.rs`, `src/bin/`) are roots, not modules of the library.
+    let root = |m: &str| m == "lib" || m == "main" || m == "bin";
+    let modules: BTreeSet<String> =
+        files.iter().filter_map(|f| module_path(&src, f).first().cloned()).filter(|m| !root(m)).collect();
     // Files that only exist for tests.
     let mut test_files = BTreeSet::new();
     for f in &files {
@@ -154,7 +153,7 @@ fn references() -> (Vec<Reference>, BTreeSet<String>) {
     for f in &files {
         let module = module_path(&src, f);
         let from = module[0].clone();
-        if from == "lib" || from == "main" || test_files.contains(f) {
+        if root(&from) || test_files.contains(f) {
             continue;
         }
         let code = std::fs::read_to_string(f).unwrap();

@@ -35,6 +35,7 @@ use crate::upstream::UpstreamRequest;
 use actix::Recipient;
 use bytes::Bytes;
 use dashmap::DashMap;
+#[cfg(test)]
 use sha2::Digest as _;
 use spool::Spool;
 use std::num::NonZeroU32;
@@ -71,23 +72,8 @@ pub fn swarm_key(digest: &Digest) -> String {
     crate::routing::keys::swarm_key(&digest.to_string())
 }
 
-/// Which of `candidates` fetches chunk `index` of `key` (a digest, a /blobs file id) from the
-/// upstream: the highest rendezvous score. Every node computes the same answer from the same
-/// candidates, and one with a partial view still never waits in a cycle (scores are one total
-/// order per chunk, so each wait is on a node with a higher score).
-pub fn owner<'a>(key: &str, index: u64, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    candidates.into_iter().max_by_key(|id| (score(key, index, id), *id))
-}
-
-fn score(key: &str, index: u64, id: &str) -> u64 {
-    let h = sha2::Sha256::new()
-        .chain_update(id)
-        .chain_update(b"\n")
-        .chain_update(key)
-        .chain_update(index.to_be_bytes())
-        .finalize();
-    u64::from_be_bytes(h[..8].try_into().expect("8 bytes"))
-}
+/// The rendezvous owner of a chunk (moved to the transfer core).
+pub use crate::transfer::owner;
 
 type Limiter = governor::DefaultDirectRateLimiter;
 

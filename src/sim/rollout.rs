@@ -1,0 +1,945 @@
+//! Many nodes downloading the same blobs at once through swarming, each node's decisions made
+//! by its own [`Planner`] exactly as the swarm engine drives it: announce, wait `gather`, a first
+//! refresh, refreshes every `refresh` (the DHT every third), then whatever the planner starts.
+//! The peers answer as peerd's `/swarm` endpoints do: status pages (what a node has, what it
+//! fetches, the peers it knows), chunks with a 2 s long poll and a 425 carrying the upstream
+//! progress, 503 beyond `upload_slots`, 404 without the download (before it started, after its
+//! `linger`). Dead nodes: new connections fail after `p2p.connect_timeout`, transfers in
+//! progress after `p2p.idle_timeout`.
+
+use super::net::{Net, REGISTRY};
+use super::{percentile, Rng};
+use crate::config::SwarmConfig;
+use crate::transfer::plan::{ask_list, Action, ChunkOutcome, Hashes, PlanConfig, Planner, Source, Status, MAX_VIEW};
+use crate::transfer::Bits;
+use libp2p::kad::KBucketKey;
+use serde::Serialize;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const LONG_POLL: u64 = crate::swarm::engine::LONG_POLL.as_micros() as u64;
+/// Providers a DHT node keeps per key (peerd sets libp2p's `max_providers_per_key` to K).
+const MAX_PROVIDERS: usize = 20;
+/// Nodes that store a key's provider records (Kademlia's k).
+const K: usize = 20;
+
+/// Which providers of the swarm key a DHT lookup returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Found {
+    /// As libp2p-kad 0.49 does: each of the k nodes closest to the key keeps the first 20
+    /// providers that reached it; a lookup returns the union (at most 64).
+    FirstPerStore,
+    /// What-if: a uniform random sample of 64 providers.
+    Random,
+}
+
+#[derive(Clone, Debug)]
+pub struct Params {
+    pub nodes: usize,
+    /// Sizes of the blobs every node pulls (one image's layers).
+    pub blobs: Vec<u64>,
+    /// Blobs a node downloads at once (containerd's concurrent layer downloads).
+    pub blob_parallel: usize,
+    /// Bytes per second.
+    pub node_up: f64,
+    pub node_down: f64,
+    pub registry: f64,
+    pub rtt: Duration,
+    pub registry_rtt: Duration,
+    pub swarm: SwarmConfig,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Nodes that hold the whole image from the start and serve it as swarm members.
+    pub seeds: usize,
+    /// A fraction of the downloading nodes dies at a time.
+    pub kill: Option<(f64, Duration)>,
+    /// Nodes start uniformly within this.
+    pub start_spread: Duration,
+    pub found: Found,
+    /// The simulation stops here (nodes not done count as not completed).
+    pub max_sim: Duration,
+    pub max_wall: Duration,
+    pub seed: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    pub nodes: usize,
+    pub image_bytes: u64,
+    pub bound_s: f64,
+    pub downloading: usize,
+    pub completed: usize,
+    pub failed: usize,
+    pub killed: usize,
+    pub p50_s: f64,
+    pub p99_s: f64,
+    pub slowest_s: f64,
+    pub slowest_over_bound: f64,
+    pub registry_egress_over_f: f64,
+    pub upload_max_over_f: f64,
+    pub upload_median_over_f: f64,
+    pub takeovers: u64,
+    pub abandoned: u64,
+    pub peers_lost: u64,
+    pub busy: u64,
+    pub pending: u64,
+    pub view_mean: f64,
+    pub sim_s: f64,
+    pub wall_s: f64,
+    pub events: u64,
+    /// Stopped at `max_sim` or `max_wall` before every live node completed.
+    pub capped: bool,
+    /// (seconds, fraction of downloading nodes completed)
+    pub curve: Vec<(f64, f64)>,
+    pub invariant_errors: Vec<String>,
+}
+
+/// The rendezvous and tiebreak hashes of one blob, computed once per (node, chunk) with the
+/// real functions ([`crate::transfer::score`], [`crate::transfer::plan::tiebreak`]).
+struct Table {
+    key: String,
+    chunks: u64,
+    score: Vec<AtomicU64>,
+    tie: Vec<AtomicU64>,
+}
+
+fn node_of(id: &str) -> Option<usize> {
+    id.strip_prefix('n')?.parse().ok()
+}
+
+pub fn node_id(n: usize) -> String {
+    format!("n{n:06}")
+}
+
+impl Table {
+    fn new(key: String, chunks: u64, nodes: usize) -> Table {
+        let len = chunks as usize * nodes;
+        Table {
+            key,
+            chunks,
+            score: (0..len).map(|_| AtomicU64::new(0)).collect(),
+            tie: (0..len).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn memo(&self, slot: Option<&AtomicU64>, f: impl FnOnce() -> u64) -> u64 {
+        let Some(slot) = slot else { return f() };
+        let v = slot.load(Ordering::Relaxed);
+        if v != 0 {
+            return v;
+        }
+        // 0 marks "not computed": a real 0 is stored as 1 (one in 2^64, and only an order).
+        let v = f().max(1);
+        slot.store(v, Ordering::Relaxed);
+        v
+    }
+
+    fn slot<'a>(&self, v: &'a [AtomicU64], id: &str, index: u64) -> Option<&'a AtomicU64> {
+        let n = node_of(id)?;
+        (index < self.chunks).then(|| v.get(n * self.chunks as usize + index as usize)).flatten()
+    }
+}
+
+impl Hashes for Table {
+    fn score(&self, key: &str, index: u64, id: &str) -> u64 {
+        let slot = if key == self.key { self.slot(&self.score, id, index) } else { None };
+        self.memo(slot, || crate::transfer::score(key, index, id))
+    }
+    fn tiebreak(&self, id: &str, index: u64) -> u64 {
+        self.memo(self.slot(&self.tie, id, index), || crate::transfer::plan::tiebreak(id, index))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Reply {
+    Got,
+    Pending(u64),
+    NotThere,
+    Busy,
+    Dead,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Ev {
+    Start { n: u32, b: u16 },
+    Gathered { n: u32, b: u16 },
+    Tick { n: u32, b: u16 },
+    RefreshDone { n: u32, b: u16 },
+    Arrive { r: u32 },
+    PollTimeout { r: u32 },
+    Reply { r: u32, reply: Reply },
+    Flow { id: u32, version: u32 },
+    Kill,
+    Linger { n: u32, b: u16 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DlState {
+    Idle,
+    Running,
+    Done,
+    Removed,
+    Failed,
+}
+
+/// (id, node) of peers.
+type Peers = Vec<(String, u32)>;
+/// A DHT node storing a swarm key, and the providers that reached it: (time µs, node).
+type Store = (u32, Vec<(u64, u32)>);
+
+struct Dl {
+    plan: Planner<u32>,
+    state: DlState,
+    /// The refresh in progress: peers found, peers to ask.
+    refresh: Option<(Peers, Peers)>,
+    /// Bytes of chunks received (each chunk once).
+    got: u64,
+    /// The first refresh ended: the refresh interval is running.
+    ticking: bool,
+    upstream_done: f64,
+    /// chunk → the request reading it from the registry
+    upstream: BTreeMap<u64, u32>,
+    /// chunk → requests waiting for it here (long polls)
+    waiters: BTreeMap<u64, Vec<u32>>,
+    done_at: Option<u64>,
+}
+
+struct Node {
+    alive: bool,
+    failed: bool,
+    seed: bool,
+    uploads: usize,
+    started: u64,
+    next_blob: usize,
+    dls: Vec<Dl>,
+    peer_bytes: u64,
+    upstream_bytes: u64,
+}
+
+struct Req {
+    from: u32,
+    to: u32,
+    b: u16,
+    index: u64,
+    sent: u64,
+    live: bool,
+    waiting: bool,
+    flow: Option<u32>,
+}
+
+struct Sim {
+    p: Params,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(u64, u64, Ev)>>,
+    net: Net,
+    nodes: Vec<Node>,
+    ids: Vec<String>,
+    reqs: Vec<Req>,
+    free_reqs: Vec<u32>,
+    rng: Rng,
+    chunk_size: u64,
+    /// Per blob: the DHT nodes storing its swarm key's providers, each with its providers in
+    /// arrival order (time µs, node).
+    stores: Vec<Vec<Store>>,
+    /// Per blob: providers in announce order (for `Found::Random`).
+    providers: Vec<Vec<u32>>,
+    dht_rounds: u64,
+    /// Downloading nodes still alive and not done.
+    open: usize,
+    rep: Report,
+    completion_times: Vec<f64>,
+}
+
+fn us(d: Duration) -> u64 {
+    d.as_micros() as u64
+}
+
+/// Kademlia lookup rounds in a network of `n` nodes (α = 3, k = 20): about log2(n)/3, at least 1.
+pub fn lookup_rounds(n: usize) -> u64 {
+    ((n.max(2) as f64).log2() / 3.0).ceil().max(1.0) as u64
+}
+
+impl Sim {
+    fn push(&mut self, at: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse((at, self.seq, ev)));
+    }
+
+    fn drain_net(&mut self) {
+        for (t, id, version) in std::mem::take(&mut self.net.due) {
+            self.push(t, Ev::Flow { id, version });
+        }
+    }
+
+    fn half_rtt(&self, to: u32) -> u64 {
+        if to == REGISTRY {
+            us(self.p.registry_rtt) / 2
+        } else {
+            us(self.p.rtt) / 2
+        }
+    }
+
+    fn chunk_len(&self, b: u16, i: u64) -> u64 {
+        let size = self.p.blobs[b as usize];
+        (size - i * self.chunk_size).min(self.chunk_size)
+    }
+
+    fn new_req(&mut self, from: u32, to: u32, b: u16, index: u64) -> u32 {
+        let r = Req { from, to, b, index, sent: self.now, live: true, waiting: false, flow: None };
+        match self.free_reqs.pop() {
+            Some(i) => {
+                self.reqs[i as usize] = r;
+                i
+            }
+            None => {
+                self.reqs.push(r);
+                (self.reqs.len() - 1) as u32
+            }
+        }
+    }
+
+    fn free_req(&mut self, r: u32) {
+        if self.reqs[r as usize].live {
+            self.reqs[r as usize].live = false;
+            self.free_reqs.push(r);
+        }
+    }
+
+    /// Which providers of blob `b`'s swarm key a lookup at `now` returns.
+    fn found(&mut self, b: u16, me: u32) -> Vec<(String, u32)> {
+        let mut out: Vec<u32> = Vec::new();
+        match self.p.found {
+            Found::FirstPerStore => {
+                for (s, list) in &self.stores[b as usize] {
+                    if !self.nodes[*s as usize].alive {
+                        continue;
+                    }
+                    for (_, p) in list.iter().take_while(|(t, _)| *t <= self.now).take(MAX_PROVIDERS) {
+                        if !out.contains(p) {
+                            out.push(*p);
+                        }
+                    }
+                    if out.len() >= MAX_VIEW {
+                        break;
+                    }
+                }
+            }
+            Found::Random => {
+                let all = &self.providers[b as usize];
+                for i in self.rng.sample(all.len(), MAX_VIEW + 1) {
+                    out.push(all[i]);
+                }
+            }
+        }
+        out.retain(|p| *p != me);
+        out.truncate(MAX_VIEW);
+        out.into_iter().map(|p| (self.ids[p as usize].clone(), p)).collect()
+    }
+
+    /// Node `n` announces blob `b` (its records reach the storing nodes after one lookup).
+    fn announce(&mut self, n: u32, b: u16) {
+        let base = self.now + self.dht_rounds * us(self.p.rtt) + us(self.p.rtt);
+        let rtt = us(self.p.rtt).max(1);
+        for (_, list) in self.stores[b as usize].iter_mut() {
+            let at = base + self.rng.below(rtt);
+            let pos = list.partition_point(|(t, _)| *t <= at);
+            list.insert(pos, (at, n));
+        }
+        self.providers[b as usize].push(n);
+    }
+
+    fn start(&mut self, n: u32, b: u16) {
+        let node = &mut self.nodes[n as usize];
+        if !node.alive {
+            return;
+        }
+        node.dls[b as usize].state = DlState::Running;
+        self.announce(n, b);
+        let provide = self.dht_rounds * us(self.p.rtt) + us(self.p.rtt);
+        self.push(self.now + provide + us(self.p.swarm.gather), Ev::Gathered { n, b });
+    }
+
+    fn begin_refresh(&mut self, n: u32, b: u16) {
+        let now = self.now;
+        let Some(r) = self.nodes[n as usize].dls[b as usize].plan.start_refresh(Duration::from_micros(now)) else {
+            return;
+        };
+        let (found, lookup_us) = if r.lookup {
+            let t = (self.dht_rounds * us(self.p.rtt)).min(500_000);
+            (self.found(b, n), t)
+        } else {
+            (Vec::new(), 0)
+        };
+        let ask = ask_list(r.known, &found, MAX_VIEW);
+        let any_dead = ask.iter().any(|(_, p)| !self.nodes[*p as usize].alive);
+        let wait = if any_dead { us(self.p.connect_timeout) } else { us(self.p.rtt) };
+        self.nodes[n as usize].dls[b as usize].refresh = Some((found, ask));
+        self.push(now + lookup_us + wait, Ev::RefreshDone { n, b });
+    }
+
+    fn status_of(&self, p: u32, b: u16, full: bool) -> Status<u32> {
+        let node = &self.nodes[p as usize];
+        if !node.alive {
+            return Status::Unreachable;
+        }
+        let dl = &node.dls[b as usize];
+        match dl.state {
+            DlState::Running | DlState::Done => {
+                let peers = if full { Vec::new() } else { dl.plan.view() };
+                if node.seed {
+                    let n = dl.plan.chunks();
+                    Status::Active { have: Bits::from_bools(n, (0..n).map(|_| true)), fetching: Bits::new(n), peers }
+                } else {
+                    Status::Active { have: dl.plan.have().clone(), fetching: dl.plan.fetching().clone(), peers }
+                }
+            }
+            DlState::Idle | DlState::Removed | DlState::Failed => Status::NotFound,
+        }
+    }
+
+    fn refresh_done(&mut self, n: u32, b: u16) {
+        let Some((found, ask)) = self.nodes[n as usize].dls[b as usize].refresh.take() else { return };
+        let full = self.nodes[n as usize].dls[b as usize].plan.view_full();
+        let statuses: Vec<(String, u32, Status<u32>)> =
+            ask.into_iter().map(|(id, p)| (id, p, self.status_of(p, b, full))).collect();
+        let mut out = Vec::new();
+        let now = Duration::from_micros(self.now);
+        self.nodes[n as usize].dls[b as usize].plan.on_refresh(now, &found, statuses, &mut out);
+        self.perform(n, b, out);
+    }
+
+    fn has(&self, p: u32, b: u16, i: u64) -> bool {
+        let node = &self.nodes[p as usize];
+        let dl = &node.dls[b as usize];
+        matches!(dl.state, DlState::Running | DlState::Done) && (node.seed || dl.plan.have().get(i))
+    }
+
+    /// Serve request `r` at its target, which has the chunk: a flow, or 503.
+    fn serve(&mut self, r: u32) {
+        let (from, to, b, index) = {
+            let q = &self.reqs[r as usize];
+            (q.from, q.to, q.b, q.index)
+        };
+        if !self.nodes[from as usize].alive {
+            self.free_req(r);
+            return;
+        }
+        let h = self.half_rtt(to);
+        if self.nodes[to as usize].uploads >= self.p.swarm.upload_slots {
+            self.push(self.now + h, Ev::Reply { r, reply: Reply::Busy });
+            return;
+        }
+        self.nodes[to as usize].uploads += 1;
+        let len = self.chunk_len(b, index) as f64;
+        let id = self.net.start(self.now, to, from, len, u64::from(r));
+        self.reqs[r as usize].flow = Some(id);
+        self.drain_net();
+    }
+
+    fn arrive(&mut self, r: u32) {
+        let (to, b, index) = {
+            let q = &self.reqs[r as usize];
+            (q.to, q.b, q.index)
+        };
+        if !self.nodes[to as usize].alive {
+            let t = self.reqs[r as usize].sent + us(self.p.connect_timeout);
+            self.push(t.max(self.now), Ev::Reply { r, reply: Reply::Dead });
+            return;
+        }
+        let h = self.half_rtt(to);
+        let dl = &self.nodes[to as usize].dls[b as usize];
+        if !matches!(dl.state, DlState::Running | DlState::Done) {
+            self.push(self.now + h, Ev::Reply { r, reply: Reply::NotThere });
+            return;
+        }
+        if self.has(to, b, index) {
+            self.serve(r);
+        } else {
+            self.reqs[r as usize].waiting = true;
+            self.nodes[to as usize].dls[b as usize].waiters.entry(index).or_default().push(r);
+            self.push(self.now + LONG_POLL, Ev::PollTimeout { r });
+        }
+    }
+
+    fn progress(&self, n: u32, b: u16) -> u64 {
+        let dl = &self.nodes[n as usize].dls[b as usize];
+        let mut p = dl.upstream_done;
+        for r in dl.upstream.values() {
+            if let Some(f) = self.reqs[*r as usize].flow {
+                p += self.net.moved(f, self.now);
+            }
+        }
+        p as u64
+    }
+
+    fn poll_timeout(&mut self, r: u32) {
+        let q = &self.reqs[r as usize];
+        if !q.live || !q.waiting {
+            return;
+        }
+        let (to, b, index) = (q.to, q.b, q.index);
+        self.reqs[r as usize].waiting = false;
+        if let Some(w) = self.nodes[to as usize].dls[b as usize].waiters.get_mut(&index) {
+            w.retain(|x| *x != r);
+        }
+        let progress = self.progress(to, b);
+        let h = self.half_rtt(to);
+        self.push(self.now + h, Ev::Reply { r, reply: Reply::Pending(progress) });
+    }
+
+    fn flow_done(&mut self, id: u32, version: u32) {
+        let ended = self.net.fire(id, version, self.now);
+        self.drain_net();
+        for f in ended {
+            let r = f.tag as u32;
+            let q = &self.reqs[r as usize];
+            if !q.live {
+                continue;
+            }
+            let (from, to, b) = (q.from, q.to, q.b);
+            self.reqs[r as usize].flow = None;
+            if to == REGISTRY {
+                self.nodes[from as usize].dls[b as usize].upstream_done += f.len;
+            } else {
+                self.nodes[to as usize].uploads -= 1;
+            }
+            let h = self.half_rtt(to);
+            self.push(self.now + h, Ev::Reply { r, reply: Reply::Got });
+        }
+    }
+
+    fn reply(&mut self, r: u32, reply: Reply) {
+        let q = &self.reqs[r as usize];
+        if !q.live {
+            return;
+        }
+        let (from, to, b, index, sent) = (q.from, q.to, q.b, q.index, q.sent);
+        self.free_req(r);
+        if !self.nodes[from as usize].alive || self.nodes[from as usize].dls[b as usize].state != DlState::Running {
+            return;
+        }
+        let source = if to == REGISTRY { Source::Upstream } else { Source::Peer(self.ids[to as usize].clone()) };
+        if to == REGISTRY {
+            self.nodes[from as usize].dls[b as usize].upstream.remove(&index);
+        }
+        let outcome = match reply {
+            Reply::Got => ChunkOutcome::Got,
+            Reply::Pending(p) => {
+                self.rep.pending += 1;
+                ChunkOutcome::Pending { progress: Some(p), took: Duration::from_micros(self.now - sent) }
+            }
+            Reply::NotThere => ChunkOutcome::NotThere,
+            Reply::Busy => {
+                self.rep.busy += 1;
+                ChunkOutcome::Busy
+            }
+            Reply::Dead => ChunkOutcome::Dead,
+        };
+        if outcome == ChunkOutcome::Got {
+            let len = self.chunk_len(b, index);
+            let dl = &mut self.nodes[from as usize].dls[b as usize];
+            if dl.plan.have().get(index) {
+                self.rep.invariant_errors.push(format!("node {from} blob {b}: chunk {index} delivered twice"));
+            }
+            dl.got += len;
+            if to == REGISTRY {
+                self.nodes[from as usize].upstream_bytes += len;
+            } else {
+                self.nodes[from as usize].peer_bytes += len;
+            }
+        }
+        let mut out = Vec::new();
+        let now = Duration::from_micros(self.now);
+        self.nodes[from as usize].dls[b as usize].plan.on_chunk(now, index, source, outcome, &mut out);
+        if outcome == ChunkOutcome::Got {
+            // Long polls waiting here for this chunk are answered.
+            if let Some(w) = self.nodes[from as usize].dls[b as usize].waiters.remove(&index) {
+                for x in w {
+                    if self.reqs[x as usize].live && self.reqs[x as usize].waiting {
+                        self.reqs[x as usize].waiting = false;
+                        self.serve(x);
+                    }
+                }
+            }
+        }
+        self.perform(from, b, out);
+    }
+
+    /// Do what node `n`'s planner decided for blob `b`, then let it schedule.
+    fn perform(&mut self, n: u32, b: u16, mut out: Vec<Action<u32>>) {
+        for _ in 0..8 {
+            let mut again = false;
+            for a in std::mem::take(&mut out) {
+                match a {
+                    Action::FetchPeer { index, addr, .. } => {
+                        let r = self.new_req(n, addr, b, index);
+                        let h = self.half_rtt(addr);
+                        self.push(self.now + h, Ev::Arrive { r });
+                    }
+                    Action::FetchUpstream { index } => {
+                        let r = self.new_req(n, REGISTRY, b, index);
+                        let len = self.chunk_len(b, index) as f64;
+                        let id = self.net.start(self.now, REGISTRY, n, len, u64::from(r));
+                        self.drain_net();
+                        self.reqs[r as usize].flow = Some(id);
+                        self.nodes[n as usize].dls[b as usize].upstream.insert(index, r);
+                    }
+                    Action::AbortUpstream { index } => {
+                        let Some(r) = self.nodes[n as usize].dls[b as usize].upstream.remove(&index) else {
+                            continue;
+                        };
+                        self.rep.abandoned += 1;
+                        if let Some(f) = self.reqs[r as usize].flow.take() {
+                            let moved = self.net.moved(f, self.now);
+                            self.net.end(f, self.now);
+                            self.drain_net();
+                            self.nodes[n as usize].dls[b as usize].upstream_done += moved;
+                        }
+                        self.free_req(r);
+                        let now = Duration::from_micros(self.now);
+                        let plan = &mut self.nodes[n as usize].dls[b as usize].plan;
+                        plan.on_chunk(now, index, Source::Upstream, ChunkOutcome::Abandoned, &mut out);
+                        again = true;
+                    }
+                    Action::TookOver { .. } => self.rep.takeovers += 1,
+                    Action::PeerLost { .. } => self.rep.peers_lost += 1,
+                    Action::Complete => self.complete(n, b),
+                    Action::Failed(_) => {
+                        self.nodes[n as usize].dls[b as usize].state = DlState::Failed;
+                        if !self.nodes[n as usize].failed {
+                            self.nodes[n as usize].failed = true;
+                            self.rep.failed += 1;
+                            self.open -= 1;
+                        }
+                    }
+                }
+            }
+            let dl = &mut self.nodes[n as usize].dls[b as usize];
+            if dl.state != DlState::Running {
+                return;
+            }
+            dl.plan.schedule(Duration::from_micros(self.now), &mut out);
+            if out.is_empty() && !again {
+                return;
+            }
+        }
+    }
+
+    fn complete(&mut self, n: u32, b: u16) {
+        let size = self.p.blobs[b as usize];
+        let node = &mut self.nodes[n as usize];
+        let dl = &mut node.dls[b as usize];
+        dl.state = DlState::Done;
+        dl.done_at = Some(self.now);
+        if dl.got != size || !dl.plan.have().all() {
+            let e = format!("node {n} blob {b}: completed with {} of {size} bytes", dl.got);
+            self.rep.invariant_errors.push(e);
+        }
+        let linger = self.now + us(self.p.swarm.linger);
+        // The next layer, or the image is pulled.
+        if node.next_blob < self.p.blobs.len() {
+            let nb = node.next_blob as u16;
+            node.next_blob += 1;
+            self.push(self.now, Ev::Start { n, b: nb });
+        } else if node.dls.iter().all(|d| d.done_at.is_some()) {
+            self.completion_times.push((self.now - node.started) as f64 / 1e6);
+            self.rep.completed += 1;
+            if !node.failed {
+                self.open -= 1;
+            }
+        }
+        self.push(linger, Ev::Linger { n, b });
+    }
+
+    fn kill(&mut self) {
+        let Some((frac, _)) = self.p.kill else { return };
+        let candidates: Vec<usize> =
+            (0..self.nodes.len()).filter(|n| !self.nodes[*n].seed && self.nodes[*n].alive).collect();
+        let k = (candidates.len() as f64 * frac).round() as usize;
+        let picks = self.rng.sample(candidates.len(), k);
+        let idle = us(self.p.idle_timeout);
+        for pi in picks {
+            let n = candidates[pi] as u32;
+            self.nodes[n as usize].alive = false;
+            self.rep.killed += 1;
+            let node = &self.nodes[n as usize];
+            if !node.failed && node.dls.iter().any(|d| d.done_at.is_none()) {
+                self.open -= 1;
+            }
+            // Transfers to it stop; transfers from it stall until the receiver's idle timeout.
+            for f in self.net.flows_of(n) {
+                let Some(flow) = self.net.end(f, self.now) else { continue };
+                let r = flow.tag as u32;
+                if flow.src == n {
+                    self.reqs[r as usize].flow = None;
+                    self.push(self.now + idle, Ev::Reply { r, reply: Reply::Dead });
+                } else {
+                    if flow.src != REGISTRY {
+                        self.nodes[flow.src as usize].uploads -= 1;
+                    }
+                    self.free_req(r);
+                }
+            }
+            self.drain_net();
+            // Its registry reads end with it.
+            let ups: Vec<u32> = self.nodes[n as usize]
+                .dls
+                .iter_mut()
+                .flat_map(|d| std::mem::take(&mut d.upstream).into_values())
+                .collect();
+            {
+                for r in ups {
+                    if let Some(f) = self.reqs[r as usize].flow.take() {
+                        self.net.end(f, self.now);
+                    }
+                    self.free_req(r);
+                }
+            }
+            self.drain_net();
+            // Long polls held by it stall too.
+            let waiting: Vec<u32> = self.nodes[n as usize]
+                .dls
+                .iter_mut()
+                .flat_map(|d| std::mem::take(&mut d.waiters).into_values().flatten())
+                .collect();
+            for r in waiting {
+                if self.reqs[r as usize].live {
+                    self.reqs[r as usize].waiting = false;
+                    self.push(self.now + idle, Ev::Reply { r, reply: Reply::Dead });
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Start { n, b } => self.start(n, b),
+            Ev::Gathered { n, b } => {
+                if self.nodes[n as usize].alive {
+                    self.begin_refresh(n, b);
+                }
+            }
+            Ev::Tick { n, b } => {
+                let node = &self.nodes[n as usize];
+                if node.alive && node.dls[b as usize].state == DlState::Running {
+                    self.begin_refresh(n, b);
+                    self.push(self.now + us(self.p.swarm.refresh), Ev::Tick { n, b });
+                    self.perform(n, b, Vec::new());
+                }
+            }
+            Ev::RefreshDone { n, b } => {
+                let node = &self.nodes[n as usize];
+                if node.alive && node.dls[b as usize].state == DlState::Running {
+                    self.refresh_done(n, b);
+                    // After the first refresh the engine's interval ticks at once, then every `refresh`.
+                    let dl = &mut self.nodes[n as usize].dls[b as usize];
+                    if !dl.ticking {
+                        dl.ticking = true;
+                        self.push(self.now, Ev::Tick { n, b });
+                    }
+                }
+            }
+            Ev::Arrive { r } => {
+                if self.reqs[r as usize].live {
+                    self.arrive(r);
+                }
+            }
+            Ev::PollTimeout { r } => self.poll_timeout(r),
+            Ev::Reply { r, reply } => self.reply(r, reply),
+            Ev::Flow { id, version } => self.flow_done(id, version),
+            Ev::Kill => self.kill(),
+            Ev::Linger { n, b } => {
+                let seed = self.nodes[n as usize].seed;
+                let dl = &mut self.nodes[n as usize].dls[b as usize];
+                if dl.state == DlState::Done && !seed {
+                    dl.state = DlState::Removed;
+                }
+            }
+        }
+    }
+}
+
+/// Run one rollout.
+pub fn run(p: Params) -> Report {
+    let wall = Instant::now();
+    let chunk_size = p.swarm.chunk_size;
+    let chunks: Vec<u64> = p.blobs.iter().map(|s| s.div_ceil(chunk_size)).collect();
+    let ids: Vec<String> = (0..p.nodes).map(node_id).collect();
+    let keys: Vec<String> = (0..p.blobs.len()).map(|b| format!("sha256:{:064x}", p.seed * 1000 + b as u64)).collect();
+    let tables: Vec<Arc<Table>> =
+        keys.iter().zip(&chunks).map(|(k, c)| Arc::new(Table::new(k.clone(), *c, p.nodes))).collect();
+    let cfg = PlanConfig::from(&p.swarm);
+    let mut rng = Rng::new(p.seed);
+    let nodes: Vec<Node> = (0..p.nodes)
+        .map(|n| Node {
+            alive: true,
+            failed: false,
+            seed: n < p.seeds,
+            uploads: 0,
+            started: 0,
+            next_blob: 0,
+            peer_bytes: 0,
+            upstream_bytes: 0,
+            dls: (0..p.blobs.len())
+                .map(|b| Dl {
+                    plan: Planner::with_hashes(
+                        keys[b].clone(),
+                        ids[n].clone(),
+                        chunks[b],
+                        cfg.clone(),
+                        tables[b].clone() as Arc<dyn Hashes>,
+                    ),
+                    state: DlState::Idle,
+                    refresh: None,
+                    got: 0,
+                    ticking: false,
+                    upstream_done: 0.0,
+                    upstream: BTreeMap::new(),
+                    waiters: BTreeMap::new(),
+                    done_at: None,
+                })
+                .collect(),
+        })
+        .collect();
+    // The k nodes closest to each swarm key store its provider records (libp2p's XOR metric).
+    let node_keys: Vec<KBucketKey<Vec<u8>>> = ids.iter().map(|id| KBucketKey::new(id.as_bytes().to_vec())).collect();
+    let stores = keys
+        .iter()
+        .map(|k| {
+            let key = KBucketKey::new(format!("swarm/{k}").into_bytes());
+            let mut order: Vec<u32> = (0..p.nodes as u32).collect();
+            order.sort_by_key(|n| key.distance(&node_keys[*n as usize]));
+            order.truncate(K);
+            order.into_iter().map(|s| (s, Vec::new())).collect()
+        })
+        .collect();
+    let dht_rounds = lookup_rounds(p.nodes);
+    let net = Net::new(vec![p.node_up; p.nodes], vec![p.node_down; p.nodes], p.registry);
+    let size: u64 = p.blobs.iter().sum();
+    let u = p.node_up;
+    // Kumar & Ross: the sources (the registry and any seeds) must send F once, every node must
+    // receive F, and all receivers together need (N - seeds)·F through the total upload.
+    let sources = p.registry + p.seeds as f64 * u;
+    let receivers = (p.nodes - p.seeds.min(p.nodes)) as f64;
+    let bound = (size as f64 / sources)
+        .max(size as f64 / p.node_down)
+        .max(receivers * size as f64 / (sources + (p.nodes - p.seeds.min(p.nodes)) as f64 * u));
+    let mut sim = Sim {
+        now: 0,
+        seq: 0,
+        queue: BinaryHeap::new(),
+        net,
+        nodes,
+        ids,
+        reqs: Vec::new(),
+        free_reqs: Vec::new(),
+        rng: Rng::new(rng.next_u64()),
+        chunk_size,
+        stores,
+        providers: vec![Vec::new(); p.blobs.len()],
+        dht_rounds,
+        open: 0,
+        rep: Report { nodes: p.nodes, image_bytes: size, bound_s: bound, ..Report::default() },
+        completion_times: Vec::new(),
+        p,
+    };
+    // Seeds hold everything and serve it as swarm members from the start.
+    for n in 0..sim.p.seeds.min(sim.p.nodes) {
+        for b in 0..sim.p.blobs.len() {
+            sim.nodes[n].dls[b].state = DlState::Done;
+            sim.nodes[n].dls[b].done_at = Some(0);
+            sim.announce(n as u32, b as u16);
+        }
+    }
+    let spread = us(sim.p.start_spread).max(1);
+    for n in sim.p.seeds..sim.p.nodes {
+        let t = rng.below(spread);
+        sim.nodes[n].started = t;
+        let first = sim.p.blob_parallel.min(sim.p.blobs.len());
+        sim.nodes[n].next_blob = first;
+        for b in 0..first {
+            sim.push(t, Ev::Start { n: n as u32, b: b as u16 });
+        }
+    }
+    sim.rep.downloading = sim.p.nodes - sim.p.seeds.min(sim.p.nodes);
+    sim.open = sim.rep.downloading;
+    if let Some((_, at)) = sim.p.kill {
+        sim.push(us(at), Ev::Kill);
+    }
+    let max_sim = us(sim.p.max_sim);
+    let max_wall = sim.p.max_wall;
+    let mut next_sample = 0u64;
+    while let Some(Reverse((t, _, ev))) = sim.queue.pop() {
+        if t > max_sim {
+            sim.rep.capped = true;
+            break;
+        }
+        sim.now = t;
+        sim.rep.events += 1;
+        if sim.rep.events.is_multiple_of(65_536) && wall.elapsed() > max_wall {
+            sim.rep.capped = true;
+            break;
+        }
+        while t >= next_sample {
+            let frac = sim.rep.completed as f64 / sim.rep.downloading.max(1) as f64;
+            sim.rep.curve.push((next_sample as f64 / 1e6, frac));
+            next_sample += 500_000;
+        }
+        sim.handle(ev);
+        if sim.open == 0 {
+            break;
+        }
+    }
+    finish(sim, wall)
+}
+
+fn finish(mut sim: Sim, wall: Instant) -> Report {
+    let f = sim.rep.image_bytes as f64;
+    let mut r = std::mem::take(&mut sim.rep);
+    r.sim_s = sim.now as f64 / 1e6;
+    r.wall_s = wall.elapsed().as_secs_f64();
+    let live_left =
+        sim.nodes.iter().filter(|n| n.alive && !n.seed && n.dls.iter().any(|d| d.done_at.is_none())).count();
+    if live_left > 0 {
+        r.capped = true;
+    }
+    r.curve.push((r.sim_s, r.completed as f64 / r.downloading.max(1) as f64));
+    let mut t = sim.completion_times.clone();
+    r.p50_s = percentile(&mut t, 50.0);
+    r.p99_s = percentile(&mut t, 99.0);
+    r.slowest_s = t.iter().copied().fold(0.0, f64::max);
+    if r.capped {
+        r.slowest_s = r.sim_s;
+    }
+    r.slowest_over_bound = r.slowest_s / r.bound_s;
+    r.registry_egress_over_f = sim.net.registry_bytes / f;
+    let mut up: Vec<f64> = sim.net.sent.iter().map(|s| s / f).collect();
+    r.upload_max_over_f = up.iter().copied().fold(0.0, f64::max);
+    r.upload_median_over_f = percentile(&mut up, 50.0);
+    let views: Vec<usize> = sim.nodes.iter().filter(|n| !n.seed).map(|n| n.dls[0].plan.view().len()).collect();
+    r.view_mean = views.iter().sum::<usize>() as f64 / views.len().max(1) as f64;
+    // Every node that completed has every byte once; the registry sent at least the image.
+    if r.completed > 0 && sim.net.registry_bytes < f * 0.999 && sim.p.seeds == 0 {
+        r.invariant_errors.push(format!("registry sent {} bytes, less than the image ({f})", sim.net.registry_bytes));
+    }
+    for (n, node) in sim.nodes.iter().enumerate() {
+        if node.seed {
+            continue;
+        }
+        let done = node.dls.iter().all(|d| d.done_at.is_some());
+        let got: u64 = node.dls.iter().map(|d| d.got).sum();
+        if done && got != sim.rep.image_bytes.max(r.image_bytes) {
+            r.invariant_errors.push(format!("node {n} completed with {got} bytes"));
+        }
+        if done && node.peer_bytes + node.upstream_bytes != got {
+            r.invariant_errors
+                .push(format!("node {n}: {} + {} bytes received, {got} kept", node.peer_bytes, node.upstream_bytes));
+        }
+    }
+    r.invariant_errors.truncate(20);
+    r
+}

@@ -1,0 +1,743 @@
+//! The sans-IO planner of one chunked, multi-source download.
+//!
+//! It owns the state of one download as this node sees it: the peers known to download the same
+//! blob (what each has, what each fetches from the upstream, whether it answers), the chunks in
+//! flight, the peers left out per chunk, the waits on peers that should deliver a chunk, and the
+//! upstream attempts. It performs no I/O and reads no clock: the driver passes `now` (time since
+//! an epoch of its choice), feeds it what happened ([`Planner::on_chunk`],
+//! [`Planner::on_refresh`]) and performs the [`Action`]s it returns ([`Planner::schedule`]).
+//!
+//! The decisions, for each chunk this node does not have and is not fetching, lowest first:
+//! 1. a peer that has it: the least loaded (ties in a stable pseudo-random order per chunk);
+//! 2. else a peer fetching it from the upstream now (asked with a long poll);
+//! 3. else its *owner* ([`owner`], rendezvous hashing over the nodes downloading it): this node
+//!    reads it from the upstream when it is the owner, else asks the owner.
+//!
+//! A peer that said "not yet" keeps the chunk while its upstream progress grows; after
+//! `takeover` without progress (or when it dies) it loses that chunk, and the owner is computed
+//! again without it. A peer that sent bad bytes is never asked for that chunk again. An upstream
+//! read that fails is retried with backoff, up to [`UPSTREAM_ATTEMPTS`]; a refusal (4xx) fails
+//! the download at once.
+
+use super::Bits;
+use sha2::Digest as _;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a peer that could not be reached is left out.
+pub const DEAD_FOR: Duration = Duration::from_secs(30);
+/// Most peers in one download's view.
+pub const MAX_VIEW: usize = 64;
+/// One refresh in this many looks the download up in the DHT.
+pub const DHT_EVERY: u64 = 3;
+/// Upstream attempts per chunk before the download fails.
+pub const UPSTREAM_ATTEMPTS: u32 = 4;
+/// A "not yet" answered faster than this was no long poll (the peer has nothing to wait on).
+const PENDING_AT_ONCE: Duration = Duration::from_millis(100);
+/// Then that peer is not asked again for this long (no tight loop).
+const PENDING_BACKOFF: Duration = Duration::from_millis(200);
+/// A peer that answered "too many uploads" is not asked for this long.
+const BUSY_BACKOFF: Duration = Duration::from_millis(250);
+/// Upstream retry n waits this times 2^n.
+const UPSTREAM_BACKOFF: Duration = Duration::from_millis(250);
+const NO_OWNER: u16 = u16::MAX;
+
+/// Which of `candidates` fetches chunk `index` of `key` (a digest, a /blobs file id) from the
+/// upstream: the highest rendezvous score. Every node computes the same answer from the same
+/// candidates, and one with a partial view still never waits in a cycle (scores are one total
+/// order per chunk, so each wait is on a node with a higher score).
+pub fn owner<'a>(key: &str, index: u64, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates.into_iter().max_by_key(|id| (score(key, index, id), *id))
+}
+
+/// The rendezvous score of node `id` for chunk `index` of `key`.
+pub fn score(key: &str, index: u64, id: &str) -> u64 {
+    let h = sha2::Sha256::new()
+        .chain_update(id)
+        .chain_update(b"\n")
+        .chain_update(key)
+        .chain_update(index.to_be_bytes())
+        .finalize();
+    u64::from_be_bytes(h[..8].try_into().expect("8 bytes"))
+}
+
+/// A stable pseudo-random order among equally loaded peers (so nodes do not all pick the same).
+pub fn tiebreak(id: &str, index: u64) -> u64 {
+    let h = sha2::Sha256::new().chain_update(id).chain_update(index.to_le_bytes()).finalize();
+    u64::from_le_bytes(h[..8].try_into().expect("8 bytes"))
+}
+
+/// Where the planner's hashes come from: [`score`] and [`tiebreak`] by default. A simulator of
+/// thousands of nodes may answer from a table of the same values computed once.
+pub trait Hashes: Send + Sync {
+    fn score(&self, key: &str, index: u64, id: &str) -> u64 {
+        score(key, index, id)
+    }
+    fn tiebreak(&self, id: &str, index: u64) -> u64 {
+        tiebreak(id, index)
+    }
+}
+
+/// [`score`] and [`tiebreak`], computed each time.
+pub struct Sha256Hashes;
+
+impl Hashes for Sha256Hashes {}
+
+/// The limits of one download.
+#[derive(Clone, Debug)]
+pub struct PlanConfig {
+    /// Chunks in flight from peers.
+    pub parallel: usize,
+    /// Chunks in flight from the upstream.
+    pub upstream_parallel: usize,
+    /// Chunks in flight to any one peer.
+    pub per_peer: usize,
+    /// A peer that should deliver a chunk and made no progress for this long loses it.
+    pub takeover: Duration,
+    pub max_view: usize,
+    pub dht_every: u64,
+    pub upstream_attempts: u32,
+    pub dead_for: Duration,
+}
+
+impl PlanConfig {
+    pub fn new(parallel: usize, upstream_parallel: usize, per_peer: usize, takeover: Duration) -> PlanConfig {
+        PlanConfig {
+            parallel,
+            upstream_parallel,
+            per_peer,
+            takeover,
+            max_view: MAX_VIEW,
+            dht_every: DHT_EVERY,
+            upstream_attempts: UPSTREAM_ATTEMPTS,
+            dead_for: DEAD_FOR,
+        }
+    }
+}
+
+impl From<&crate::config::SwarmConfig> for PlanConfig {
+    fn from(c: &crate::config::SwarmConfig) -> Self {
+        PlanConfig::new(c.parallel, c.upstream_parallel, c.per_peer, c.takeover)
+    }
+}
+
+/// Where a chunk was being fetched from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    Upstream,
+    Peer(String),
+}
+
+/// How a chunk fetch ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChunkOutcome {
+    /// The chunk arrived, checked and stored.
+    Got,
+    /// The peer does not have it yet ("425"), with its upstream progress for the blob; `took`
+    /// is how long the answer took (a long poll, or at once).
+    Pending { progress: Option<u64>, took: Duration },
+    /// The peer has no such download (finished and gone, or another blob).
+    NotThere,
+    /// The peer has too many uploads.
+    Busy,
+    /// The peer could not be reached, or the transfer broke.
+    Dead,
+    /// The peer sent bytes that do not match their hash (or failed authentication).
+    Bad,
+    /// The upstream read failed; `fatal` when retrying cannot help (a 4xx, not mirrored).
+    UpstreamFailed { fatal: bool },
+    /// The upstream read was given up because a peer has the chunk.
+    Abandoned,
+}
+
+/// A peer's answer to a status request for this download.
+#[derive(Clone, Debug)]
+pub enum Status<A> {
+    /// Downloading the same blob in the same chunks: what it has, what it fetches from the
+    /// upstream, the other nodes it knows download it.
+    Active { have: Bits, fetching: Bits, peers: Vec<(String, A)> },
+    /// Downloading it in another size or chunk size.
+    Other,
+    /// No such download there.
+    NotFound,
+    /// It did not answer.
+    Unreachable,
+}
+
+/// A refresh to perform: look the download up in the DHT (when `lookup`), then ask
+/// [`ask_list`]`(known, found)` for their status.
+#[derive(Clone, Debug)]
+pub struct Refresh<A> {
+    pub lookup: bool,
+    pub known: Vec<(String, A)>,
+}
+
+/// What the driver does (starts) and what it may count (notes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action<A> {
+    /// Ask `peer` for chunk `index` (a long poll when it does not have it yet).
+    FetchPeer { index: u64, peer: String, addr: A },
+    /// Read chunk `index` from the upstream.
+    FetchUpstream { index: u64 },
+    /// Give up the upstream read of chunk `index` (a peer has it); report it `Abandoned`.
+    AbortUpstream { index: u64 },
+    /// Note: `from` lost chunk `index` (no progress for `takeover`, or dead).
+    TookOver { index: u64, from: String },
+    /// Note: a peer downloading with this node stopped answering.
+    PeerLost { peer: String },
+    /// Every chunk is here.
+    Complete,
+    /// The download cannot complete.
+    Failed(PlanError),
+}
+
+#[derive(thiserror::Error, Clone, Debug, PartialEq, Eq)]
+pub enum PlanError {
+    #[error("chunk {index}: the upstream refused it")]
+    UpstreamRefused { index: u64 },
+    #[error("chunk {index}: the upstream failed {attempts} times")]
+    UpstreamAttempts { index: u64, attempts: u32 },
+}
+
+struct Known<A> {
+    addr: A,
+    /// Answered a status request for this download (so it is downloading it too).
+    active: bool,
+    have: Bits,
+    fetching: Bits,
+    dead_until: Option<Duration>,
+    busy_until: Option<Duration>,
+    inflight: usize,
+}
+
+impl<A> Known<A> {
+    fn usable(&self, now: Duration) -> bool {
+        self.dead_until.is_none_or(|t| now >= t) && self.busy_until.is_none_or(|t| now >= t)
+    }
+
+    fn alive(&self, now: Duration) -> bool {
+        self.dead_until.is_none_or(|t| now >= t)
+    }
+}
+
+/// Waiting for a chunk from a peer.
+struct Wait {
+    peer: String,
+    /// Since when without progress.
+    since: Duration,
+    /// The peer's last reported progress (bytes it received from the upstream for this blob).
+    progress: Option<u64>,
+}
+
+/// The peers to ask for their status: the known ones, then the ones found, at most `max`.
+pub fn ask_list<A: Clone>(known: Vec<(String, A)>, found: &[(String, A)], max: usize) -> Vec<(String, A)> {
+    let mut ask = known;
+    for p in found {
+        if !ask.iter().any(|k| k.0 == p.0) {
+            ask.push(p.clone());
+        }
+    }
+    ask.truncate(max);
+    ask
+}
+
+/// The decisions of one download. `A` is how the driver reaches a peer (an address).
+pub struct Planner<A> {
+    /// The rendezvous key (a digest, a file id).
+    key: String,
+    me: String,
+    chunks: u64,
+    cfg: PlanConfig,
+    hashes: Arc<dyn Hashes>,
+    peers: BTreeMap<String, Known<A>>,
+    have: Bits,
+    inflight: Bits,
+    /// Chunks being read from the upstream.
+    fetching: Bits,
+    peer_inflight: usize,
+    upstream_inflight: usize,
+    /// Per chunk, how many known peers have it / fetch it (a chunk nobody has is skipped fast).
+    holders: Vec<u16>,
+    fetchers: Vec<u16>,
+    /// Peers no longer asked for a chunk (took over from them, or they sent bad bytes).
+    excluded: HashMap<u64, HashSet<String>>,
+    /// chunk → the wait on the peer that should deliver it
+    waiting: HashMap<u64, Wait>,
+    upstream_attempts: HashMap<u64, (u32, Duration)>,
+    refreshing: bool,
+    refreshes: u64,
+    /// Candidates of the cached owners (sorted), and the owner of each chunk (index into them).
+    cands: Vec<String>,
+    owners: Vec<u16>,
+    /// No chunk below this index is missing.
+    first_missing: u64,
+    failed: Option<PlanError>,
+}
+
+impl<A: Clone> Planner<A> {
+    pub fn new(key: String, me: String, chunks: u64, cfg: PlanConfig) -> Planner<A> {
+        Self::with_hashes(key, me, chunks, cfg, Arc::new(Sha256Hashes))
+    }
+
+    pub fn with_hashes(key: String, me: String, chunks: u64, cfg: PlanConfig, hashes: Arc<dyn Hashes>) -> Planner<A> {
+        let n = chunks as usize;
+        Planner {
+            key,
+            me,
+            chunks,
+            cfg,
+            hashes,
+            peers: BTreeMap::new(),
+            have: Bits::new(chunks),
+            inflight: Bits::new(chunks),
+            fetching: Bits::new(chunks),
+            peer_inflight: 0,
+            upstream_inflight: 0,
+            holders: vec![0; n],
+            fetchers: vec![0; n],
+            excluded: HashMap::new(),
+            waiting: HashMap::new(),
+            upstream_attempts: HashMap::new(),
+            refreshing: false,
+            refreshes: 0,
+            cands: Vec::new(),
+            owners: vec![NO_OWNER; n],
+            first_missing: 0,
+            failed: None,
+        }
+    }
+
+    pub fn chunks(&self) -> u64 {
+        self.chunks
+    }
+
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    /// Chunks held.
+    pub fn have(&self) -> &Bits {
+        &self.have
+    }
+
+    /// Chunks being read from the upstream.
+    pub fn fetching(&self) -> &Bits {
+        &self.fetching
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.have.all()
+    }
+
+    pub fn failure(&self) -> Option<&PlanError> {
+        self.failed.as_ref()
+    }
+
+    /// Chunk fetches in flight (from peers, from the upstream).
+    pub fn in_flight(&self) -> (usize, usize) {
+        (self.peer_inflight, self.upstream_inflight)
+    }
+
+    /// Whether the view is full (learning more peers changes nothing).
+    pub fn view_full(&self) -> bool {
+        self.peers.len() >= self.cfg.max_view
+    }
+
+    /// Peers this node tells others about: the ones downloading the blob with it.
+    pub fn view(&self) -> Vec<(String, A)> {
+        self.peers.iter().filter(|(_, k)| k.active).map(|(id, k)| (id.clone(), k.addr.clone())).collect()
+    }
+
+    /// Begin a refresh (none while one is running): whether to look the download up in the
+    /// DHT this time (every few refreshes, and while no peer answers), and the peers to ask
+    /// (known and not left out as dead).
+    pub fn start_refresh(&mut self, now: Duration) -> Option<Refresh<A>> {
+        if self.refreshing {
+            return None;
+        }
+        self.refreshing = true;
+        self.refreshes += 1;
+        let lookup = self.refreshes % self.cfg.dht_every == 1 || self.peers.values().all(|k| !k.active);
+        let known =
+            self.peers.iter().filter(|(_, k)| k.alive(now)).map(|(id, k)| (id.clone(), k.addr.clone())).collect();
+        Some(Refresh { lookup, known })
+    }
+
+    fn learn(&mut self, id: &str, addr: &A) {
+        if id == self.me || self.peers.len() >= self.cfg.max_view && !self.peers.contains_key(id) {
+            return;
+        }
+        if !self.peers.contains_key(id) {
+            let n = self.chunks;
+            self.peers.insert(
+                id.to_owned(),
+                Known {
+                    addr: addr.clone(),
+                    active: false,
+                    have: Bits::new(n),
+                    fetching: Bits::new(n),
+                    dead_until: None,
+                    busy_until: None,
+                    inflight: 0,
+                },
+            );
+        }
+    }
+
+    /// Replace what peer `id` has and fetches, keeping the per-chunk counts.
+    fn set_bits(&mut self, id: &str, have: Bits, fetching: Bits) {
+        let Some(k) = self.peers.get_mut(id) else { return };
+        for i in k.have.diff(&have) {
+            let c = &mut self.holders[i as usize];
+            *c = if have.get(i) { c.saturating_add(1) } else { c.saturating_sub(1) };
+        }
+        for i in k.fetching.diff(&fetching) {
+            let c = &mut self.fetchers[i as usize];
+            *c = if fetching.get(i) { c.saturating_add(1) } else { c.saturating_sub(1) };
+        }
+        k.have = have;
+        k.fetching = fetching;
+    }
+
+    /// It stopped answering: left out for a while.
+    fn lost(&mut self, id: &str, now: Duration, out: &mut Vec<Action<A>>) {
+        let Some(k) = self.peers.get_mut(id) else { return };
+        if k.active {
+            out.push(Action::PeerLost { peer: id.to_owned() });
+        }
+        k.active = false;
+        k.dead_until = Some(now + self.cfg.dead_for);
+    }
+
+    /// A refresh ended: the peers the DHT returned, and each asked peer's status.
+    pub fn on_refresh(
+        &mut self,
+        now: Duration,
+        found: &[(String, A)],
+        statuses: Vec<(String, A, Status<A>)>,
+        out: &mut Vec<Action<A>>,
+    ) {
+        self.refreshing = false;
+        for (id, addr) in found {
+            self.learn(id, addr);
+        }
+        for (id, addr, status) in statuses {
+            self.learn(&id, &addr);
+            if !self.peers.contains_key(&id) {
+                continue;
+            }
+            match status {
+                Status::Active { have, fetching, peers }
+                    if have.len() == self.chunks && fetching.len() == self.chunks =>
+                {
+                    if let Some(k) = self.peers.get_mut(&id) {
+                        k.active = true;
+                    }
+                    self.set_bits(&id, have, fetching);
+                    for (g, a) in &peers {
+                        self.learn(g, a);
+                    }
+                }
+                Status::Active { .. } | Status::Other => {
+                    if let Some(k) = self.peers.get_mut(&id) {
+                        k.active = false;
+                    }
+                }
+                Status::NotFound | Status::Unreachable => {
+                    if matches!(status, Status::Unreachable) {
+                        self.lost(&id, now, out);
+                    }
+                    if let Some(k) = self.peers.get_mut(&id) {
+                        k.active = false;
+                    }
+                    let n = self.chunks;
+                    self.set_bits(&id, Bits::new(n), Bits::new(n));
+                }
+            }
+        }
+        self.abandon_fetched_elsewhere(now, out);
+    }
+
+    /// Stop reading from the upstream what a peer already has (a slow or stuck upstream read,
+    /// or two nodes that both thought they owned a chunk): the peer is asked instead.
+    fn abandon_fetched_elsewhere(&self, now: Duration, out: &mut Vec<Action<A>>) {
+        for i in self.fetching.ones() {
+            if self.holders[i as usize] > 0 && self.peers.values().any(|k| k.have.get(i) && k.usable(now)) {
+                out.push(Action::AbortUpstream { index: i });
+            }
+        }
+    }
+
+    /// The nodes chunks are shared among now: this one and the peers downloading the blob that
+    /// answer (a peer that is only busy stays; one that stopped answering does not). Cached
+    /// owners are dropped when they change.
+    fn update_candidates(&mut self, now: Duration) {
+        let me = self.me.as_str();
+        let mut same = true;
+        let mut n = 0;
+        let mut me_done = false;
+        let mut check = |id: &str| {
+            if same {
+                same = self.cands.get(n).is_some_and(|c| c == id);
+            }
+            n += 1;
+        };
+        for (id, _) in self.peers.iter().filter(|(_, k)| k.active && k.alive(now)) {
+            if !me_done && me < id.as_str() {
+                check(me);
+                me_done = true;
+            }
+            check(id);
+        }
+        if !me_done {
+            check(me);
+        }
+        if same && n == self.cands.len() {
+            return;
+        }
+        let mut c: Vec<String> =
+            self.peers.iter().filter(|(_, k)| k.active && k.alive(now)).map(|(id, _)| id.clone()).collect();
+        c.push(self.me.clone());
+        c.sort();
+        self.cands = c;
+        self.owners.iter_mut().for_each(|o| *o = NO_OWNER);
+    }
+
+    /// The owner of chunk `i` (an index into the candidates): cached while the candidates stay
+    /// the same (hashing every chunk against every candidate on every event would cost more
+    /// than the chunks).
+    fn owner_of(&mut self, i: u64) -> usize {
+        let best = |cands: &mut dyn Iterator<Item = (usize, &String)>| {
+            cands
+                .max_by_key(|(_, id)| (self.hashes.score(&self.key, i, id), id.as_str()))
+                .map(|(n, _)| n)
+                .expect("this node is always a candidate")
+        };
+        if let Some(x) = self.excluded.get(&i) {
+            return best(&mut self.cands.iter().enumerate().filter(|(_, c)| !x.contains(*c)));
+        }
+        if self.owners[i as usize] != NO_OWNER {
+            return self.owners[i as usize] as usize;
+        }
+        let o = best(&mut self.cands.iter().enumerate());
+        self.owners[i as usize] = o as u16;
+        o
+    }
+
+    fn ok(&self, k: &Known<A>, id: &str, i: u64, now: Duration) -> bool {
+        k.usable(now) && self.excluded.get(&i).is_none_or(|x| !x.contains(id))
+    }
+
+    /// A peer that has chunk `i` and may be asked now: the least loaded.
+    fn holder(&self, i: u64, now: Duration) -> Option<&String> {
+        let per_peer = self.cfg.per_peer;
+        let eligible = || {
+            self.peers.iter().filter(move |(id, k)| k.have.get(i) && k.inflight < per_peer && self.ok(k, id, i, now))
+        };
+        let least = eligible().map(|(_, k)| k.inflight).min()?;
+        eligible()
+            .filter(|(_, k)| k.inflight == least)
+            .min_by_key(|(id, _)| self.hashes.tiebreak(id, i))
+            .map(|(id, _)| id)
+    }
+
+    /// A peer fetching chunk `i` from the upstream now.
+    fn fetcher(&self, i: u64, now: Duration) -> Option<&String> {
+        if self.fetchers[i as usize] == 0 {
+            return None;
+        }
+        self.peers.iter().find(|(id, k)| k.fetching.get(i) && k.active && self.ok(k, id, i, now)).map(|(id, _)| id)
+    }
+
+    /// Start what can start now.
+    pub fn schedule(&mut self, now: Duration, out: &mut Vec<Action<A>>) {
+        if self.failed.is_some() {
+            return;
+        }
+        let (parallel, up_parallel, per_peer) = (self.cfg.parallel, self.cfg.upstream_parallel, self.cfg.per_peer);
+        self.update_candidates(now);
+        while self.first_missing < self.chunks && self.have.get(self.first_missing) {
+            self.first_missing += 1;
+        }
+        for i in self.first_missing..self.chunks {
+            if self.peer_inflight >= parallel && self.upstream_inflight >= up_parallel {
+                break;
+            }
+            if self.inflight.get(i) || self.have.get(i) {
+                continue;
+            }
+            let retry_ok = |s: &Self| s.upstream_attempts.get(&i).is_none_or(|(_, at)| now >= *at);
+            if self.peer_inflight >= parallel {
+                // Only an upstream read can start: for a chunk this node owns that no peer fetches.
+                let o = self.owner_of(i);
+                if self.cands[o] == self.me && self.fetcher(i, now).is_none() && retry_ok(self) {
+                    self.start_upstream(i, out);
+                }
+                continue;
+            }
+            // 1. A peer that has it: the least loaded.
+            if self.holders[i as usize] > 0 {
+                if let Some(id) = self.holder(i, now).cloned() {
+                    self.start_peer(i, id, out);
+                    continue;
+                }
+            }
+            // 2. A peer fetching it from the upstream now, else 3. its owner.
+            let target = match self.fetcher(i, now) {
+                Some(id) => Some(id.clone()),
+                None => {
+                    let o = self.owner_of(i);
+                    (self.cands[o] != self.me).then(|| self.cands[o].clone())
+                }
+            };
+            match target {
+                None => {
+                    if self.upstream_inflight < up_parallel && retry_ok(self) {
+                        self.start_upstream(i, out);
+                    }
+                }
+                Some(id) => {
+                    if self.peers.get(&id).is_some_and(|k| k.inflight < per_peer && k.usable(now)) {
+                        self.start_peer(i, id, out);
+                    }
+                }
+            }
+        }
+    }
+
+    fn start_peer(&mut self, index: u64, id: String, out: &mut Vec<Action<A>>) {
+        let Some(k) = self.peers.get_mut(&id) else { return };
+        k.inflight += 1;
+        self.peer_inflight += 1;
+        self.inflight.set(index, true);
+        out.push(Action::FetchPeer { index, peer: id, addr: k.addr.clone() });
+    }
+
+    fn start_upstream(&mut self, index: u64, out: &mut Vec<Action<A>>) {
+        self.upstream_inflight += 1;
+        self.inflight.set(index, true);
+        self.fetching.set(index, true);
+        out.push(Action::FetchUpstream { index });
+    }
+
+    /// A chunk fetch started by [`Action::FetchPeer`] or [`Action::FetchUpstream`] ended.
+    pub fn on_chunk(
+        &mut self,
+        now: Duration,
+        index: u64,
+        source: Source,
+        outcome: ChunkOutcome,
+        out: &mut Vec<Action<A>>,
+    ) {
+        if index >= self.chunks {
+            return;
+        }
+        self.inflight.set(index, false);
+        match &source {
+            Source::Upstream => {
+                self.upstream_inflight = self.upstream_inflight.saturating_sub(1);
+                self.fetching.set(index, false);
+            }
+            Source::Peer(id) => {
+                self.peer_inflight = self.peer_inflight.saturating_sub(1);
+                if let Some(k) = self.peers.get_mut(id) {
+                    k.inflight = k.inflight.saturating_sub(1);
+                }
+            }
+        }
+        let peer = match source {
+            Source::Peer(id) => Some(id),
+            Source::Upstream => None,
+        };
+        match outcome {
+            ChunkOutcome::Got => {
+                self.waiting.remove(&index);
+                let first = !self.have.get(index);
+                self.have.set(index, true);
+                if first && self.have.all() {
+                    out.push(Action::Complete);
+                }
+            }
+            ChunkOutcome::Pending { progress, took } => {
+                let Some(id) = peer else { return };
+                if took < PENDING_AT_ONCE {
+                    // Answered "not yet" at once: do not ask again in a tight loop.
+                    if let Some(k) = self.peers.get_mut(&id) {
+                        k.busy_until = Some(now + PENDING_BACKOFF);
+                    }
+                }
+                self.note_wait(now, index, id, progress, out);
+            }
+            ChunkOutcome::NotThere => {
+                if let Some(id) = peer {
+                    if let Some(k) = self.peers.get_mut(&id) {
+                        k.active = false;
+                        let (mut have, mut fetching) = (k.have.clone(), k.fetching.clone());
+                        have.set(index, false);
+                        fetching.set(index, false);
+                        self.set_bits(&id, have, fetching);
+                    }
+                }
+            }
+            ChunkOutcome::Busy => {
+                if let Some(k) = peer.and_then(|id| self.peers.get_mut(&id)) {
+                    k.busy_until = Some(now + BUSY_BACKOFF);
+                }
+            }
+            ChunkOutcome::Dead => {
+                if let Some(id) = peer {
+                    self.lost(&id, now, out);
+                    if self.waiting.get(&index).is_some_and(|w| w.peer == id) {
+                        self.waiting.remove(&index);
+                        out.push(Action::TookOver { index, from: id });
+                    }
+                }
+            }
+            ChunkOutcome::Bad => {
+                if let Some(id) = peer {
+                    self.excluded.entry(index).or_default().insert(id);
+                }
+            }
+            ChunkOutcome::Abandoned => {}
+            ChunkOutcome::UpstreamFailed { fatal } => {
+                let attempts = self.upstream_attempts.entry(index).or_insert((0, now));
+                attempts.0 += 1;
+                if fatal || attempts.0 >= self.cfg.upstream_attempts {
+                    let e = if fatal {
+                        PlanError::UpstreamRefused { index }
+                    } else {
+                        PlanError::UpstreamAttempts { index, attempts: attempts.0 }
+                    };
+                    self.failed = Some(e.clone());
+                    out.push(Action::Failed(e));
+                } else {
+                    attempts.1 = now + UPSTREAM_BACKOFF * (1 << attempts.0);
+                }
+            }
+        }
+    }
+
+    /// A peer said "not yet". Keep waiting while it makes progress on this blob's upstream reads
+    /// (it is working through the chunks it owns); take the chunk over when it made none for
+    /// `takeover` (stuck, or not fetching at all). A peer that is slow but moving keeps its
+    /// chunks: taking them over would read them from the upstream twice.
+    fn note_wait(&mut self, now: Duration, index: u64, id: String, progress: Option<u64>, out: &mut Vec<Action<A>>) {
+        let entry = self.waiting.entry(index).or_insert(Wait { peer: id.clone(), since: now, progress });
+        if entry.peer != id {
+            *entry = Wait { peer: id.clone(), since: now, progress };
+        } else if progress.is_some_and(|p| entry.progress.is_none_or(|q| p > q)) {
+            entry.since = now;
+            entry.progress = progress;
+        }
+        if now.saturating_sub(entry.since) >= self.cfg.takeover {
+            self.excluded.entry(index).or_default().insert(id.clone());
+            self.waiting.remove(&index);
+            out.push(Action::TookOver { index, from: id });
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

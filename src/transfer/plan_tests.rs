@@ -1,0 +1,370 @@
+//! The planner with explicit time: no clock, no network.
+
+use super::*;
+
+const KEY: &str = "sha256:0123";
+const MS: Duration = Duration::from_millis(1);
+
+fn cfg() -> PlanConfig {
+    PlanConfig::new(8, 2, 4, Duration::from_secs(10))
+}
+
+fn active(n: u64, have: &[u64], fetching: &[u64]) -> Status<u32> {
+    let mut h = Bits::new(n);
+    have.iter().for_each(|i| h.set(*i, true));
+    let mut f = Bits::new(n);
+    fetching.iter().for_each(|i| f.set(*i, true));
+    Status::Active { have: h, fetching: f, peers: Vec::new() }
+}
+
+/// `me` knows `peers` (all active, holding nothing) after one refresh at time 0.
+fn planner(me: &str, peers: &[&str], chunks: u64) -> Planner<u32> {
+    let mut p = Planner::new(KEY.into(), me.into(), chunks, cfg());
+    let r = p.start_refresh(Duration::ZERO).unwrap();
+    assert!(r.lookup, "the first refresh looks the download up");
+    let statuses =
+        peers.iter().enumerate().map(|(n, id)| (id.to_string(), n as u32, active(chunks, &[], &[]))).collect();
+    let mut out = Vec::new();
+    p.on_refresh(Duration::ZERO, &[], statuses, &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    p
+}
+
+/// The first chunk whose owner among `ids` is `who`.
+fn owned_by(who: &str, ids: &[&str], chunks: u64) -> u64 {
+    (0..chunks).find(|i| owner(KEY, *i, ids.iter().copied()) == Some(who)).expect("some chunk")
+}
+
+fn starts(out: &[Action<u32>]) -> (Vec<(u64, String)>, Vec<u64>) {
+    let mut peer = Vec::new();
+    let mut up = Vec::new();
+    for a in out {
+        match a {
+            Action::FetchPeer { index, peer: p, .. } => peer.push((*index, p.clone())),
+            Action::FetchUpstream { index } => up.push(*index),
+            _ => {}
+        }
+    }
+    (peer, up)
+}
+
+#[test]
+fn owners_are_spread_stable_and_move_only_from_a_removed_node() {
+    let ids = ["a", "b", "c", "d"];
+    let mut count = HashMap::new();
+    for i in 0..400 {
+        let o = owner(KEY, i, ids).unwrap();
+        assert_eq!(owner(KEY, i, ids.iter().rev().copied()), Some(o), "order of the view does not matter");
+        *count.entry(o).or_insert(0) += 1;
+        let o2 = owner(KEY, i, ["a", "b", "c"]).unwrap();
+        assert!(o == "d" || o == o2, "dropping d moved chunk {i} from {o} to {o2}");
+    }
+    for id in ids {
+        assert!((60..140).contains(&count[id]), "{id} owns {} of 400", count[id]);
+    }
+    assert_eq!(owner(KEY, 0, []), None);
+    assert_ne!(score(KEY, 0, "a"), score("other", 0, "a"), "the key matters");
+}
+
+#[test]
+fn the_owner_reads_from_the_upstream_and_the_others_ask_it() {
+    let chunks = 40;
+    let mut a = planner("a", &["b"], chunks);
+    let mut out = Vec::new();
+    a.schedule(Duration::ZERO, &mut out);
+    let (peer, up) = starts(&out);
+    assert_eq!(up.len(), 2, "upstream_parallel reads at once: {out:?}");
+    for i in &up {
+        assert_eq!(owner(KEY, *i, ["a", "b"]), Some("a"), "a reads only chunks it owns");
+    }
+    assert!(!peer.is_empty());
+    for (i, p) in &peer {
+        assert_eq!((p.as_str(), owner(KEY, *i, ["a", "b"])), ("b", Some("b")), "asks the owner of chunk {i}");
+    }
+    assert!(peer.len() <= 4, "per_peer bounds the requests to one peer: {}", peer.len());
+    assert!(a.fetching().get(up[0]));
+}
+
+#[test]
+fn a_holder_is_asked_before_the_owner_and_the_least_loaded_first() {
+    let chunks = 16;
+    let mut a = planner("a", &["b", "c"], chunks);
+    // c has everything: a takes from it, up to per_peer at once, even for chunks it owns.
+    let mut out = Vec::new();
+    a.start_refresh(MS).unwrap();
+    a.on_refresh(MS, &[], vec![("c".into(), 1, active(chunks, &(0..chunks).collect::<Vec<_>>(), &[]))], &mut out);
+    a.schedule(MS, &mut out);
+    let (peer, up) = starts(&out);
+    let from_c: Vec<u64> = peer.iter().filter(|(_, p)| p == "c").map(|(i, _)| *i).collect();
+    assert_eq!(from_c.len(), 4, "per_peer from the holder: {peer:?}");
+    assert_eq!(from_c, vec![0, 1, 2, 3], "the lowest chunks first");
+    for i in &up {
+        assert!(!from_c.contains(i));
+        assert_eq!(owner(KEY, *i, ["a", "b", "c"]), Some("a"), "c is full: a reads its own chunk {i}");
+    }
+    // Once c answered, a asks it for the next chunks, the lowest first.
+    out.clear();
+    for i in &from_c {
+        a.on_chunk(MS * 5, *i, Source::Peer("c".into()), ChunkOutcome::Got, &mut out);
+    }
+    a.schedule(MS * 5, &mut out);
+    let again: Vec<u64> = starts(&out).0.iter().filter(|(_, p)| p == "c").map(|(i, _)| *i).collect();
+    assert_eq!(again.len(), 4, "{out:?}");
+    assert!(again.iter().all(|i| !from_c.contains(i) && !up.contains(i)));
+}
+
+/// Complete every fetch in `inflight` with `Got`, then schedule at `now` and add what started.
+fn deliver(p: &mut Planner<u32>, now: Duration, inflight: &mut Vec<(u64, Source)>, out: &mut Vec<Action<u32>>) {
+    for (j, src) in std::mem::take(inflight) {
+        p.on_chunk(now, j, src, ChunkOutcome::Got, out);
+    }
+    out.clear();
+    p.schedule(now, out);
+    let (peer, up) = starts(out);
+    inflight.extend(peer.into_iter().map(|(j, id)| (j, Source::Peer(id))));
+    inflight.extend(up.into_iter().map(|j| (j, Source::Upstream)));
+}
+
+#[test]
+fn a_silent_owner_loses_the_chunk_after_takeover_not_before() {
+    let chunks = 40;
+    let mut a = planner("a", &["b"], chunks);
+    let i = owned_by("b", &["a", "b"], chunks);
+    let mut out = Vec::new();
+    a.schedule(Duration::ZERO, &mut out);
+    let (peer, up) = starts(&out);
+    assert!(peer.contains(&(i, "b".into())));
+    // Everything else a asked is in flight; chunk i stays with b.
+    let mut inflight: Vec<(u64, Source)> =
+        peer.into_iter().filter(|(j, _)| *j != i).map(|(j, id)| (j, Source::Peer(id))).collect();
+    inflight.extend(up.into_iter().map(|j| (j, Source::Upstream)));
+    let pending = |t: Duration| ChunkOutcome::Pending { progress: Some(0), took: t };
+    // b answers "not yet" every 2 s (long polls) and never makes progress.
+    let mut t = Duration::ZERO;
+    for _ in 0..4 {
+        t += Duration::from_secs(2);
+        out.clear();
+        a.on_chunk(t, i, Source::Peer("b".into()), pending(Duration::from_secs(2)), &mut out);
+        assert!(out.iter().all(|x| !matches!(x, Action::TookOver { .. })), "at {t:?}: {out:?}");
+        a.schedule(t, &mut out);
+        assert!(starts(&out).0.contains(&(i, "b".into())), "still asks b at {t:?}");
+    }
+    // The first wait began at 2 s: at 11.9 s no takeover yet, at 12 s yes.
+    out.clear();
+    a.on_chunk(Duration::from_millis(11_900), i, Source::Peer("b".into()), pending(Duration::from_secs(2)), &mut out);
+    assert!(out.iter().all(|x| !matches!(x, Action::TookOver { .. })));
+    a.schedule(Duration::from_millis(11_900), &mut out);
+    assert!(starts(&out).0.contains(&(i, "b".into())));
+    out.clear();
+    let t = Duration::from_secs(12);
+    a.on_chunk(t, i, Source::Peer("b".into()), pending(Duration::from_millis(100)), &mut out);
+    assert_eq!(out, vec![Action::TookOver { index: i, from: "b".into() }]);
+    // b is excluded for that chunk only: a never asks b for it again, reads it itself, completes.
+    let mut from_upstream = false;
+    for n in 0..200u32 {
+        deliver(&mut a, t + MS * (10 * n), &mut inflight, &mut out);
+        assert!(!inflight.contains(&(i, Source::Peer("b".into()))), "b asked again for {i}");
+        from_upstream |= inflight.contains(&(i, Source::Upstream));
+    }
+    assert!(from_upstream, "a read chunk {i} from the upstream");
+    assert!(a.is_complete());
+}
+
+#[test]
+fn a_slow_owner_that_makes_progress_keeps_its_chunk() {
+    let chunks = 40;
+    let mut a = planner("a", &["b"], chunks);
+    let i = owned_by("b", &["a", "b"], chunks);
+    let mut out = Vec::new();
+    a.schedule(Duration::ZERO, &mut out);
+    // b's upstream progress grows a little on every answer, for a minute.
+    for s in 1..=30u64 {
+        let t = Duration::from_secs(2 * s);
+        out.clear();
+        let p = ChunkOutcome::Pending { progress: Some(s * 1000), took: Duration::from_secs(2) };
+        a.on_chunk(t, i, Source::Peer("b".into()), p, &mut out);
+        assert!(out.iter().all(|x| !matches!(x, Action::TookOver { .. })), "took over at {t:?}");
+        a.schedule(t, &mut out);
+        assert!(starts(&out).0.contains(&(i, "b".into())), "asks b again at {t:?}");
+        assert!(!starts(&out).1.contains(&i));
+    }
+    // It stops moving: taken over `takeover` after the last progress.
+    let last = Duration::from_secs(60);
+    let same = ChunkOutcome::Pending { progress: Some(30_000), took: Duration::from_secs(2) };
+    out.clear();
+    a.on_chunk(last + Duration::from_secs(8), i, Source::Peer("b".into()), same, &mut out);
+    assert!(out.is_empty());
+    a.schedule(last + Duration::from_secs(8), &mut out);
+    out.clear();
+    a.on_chunk(last + Duration::from_secs(10), i, Source::Peer("b".into()), same, &mut out);
+    assert_eq!(out, vec![Action::TookOver { index: i, from: "b".into() }]);
+}
+
+#[test]
+fn a_peer_that_sent_bad_bytes_is_not_asked_for_that_chunk_again() {
+    let chunks = 4;
+    let mut a = planner("a", &["liar"], chunks);
+    let mut out = Vec::new();
+    a.start_refresh(MS).unwrap();
+    a.on_refresh(MS, &[], vec![("liar".into(), 0, active(chunks, &[0, 1, 2, 3], &[]))], &mut out);
+    a.schedule(MS, &mut out);
+    let (peer, _) = starts(&out);
+    assert_eq!(peer.len(), 4, "{out:?}");
+    out.clear();
+    a.on_chunk(MS * 2, 0, Source::Peer("liar".into()), ChunkOutcome::Bad, &mut out);
+    a.schedule(MS * 2, &mut out);
+    let (peer, up) = starts(&out);
+    assert!(peer.is_empty(), "not the liar again for chunk 0: {peer:?}");
+    assert_eq!(up, vec![0], "a reads chunk 0 itself (the liar is left out of its owners)");
+    // The liar is still asked for the other chunks.
+    out.clear();
+    a.on_chunk(MS * 3, 1, Source::Peer("liar".into()), ChunkOutcome::Busy, &mut out);
+    a.schedule(MS * 3, &mut out);
+    assert!(starts(&out).0.is_empty(), "busy: left alone for a moment");
+    a.schedule(MS * 300, &mut out);
+    assert_eq!(starts(&out).0, vec![(1, "liar".to_string())], "asked again after the busy backoff");
+}
+
+#[test]
+fn upstream_refusal_fails_and_transient_errors_retry_with_backoff() {
+    let mut a = planner("a", &[], 3);
+    let mut out = Vec::new();
+    a.schedule(Duration::ZERO, &mut out);
+    assert_eq!(starts(&out).1, vec![0, 1]);
+    out.clear();
+    a.on_chunk(MS, 0, Source::Upstream, ChunkOutcome::UpstreamFailed { fatal: false }, &mut out);
+    assert!(out.is_empty() && a.failure().is_none());
+    a.schedule(MS, &mut out);
+    assert_eq!(starts(&out).1, vec![2], "chunk 0 waits for its backoff (500 ms)");
+    out.clear();
+    a.schedule(MS * 502, &mut out);
+    assert_eq!(starts(&out).1, Vec::<u64>::new(), "upstream_parallel is full");
+    a.on_chunk(MS * 502, 2, Source::Upstream, ChunkOutcome::Got, &mut out);
+    a.schedule(MS * 502, &mut out);
+    assert_eq!(starts(&out).1, vec![0], "retried after the backoff");
+    out.clear();
+    a.on_chunk(MS * 600, 1, Source::Upstream, ChunkOutcome::UpstreamFailed { fatal: true }, &mut out);
+    assert_eq!(out, vec![Action::Failed(PlanError::UpstreamRefused { index: 1 })]);
+    assert!(a.failure().is_some());
+    out.clear();
+    a.schedule(MS * 700, &mut out);
+    assert!(out.is_empty(), "a failed download starts nothing");
+
+    // Transient errors: the download fails on the fourth.
+    let mut b = planner("b", &[], 1);
+    let mut t = Duration::ZERO;
+    for n in 1..=UPSTREAM_ATTEMPTS {
+        out.clear();
+        b.schedule(t, &mut out);
+        assert_eq!(starts(&out).1, vec![0], "attempt {n}");
+        out.clear();
+        b.on_chunk(t, 0, Source::Upstream, ChunkOutcome::UpstreamFailed { fatal: false }, &mut out);
+        t += Duration::from_secs(10);
+    }
+    assert_eq!(out, vec![Action::Failed(PlanError::UpstreamAttempts { index: 0, attempts: UPSTREAM_ATTEMPTS })]);
+}
+
+#[test]
+fn an_upstream_read_a_peer_already_has_is_abandoned() {
+    let chunks = 8;
+    let mut a = planner("a", &["b"], chunks);
+    let mut out = Vec::new();
+    a.schedule(Duration::ZERO, &mut out);
+    let (peer, up) = starts(&out);
+    assert!(!up.is_empty());
+    out.clear();
+    // b answers its long polls "not yet" (so it has room for a request again).
+    for (i, p) in peer {
+        let pending = ChunkOutcome::Pending { progress: Some(1), took: Duration::from_secs(2) };
+        a.on_chunk(MS * 900, i, Source::Peer(p), pending, &mut out);
+    }
+    a.start_refresh(Duration::from_secs(1)).unwrap();
+    a.on_refresh(Duration::from_secs(1), &[], vec![("b".into(), 0, active(chunks, &[up[0]], &[]))], &mut out);
+    assert_eq!(out, vec![Action::AbortUpstream { index: up[0] }]);
+    out.clear();
+    a.on_chunk(Duration::from_secs(1), up[0], Source::Upstream, ChunkOutcome::Abandoned, &mut out);
+    assert!(!a.fetching().get(up[0]));
+    // Once a has the lower chunks (b, their owner, is asked for those first), b is asked for it.
+    for j in 0..4 {
+        a.on_chunk(Duration::from_secs(1), j, Source::Peer("b".into()), ChunkOutcome::Got, &mut out);
+    }
+    out.clear();
+    a.schedule(Duration::from_secs(1), &mut out);
+    assert!(starts(&out).0.contains(&(up[0], "b".into())), "taken from b: {out:?}");
+}
+
+#[test]
+fn a_dead_peer_is_left_out_and_its_chunks_go_to_others() {
+    let chunks = 40;
+    let mut a = planner("a", &["b"], chunks);
+    let i = owned_by("b", &["a", "b"], chunks);
+    let mut out = Vec::new();
+    a.schedule(Duration::ZERO, &mut out);
+    let (peer, up) = starts(&out);
+    out.clear();
+    for j in up {
+        a.on_chunk(MS, j, Source::Upstream, ChunkOutcome::Got, &mut out);
+    }
+    let p = ChunkOutcome::Pending { progress: Some(1), took: Duration::from_secs(2) };
+    for (j, _) in peer.iter().filter(|(j, _)| *j != i) {
+        a.on_chunk(MS, *j, Source::Peer("b".into()), p, &mut out);
+    }
+    a.on_chunk(Duration::from_secs(2), i, Source::Peer("b".into()), p, &mut out);
+    a.on_chunk(Duration::from_secs(3), i, Source::Peer("b".into()), ChunkOutcome::Dead, &mut out);
+    assert!(out.contains(&Action::PeerLost { peer: "b".into() }), "{out:?}");
+    assert!(out.contains(&Action::TookOver { index: i, from: "b".into() }), "{out:?}");
+    // Other requests to b end too; then everything is a's to read.
+    let (peer, _) = starts(&out);
+    assert!(peer.is_empty());
+    out.clear();
+    let mut t = Duration::from_secs(3);
+    let mut got = 0;
+    while !a.is_complete() && t < Duration::from_secs(600) {
+        a.schedule(t, &mut out);
+        for a_ in std::mem::take(&mut out) {
+            match a_ {
+                Action::FetchUpstream { index } => {
+                    a.on_chunk(t, index, Source::Upstream, ChunkOutcome::Got, &mut out);
+                    got += 1;
+                }
+                Action::FetchPeer { index, peer, .. } => {
+                    assert!(t >= Duration::from_secs(33), "dead b asked at {t:?}");
+                    a.on_chunk(t, index, Source::Peer(peer), ChunkOutcome::Dead, &mut out);
+                }
+                _ => {}
+            }
+        }
+        t += Duration::from_millis(10);
+    }
+    assert!(a.is_complete(), "a completed alone");
+    assert!(got >= chunks - 8, "from the upstream: {got}");
+    // The refresh does not ask a dead peer while it is left out.
+    let r = a.start_refresh(Duration::from_secs(4)).unwrap();
+    assert!(r.known.is_empty() || t >= Duration::from_secs(33), "{:?}", r.known);
+}
+
+#[test]
+fn learning_is_bounded_and_gossip_spreads_the_view() {
+    let mut p: Planner<u32> = Planner::new(KEY.into(), "me".into(), 4, cfg());
+    let r = p.start_refresh(Duration::ZERO).unwrap();
+    assert!(p.start_refresh(Duration::ZERO).is_none(), "one refresh at a time");
+    let found: Vec<(String, u32)> = (0..3).map(|i| (format!("p{i}"), i)).collect();
+    let ask = ask_list(r.known, &found, MAX_VIEW);
+    assert_eq!(ask.len(), 3);
+    let gossip: Vec<(String, u32)> = (0..200).map(|i| (format!("g{i:03}"), i)).chain([("me".into(), 9)]).collect();
+    let statuses = ask
+        .into_iter()
+        .map(|(id, a)| {
+            let st = Status::Active { have: Bits::new(4), fetching: Bits::new(4), peers: gossip.clone() };
+            (id, a, st)
+        })
+        .collect();
+    let mut out = Vec::new();
+    p.on_refresh(Duration::ZERO, &found, statuses, &mut out);
+    assert!(p.view_full());
+    assert_eq!(p.view().len(), 3, "only peers that answered are in the view");
+    let r = p.start_refresh(Duration::from_secs(1)).unwrap();
+    assert_eq!(r.known.len(), MAX_VIEW, "bounded, never this node itself");
+    assert!(r.known.iter().all(|(id, _)| id != "me"));
+    assert!(!r.lookup, "the second refresh asks the peers, not the DHT");
+}
