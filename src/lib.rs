@@ -25,7 +25,7 @@ pub mod config;
 pub mod doctor;
 pub mod error;
 pub mod events;
-pub mod fetch;
+
 pub mod hosts;
 pub mod http;
 pub mod kube;

@@ -13,14 +13,10 @@
 //! holding it (hedged, resumed, verified whole) → a new swarm download when no peer holds it →
 //! the upstream through the admission gate (single flight for small blobs).
 
-use crate::actors::fetch::{Corrupt, Locate, Outcome, ServedPeer, Suspect};
+use crate::actors::peers::{Corrupt, Locate, Outcome, ServedPeer, Suspect};
 use crate::actors::upstream::Gate;
 use crate::config::RegistryConfig;
 use crate::error::ApiError;
-use crate::fetch::{
-    counted, follow, verified_whole, FlightError, Flights, Landed, Opener, PeerOpener, Resume, Seat, UpstreamOpener,
-    COALESCED,
-};
 use crate::metrics::{Source, DIGEST_MISMATCHES, SERVED_BYTES};
 use crate::oci::{media, validate_repository, validate_tag, Algorithm, Digest, Registry};
 use crate::peer::auth::ClusterKey;
@@ -32,6 +28,10 @@ use crate::store::LOCAL_STORE_ERRORS;
 use crate::store::{self, ContentStore, StoreError};
 use crate::stream::{self, ByteStream};
 use crate::stream::{Count, Verify};
+use crate::transfer::sources::{
+    counted, follow, verified_whole, FlightError, Flights, Landed, Opener, PeerOpener, Resume, Seat, UpstreamOpener,
+    COALESCED,
+};
 use crate::upstream::{Kind, UpstreamError, UpstreamRequest, UpstreamResponse};
 use actix::Recipient;
 use actix_web::http::StatusCode;
@@ -59,7 +59,7 @@ pub struct RegistryState {
     /// `None` on a single-node mirror.
     pub peers: Option<PeerPath>,
     /// `None` when swarming is off.
-    pub swarm: Option<Arc<crate::swarm::Swarm>>,
+    pub swarm: Option<Arc<crate::swarm::Swarming>>,
     /// Concurrent whole-blob upstream GETs of one small blob share one fetch.
     pub flights: Arc<Flights>,
     /// Local blobs hashed once before this node first served them to a peer (see
@@ -284,7 +284,7 @@ async fn local_manifest(st: &RegistryState, digest: &Digest, accept: Option<&str
 }
 
 async fn fetch(st: &RegistryState, req: UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
-    crate::fetch::send(&st.upstream, req).await
+    crate::transfer::sources::send(&st.upstream, req).await
 }
 
 fn upstream_request(
@@ -745,7 +745,7 @@ async fn upstream_blob(st: &RegistryState, ask: &Ask, repo: &str, digest: &Diges
 
 /// A whole blob from the upstream. Concurrent requests for the same small blob share one fetch
 /// (see [`Flights`]): the leader reads the body into memory, verifies it and hands the same bytes
-/// to every follower. Only blobs of at most [`crate::fetch::FLIGHT_MAX_BLOB`] bytes are shared
+/// to every follower. Only blobs of at most [`crate::transfer::sources::FLIGHT_MAX_BLOB`] bytes are shared
 /// (larger ones are the swarm's job, or fetched per request when swarming is off); a follower
 /// whose flight was not shared fetches on its own, so it never gets unverified bytes. The key is
 /// the registry and digest, not the client's credentials: like the local store and the peers,

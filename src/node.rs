@@ -3,7 +3,7 @@
 
 use crate::actors::advertise::Advertiser;
 use crate::actors::events::EventsActor;
-use crate::actors::fetch::FetchActor;
+use crate::actors::peers::PeerSelector;
 use crate::actors::upstream::{Breaker, Gate};
 use crate::config::{Config, LogFormat};
 use crate::events::{Event, LogSink, Reason};
@@ -33,11 +33,11 @@ pub const METRICS: &[fn()] = &[
     crate::store::describe,
     crate::peer::describe,
     crate::routing::describe,
-    crate::fetch::describe,
+    crate::transfer::sources::describe,
     crate::actors::upstream::describe,
     crate::events::describe,
     crate::actors::advertise::describe,
-    crate::actors::fetch::describe,
+    crate::actors::peers::describe,
     crate::blobs::describe,
     crate::swarm::describe,
     crate::preheat::describe,
@@ -181,7 +181,7 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
             active: p.path.served.clone(),
         });
         writable(&dir, "swarm.spool_dir")?;
-        let sw = crate::swarm::Swarm::new(cfg.swarm.clone(), dir.clone(), upstream_gate.clone(), peers)
+        let sw = crate::swarm::Swarming::new(cfg.swarm.clone(), dir.clone(), upstream_gate.clone(), peers)
             .map_err(NodeError::Setup)?;
         tracing::info!(spool = %dir.display(), chunk_size = cfg.swarm.chunk_size, "swarming enabled");
         Some(sw)
@@ -575,7 +575,7 @@ fn p2p_key(cfg: &Config) -> Result<Option<Option<Arc<ClusterKey>>>, NodeError> {
     }
 }
 
-/// Identity, the Swarm (on its own arbiter), and the fetch and advertisement actors.
+/// Identity, the Swarming (on its own arbiter), and the fetch and advertisement actors.
 async fn start_p2p(
     cfg: &Config,
     key: Option<Arc<ClusterKey>>,
@@ -609,7 +609,7 @@ async fn start_p2p(
         max_provided_keys: p.max_provided_keys,
         events: Some(events.clone().recipient()),
     };
-    // The Swarm is built inside the arbiter that polls it.
+    // The Swarming is built inside the arbiter that polls it.
     let arbiter = Arbiter::new();
     let (tx, rx) = tokio::sync::oneshot::channel();
     arbiter.spawn(async move {
@@ -623,7 +623,7 @@ async fn start_p2p(
     tracing::info!(peer_id, secret = key.is_some(), "p2p started");
 
     let fetch =
-        FetchActor::new(router.clone(), p.resolve_timeout, p.max_peers, Some(events.clone().recipient())).start();
+        PeerSelector::new(router.clone(), p.resolve_timeout, p.max_peers, Some(events.clone().recipient())).start();
     let client =
         PeerClient::new(p.connect_timeout, p.idle_timeout, key.clone(), peer_id.clone()).map_err(NodeError::Setup)?;
     Advertiser::new(store, router.clone()).start();

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, &[&str])] = &[
     ("core", &["oci", "range", "stream", "config", "metrics", "events", "lifecycle"]),
     ("adapters", &["store", "upstream", "routing", "peer", "kube", "hosts"]),
-    ("transfer", &["transfer", "actors", "fetch"]),
+    ("transfer", &["transfer", "actors"]),
     ("service", &["error", "mirror", "swarm", "blobs", "preheat"]),
     ("http", &["http"]),
     ("app", &["node", "doctor", "sim"]),

@@ -97,7 +97,7 @@ fn content_file(ctr: &Containerd, digest: &str) -> std::path::PathBuf {
 /// Finding 3: one flipped byte in node A's containerd copy of a layer. Other nodes' pulls
 /// through peerd (real containerd) must still succeed: A checks a local blob once before it
 /// first serves it to a peer and serves a damaged one to nobody. (A peer that lies on the wire
-/// is rested by the receiver: unit tests in actors/fetch.rs and src/fetch.rs.)
+/// is rested by the receiver: unit tests in actors/fetch.rs and src/transfer/sources.rs.)
 #[test]
 fn one_corrupt_peer_does_not_fail_other_nodes_pulls() {
     if !require("corrupt_peer", CONTAINERD_TOOLS, true) {

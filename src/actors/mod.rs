@@ -7,5 +7,5 @@
 
 pub mod advertise;
 pub mod events;
-pub mod fetch;
+pub mod peers;
 pub mod upstream;

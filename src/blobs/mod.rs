@@ -16,7 +16,7 @@
 
 pub mod cache;
 
-use crate::actors::fetch::{Locate, Outcome, ServedPeer};
+use crate::actors::peers::{Locate, Outcome, ServedPeer};
 use crate::actors::upstream::Gate;
 use crate::config::AllowRule;
 use crate::config::BlobsConfig;

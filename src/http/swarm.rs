@@ -12,7 +12,7 @@
 
 use super::peer::{chunk_answer, json_answer, wait_param};
 use crate::peer::LONG_POLL;
-use crate::swarm::Swarm;
+use crate::swarm::Swarming;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use std::sync::Arc;
 
@@ -21,7 +21,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/swarm/{digest}/{chunk_size}/{index}", web::get().to(chunk));
 }
 
-async fn status(sw: web::Data<Arc<Swarm>>, path: web::Path<(String, u64)>) -> HttpResponse {
+async fn status(sw: web::Data<Arc<Swarming>>, path: web::Path<(String, u64)>) -> HttpResponse {
     let (digest, chunk_size) = path.into_inner();
     match sw.status_for_peer(&digest, chunk_size) {
         Ok(doc) => json_answer(serde_json::to_vec(&doc).unwrap_or_default()),
@@ -29,7 +29,7 @@ async fn status(sw: web::Data<Arc<Swarm>>, path: web::Path<(String, u64)>) -> Ht
     }
 }
 
-async fn chunk(req: HttpRequest, sw: web::Data<Arc<Swarm>>, path: web::Path<(String, u64, u64)>) -> HttpResponse {
+async fn chunk(req: HttpRequest, sw: web::Data<Arc<Swarming>>, path: web::Path<(String, u64, u64)>) -> HttpResponse {
     let (digest, chunk_size, index) = path.into_inner();
     match sw.chunk_for_peer(&digest, chunk_size, index, wait_param(&req, LONG_POLL)).await {
         Ok((data, sha)) => chunk_answer(data, &hex::encode(sha)),

@@ -406,7 +406,7 @@ async fn concurrent_gets_of_a_small_blob_share_one_upstream_fetch() {
 async fn blobs_over_the_flight_limit_are_fetched_per_request() {
     use std::sync::atomic::Ordering;
     let f = fixture();
-    let data = Bytes::from(vec![7u8; crate::fetch::FLIGHT_MAX_BLOB as usize + 1]);
+    let data = Bytes::from(vec![7u8; crate::transfer::sources::FLIGHT_MAX_BLOB as usize + 1]);
     let d = Digest::compute(Algorithm::Sha256, &data);
     f.up.put(REG, "a", Kind::Blob, &d.to_string(), media::OCTET_STREAM, data.clone());
     let app = app!(f);

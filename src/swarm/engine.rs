@@ -5,7 +5,7 @@
 //! outcome it feeds back to the planner. Bytes go from the network to the spool, never through
 //! the planner.
 
-use super::{swarm_key, throttle, unbitmap, Download, End, PeerDoc, StatusDoc, Swarm};
+use super::{swarm_key, throttle, unbitmap, Download, End, PeerDoc, StatusDoc, Swarming};
 use super::{SWARM_CHUNK_BYTES, SWARM_CHUNK_FAILURES, SWARM_PEERS_LOST, SWARM_TAKEOVERS};
 use crate::oci::{Digest, Hasher};
 use crate::peer::client::PeerError;
@@ -69,7 +69,7 @@ enum Done {
 }
 
 pub struct Engine {
-    sw: Arc<Swarm>,
+    sw: Arc<Swarming>,
     dl: Arc<Download>,
     request: UpstreamRequest,
     plan: Planner<SocketAddr>,
@@ -83,7 +83,7 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(sw: Arc<Swarm>, dl: Arc<Download>, request: UpstreamRequest) -> Engine {
+    pub fn new(sw: Arc<Swarming>, dl: Arc<Download>, request: UpstreamRequest) -> Engine {
         let hasher = Some(Hasher::new(dl.digest.algorithm()));
         let plan = Planner::new(dl.digest.to_string(), sw.me.clone(), dl.chunks, PlanConfig::from(&sw.cfg));
         Engine { sw, dl, request, plan, epoch: Instant::now(), aborts: HashMap::new(), hashed: 0, hasher, failed: None }
@@ -361,13 +361,13 @@ impl Engine {
     }
 }
 
-async fn fetch_status(sw: &Swarm, dl: &Download, peer: &Peer) -> Result<StatusDoc, StatusError> {
+async fn fetch_status(sw: &Swarming, dl: &Download, peer: &Peer) -> Result<StatusDoc, StatusError> {
     status_of(sw, &dl.digest, dl.chunk_size, peer).await
 }
 
 /// A peer's status page for its download of `digest` in `chunk_size`-byte chunks.
 pub(super) async fn status_of(
-    sw: &Swarm,
+    sw: &Swarming,
     digest: &Digest,
     chunk_size: u64,
     peer: &Peer,
@@ -386,7 +386,7 @@ pub(super) async fn status_of(
     Ok(serde_json::from_slice(&body)?)
 }
 
-async fn fetch_peer_chunk(sw: &Swarm, dl: &Download, peer: &Peer, index: u64) -> ChunkResult {
+async fn fetch_peer_chunk(sw: &Swarming, dl: &Download, peer: &Peer, index: u64) -> ChunkResult {
     let Some(client) = &sw.client else { return ChunkResult::Dead("no peer client".into()) };
     let Ok(_slot) = sw.fetch_slots.acquire().await else { return ChunkResult::Dead("shutting down".into()) };
     let want_len = dl.chunk_len(index);
@@ -412,14 +412,14 @@ async fn fetch_peer_chunk(sw: &Swarm, dl: &Download, peer: &Peer, index: u64) ->
     ChunkResult::Got(body, sha)
 }
 
-async fn fetch_upstream_chunk(sw: &Swarm, dl: &Download, mut req: UpstreamRequest, index: u64) -> ChunkResult {
+async fn fetch_upstream_chunk(sw: &Swarming, dl: &Download, mut req: UpstreamRequest, index: u64) -> ChunkResult {
     let Ok(_slot) = sw.fetch_slots.acquire().await else { return ChunkResult::Dead("shutting down".into()) };
     let len = dl.chunk_len(index);
     throttle(sw.download_limit.as_ref(), len as usize).await;
     let range = ByteRange { start: index * dl.chunk_size, end: index * dl.chunk_size + len - 1 };
     req.head = false;
     req.range = Some(range);
-    let resp = match crate::fetch::send(&sw.upstream, req).await {
+    let resp = match crate::transfer::sources::send(&sw.upstream, req).await {
         Ok(r) => r,
         Err(e) => return ChunkResult::UpstreamFailed(e),
     };

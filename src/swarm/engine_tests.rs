@@ -3,7 +3,7 @@
 //! sharing, takeover from a stalled owner, and a dead peer.
 
 use super::*;
-use crate::actors::fetch::FetchActor;
+use crate::actors::peers::PeerSelector;
 use crate::actors::upstream::{Breaker, Gate};
 use crate::config::{Config, SwarmConfig};
 use crate::oci::{parse_ns, Algorithm};
@@ -40,7 +40,7 @@ impl Upstream for Stalled {
 }
 
 struct Node {
-    sw: Arc<Swarm>,
+    sw: Arc<Swarming>,
     up: Arc<MemoryUpstream>,
     server: actix_web::dev::ServerHandle,
     _dir: tempfile::TempDir,
@@ -91,12 +91,12 @@ async fn node(net: &Arc<MemoryNetwork>, name: &str, blob: &Bytes, digest: &Diges
         up.body_bytes.store(0, Ordering::SeqCst);
     }
     let gate = Gate::start(upstream, &[], Breaker::new(100, Duration::from_secs(1)));
-    let fetch = FetchActor::new(router.clone(), Duration::from_millis(50), 3, None).start();
+    let fetch = PeerSelector::new(router.clone(), Duration::from_millis(50), 3, None).start();
     let client =
         Arc::new(PeerClient::new(Duration::from_millis(500), Duration::from_secs(5), None, name.into()).unwrap());
     let dir = tempfile::tempdir().unwrap();
     let peers = SwarmPeers { router, client, me: name.into(), active: fetch.recipient() };
-    let sw = Swarm::new(cfg(), dir.path().join("spool"), gate, Some(peers)).unwrap();
+    let sw = Swarming::new(cfg(), dir.path().join("spool"), gate, Some(peers)).unwrap();
     let data = web::Data::new(sw.clone());
     let server = serve(listener, move |c| {
         c.app_data(data.clone());

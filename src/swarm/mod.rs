@@ -59,12 +59,12 @@ pub const SWARM_UPLOAD_BYTES: &str = "peerd_swarm_upload_bytes_total";
 
 pub fn describe() {
     use metrics::{describe_counter, Unit};
-    describe_counter!(SWARM_CHUNK_BYTES, Unit::Bytes, "Swarm chunk bytes received by source (peer, upstream)");
-    describe_counter!(SWARM_DOWNLOADS, "Swarm downloads by outcome (started, verified, failed, no_room)");
-    describe_counter!(SWARM_TAKEOVERS, "Swarm chunks taken over from a dead or stalled peer");
+    describe_counter!(SWARM_CHUNK_BYTES, Unit::Bytes, "Swarming chunk bytes received by source (peer, upstream)");
+    describe_counter!(SWARM_DOWNLOADS, "Swarming downloads by outcome (started, verified, failed, no_room)");
+    describe_counter!(SWARM_TAKEOVERS, "Swarming chunks taken over from a dead or stalled peer");
     describe_counter!(SWARM_CHUNK_FAILURES, "Failed swarm chunk fetches by reason");
     describe_counter!(SWARM_PEERS_LOST, "Peers downloading with this node that stopped answering");
-    describe_counter!(SWARM_UPLOAD_BYTES, Unit::Bytes, "Swarm chunk bytes sent to peers");
+    describe_counter!(SWARM_UPLOAD_BYTES, Unit::Bytes, "Swarming chunk bytes sent to peers");
 }
 
 /// The DHT key under which nodes downloading `digest` announce themselves.
@@ -319,7 +319,7 @@ impl Download {
 }
 
 /// Everything a node's downloads share.
-pub struct Swarm {
+pub struct Swarming {
     pub cfg: SwarmConfig,
     dir: PathBuf,
     downloads: DashMap<String, Arc<Download>>,
@@ -332,7 +332,7 @@ pub struct Swarm {
     /// This node's peer id (rendezvous hashing), "local" without p2p.
     me: String,
     /// Told when content moves between peers (the `P2PActive` event).
-    active: Option<Recipient<crate::actors::fetch::ServedPeer>>,
+    active: Option<Recipient<crate::actors::peers::ServedPeer>>,
     fetch_slots: Arc<Semaphore>,
     upload_slots: Arc<Semaphore>,
     upload_limit: Option<Limiter>,
@@ -346,16 +346,16 @@ pub struct SwarmPeers {
     pub router: Arc<dyn Router>,
     pub client: Arc<PeerClient>,
     pub me: String,
-    pub active: Recipient<crate::actors::fetch::ServedPeer>,
+    pub active: Recipient<crate::actors::peers::ServedPeer>,
 }
 
-impl Swarm {
+impl Swarming {
     pub fn new(
         cfg: SwarmConfig,
         dir: PathBuf,
         upstream: Gate,
         peers: Option<SwarmPeers>,
-    ) -> Result<Arc<Swarm>, String> {
+    ) -> Result<Arc<Swarming>, String> {
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         // Spools of a previous run are incomplete by definition. Only files named like a spool
         // are removed: the directory may be shared with other things.
@@ -369,7 +369,7 @@ impl Swarm {
             Some(p) => (Some(p.router), Some(p.client), p.me, Some(p.active)),
             None => (None, None, "local".to_owned(), None),
         };
-        Ok(Arc::new(Swarm {
+        Ok(Arc::new(Swarming {
             upload_limit: limiter(cfg.upload_rate, cfg.chunk_size),
             download_limit: limiter(cfg.download_rate, cfg.chunk_size),
             stop: tokio_util::sync::CancellationToken::new(),
@@ -621,12 +621,12 @@ mod tests {
         }
     }
 
-    fn lone_swarm(dir: &std::path::Path, upstream: Arc<dyn crate::upstream::Upstream>) -> Arc<Swarm> {
+    fn lone_swarm(dir: &std::path::Path, upstream: Arc<dyn crate::upstream::Upstream>) -> Arc<Swarming> {
         let mut cfg = crate::config::Config::load(None, Vec::<(String, String)>::new(), Vec::new()).unwrap().swarm;
         cfg.chunk_size = 4;
         let breaker = crate::actors::upstream::Breaker::new(100, std::time::Duration::from_secs(1));
         let gate = crate::actors::upstream::Gate::start(upstream, &[], breaker);
-        Swarm::new(cfg, dir.join("spool"), gate, None).unwrap()
+        Swarming::new(cfg, dir.join("spool"), gate, None).unwrap()
     }
 
     fn request() -> UpstreamRequest {

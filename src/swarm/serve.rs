@@ -2,7 +2,7 @@
 //! downloads and the chunks it hands out (bounded uploads, rate-limited). The peer endpoints in
 //! [`crate::http::swarm`] turn these into answers.
 
-use super::{throttle, Download, End, StatusDoc, Swarm, SWARM_UPLOAD_BYTES};
+use super::{throttle, Download, End, StatusDoc, Swarming, SWARM_UPLOAD_BYTES};
 use crate::error::ApiError;
 use crate::oci::Digest;
 use crate::peer::LONG_POLL;
@@ -10,7 +10,7 @@ use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
 
-impl Swarm {
+impl Swarming {
     /// The download of `digest` in `chunk_size`-byte chunks on this node.
     fn download_of(&self, digest: &str, chunk_size: u64) -> Result<Arc<Download>, ApiError> {
         let digest: Digest = digest.parse()?;
@@ -54,7 +54,7 @@ impl Swarm {
         metrics::counter!(SWARM_UPLOAD_BYTES).increment(data.len() as u64);
         metrics::counter!(crate::peer::PEER_SERVED_BYTES).increment(data.len() as u64);
         if let Some(a) = &self.active {
-            let _ = a.try_send(crate::actors::fetch::ServedPeer);
+            let _ = a.try_send(crate::actors::peers::ServedPeer);
         }
         Ok((data, sha))
     }

@@ -9,6 +9,7 @@
 
 pub mod bits;
 pub mod plan;
+pub mod sources;
 
 pub use bits::Bits;
 pub use plan::{owner, score};

@@ -4,7 +4,7 @@
 //! rests at once (one corrupt copy must not fail everyone's pulls), and the digest is remembered
 //! as *suspect* for a while: a client resuming it with a Range request is not served unverified
 //! peer bytes again. Emits `P2PActive` on the first content moved between peers. Decisions only:
-//! the bytes flow in [`crate::fetch`].
+//! the bytes flow in [`crate::transfer::sources`].
 
 use crate::events::{Emit, Event, Reason};
 use crate::routing::collect_peers;
@@ -74,7 +74,7 @@ pub struct Suspect {
 #[rtype(result = "()")]
 pub struct ServedPeer;
 
-pub struct FetchActor {
+pub struct PeerSelector {
     router: Arc<dyn Router>,
     resolve_timeout: Duration,
     max_peers: usize,
@@ -89,7 +89,7 @@ pub struct FetchActor {
     active: bool,
 }
 
-impl FetchActor {
+impl PeerSelector {
     pub fn new(
         router: Arc<dyn Router>,
         resolve_timeout: Duration,
@@ -134,7 +134,7 @@ impl FetchActor {
 /// dropped (advisory) rather than the mailbox growing without bound.
 const MAILBOX: usize = 4096;
 
-impl Actor for FetchActor {
+impl Actor for PeerSelector {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
@@ -142,7 +142,7 @@ impl Actor for FetchActor {
     }
 }
 
-impl Handler<Locate> for FetchActor {
+impl Handler<Locate> for PeerSelector {
     type Result = ResponseActFuture<Self, Vec<Peer>>;
     fn handle(&mut self, msg: Locate, _: &mut Context<Self>) -> Self::Result {
         let router = self.router.clone();
@@ -168,7 +168,7 @@ impl Handler<Locate> for FetchActor {
     }
 }
 
-impl Handler<Outcome> for FetchActor {
+impl Handler<Outcome> for PeerSelector {
     type Result = ();
     fn handle(&mut self, o: Outcome, _: &mut Context<Self>) {
         if o.ok {
@@ -189,7 +189,7 @@ impl Handler<Outcome> for FetchActor {
     }
 }
 
-impl Handler<Corrupt> for FetchActor {
+impl Handler<Corrupt> for PeerSelector {
     type Result = ();
     fn handle(&mut self, c: Corrupt, _: &mut Context<Self>) {
         let now = Instant::now();
@@ -209,14 +209,14 @@ impl Handler<Corrupt> for FetchActor {
     }
 }
 
-impl Handler<Suspect> for FetchActor {
+impl Handler<Suspect> for PeerSelector {
     type Result = bool;
     fn handle(&mut self, s: Suspect, _: &mut Context<Self>) -> bool {
         self.suspect.get(&s.key).is_some_and(|until| *until > Instant::now())
     }
 }
 
-impl Handler<ServedPeer> for FetchActor {
+impl Handler<ServedPeer> for PeerSelector {
     type Result = ();
     fn handle(&mut self, _: ServedPeer, _: &mut Context<Self>) {
         self.active("content served to a peer");
@@ -239,7 +239,7 @@ mod tests {
             MemoryRouter::new(net.clone(), peer(id)).provide(vec!["k".into()]).await.unwrap();
         }
         let me: Arc<dyn Router> = Arc::new(MemoryRouter::new(net, peer("me")));
-        let addr = FetchActor::new(me, Duration::from_millis(50), 3, None).start();
+        let addr = PeerSelector::new(me, Duration::from_millis(50), 3, None).start();
         let ids = |v: Vec<Peer>| v.into_iter().map(|p| p.id).collect::<Vec<_>>();
         assert_eq!(ids(addr.send(Locate { key: "k".into() }).await.unwrap()), ["a", "b", "c"]);
         addr.send(Outcome { peer: "a".into(), ok: false }).await.unwrap();
@@ -260,7 +260,7 @@ mod tests {
             MemoryRouter::new(net.clone(), peer(id)).provide(vec!["k".into()]).await.unwrap();
         }
         let me: Arc<dyn Router> = Arc::new(MemoryRouter::new(net, peer("me")));
-        let addr = FetchActor::new(me, Duration::from_millis(50), 3, None).start();
+        let addr = PeerSelector::new(me, Duration::from_millis(50), 3, None).start();
         let ids = |v: Vec<Peer>| v.into_iter().map(|p| p.id).collect::<Vec<_>>();
         assert!(!addr.send(Suspect { key: "k".into() }).await.unwrap());
         addr.send(Corrupt { peers: vec!["a".into()], key: "k".into() }).await.unwrap();

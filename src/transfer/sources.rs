@@ -3,7 +3,7 @@
 //! the next source (another peer, finally the upstream). The client sees one body; the caller
 //! wraps it in [`crate::stream::Verify`] so the assembled bytes are checked against the digest.
 
-use crate::actors::fetch::Corrupt;
+use crate::actors::peers::Corrupt;
 use crate::actors::upstream::Gate;
 use crate::metrics::{Source, SERVED_BYTES};
 use crate::oci::Digest;
@@ -74,13 +74,13 @@ pub struct PeerOpener {
     /// `/v2/<repo>/blobs/<digest>?ns=<registry>`
     pub target: String,
     /// Told whether the peer worked, so the fetch actor can rank peers.
-    pub report: Option<Recipient<crate::actors::fetch::Outcome>>,
+    pub report: Option<Recipient<crate::actors::peers::Outcome>>,
 }
 
 impl PeerOpener {
     fn report(&self, ok: bool) {
         if let Some(r) = &self.report {
-            let _ = r.try_send(crate::actors::fetch::Outcome { peer: self.peer.id.clone(), ok });
+            let _ = r.try_send(crate::actors::peers::Outcome { peer: self.peer.id.clone(), ok });
         }
     }
 }
