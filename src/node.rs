@@ -128,8 +128,9 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
     let upstream = Arc::new(HttpUpstream::new(&cfg.upstream, &cfg.registry.hosts).map_err(NodeError::Setup)?);
     let hosts = cfg.registry.hosts.clone();
     let breaker = Breaker::new(cfg.upstream.failure_threshold, cfg.upstream.failure_cooldown);
-    // Admission decisions only: the requests themselves run on the tasks that need them.
-    let upstream_gate = Gate::start(upstream, &hosts, breaker);
+    // Admission decisions only; the requests run on their own arbiter, off the HTTP workers.
+    let upstream_arbiter = Arbiter::new();
+    let upstream_gate = Gate::start(upstream, &hosts, breaker).with_io(upstream_arbiter.handle());
     if cfg.registry.hosts.is_empty() {
         tracing::warn!("registry.hosts is empty: this node mirrors ANY registry named in `ns`");
     }
@@ -444,6 +445,7 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
     let (a, b, c) = servers.await;
     // Servers that ended on their own (an error) end the node too.
     drain.abort();
+    upstream_arbiter.stop();
     ready.set(false);
     tracing::info!("peerd stopped");
     a.and(b).and(c).map_err(NodeError::Serve)

@@ -142,13 +142,23 @@ pub struct Gate {
     admit: Recipient<Admit>,
     report: Recipient<Reported>,
     upstream: Arc<dyn Upstream>,
+    /// Where upstream connections live (their tasks and read buffers): a dedicated arbiter, off
+    /// the HTTP workers, when set. Measured: connections on the workers' threads raised the
+    /// peak memory of 150 stalled clients from +138 to +155 MiB (tests/reliability.rs).
+    io: Option<actix_rt::ArbiterHandle>,
 }
 
 impl Gate {
     /// Start the admission actor (on the current arbiter) for `upstream`.
     pub fn start(upstream: Arc<dyn Upstream>, allowed_hosts: &[String], breaker: Breaker) -> Gate {
         let addr = UpstreamActor::new(allowed_hosts, breaker).start();
-        Gate { admit: addr.clone().recipient(), report: addr.recipient(), upstream }
+        Gate { admit: addr.clone().recipient(), report: addr.recipient(), upstream, io: None }
+    }
+
+    /// Run upstream requests (and so their connections) on `arbiter`.
+    pub fn with_io(mut self, arbiter: actix_rt::ArbiterHandle) -> Gate {
+        self.io = Some(arbiter);
+        self
     }
 
     /// Ask whether `host` may be asked now; a dead actor reads as an unreachable upstream.
@@ -176,7 +186,23 @@ impl Gate {
     pub async fn fetch(&self, req: UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
         let host = req.registry.name().to_owned();
         self.admit(&host, true).await?;
-        let res = self.upstream.fetch(req).await;
+        let res = match &self.io {
+            Some(arbiter) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let upstream = self.upstream.clone();
+                let spawned = arbiter.spawn(async move {
+                    let _ = tx.send(upstream.fetch(req).await);
+                });
+                let gone =
+                    || UpstreamError::Unreachable { host: host.clone(), reason: "upstream arbiter stopped".into() };
+                if spawned {
+                    rx.await.unwrap_or_else(|_| Err(gone()))
+                } else {
+                    Err(gone())
+                }
+            }
+            None => self.upstream.fetch(req).await,
+        };
         let health = match &res {
             Ok(_) => Health::Healthy,
             Err(e) => e.health(),
