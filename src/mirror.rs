@@ -283,10 +283,6 @@ async fn local_manifest(st: &RegistryState, digest: &Digest, accept: Option<&str
     Some(Manifest { body, media_type, digest: digest.clone() })
 }
 
-async fn fetch(st: &RegistryState, req: UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
-    crate::transfer::sources::send(&st.upstream, req).await
-}
-
 fn upstream_request(
     ask: &Ask,
     repo: &str,
@@ -318,7 +314,9 @@ async fn upstream_manifest(
     if ask.head {
         // HEAD upstream (it does not count against Docker Hub's pull limit); fall through to
         // GET only if the upstream does not say which digest it has.
-        let resp = fetch(st, upstream_request(ask, repo, Kind::Manifest, reference.to_string(), true, None))
+        let resp = st
+            .upstream
+            .fetch(upstream_request(ask, repo, Kind::Manifest, reference.to_string(), true, None))
             .await
             .map_err(map)?;
         let digest = resp.digest.as_deref().and_then(|d| d.parse::<Digest>().ok());
@@ -339,7 +337,9 @@ async fn upstream_manifest(
             }));
         }
     }
-    let resp = fetch(st, upstream_request(ask, repo, Kind::Manifest, reference.to_string(), false, None))
+    let resp = st
+        .upstream
+        .fetch(upstream_request(ask, repo, Kind::Manifest, reference.to_string(), false, None))
         .await
         .map_err(map)?;
     let upstream_type = resp.content_type.clone();
@@ -607,7 +607,7 @@ async fn swarm_blob(
     if ask.head || sw.alone().await {
         return None;
     }
-    let size = match fetch(st, upstream_request(ask, repo, Kind::Blob, digest.to_string(), true, None)).await {
+    let size = match st.upstream.fetch(upstream_request(ask, repo, Kind::Blob, digest.to_string(), true, None)).await {
         Ok(head) => head.content_length?,
         // The upstream cannot be reached: other nodes downloading the blob know its size (and
         // hold some of its chunks), so join them rather than fail.
@@ -720,7 +720,7 @@ async fn upstream_blob(st: &RegistryState, ask: &Ask, repo: &str, digest: &Diges
     let map = |e| ApiError::from_upstream(e, Kind::Blob, &what);
     let req = |head, range| upstream_request(ask, repo, Kind::Blob, digest.to_string(), head, range);
     if ask.head {
-        let resp = fetch(st, req(true, None)).await.map_err(map)?;
+        let resp = st.upstream.fetch(req(true, None)).await.map_err(map)?;
         let len = resp.content_length.ok_or_else(|| ApiError::BadGateway {
             code: "UNKNOWN",
             message: format!("{what}: upstream sent no Content-Length"),
@@ -732,13 +732,13 @@ async fn upstream_blob(st: &RegistryState, ask: &Ask, repo: &str, digest: &Diges
     };
     // A range from upstream: learn the size first, so suffix ranges become absolute (some blob
     // stores reject suffix ranges) and an unsatisfiable range is answered here.
-    let head = fetch(st, req(true, None)).await.map_err(map)?;
+    let head = st.upstream.fetch(req(true, None)).await.map_err(map)?;
     let size = head.content_length.ok_or_else(|| ApiError::BadGateway {
         code: "UNKNOWN",
         message: format!("{what}: upstream sent no Content-Length"),
     })?;
     let range = spec.resolve(size)?;
-    let resp = fetch(st, req(false, Some(range))).await.map_err(map)?;
+    let resp = st.upstream.fetch(req(false, Some(range))).await.map_err(map)?;
     let body = stream::ranged(resp.body, resp.status, range);
     Ok(blob_body(digest, size, Some(range), body, Source::Upstream, false, true))
 }
@@ -782,7 +782,7 @@ async fn upstream_whole_blob(
             }
         },
     };
-    let resp = match fetch(st, upstream_request(ask, repo, Kind::Blob, digest.to_string(), false, None)).await {
+    let resp = match st.upstream.fetch(upstream_request(ask, repo, Kind::Blob, digest.to_string(), false, None)).await {
         Ok(r) => r,
         Err(e) => {
             lead.land(Landed::Failed(FlightError::Upstream(e.clone())));
@@ -824,7 +824,9 @@ async fn upstream_stream_blob(
     digest: &Digest,
 ) -> Result<BlobAnswer, ApiError> {
     let what = format!("{}/{repo}@{digest}", ask.registry);
-    let resp = fetch(st, upstream_request(ask, repo, Kind::Blob, digest.to_string(), false, None))
+    let resp = st
+        .upstream
+        .fetch(upstream_request(ask, repo, Kind::Blob, digest.to_string(), false, None))
         .await
         .map_err(|e| ApiError::from_upstream(e, Kind::Blob, &what))?;
     Ok(whole_blob_stream(digest, resp))

@@ -11,7 +11,6 @@ use crate::oci::{Digest, Hasher};
 use crate::peer::client::PeerError;
 use crate::range::ByteRange;
 use crate::routing::Peer;
-use crate::stream::Slice;
 use crate::transfer::plan::{ask_list, Action, ChunkOutcome, PlanConfig, Planner, Source, Status, MAX_VIEW};
 use crate::transfer::Bits;
 use crate::upstream::{UpstreamError, UpstreamRequest};
@@ -419,16 +418,11 @@ async fn fetch_upstream_chunk(sw: &Swarming, dl: &Download, mut req: UpstreamReq
     let range = ByteRange { start: index * dl.chunk_size, end: index * dl.chunk_size + len - 1 };
     req.head = false;
     req.range = Some(range);
-    let resp = match crate::transfer::sources::send(&sw.upstream, req).await {
+    let resp = match sw.upstream.fetch(req).await {
         Ok(r) => r,
         Err(e) => return ChunkResult::UpstreamFailed(e),
     };
-    let mut body: crate::store::ByteStream = if resp.status == 200 {
-        // The upstream ignored Range: cut the chunk out of the whole body.
-        Box::pin(Slice::new(resp.body, range.start, len))
-    } else {
-        Box::pin(Slice::new(resp.body, 0, len))
-    };
+    let mut body = crate::stream::ranged(resp.body, resp.status, range);
     let mut buf = bytes::BytesMut::with_capacity(len as usize);
     // Counted as the bytes arrive (a chunk from a slow upstream takes a while).
     let received = metrics::counter!(SWARM_CHUNK_BYTES, "source" => "upstream");

@@ -123,12 +123,6 @@ pub struct UpstreamOpener {
     pub request: UpstreamRequest,
 }
 
-/// A /v2 request to the upstream through its gate (admission, then the request, then its
-/// outcome reported).
-pub async fn send(up: &Gate, req: UpstreamRequest) -> Result<crate::upstream::UpstreamResponse, UpstreamError> {
-    up.fetch(req).await
-}
-
 #[async_trait]
 impl Opener for UpstreamOpener {
     fn source(&self) -> Source {
@@ -141,7 +135,7 @@ impl Opener for UpstreamOpener {
         let mut req = self.request.clone();
         req.head = false;
         req.range = range;
-        let resp = send(&self.upstream, req).await?;
+        let resp = self.upstream.fetch(req).await?;
         let body = match range {
             Some(r) => crate::stream::ranged(resp.body, resp.status, r),
             None => resp.body,
@@ -152,7 +146,7 @@ impl Opener for UpstreamOpener {
         let mut req = self.request.clone();
         req.head = true;
         req.range = None;
-        let resp = send(&self.upstream, req).await?;
+        let resp = self.upstream.fetch(req).await?;
         resp.content_length.ok_or_else(|| SourceError::NoSize(self.label()))
     }
 }
