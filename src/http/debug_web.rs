@@ -15,7 +15,7 @@
 
 use crate::oci::{media, Digest};
 use crate::peer::client::PeerClient;
-use crate::preheat::{ImageRef, Platform, PreheatRequest, Preheater, MANIFEST_ACCEPT};
+use crate::preheat::{ImageRef, Platform, PreheatRequest, Preheater};
 use crate::routing::Router;
 use crate::store::ContentStore;
 use actix_web::{web, HttpResponse};
@@ -298,13 +298,19 @@ pub struct Measurement {
 
 async fn get_manifest(d: &DebugWeb, image: &ImageRef, reference: &str) -> Result<(bytes::Bytes, String), String> {
     let url = format!("{}{}", d.front, image.manifest_path(reference));
-    let resp = d.http.get(url).header("accept", MANIFEST_ACCEPT).send().await.map_err(|e| e.to_string())?;
+    let resp = d
+        .http
+        .get(url)
+        .header("accept", crate::oci::media::ACCEPT_MANIFESTS)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
     if !resp.status().is_success() {
         return Err(format!("the mirror answered {} for {reference}", resp.status()));
     }
     let digest = resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let body = resp.bytes_stream().map(|r| r.map_err(std::io::Error::other));
-    let body = crate::store::collect(Box::pin(body), 4 << 20).await.map_err(|e| e.to_string())?;
+    let body = crate::stream::collect(Box::pin(body), 4 << 20).await.map_err(|e| e.to_string())?;
     Ok((body, digest))
 }
 

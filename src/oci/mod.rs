@@ -14,6 +14,8 @@ pub mod media {
     pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
     pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
     pub const OCTET_STREAM: &str = "application/octet-stream";
+    /// An `Accept` naming every manifest and index type.
+    pub const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
 
     /// The media type of a manifest body: its `mediaType` field, else OCI index/manifest by shape
     /// (the field is optional in OCI). `None` when the body is not a JSON object.

@@ -159,7 +159,7 @@ impl PeerClient {
             }
         }
         let body = resp.bytes_stream().map(|r| r.map_err(|e| std::io::Error::other(format!("peer body: {e}"))));
-        let body = crate::store::collect(Box::pin(body), limit).await.map_err(|e| PeerError::Failed(e.to_string()))?;
+        let body = crate::stream::collect(Box::pin(body), limit).await.map_err(|e| PeerError::Failed(e.to_string()))?;
         Ok((status, body))
     }
 

@@ -13,7 +13,7 @@
 //! arrive); each step of the stream is bounded by [`STEP_TIMEOUT`] instead.
 
 use crate::oci::Digest;
-use crate::store::ByteStream;
+use crate::stream::ByteStream;
 use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::{
     content_client::ContentClient, AddResourceRequest, CreateRequest, InfoRequest, Resource, WriteAction,

@@ -5,7 +5,7 @@
 //! 127.0.0.1) is the *requester* for that request, and nothing else is:
 //! 1. it checks the images (mirrored registries only), resolves each tag to a digest through its
 //!    own `/v2` mirror (so tag resolution is the mirror's, with its upstream auth and breaker);
-//! 2. it finds the nodes: every node provides the DHT key [`NODES_KEY`] when it starts, so one
+//! 2. it finds the nodes: every node provides the DHT key [`keys::NODES`] when it starts, so one
 //!    lookup of that key lists the nodes with their peer listeners (the requester adds itself);
 //! 3. per image it takes all of them (`--all`) or the `copies` with the highest rendezvous
 //!    score for the image digest — [`crate::swarm::owner`]'s scoring, called once per pick —
@@ -39,7 +39,7 @@ use crate::config::PreheatConfig;
 use crate::events::{Emit, Event, Reason};
 use crate::oci::{media, Digest};
 use crate::peer::client::PeerClient;
-use crate::routing::{Peer, Router};
+use crate::routing::{keys, Peer, Router};
 use containerd_write::{ContainerdWriter, WriteError};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -64,9 +64,7 @@ pub fn describe() {
     describe_histogram!(PREHEAT_SECONDS, Unit::Seconds, "Duration of preheat jobs on this node by outcome");
 }
 
-/// The DHT key every node provides (see [`crate::routing::keys::NODES`]).
-pub use crate::routing::keys::NODES as NODES_KEY;
-/// Most nodes one lookup of [`NODES_KEY`] returns.
+/// Most nodes one lookup of [`keys::NODES`] returns.
 pub const MAX_NODES: usize = 1000;
 /// How long the requester collects nodes.
 const NODES_WAIT: Duration = Duration::from_secs(2);
@@ -392,7 +390,7 @@ impl Preheater {
     /// Announce this node as a preheat target (call once the router runs).
     pub async fn announce(&self) {
         if let (Some(r), true) = (&self.p.router, self.p.cfg.enabled) {
-            if let Err(e) = r.provide(vec![NODES_KEY.into()]).await {
+            if let Err(e) = r.provide(vec![keys::NODES.into()]).await {
                 tracing::warn!(error = %e, "cannot announce this node for preheats");
             }
         }
@@ -447,8 +445,13 @@ impl Preheater {
         }
         let url = format!("{}{}", self.p.front, image.manifest_path(&image.reference));
         let fail = |reason: String| PreheatError::Resolve { image: image.to_string(), reason };
-        let resp =
-            self.http.head(url).header("accept", MANIFEST_ACCEPT).send().await.map_err(|e| fail(e.to_string()))?;
+        let resp = self
+            .http
+            .head(url)
+            .header("accept", media::ACCEPT_MANIFESTS)
+            .send()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
         if !resp.status().is_success() {
             return Err(fail(format!("the mirror answered {} for the manifest", resp.status())));
         }
@@ -459,11 +462,11 @@ impl Preheater {
             .ok_or_else(|| fail("the mirror gave no Docker-Content-Digest".into()))
     }
 
-    /// The nodes a request may go to: this one and every node providing [`NODES_KEY`].
+    /// The nodes a request may go to: this one and every node providing [`keys::NODES`].
     async fn nodes(&self) -> Vec<Peer> {
         let mut nodes = vec![Peer { id: self.p.me.clone(), addr: self.p.my_addr }];
         if let Some(r) = &self.p.router {
-            if let Ok(rx) = r.resolve(NODES_KEY.into(), MAX_NODES).await {
+            if let Ok(rx) = r.resolve(keys::NODES.into(), MAX_NODES).await {
                 for p in crate::routing::collect_peers(rx, NODES_WAIT).await {
                     if !nodes.iter().any(|n| n.id == p.id) {
                         nodes.push(p);
@@ -749,13 +752,19 @@ impl Preheater {
     async fn manifest(&self, image: &ImageRef, digest: &Digest) -> Result<bytes::Bytes, PreheatError> {
         let fail = |reason: String| PreheatError::Source { digest: digest.to_string(), reason };
         let url = format!("{}{}", self.p.front, image.manifest_path(&digest.to_string()));
-        let resp =
-            self.http.get(url).header("accept", MANIFEST_ACCEPT).send().await.map_err(|e| fail(e.to_string()))?;
+        let resp = self
+            .http
+            .get(url)
+            .header("accept", media::ACCEPT_MANIFESTS)
+            .send()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
         if !resp.status().is_success() {
             return Err(fail(format!("the mirror answered {}", resp.status())));
         }
         let body = resp.bytes_stream().map(|r| r.map_err(std::io::Error::other));
-        let body = crate::store::collect(Box::pin(body), self.p.max_manifest).await.map_err(|e| fail(e.to_string()))?;
+        let body =
+            crate::stream::collect(Box::pin(body), self.p.max_manifest).await.map_err(|e| fail(e.to_string()))?;
         if Digest::compute(digest.algorithm(), &body) != *digest {
             return Err(fail("manifest digest mismatch".into()));
         }
@@ -839,7 +848,7 @@ impl Preheater {
             if writer.size(digest).await? == Some(body.len() as u64) {
                 writer.keep(lease, digest).await?;
             } else {
-                let stream: crate::store::ByteStream = Box::pin(futures_util::stream::once({
+                let stream: crate::stream::ByteStream = Box::pin(futures_util::stream::once({
                     let b = body.clone();
                     async move { Ok(b) }
                 }));
@@ -879,7 +888,7 @@ impl Preheater {
                 Ok(b)
             }
         });
-        let body: crate::store::ByteStream = Box::pin(body);
+        let body: crate::stream::ByteStream = Box::pin(body);
         let counter = metrics::counter!(PREHEAT_BYTES);
         let labels = HashMap::from([source.clone()]);
         let writer = self.p.writer.as_ref().ok_or(PreheatError::Disabled)?;
@@ -892,9 +901,6 @@ impl Preheater {
         Ok(())
     }
 }
-
-/// Accept header for manifests: every manifest and index type.
-pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
 
 /// The `n` of `candidates` with the highest rendezvous score for `key` (all when fewer), in
 /// score order. Calls [`crate::swarm::owner`] once per pick, so the scoring is the swarm's.

@@ -8,9 +8,7 @@ pub mod file;
 pub mod memory;
 
 use crate::oci::Digest;
-/// The body type and its collector live with the other stream adapters; re-exported for the
-/// store implementations' callers.
-pub use crate::stream::{collect, ByteStream};
+use crate::stream::{collect, ByteStream};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::Stream;

@@ -378,7 +378,7 @@ pub(super) async fn status_of(
         e => StatusError::Peer(e),
     })?;
     let want = resp.digest.clone().unwrap_or_default();
-    let body = crate::store::collect(resp.body, 1 << 20).await.map_err(StatusError::Body)?;
+    let body = crate::stream::collect(resp.body, 1 << 20).await.map_err(StatusError::Body)?;
     if want != format!("sha256:{}", hex::encode(sha2::Sha256::digest(&body))) {
         return Err(StatusError::Checksum);
     }
@@ -400,7 +400,7 @@ async fn fetch_peer_chunk(sw: &Swarming, dl: &Download, peer: &Peer, index: u64)
         Err(e) => return ChunkResult::Dead(e.to_string()),
     };
     let claimed = resp.digest.clone().unwrap_or_default();
-    let body = match crate::store::collect(resp.body, want_len).await {
+    let body = match crate::stream::collect(resp.body, want_len).await {
         Ok(b) => b,
         Err(e) => return ChunkResult::Dead(e.to_string()),
     };

@@ -113,7 +113,7 @@ fn blob(len: usize) -> (Bytes, Digest) {
 
 async fn read_all(dl: Arc<Download>) -> Result<Bytes, std::io::Error> {
     let size = dl.size;
-    tokio::time::timeout(Duration::from_secs(30), crate::store::collect(dl.body(0, size - 1, true), size + 1))
+    tokio::time::timeout(Duration::from_secs(30), crate::stream::collect(dl.body(0, size - 1, true), size + 1))
         .await
         .map_err(|_| std::io::Error::other("timed out"))?
 }
