@@ -83,6 +83,12 @@ impl PeerOpener {
             let _ = r.try_send(crate::actors::peers::Outcome { peer: self.peer.id.clone(), ok });
         }
     }
+
+    /// The peer could not start a body: counted, and reported so the peer ranks lower.
+    fn failed(&self, e: &crate::peer::client::PeerError) {
+        metrics::counter!(PEER_FETCH_FAILURES, "reason" => e.reason()).increment(1);
+        self.report(false);
+    }
 }
 
 #[async_trait]
@@ -103,17 +109,13 @@ impl Opener for PeerOpener {
                 Ok(Opened { body: r.body, size: r.total_size })
             }
             Err(e) => {
-                metrics::counter!(PEER_FETCH_FAILURES, "reason" => e.reason()).increment(1);
-                self.report(false);
+                self.failed(&e);
                 Err(e.into())
             }
         }
     }
     async fn size(&self) -> Result<u64, SourceError> {
-        let r = self.client.fetch(&self.peer, &self.target, true, None, None).await.inspect_err(|e| {
-            metrics::counter!(PEER_FETCH_FAILURES, "reason" => e.reason()).increment(1);
-            self.report(false);
-        })?;
+        let r = self.client.fetch(&self.peer, &self.target, true, None, None).await.inspect_err(|e| self.failed(e))?;
         r.content_length.ok_or_else(|| SourceError::NoSize(self.label()))
     }
 }
