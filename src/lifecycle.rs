@@ -24,11 +24,6 @@ impl Lifecycle {
         Self::default()
     }
 
-    /// The token background work watches (`cancelled()` resolves at shutdown).
-    pub fn token(&self) -> CancellationToken {
-        self.token.clone()
-    }
-
     /// Run `work` on the current (actix) arbiter until it ends or the node shuts down.
     pub fn spawn(&self, work: impl Future<Output = ()> + 'static) {
         let token = self.token.clone();
@@ -46,10 +41,6 @@ impl Lifecycle {
         self.token.cancel();
         self.tasks.close();
         tokio::time::timeout(grace, self.tasks.wait()).await.is_ok()
-    }
-
-    pub fn is_shutting_down(&self) -> bool {
-        self.token.is_cancelled()
     }
 }
 
@@ -90,7 +81,6 @@ mod tests {
         assert!(!ended.load(Ordering::SeqCst));
         assert!(life.shut_down(Duration::from_secs(5)).await, "the task ended within the grace");
         assert!(ended.load(Ordering::SeqCst), "the task was dropped at shutdown");
-        assert!(life.is_shutting_down());
     }
 
     #[actix_rt::test]
