@@ -10,6 +10,7 @@ pub mod conformance;
 pub mod keys;
 pub mod memory;
 pub mod p2p;
+pub mod tcp;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;

@@ -188,7 +188,7 @@ fn build_swarm(cfg: &RouterConfig) -> Result<Swarm<Behaviour>, RoutingError> {
         .with_tokio()
         .with_other_transport(|key| {
             let noise = noise::Config::new(key)?;
-            let base = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+            let base = super::tcp::FreshPortPerDial(tcp::tokio::Transport::new(tcp::Config::default().nodelay(true)));
             let secured = match psk {
                 Some(psk) => {
                     either::Either::Left(base.and_then(move |socket, _| PnetConfig::new(psk).handshake(socket)))
