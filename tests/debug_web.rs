@@ -50,7 +50,7 @@ fn debug_page_renders_live_cluster_data_in_headless_chromium() {
     c.containerd.pull(&c.hosts, &format!("{}/test/single:v1", reg.addr));
     for n in &nodes {
         wait("the nodes announced as preheat targets", Duration::from_secs(30), || {
-            resolves(&n.peerd, "peerd/nodes").len() == 2
+            resolves(&n.peerd, "peerd/nodes/0/0").len() == 2
         });
     }
     let out = Command::new(env!("CARGO_BIN_EXE_peerd"))

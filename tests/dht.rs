@@ -1,9 +1,10 @@
 //! The libp2p router in one process: 30 nodes on loopback, provide on one, resolve from all;
-//! withdrawal; a node with another cluster secret cannot join.
+//! withdrawal; 24 nodes list each other past the DHT's 20 providers per key; a node with
+//! another cluster secret cannot join.
 
-use peerd::routing::collect_peers;
 use peerd::routing::p2p::{P2pRouter, RouterConfig};
 use peerd::routing::Router;
+use peerd::routing::{collect_peers, members};
 use std::time::{Duration, Instant};
 
 fn config(bootstrap: Vec<String>, psk: Option<[u8; 32]>, ttl: Duration) -> RouterConfig {
@@ -98,6 +99,43 @@ async fn thirty_routers_provide_resolve_withdraw() {
             .is_empty()
     })
     .await;
+}
+
+/// Membership (preheat's node list) through the real DHT: every other node, once, though a DHT
+/// node keeps at most 20 providers per key (`routing::members`; the shard descent itself is
+/// tested against an emulated cap in the unit tests). A long TTL: 24 nodes republishing seven
+/// keys every two seconds would be a load test, not this.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_four_routers_list_each_other_past_the_provider_cap() {
+    const N: usize = 24;
+    let psk = Some([9u8; 32]);
+    let ttl = Duration::from_secs(600);
+    let (first, _) = P2pRouter::start(config(vec![], psk, ttl)).unwrap();
+    let seed = listen_addr(&first).await;
+    let mut nodes = vec![first];
+    for _ in 1..N {
+        nodes.push(P2pRouter::start(config(vec![seed.clone()], psk, ttl)).unwrap().0);
+    }
+    for (i, n) in nodes.iter().enumerate().skip(1) {
+        wait_until(&format!("node {i} connected"), Duration::from_secs(60), async || n.ready().await).await;
+    }
+    let mut ids = Vec::new();
+    for n in &nodes {
+        let id = n.status().await.unwrap().peer_id;
+        members::announce(n, &id).await.unwrap();
+        ids.push(id);
+    }
+    for i in [3, N - 1] {
+        let mut want: Vec<&str> = ids.iter().filter(|id| **id != ids[i]).map(String::as_str).collect();
+        want.sort();
+        wait_until(&format!("node {i} lists every other node"), Duration::from_secs(60), async || {
+            let l = members::list(&nodes[i], Duration::from_secs(5), 1000).await;
+            eprintln!("node {i} lists {} of {} others with {} lookups", l.peers.len(), N - 1, l.lookups);
+            let found: Vec<&str> = l.peers.iter().map(|p| p.id.as_str()).collect();
+            found == want
+        })
+        .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

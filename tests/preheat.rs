@@ -39,7 +39,7 @@ fn content(n: &Node) -> String {
 fn wait_targets(nodes: &[Node]) {
     for n in nodes {
         wait("the other nodes announced as preheat targets", Duration::from_secs(30), || {
-            resolves(&n.peerd, "peerd/nodes").len() == nodes.len() - 1
+            resolves(&n.peerd, "peerd/nodes/0/0").len() == nodes.len() - 1
         });
     }
 }

@@ -5,8 +5,9 @@
 //! 127.0.0.1) is the *requester* for that request, and nothing else is:
 //! 1. it checks the images (mirrored registries only), resolves each tag to a digest through its
 //!    own `/v2` mirror (so tag resolution is the mirror's, with its upstream auth and breaker);
-//! 2. it finds the nodes: every node provides the DHT key [`keys::NODES`] when it starts, so one
-//!    lookup of that key lists the nodes with their peer listeners (the requester adds itself);
+//! 2. it finds the nodes: every node announces itself in the DHT when it starts
+//!    ([`crate::routing::members`]: sharded keys, so the listing is not cut at the DHT's 20
+//!    providers per key), with its peer listener (the requester adds itself);
 //! 3. per image it takes all of them (`--all`) or the `copies` with the highest rendezvous
 //!    score for the image digest — [`crate::swarm::owner`]'s scoring, called once per pick —
 //!    so the choice is stable (the same image lands on the same nodes from any requester) and
@@ -39,7 +40,7 @@ use crate::config::PreheatConfig;
 use crate::events::{Emit, Event, Reason};
 use crate::oci::{media, Digest};
 use crate::peer::client::PeerClient;
-use crate::routing::{keys, Peer, Router};
+use crate::routing::{Peer, Router};
 use containerd_write::{ContainerdWriter, WriteError};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -64,8 +65,8 @@ pub fn describe() {
     describe_histogram!(PREHEAT_SECONDS, Unit::Seconds, "Duration of preheat jobs on this node by outcome");
 }
 
-/// Most nodes one lookup of [`keys::NODES`] returns.
-pub const MAX_NODES: usize = 1000;
+/// Most nodes a listing returns.
+pub const MAX_NODES: usize = 100_000;
 /// How long the requester collects nodes.
 const NODES_WAIT: Duration = Duration::from_secs(2);
 /// Timeout of one control request to a peer.
@@ -390,7 +391,7 @@ impl Preheater {
     /// Announce this node as a preheat target (call once the router runs).
     pub async fn announce(&self) {
         if let (Some(r), true) = (&self.p.router, self.p.cfg.enabled) {
-            if let Err(e) = r.provide(vec![keys::NODES.into()]).await {
+            if let Err(e) = crate::routing::members::announce(r.as_ref(), &self.p.me).await {
                 tracing::warn!(error = %e, "cannot announce this node for preheats");
             }
         }
@@ -462,17 +463,20 @@ impl Preheater {
             .ok_or_else(|| fail("the mirror gave no Docker-Content-Digest".into()))
     }
 
-    /// The nodes a request may go to: this one and every node providing [`keys::NODES`].
+    /// The nodes a request may go to: this one and every member the DHT lists
+    /// ([`crate::routing::members`]).
     async fn nodes(&self) -> Vec<Peer> {
         let mut nodes = vec![Peer { id: self.p.me.clone(), addr: self.p.my_addr }];
         if let Some(r) = &self.p.router {
-            if let Ok(rx) = r.resolve(keys::NODES.into(), MAX_NODES).await {
-                for p in crate::routing::collect_peers(rx, NODES_WAIT).await {
-                    if !nodes.iter().any(|n| n.id == p.id) {
-                        nodes.push(p);
-                    }
-                }
+            let listing = crate::routing::members::list(r.as_ref(), NODES_WAIT, MAX_NODES).await;
+            if listing.truncated > 0 {
+                tracing::warn!(
+                    shards = listing.truncated,
+                    "the node listing may be incomplete (full shards at the deepest level)"
+                );
             }
+            tracing::debug!(nodes = listing.peers.len(), lookups = listing.lookups, "listed the nodes");
+            nodes.extend(listing.peers.into_iter().filter(|p| p.id != self.p.me));
         }
         nodes
     }

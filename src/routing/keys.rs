@@ -12,10 +12,6 @@ pub fn dht_key(key: &str) -> Vec<u8> {
     out
 }
 
-/// The key every node provides, so that a preheat finds the nodes with one lookup (at most the
-/// DHT's providers per key: 20).
-pub const NODES: &str = "peerd/nodes";
-
 /// The key under which the nodes fetching a file (a digest, a /blobs file id) at once announce
 /// themselves, so that they find each other and share its chunks.
 pub fn swarm_key(id: &str) -> String {

@@ -13,6 +13,15 @@ use tokio::sync::mpsc;
 #[derive(Default)]
 pub struct MemoryNetwork {
     providers: DashMap<String, HashSet<Peer>>,
+    /// Providers kept per key (the first to arrive), as a DHT node keeps at most 20.
+    providers_per_key: Option<usize>,
+}
+
+impl MemoryNetwork {
+    /// A network whose keys hold at most `cap` providers each.
+    pub fn with_providers_per_key(cap: usize) -> Self {
+        Self { providers_per_key: Some(cap), ..Self::default() }
+    }
 }
 
 pub struct MemoryRouter {
@@ -37,7 +46,10 @@ impl Router for MemoryRouter {
     }
     async fn provide(&self, keys: Vec<String>) -> Result<(), RoutingError> {
         for k in keys {
-            self.net.providers.entry(k).or_default().insert(self.me.clone());
+            let mut providers = self.net.providers.entry(k).or_default();
+            if self.net.providers_per_key.is_none_or(|cap| providers.len() < cap) {
+                providers.insert(self.me.clone());
+            }
         }
         Ok(())
     }

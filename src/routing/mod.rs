@@ -8,6 +8,7 @@
 
 pub mod conformance;
 pub mod keys;
+pub mod members;
 pub mod memory;
 pub mod p2p;
 pub mod tcp;
