@@ -49,20 +49,26 @@ async fn wait_until(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> b
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn thirty_routers_provide_resolve_withdraw() {
-    const N: usize = 30;
-    let psk = Some([7u8; 32]);
-    let ttl = Duration::from_secs(4);
+/// `n` routers bootstrapping from the first, once all are connected.
+async fn cluster(n: usize, psk: Option<[u8; 32]>, ttl: Duration) -> Vec<P2pRouter> {
     let (first, _) = P2pRouter::start(config(vec![], psk, ttl)).unwrap();
     let seed = listen_addr(&first).await;
     let mut nodes = vec![first];
-    for _ in 1..N {
+    for _ in 1..n {
         nodes.push(P2pRouter::start(config(vec![seed.clone()], psk, ttl)).unwrap().0);
     }
     for (i, n) in nodes.iter().enumerate().skip(1) {
         wait_until(&format!("node {i} connected"), Duration::from_secs(60), async || n.ready().await).await;
     }
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_routers_provide_resolve_withdraw() {
+    const N: usize = 30;
+    let psk = Some([7u8; 32]);
+    let ttl = Duration::from_secs(4);
+    let nodes = cluster(N, psk, ttl).await;
     let provider = nodes[N / 2].clone();
     let provider_id = provider.status().await.unwrap().peer_id;
     provider.provide(vec!["sha256:aaaa".into()]).await.unwrap();
@@ -110,15 +116,7 @@ async fn twenty_four_routers_list_each_other_past_the_provider_cap() {
     const N: usize = 24;
     let psk = Some([9u8; 32]);
     let ttl = Duration::from_secs(600);
-    let (first, _) = P2pRouter::start(config(vec![], psk, ttl)).unwrap();
-    let seed = listen_addr(&first).await;
-    let mut nodes = vec![first];
-    for _ in 1..N {
-        nodes.push(P2pRouter::start(config(vec![seed.clone()], psk, ttl)).unwrap().0);
-    }
-    for (i, n) in nodes.iter().enumerate().skip(1) {
-        wait_until(&format!("node {i} connected"), Duration::from_secs(60), async || n.ready().await).await;
-    }
+    let nodes = cluster(N, psk, ttl).await;
     let mut ids = Vec::new();
     for n in &nodes {
         let id = n.status().await.unwrap().peer_id;
