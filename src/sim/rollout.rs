@@ -310,7 +310,7 @@ impl Sim {
     }
 
     /// Which providers of blob `b`'s swarm key a lookup at `now` returns.
-    fn found(&mut self, b: u16, me: u32) -> Vec<(String, u32)> {
+    fn found(&mut self, b: u16) -> Vec<(String, u32)> {
         let mut out: Vec<u32> = Vec::new();
         match self.p.found {
             Found::FirstPerStore => {
@@ -335,7 +335,7 @@ impl Sim {
                 }
             }
         }
-        out.retain(|p| *p != me);
+        // Like `Router::resolve_including_me`: this node too when a store returned its record.
         out.truncate(MAX_VIEW);
         out.into_iter().map(|p| (self.ids[p as usize].clone(), p)).collect()
     }
@@ -370,11 +370,11 @@ impl Sim {
         };
         let (found, lookup_us) = if r.lookup {
             let t = (self.dht_rounds * us(self.p.rtt)).min(500_000);
-            (self.found(b, n), t)
+            (self.found(b), t)
         } else {
             (Vec::new(), 0)
         };
-        let ask = ask_list(r.known, &found, MAX_VIEW);
+        let ask = ask_list(r.known, &found, &self.ids[n as usize], MAX_VIEW);
         let any_dead = ask.iter().any(|(_, p)| !self.nodes[*p as usize].alive);
         let wait = if any_dead { us(self.p.connect_timeout) } else { us(self.p.rtt) };
         self.nodes[n as usize].dls[b as usize].refresh = Some((found, ask));

@@ -144,17 +144,18 @@ impl Engine {
         // The DHT is asked every few refreshes (and while no peer is known); in between, the
         // peers' status pages name the nodes they know, which is cheaper than a lookup.
         let refresh = self.plan.start_refresh(self.now())?;
+        let me = self.plan.me().to_owned();
         Some(
             async move {
                 let found = match &sw.router {
-                    Some(r) if refresh.lookup => match r.resolve(swarm_key(&dl.digest), MAX_VIEW).await {
+                    Some(r) if refresh.lookup => match r.resolve_including_me(swarm_key(&dl.digest), MAX_VIEW).await {
                         Ok(rx) => crate::routing::collect_peers(rx, Duration::from_millis(500)).await,
                         Err(_) => Vec::new(),
                     },
                     _ => Vec::new(),
                 };
                 let pairs: Vec<(String, SocketAddr)> = found.iter().map(|p| (p.id.clone(), p.addr)).collect();
-                let ask = ask_list(refresh.known, &pairs, MAX_VIEW);
+                let ask = ask_list(refresh.known, &pairs, &me, MAX_VIEW);
                 let statuses = futures_util::future::join_all(ask.into_iter().map(|(id, addr)| {
                     let (sw, dl) = (sw.clone(), dl.clone());
                     async move {

@@ -13,6 +13,15 @@
 //! 3. else its *owner* ([`owner`], rendezvous hashing over the nodes downloading it): this node
 //!    reads it from the upstream when it is the owner, else asks the owner.
 //!
+//! **Owners among a set every node sees the same.** In a swarm of more than about 20 nodes a
+//! lookup of the download's key returns only the providers the DHT kept (20 per key, first come),
+//! so views differ: each node outside those would count itself as a candidate over "the 20 +
+//! itself" and read ~1/21 of the chunks from the upstream (simulated: registry egress 6·F at 100
+//! nodes). When a lookup comes back that full ([`CUT_AT`]), the owners are chosen among the nodes
+//! it returned only — this one included only when the DHT returned its own record
+//! ([`crate::routing::Router::resolve_including_me`]) — which every node's lookup returns alike.
+//! A node outside them asks the owners and takes a chunk over only as below.
+//!
 //! A peer that said "not yet" keeps the chunk while its upstream progress grows; after
 //! `takeover` without progress (or when it dies) it loses that chunk, and the owner is computed
 //! again without it. A peer that sent bad bytes is never asked for that chunk again. An upstream
@@ -42,6 +51,9 @@ const BUSY_BACKOFF: Duration = Duration::from_millis(250);
 /// Upstream retry n waits this times 2^n.
 const UPSTREAM_BACKOFF: Duration = Duration::from_millis(250);
 const NO_OWNER: u16 = u16::MAX;
+/// A lookup returning this many providers (this node included) may have been cut at the DHT's
+/// providers per key: owners are then chosen among them only.
+pub const CUT_AT: usize = crate::routing::members::CAP - 1;
 
 /// Which of `candidates` fetches chunk `index` of `key` (a digest, a /blobs file id) from the
 /// upstream: the highest rendezvous score. Every node computes the same answer from the same
@@ -230,11 +242,12 @@ struct Wait {
     progress: Option<u64>,
 }
 
-/// The peers to ask for their status: the known ones, then the ones found, at most `max`.
-pub fn ask_list<A: Clone>(known: Vec<(String, A)>, found: &[(String, A)], max: usize) -> Vec<(String, A)> {
+/// The peers to ask for their status: the known ones, then the ones found other than `me`, at
+/// most `max`.
+pub fn ask_list<A: Clone>(known: Vec<(String, A)>, found: &[(String, A)], me: &str, max: usize) -> Vec<(String, A)> {
     let mut ask = known;
     for p in found {
-        if !ask.iter().any(|k| k.0 == p.0) {
+        if p.0 != me && !ask.iter().any(|k| k.0 == p.0) {
             ask.push(p.clone());
         }
     }
@@ -267,6 +280,11 @@ pub struct Planner<A> {
     upstream_attempts: HashMap<u64, (u32, Duration)>,
     refreshing: bool,
     refreshes: u64,
+    /// The refresh running looks the download up in the DHT.
+    looking_up: bool,
+    /// The nodes owners are chosen among (and whether this one is one of them) when the last
+    /// lookup may have been cut at the DHT's cap; `None`: every node downloading.
+    core: Option<(HashSet<String>, bool)>,
     /// Candidates of the cached owners (sorted), and the owner of each chunk (index into them).
     cands: Vec<String>,
     owners: Vec<u16>,
@@ -301,6 +319,8 @@ impl<A: Clone> Planner<A> {
             upstream_attempts: HashMap::new(),
             refreshing: false,
             refreshes: 0,
+            looking_up: false,
+            core: None,
             cands: Vec::new(),
             owners: vec![NO_OWNER; n],
             first_missing: 0,
@@ -359,13 +379,22 @@ impl<A: Clone> Planner<A> {
         self.refreshing = true;
         self.refreshes += 1;
         let lookup = self.refreshes % self.cfg.dht_every == 1 || self.peers.values().all(|k| !k.active);
+        self.looking_up = lookup;
         let known =
             self.peers.iter().filter(|(_, k)| k.alive(now)).map(|(id, k)| (id.clone(), k.addr.clone())).collect();
         Some(Refresh { lookup, known })
     }
 
     fn learn(&mut self, id: &str, addr: &A) {
-        if id == self.me || self.peers.len() >= self.cfg.max_view && !self.peers.contains_key(id) {
+        if self.peers.len() < self.cfg.max_view || self.peers.contains_key(id) {
+            self.admit(id, addr);
+        }
+    }
+
+    /// Know peer `id` even when the view is full (the owners must be known: at most
+    /// [`MAX_VIEW`] more).
+    fn admit(&mut self, id: &str, addr: &A) {
+        if id == self.me {
             return;
         }
         if !self.peers.contains_key(id) {
@@ -410,7 +439,8 @@ impl<A: Clone> Planner<A> {
         k.dead_until = Some(now + self.cfg.dead_for);
     }
 
-    /// A refresh ended: the peers the DHT returned, and each asked peer's status.
+    /// A refresh ended: the peers the DHT returned (this node among them when the DHT returned
+    /// its own record), and each asked peer's status.
     pub fn on_refresh(
         &mut self,
         now: Duration,
@@ -419,8 +449,19 @@ impl<A: Clone> Planner<A> {
         out: &mut Vec<Action<A>>,
     ) {
         self.refreshing = false;
+        if std::mem::take(&mut self.looking_up) && !found.is_empty() {
+            let me_found = found.iter().any(|(id, _)| *id == self.me);
+            let others: HashSet<String> =
+                found.iter().filter(|(id, _)| *id != self.me).map(|(id, _)| id.clone()).collect();
+            let cut = others.len() + usize::from(me_found) >= CUT_AT;
+            self.core = cut.then_some((others, me_found));
+        }
         for (id, addr) in found {
-            self.learn(id, addr);
+            if self.core.is_some() {
+                self.admit(id, addr);
+            } else {
+                self.learn(id, addr);
+            }
         }
         for (id, addr, status) in statuses {
             self.learn(&id, &addr);
@@ -470,59 +511,59 @@ impl<A: Clone> Planner<A> {
     }
 
     /// The nodes chunks are shared among now: this one and the peers downloading the blob that
-    /// answer (a peer that is only busy stays; one that stopped answering does not). Cached
-    /// owners are dropped when they change.
+    /// answer (a peer that is only busy stays; one that stopped answering does not) — of the
+    /// core only, when there is one; this node alone when none of them answers. Cached owners
+    /// are dropped when they change.
     fn update_candidates(&mut self, now: Duration) {
-        let me = self.me.as_str();
-        let mut same = true;
+        let core = self.core.as_ref();
+        let eligible = |id: &str| core.is_none_or(|(set, _)| set.contains(id));
+        let peers = || self.peers.iter().filter(|(id, k)| k.active && k.alive(now) && eligible(id)).map(|(id, _)| id);
+        let with_me = core.is_none_or(|(_, me)| *me) || peers().next().is_none();
+        let me = with_me.then_some(&self.me);
         let mut n = 0;
-        let mut me_done = false;
-        let mut check = |id: &str| {
-            if same {
-                same = self.cands.get(n).is_some_and(|c| c == id);
-            }
-            n += 1;
-        };
-        for (id, _) in self.peers.iter().filter(|(_, k)| k.active && k.alive(now)) {
-            if !me_done && me < id.as_str() {
-                check(me);
+        let mut same = true;
+        let mut me_done = me.is_none();
+        for id in peers() {
+            if !me_done && self.me < *id {
+                same &= self.cands.get(n) == Some(&self.me);
+                n += 1;
                 me_done = true;
             }
-            check(id);
+            same &= self.cands.get(n) == Some(id);
+            n += 1;
         }
         if !me_done {
-            check(me);
+            same &= self.cands.get(n) == Some(&self.me);
+            n += 1;
         }
         if same && n == self.cands.len() {
             return;
         }
-        let mut c: Vec<String> =
-            self.peers.iter().filter(|(_, k)| k.active && k.alive(now)).map(|(id, _)| id.clone()).collect();
-        c.push(self.me.clone());
+        let mut c: Vec<String> = peers().cloned().chain(me.cloned()).collect();
         c.sort();
         self.cands = c;
         self.owners.iter_mut().for_each(|o| *o = NO_OWNER);
     }
 
-    /// The owner of chunk `i` (an index into the candidates): cached while the candidates stay
-    /// the same (hashing every chunk against every candidate on every event would cost more
-    /// than the chunks).
-    fn owner_of(&mut self, i: u64) -> usize {
+    /// The owner of chunk `i`, `None` for this node: cached while the candidates stay the same
+    /// (hashing every chunk against every candidate on every event would cost more than the
+    /// chunks). When every candidate lost the chunk (taken over), this node owns it.
+    fn owner_of(&mut self, i: u64) -> Option<&String> {
         let best = |cands: &mut dyn Iterator<Item = (usize, &String)>| {
-            cands
-                .max_by_key(|(_, id)| (self.hashes.score(&self.key, i, id), id.as_str()))
-                .map(|(n, _)| n)
-                .expect("this node is always a candidate")
+            cands.max_by_key(|(_, id)| (self.hashes.score(&self.key, i, id), id.as_str())).map(|(n, _)| n)
         };
-        if let Some(x) = self.excluded.get(&i) {
-            return best(&mut self.cands.iter().enumerate().filter(|(_, c)| !x.contains(*c)));
-        }
-        if self.owners[i as usize] != NO_OWNER {
-            return self.owners[i as usize] as usize;
-        }
-        let o = best(&mut self.cands.iter().enumerate());
-        self.owners[i as usize] = o as u16;
-        o
+        let o = if let Some(x) = self.excluded.get(&i) {
+            best(&mut self.cands.iter().enumerate().filter(|(_, c)| !x.contains(*c)))
+        } else if self.owners[i as usize] != NO_OWNER {
+            Some(self.owners[i as usize] as usize)
+        } else {
+            let o = best(&mut self.cands.iter().enumerate());
+            if let Some(o) = o {
+                self.owners[i as usize] = o as u16;
+            }
+            o
+        };
+        o.map(|o| &self.cands[o]).filter(|id| **id != self.me)
     }
 
     fn ok(&self, k: &Known<A>, id: &str, i: u64, now: Duration) -> bool {
@@ -570,8 +611,7 @@ impl<A: Clone> Planner<A> {
             let retry_ok = |s: &Self| s.upstream_attempts.get(&i).is_none_or(|(_, at)| now >= *at);
             if self.peer_inflight >= parallel {
                 // Only an upstream read can start: for a chunk this node owns that no peer fetches.
-                let o = self.owner_of(i);
-                if self.cands[o] == self.me && self.fetcher(i, now).is_none() && retry_ok(self) {
+                if self.owner_of(i).is_none() && self.fetcher(i, now).is_none() && retry_ok(self) {
                     self.start_upstream(i, out);
                 }
                 continue;
@@ -586,10 +626,7 @@ impl<A: Clone> Planner<A> {
             // 2. A peer fetching it from the upstream now, else 3. its owner.
             let target = match self.fetcher(i, now) {
                 Some(id) => Some(id.clone()),
-                None => {
-                    let o = self.owner_of(i);
-                    (self.cands[o] != self.me).then(|| self.cands[o].clone())
-                }
+                None => self.owner_of(i).cloned(),
             };
             match target {
                 None => {

@@ -349,8 +349,9 @@ fn learning_is_bounded_and_gossip_spreads_the_view() {
     let r = p.start_refresh(Duration::ZERO).unwrap();
     assert!(p.start_refresh(Duration::ZERO).is_none(), "one refresh at a time");
     let found: Vec<(String, u32)> = (0..3).map(|i| (format!("p{i}"), i)).collect();
-    let ask = ask_list(r.known, &found, MAX_VIEW);
+    let ask = ask_list(r.known, &found, "me", MAX_VIEW);
     assert_eq!(ask.len(), 3);
+    assert!(ask_list(Vec::new(), &[("me".to_string(), 1)], "me", MAX_VIEW).is_empty(), "never asks itself");
     let gossip: Vec<(String, u32)> = (0..200).map(|i| (format!("g{i:03}"), i)).chain([("me".into(), 9)]).collect();
     let statuses = ask
         .into_iter()
@@ -367,4 +368,84 @@ fn learning_is_bounded_and_gossip_spreads_the_view() {
     assert_eq!(r.known.len(), MAX_VIEW, "bounded, never this node itself");
     assert!(r.known.iter().all(|(id, _)| id != "me"));
     assert!(!r.lookup, "the second refresh asks the peers, not the DHT");
+}
+
+/// `me` after one refresh whose lookup returned `found` (this node among them when `me_found`),
+/// every found peer active and holding nothing.
+fn after_lookup(me: &str, found: &[String], me_found: bool, chunks: u64) -> Planner<u32> {
+    let mut p = Planner::new(KEY.into(), me.into(), chunks, cfg());
+    let r = p.start_refresh(Duration::ZERO).unwrap();
+    assert!(r.lookup);
+    let mut f: Vec<(String, u32)> = found.iter().enumerate().map(|(n, id)| (id.clone(), n as u32)).collect();
+    if me_found {
+        f.push((me.to_string(), 99));
+    }
+    let ask = ask_list(r.known, &f, me, MAX_VIEW);
+    assert!(ask.iter().all(|(id, _)| id != me), "never asks itself");
+    let statuses = ask.into_iter().map(|(id, n)| (id, n, active(chunks, &[], &[]))).collect();
+    let mut out = Vec::new();
+    p.on_refresh(Duration::ZERO, &f, statuses, &mut out);
+    p
+}
+
+/// The simulation's finding (registry egress 6·F at 100 nodes): with a lookup cut at the DHT's
+/// 20 providers, a node outside them counted itself over "the 20 + itself" and read ~1/21 of the
+/// chunks from the upstream. Now it reads none while the 20 answer: it asks each chunk's owner
+/// among them — the owner every one of them computes too.
+#[test]
+fn a_node_outside_a_cut_lookup_reads_nothing_from_the_upstream_and_asks_the_owners() {
+    let chunks = 400;
+    let core: Vec<String> = (0..20).map(|i| format!("c{i:02}")).collect();
+    let ids: Vec<&str> = core.iter().map(String::as_str).collect();
+    let mut outsider = after_lookup("zz-outsider", &core, false, chunks);
+    let mut upstream = 0;
+    let mut t = Duration::ZERO;
+    for _ in 0..50 {
+        let mut out = Vec::new();
+        outsider.schedule(t, &mut out);
+        let (peer, up) = starts(&out);
+        upstream += up.len();
+        for (i, p) in peer {
+            assert_eq!(Some(p.as_str()), owner(KEY, i, ids.iter().copied()), "asks chunk {i}'s owner among the 20");
+            let mut o = Vec::new();
+            outsider.on_chunk(t, i, Source::Peer(p), ChunkOutcome::Got, &mut o);
+        }
+        t += MS;
+    }
+    assert_eq!(upstream, 0, "an outsider reads nothing from the upstream");
+    assert!(outsider.is_complete());
+
+    // A node of the 20 (the DHT returned its record) owns its share and reads it.
+    let others: Vec<String> = core[1..].to_vec();
+    let mut inside = after_lookup("c00", &others, true, chunks);
+    let mut out = Vec::new();
+    inside.schedule(Duration::ZERO, &mut out);
+    let (_, up) = starts(&out);
+    assert_eq!(up.len(), 2, "upstream_parallel reads: {out:?}");
+    for i in up {
+        assert_eq!(owner(KEY, i, ids.iter().copied()), Some("c00"), "only chunks it owns among the 20");
+    }
+
+    // A lookup below the cut: everyone downloading is a candidate, as before.
+    let few: Vec<String> = core[..5].to_vec();
+    let mut small = after_lookup("zz-outsider", &few, false, chunks);
+    let mut out = Vec::new();
+    small.schedule(Duration::ZERO, &mut out);
+    assert_eq!(starts(&out).1.len(), 2, "a node of a small swarm owns chunks: {out:?}");
+}
+
+/// The core gone (unreachable): the outsider owns the chunks itself rather than wait forever.
+#[test]
+fn an_outsider_reads_the_chunks_itself_when_the_core_stops_answering() {
+    let chunks = 40;
+    let core: Vec<String> = (0..20).map(|i| format!("c{i:02}")).collect();
+    let mut p = after_lookup("zz", &core, false, chunks);
+    let r = p.start_refresh(Duration::from_secs(1)).unwrap();
+    assert!(!r.lookup);
+    let statuses = r.known.into_iter().map(|(id, n)| (id, n, Status::Unreachable)).collect();
+    let mut out = Vec::new();
+    p.on_refresh(Duration::from_secs(1), &[], statuses, &mut out);
+    let mut out = Vec::new();
+    p.schedule(Duration::from_secs(1), &mut out);
+    assert_eq!(starts(&out).1.len(), 2, "reads from the upstream: {out:?}");
 }
