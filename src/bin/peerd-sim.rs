@@ -24,6 +24,9 @@ struct Args {
     /// Scenarios: dht, rollout, churn, scaleout, validate (default: all).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Wall-clock budget per run in seconds (default 30; rollouts twice that; quick: 8).
+    #[arg(long)]
+    wall: Option<u64>,
     /// Where the JSON goes ("-": stdout).
     #[arg(long, default_value = "-")]
     out: String,
@@ -33,7 +36,7 @@ const MIB: u64 = 1 << 20;
 const GBIT: f64 = 1e9 / 8.0;
 const MBIT: f64 = 1e6 / 8.0;
 
-fn base(nodes: usize, seed: u64, quick: bool) -> Params {
+fn base(nodes: usize, seed: u64, quick: bool, wall: Option<u64>) -> Params {
     let cfg = Config::load(None, Vec::<(String, String)>::new(), Vec::new()).expect("default config");
     let image = if quick { 32 * MIB } else { 1024 * MIB };
     Params {
@@ -53,7 +56,7 @@ fn base(nodes: usize, seed: u64, quick: bool) -> Params {
         start_spread: Duration::from_millis(100),
         found: Found::FirstPerStore,
         max_sim: Duration::from_secs(if quick { 300 } else { 900 }),
-        max_wall: Duration::from_secs(if quick { 8 } else { 30 }),
+        max_wall: Duration::from_secs(wall.unwrap_or(if quick { 8 } else { 30 })),
         seed,
     }
 }
@@ -138,21 +141,21 @@ fn main() {
         |n: usize, p: Params| if n >= 10_000 && !args.quick { Params { blobs: vec![64 * MIB], ..p } } else { p };
     if want("rollout") {
         for &n in &sizes {
-            let b = base(n, args.seed, args.quick);
+            let b = base(n, args.seed, args.quick, args.wall);
             let p = Params { max_wall: b.max_wall * 2, ..b };
             record("rollout", rollout::run(sized(n, p)), &mut out);
         }
     }
     if want("rollout-random") {
         for &n in &sizes {
-            let b = base(n, args.seed, args.quick);
+            let b = base(n, args.seed, args.quick, args.wall);
             let p = Params { found: Found::Random, max_wall: b.max_wall * 2, ..b };
             record("rollout-random", rollout::run(sized(n, p)), &mut out);
         }
     }
     if want("churn") {
         for &n in &sizes {
-            let b = sized(n, base(n, args.seed, args.quick));
+            let b = sized(n, base(n, args.seed, args.quick, args.wall));
             let at = Duration::from_secs_f64(b.blobs[0] as f64 / b.registry / 2.0);
             for (name, found) in [("churn", Found::FirstPerStore), ("churn-random", Found::Random)] {
                 let p = Params { kill: Some((0.1, at)), found, ..b.clone() };
@@ -162,7 +165,7 @@ fn main() {
     }
     if want("scaleout") {
         for &n in &sizes {
-            let b = sized(n, base(n, args.seed, args.quick));
+            let b = sized(n, base(n, args.seed, args.quick, args.wall));
             // As peerd does today: a peer holds the blob completely, so every new node pulls it
             // whole from the located holders (at most p2p.max_peers, here the one seed).
             let f = b.blobs.iter().sum::<u64>() as f64;
@@ -189,7 +192,7 @@ fn main() {
                 rtt: Duration::from_micros(100),
                 registry_rtt: Duration::from_micros(100),
                 max_wall: Duration::from_secs(60),
-                ..base(8, args.seed, false)
+                ..base(8, args.seed, false, args.wall)
             };
             record(name, rollout::run(p), &mut out);
         }

@@ -18,6 +18,24 @@ pub fn swarm_key(id: &str) -> String {
     format!("swarm/{id}")
 }
 
+/// Groups a swarm is split into besides its key: a node announces itself under
+/// [`swarm_key`] and under its group's [`swarm_group_key`], and looks both up. The first lists
+/// the nodes the DHT kept (20 per key, first come: the same for every node, the owners of the
+/// chunks); the second lists up to 20 nodes of its own group, so that beyond 20 nodes the views
+/// differ and chunks spread through every node's uplink, not only the first 20's.
+pub const SWARM_GROUPS: u64 = 64;
+
+/// The group of node `node_id` (a stable hash of its id).
+pub fn swarm_group(node_id: &str) -> u64 {
+    let h = Sha256::digest(node_id.as_bytes());
+    u64::from_be_bytes(h[..8].try_into().expect("8 bytes")) % SWARM_GROUPS
+}
+
+/// The key under which the nodes of group `group` downloading `id` announce themselves.
+pub fn swarm_group_key(id: &str, group: u64) -> String {
+    format!("swarm/{id}/{group}")
+}
+
 /// The key of one cached /blobs chunk: the file id and the chunk's first byte.
 pub fn chunk_key(file_id: &str, offset: u64) -> String {
     format!("{file_id}_{offset}")

@@ -62,20 +62,11 @@ impl Router for MemoryRouter {
         Ok(())
     }
     async fn resolve(&self, key: String, max: usize) -> Result<mpsc::Receiver<Peer>, RoutingError> {
-        self.lookup(key, max, false)
-    }
-    async fn resolve_including_me(&self, key: String, max: usize) -> Result<mpsc::Receiver<Peer>, RoutingError> {
-        self.lookup(key, max, true)
-    }
-}
-
-impl MemoryRouter {
-    fn lookup(&self, key: String, max: usize, with_me: bool) -> Result<mpsc::Receiver<Peer>, RoutingError> {
         let mut peers: Vec<Peer> = self
             .net
             .providers
             .get(&key)
-            .map(|p| p.iter().filter(|p| with_me || **p != self.me).cloned().collect())
+            .map(|p| p.iter().filter(|p| **p != self.me).cloned().collect())
             .unwrap_or_default();
         peers.sort_by(|a, b| a.id.cmp(&b.id));
         peers.truncate(max);

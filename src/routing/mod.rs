@@ -69,10 +69,6 @@ pub trait Router: Send + Sync + 'static {
     /// Peers holding `key` (never this node), sent as they are found; at most `max`. The channel
     /// closes when the lookup ends; the caller bounds how long it waits.
     async fn resolve(&self, key: String, max: usize) -> Result<mpsc::Receiver<Peer>, RoutingError>;
-    /// As [`Router::resolve`], but this node is sent too (counting towards `max`) when its own
-    /// record is among the providers the lookup returned: a swarm learns whether it made the
-    /// DHT's cut of 20 providers per key, i.e. whether the others see it.
-    async fn resolve_including_me(&self, key: String, max: usize) -> Result<mpsc::Receiver<Peer>, RoutingError>;
 }
 
 /// Collect what a resolve channel yields within `timeout`.

@@ -14,8 +14,7 @@ use futures_util::StreamExt;
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::upgrade::Version;
 use libp2p::identity::Keypair;
-use libp2p::kad::store::{MemoryStore, MemoryStoreConfig, RecordStore};
-use libp2p::kad::{self, GetProvidersOk, QueryId, QueryResult};
+use libp2p::kad::{self, store::MemoryStore, store::MemoryStoreConfig, GetProvidersOk, QueryId, QueryResult};
 use libp2p::multiaddr::Protocol;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
@@ -77,8 +76,7 @@ enum Command {
     /// Keys, whether they go ahead of the queue, reply.
     Provide(Vec<String>, bool, oneshot::Sender<Result<(), RoutingError>>),
     Withdraw(Vec<String>, oneshot::Sender<()>),
-    /// Key, max, whether this node is sent when its record is found, the channel.
-    Resolve(String, usize, bool, mpsc::Sender<Peer>),
+    Resolve(String, usize, mpsc::Sender<Peer>),
     Status(oneshot::Sender<Status>),
     /// Bootstrap addresses resolved now, and how many static peers did not resolve.
     Dial(Vec<SocketAddr>, usize),
@@ -169,12 +167,7 @@ impl Router for P2pRouter {
     }
     async fn resolve(&self, key: String, max: usize) -> Result<mpsc::Receiver<Peer>, RoutingError> {
         let (tx, rx) = mpsc::channel(max.max(1));
-        self.tx.send(Command::Resolve(key, max, false, tx)).await.map_err(|_| RoutingError::Stopped)?;
-        Ok(rx)
-    }
-    async fn resolve_including_me(&self, key: String, max: usize) -> Result<mpsc::Receiver<Peer>, RoutingError> {
-        let (tx, rx) = mpsc::channel(max.max(1));
-        self.tx.send(Command::Resolve(key, max, true, tx)).await.map_err(|_| RoutingError::Stopped)?;
+        self.tx.send(Command::Resolve(key, max, tx)).await.map_err(|_| RoutingError::Stopped)?;
         Ok(rx)
     }
 }
@@ -264,10 +257,6 @@ fn tcp_addr(m: &Multiaddr) -> Option<SocketAddr> {
 struct Lookup {
     tx: mpsc::Sender<Peer>,
     max: usize,
-    /// Send this node too when its own record is among the providers another node returned.
-    with_me: bool,
-    /// The next provider event is this node's own store's.
-    local_first: bool,
     sent: HashSet<PeerId>,
     started: std::time::Instant,
     /// Kademlia finished; the lookup stays only for providers still being dialed.
@@ -407,23 +396,17 @@ impl SwarmTask {
                 }
                 let _ = reply.send(());
             }
-            Command::Resolve(key, max, with_me, tx) => {
+            Command::Resolve(key, max, tx) => {
                 if self.lookups.len() >= MAX_PENDING_LOOKUPS {
                     tracing::warn!("too many lookups in flight; resolve refused");
                     return; // dropping tx closes the caller's channel: no peers
                 }
-                let k: kad::RecordKey = dht_key(&key).into();
-                // Kademlia reports this node's own store first (one event, before any answer):
-                // for `with_me` only a record another node returned counts.
-                let local_first = with_me && !self.swarm.behaviour_mut().kad.store_mut().providers(&k).is_empty();
-                let id = self.swarm.behaviour_mut().kad.get_providers(k);
+                let id = self.swarm.behaviour_mut().kad.get_providers(dht_key(&key).into());
                 self.lookups.insert(
                     id,
                     Lookup {
                         tx,
                         max,
-                        with_me,
-                        local_first,
                         sent: HashSet::new(),
                         started: std::time::Instant::now(),
                         done: false,
@@ -607,12 +590,7 @@ impl SwarmTask {
                 ..
             })) => {
                 tracing::debug!(?id, ?res, last = step.last, "get_providers progressed");
-                if let Ok(GetProvidersOk::FoundProviders { mut providers, .. }) = res {
-                    if let Some(l) = self.lookups.get_mut(&id) {
-                        if std::mem::take(&mut l.local_first) {
-                            providers.remove(self.swarm.local_peer_id());
-                        }
-                    }
+                if let Ok(GetProvidersOk::FoundProviders { providers, .. }) = res {
                     self.found(id, providers);
                 }
                 if step.last {
@@ -627,17 +605,7 @@ impl SwarmTask {
         let me = *self.swarm.local_peer_id();
         let Some(lookup) = self.lookups.get_mut(&id) else { return };
         for p in providers {
-            if lookup.sent.contains(&p) {
-                continue;
-            }
-            if p == me {
-                if lookup.with_me {
-                    lookup.sent.insert(p);
-                    let addr = SocketAddr::new(self.listen_ip, self.own_http_port);
-                    if lookup.tx.try_send(Peer { id: p.to_base58(), addr }).is_err() {
-                        break;
-                    }
-                }
+            if p == me || lookup.sent.contains(&p) {
                 continue;
             }
             let Some((ip, port)) = self.peers.get(&p).copied().filter(|_| self.connected.contains(&p)) else {

@@ -10,6 +10,7 @@
 use super::net::{Net, REGISTRY};
 use super::{percentile, Rng};
 use crate::config::SwarmConfig;
+use crate::routing::keys;
 use crate::transfer::plan::{ask_list, Action, ChunkOutcome, Hashes, PlanConfig, Planner, Source, Status, MAX_VIEW};
 use crate::transfer::Bits;
 use libp2p::kad::KBucketKey;
@@ -245,6 +246,10 @@ struct Sim {
     /// Per blob: the DHT nodes storing its swarm key's providers, each with its providers in
     /// arrival order (time µs, node).
     stores: Vec<Vec<Store>>,
+    /// Per blob, per group ([`keys::swarm_group_key`]): the same, for the group's key.
+    group_stores: Vec<Vec<Vec<Store>>>,
+    /// Each node's group.
+    groups: Vec<u64>,
     /// Per blob: providers in announce order (for `Found::Random`).
     providers: Vec<Vec<u32>>,
     dht_rounds: u64,
@@ -310,41 +315,55 @@ impl Sim {
     }
 
     /// Which providers of blob `b`'s swarm key a lookup at `now` returns.
-    fn found(&mut self, b: u16) -> Vec<(String, u32)> {
-        let mut out: Vec<u32> = Vec::new();
-        match self.p.found {
-            Found::FirstPerStore => {
-                for (s, list) in &self.stores[b as usize] {
-                    if !self.nodes[*s as usize].alive {
-                        continue;
-                    }
-                    for (_, p) in list.iter().take_while(|(t, _)| *t <= self.now).take(MAX_PROVIDERS) {
-                        if !out.contains(p) {
-                            out.push(*p);
-                        }
-                    }
-                    if out.len() >= MAX_VIEW {
-                        break;
-                    }
-                }
-            }
+    fn found(&mut self, b: u16, me: u32) -> Vec<(String, u32)> {
+        let mut out: Vec<u32> = match self.p.found {
+            Found::FirstPerStore => self.first_per_store(&self.stores[b as usize]),
             Found::Random => {
                 let all = &self.providers[b as usize];
-                for i in self.rng.sample(all.len(), MAX_VIEW + 1) {
-                    out.push(all[i]);
-                }
+                self.rng.sample(all.len(), MAX_VIEW + 1).into_iter().map(|i| all[i]).collect()
             }
-        }
-        // Like `Router::resolve_including_me`: this node too when a store returned its record.
+        };
+        out.retain(|p| *p != me);
         out.truncate(MAX_VIEW);
         out.into_iter().map(|p| (self.ids[p as usize].clone(), p)).collect()
+    }
+
+    /// Which providers of node `n`'s group key for blob `b` a lookup returns (never `n`).
+    fn group_found(&self, b: u16, n: u32) -> Vec<(String, u32)> {
+        let stores = &self.group_stores[b as usize][self.groups[n as usize] as usize];
+        let mut out = self.first_per_store(stores);
+        out.retain(|p| *p != n);
+        out.into_iter().map(|p| (self.ids[p as usize].clone(), p)).collect()
+    }
+
+    /// As libp2p-kad 0.49 answers: each live storing node returns the first 20 providers that
+    /// reached it (by now); the union, at most [`MAX_VIEW`].
+    fn first_per_store(&self, stores: &[Store]) -> Vec<u32> {
+        let mut out: Vec<u32> = Vec::new();
+        for (s, list) in stores {
+            if !self.nodes[*s as usize].alive {
+                continue;
+            }
+            for (_, p) in list.iter().take_while(|(t, _)| *t <= self.now).take(MAX_PROVIDERS) {
+                if !out.contains(p) {
+                    out.push(*p);
+                }
+            }
+            if out.len() >= MAX_VIEW {
+                break;
+            }
+        }
+        out.truncate(MAX_VIEW);
+        out
     }
 
     /// Node `n` announces blob `b` (its records reach the storing nodes after one lookup).
     fn announce(&mut self, n: u32, b: u16) {
         let base = self.now + self.dht_rounds * us(self.p.rtt) + us(self.p.rtt);
         let rtt = us(self.p.rtt).max(1);
-        for (_, list) in self.stores[b as usize].iter_mut() {
+        let g = self.groups[n as usize] as usize;
+        let (root, group) = (&mut self.stores[b as usize], &mut self.group_stores[b as usize][g]);
+        for (_, list) in root.iter_mut().chain(group.iter_mut()) {
             let at = base + self.rng.below(rtt);
             let pos = list.partition_point(|(t, _)| *t <= at);
             list.insert(pos, (at, n));
@@ -368,13 +387,15 @@ impl Sim {
         let Some(r) = self.nodes[n as usize].dls[b as usize].plan.start_refresh(Duration::from_micros(now)) else {
             return;
         };
-        let (found, lookup_us) = if r.lookup {
+        // The swarm's key and this node's group key, looked up at once (as the engine does).
+        let (found, group, lookup_us) = if r.lookup {
             let t = (self.dht_rounds * us(self.p.rtt)).min(500_000);
-            (self.found(b), t)
+            (self.found(b, n), self.group_found(b, n), t)
         } else {
-            (Vec::new(), 0)
+            (Vec::new(), Vec::new(), 0)
         };
-        let ask = ask_list(r.known, &found, &self.ids[n as usize], MAX_VIEW);
+        let both: Vec<(String, u32)> = found.iter().chain(&group).cloned().collect();
+        let ask = ask_list(r.known, &both, &self.ids[n as usize], MAX_VIEW);
         let any_dead = ask.iter().any(|(_, p)| !self.nodes[*p as usize].alive);
         let wait = if any_dead { us(self.p.connect_timeout) } else { us(self.p.rtt) };
         self.nodes[n as usize].dls[b as usize].refresh = Some((found, ask));
@@ -403,9 +424,14 @@ impl Sim {
 
     fn refresh_done(&mut self, n: u32, b: u16) {
         let Some((found, ask)) = self.nodes[n as usize].dls[b as usize].refresh.take() else { return };
-        let full = self.nodes[n as usize].dls[b as usize].plan.view_full();
-        let statuses: Vec<(String, u32, Status<u32>)> =
-            ask.into_iter().map(|(id, p)| (id, p, self.status_of(p, b, full))).collect();
+        let plan = &self.nodes[n as usize].dls[b as usize].plan;
+        let statuses: Vec<(String, u32, Status<u32>)> = ask
+            .into_iter()
+            .map(|(id, p)| {
+                let skip_names = !plan.reads_names_from(&id);
+                (id, p, self.status_of(p, b, skip_names))
+            })
+            .collect();
         let mut out = Vec::new();
         let now = Duration::from_micros(self.now);
         self.nodes[n as usize].dls[b as usize].plan.on_refresh(now, &found, statuses, &mut out);
@@ -807,16 +833,19 @@ pub fn run(p: Params) -> Report {
         .collect();
     // The k nodes closest to each swarm key store its provider records (libp2p's XOR metric).
     let node_keys: Vec<KBucketKey<Vec<u8>>> = ids.iter().map(|id| KBucketKey::new(id.as_bytes().to_vec())).collect();
-    let stores = keys
+    let stores_of = |key: String| -> Vec<Store> {
+        let key = KBucketKey::new(key.into_bytes());
+        let mut order: Vec<u32> = (0..p.nodes as u32).collect();
+        order.sort_by_key(|n| key.distance(&node_keys[*n as usize]));
+        order.truncate(K);
+        order.into_iter().map(|s| (s, Vec::new())).collect()
+    };
+    let stores = keys.iter().map(|k| stores_of(keys::swarm_key(k))).collect();
+    let group_stores = keys
         .iter()
-        .map(|k| {
-            let key = KBucketKey::new(format!("swarm/{k}").into_bytes());
-            let mut order: Vec<u32> = (0..p.nodes as u32).collect();
-            order.sort_by_key(|n| key.distance(&node_keys[*n as usize]));
-            order.truncate(K);
-            order.into_iter().map(|s| (s, Vec::new())).collect()
-        })
+        .map(|k| (0..keys::SWARM_GROUPS).map(|g| stores_of(keys::swarm_group_key(k, g))).collect())
         .collect();
+    let groups = ids.iter().map(|id| keys::swarm_group(id)).collect();
     let dht_rounds = lookup_rounds(p.nodes);
     let net = Net::new(vec![p.node_up; p.nodes], vec![p.node_down; p.nodes], p.registry);
     let size: u64 = p.blobs.iter().sum();
@@ -840,6 +869,8 @@ pub fn run(p: Params) -> Report {
         rng: Rng::new(rng.next_u64()),
         chunk_size,
         stores,
+        group_stores,
+        groups,
         providers: vec![Vec::new(); p.blobs.len()],
         dht_rounds,
         open: 0,

@@ -5,7 +5,7 @@
 //! outcome it feeds back to the planner. Bytes go from the network to the spool, never through
 //! the planner.
 
-use super::{swarm_key, throttle, unbitmap, Download, End, PeerDoc, StatusDoc, Swarming};
+use super::{group_key, swarm_key, throttle, unbitmap, Download, End, PeerDoc, StatusDoc, Swarming};
 use super::{SWARM_CHUNK_BYTES, SWARM_CHUNK_FAILURES, SWARM_PEERS_LOST, SWARM_TAKEOVERS};
 use crate::oci::{Digest, Hasher};
 use crate::peer::client::PeerError;
@@ -95,7 +95,8 @@ impl Engine {
     pub async fn run(mut self) -> End {
         let mut futs: FuturesUnordered<BoxFuture<'static, Done>> = FuturesUnordered::new();
         if let Some(r) = &self.sw.router {
-            if let Err(e) = r.provide_now(vec![swarm_key(&self.dl.digest)]).await {
+            let keys = vec![swarm_key(&self.dl.digest), group_key(&self.dl.digest, &self.sw.me)];
+            if let Err(e) = r.provide_now(keys).await {
                 tracing::debug!(error = %e, "cannot announce the download");
             }
             tokio::time::sleep(self.sw.cfg.gather).await;
@@ -147,14 +148,25 @@ impl Engine {
         let me = self.plan.me().to_owned();
         Some(
             async move {
-                let found = match &sw.router {
-                    Some(r) if refresh.lookup => match r.resolve_including_me(swarm_key(&dl.digest), MAX_VIEW).await {
-                        Ok(rx) => crate::routing::collect_peers(rx, Duration::from_millis(500)).await,
-                        Err(_) => Vec::new(),
-                    },
-                    _ => Vec::new(),
+                // The swarm's key (the owners, when the DHT cut it) and this node's group (more
+                // peers to share with), looked up at once.
+                let (found, group) = match &sw.router {
+                    Some(r) if refresh.lookup => {
+                        let collect = async |rx: Result<_, _>| match rx {
+                            Ok(rx) => crate::routing::collect_peers(rx, Duration::from_millis(500)).await,
+                            Err(_) => Vec::new(),
+                        };
+                        let all = r.resolve(swarm_key(&dl.digest), MAX_VIEW);
+                        let mine = r.resolve(group_key(&dl.digest, &me), MAX_VIEW);
+                        futures_util::future::join(async { collect(all.await).await }, async {
+                            collect(mine.await).await
+                        })
+                        .await
+                    }
+                    _ => (Vec::new(), Vec::new()),
                 };
-                let pairs: Vec<(String, SocketAddr)> = found.iter().map(|p| (p.id.clone(), p.addr)).collect();
+                let pairs: Vec<(String, SocketAddr)> =
+                    found.iter().chain(&group).map(|p| (p.id.clone(), p.addr)).collect();
                 let ask = ask_list(refresh.known, &pairs, &me, MAX_VIEW);
                 let statuses = futures_util::future::join_all(ask.into_iter().map(|(id, addr)| {
                     let (sw, dl) = (sw.clone(), dl.clone());

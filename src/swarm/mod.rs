@@ -72,6 +72,12 @@ pub fn swarm_key(digest: &Digest) -> String {
     crate::routing::keys::swarm_key(&digest.to_string())
 }
 
+/// The DHT key under which the nodes of `me`'s group downloading `digest` announce themselves.
+pub fn group_key(digest: &Digest, me: &str) -> String {
+    use crate::routing::keys;
+    keys::swarm_group_key(&digest.to_string(), keys::swarm_group(me))
+}
+
 /// The rendezvous owner of a chunk (moved to the transfer core).
 pub use crate::transfer::owner;
 
@@ -481,7 +487,7 @@ impl Swarming {
         self.downloads.remove_if(&dl.digest.to_string(), |_, d| Arc::ptr_eq(d, &dl));
         self.spooled.fetch_sub(dl.size, Ordering::SeqCst);
         if let Some(r) = &self.router {
-            let _ = r.withdraw(vec![swarm_key(&dl.digest)]).await;
+            let _ = r.withdraw(vec![swarm_key(&dl.digest), group_key(&dl.digest, &self.me)]).await;
         }
     }
 

@@ -18,9 +18,12 @@
 //! so views differ: each node outside those would count itself as a candidate over "the 20 +
 //! itself" and read ~1/21 of the chunks from the upstream (simulated: registry egress 6·F at 100
 //! nodes). When a lookup comes back that full ([`CUT_AT`]), the owners are chosen among the nodes
-//! it returned only — this one included only when the DHT returned its own record
-//! ([`crate::routing::Router::resolve_including_me`]) — which every node's lookup returns alike.
-//! A node outside them asks the owners and takes a chunk over only as below.
+//! it returned only (the *core*), which every node's lookup returns alike. A node learns that it
+//! is one of them from their status pages: a core node of another group than this one names it
+//! only when its own lookup returned it (in a cut swarm views are the core and the node's group,
+//! [`crate::routing::keys::swarm_group`], nothing learned from status pages). The DHT never
+//! returns a node its own record, so this is the only way to know. A node outside the core asks
+//! the owners and takes a chunk over only as below.
 //!
 //! A peer that said "not yet" keeps the chunk while its upstream progress grows; after
 //! `takeover` without progress (or when it dies) it loses that chunk, and the owner is computed
@@ -29,6 +32,7 @@
 //! the download at once.
 
 use super::Bits;
+use crate::routing::keys::swarm_group;
 use sha2::Digest as _;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -74,10 +78,19 @@ pub fn score(key: &str, index: u64, id: &str) -> u64 {
     u64::from_be_bytes(h[..8].try_into().expect("8 bytes"))
 }
 
-/// A stable pseudo-random order among equally loaded peers (so nodes do not all pick the same).
+/// A stable pseudo-random order among equally loaded peers for chunk `index`. Each node mixes
+/// in its own [`salt`], so that different nodes prefer different holders of the same chunk.
 pub fn tiebreak(id: &str, index: u64) -> u64 {
     let h = sha2::Sha256::new().chain_update(id).chain_update(index.to_le_bytes()).finalize();
     u64::from_le_bytes(h[..8].try_into().expect("8 bytes"))
+}
+
+/// This node's salt of [`tiebreak`]: XOR with it reverses the order of a pair of holders for
+/// about half of the nodes (the order is decided by the highest bit in which the two differ).
+/// Without it every node that needs chunk i picks the same holder of it (simulated: at 1,000
+/// nodes the first holders served up to 16·F while the median node uploaded nothing).
+pub fn salt(me: &str) -> u64 {
+    tiebreak(me, u64::MAX)
 }
 
 /// Where the planner's hashes come from: [`score`] and [`tiebreak`] by default. A simulator of
@@ -260,6 +273,8 @@ pub struct Planner<A> {
     /// The rendezvous key (a digest, a file id).
     key: String,
     me: String,
+    /// [`salt`] of `me`.
+    salt: u64,
     chunks: u64,
     cfg: PlanConfig,
     hashes: Arc<dyn Hashes>,
@@ -282,9 +297,11 @@ pub struct Planner<A> {
     refreshes: u64,
     /// The refresh running looks the download up in the DHT.
     looking_up: bool,
-    /// The nodes owners are chosen among (and whether this one is one of them) when the last
-    /// lookup may have been cut at the DHT's cap; `None`: every node downloading.
-    core: Option<(HashSet<String>, bool)>,
+    /// The nodes owners are chosen among when the last lookup may have been cut at the DHT's
+    /// cap; `None`: every node downloading.
+    core: Option<HashSet<String>>,
+    /// A core node of another group named this one: it is in the core.
+    in_core: bool,
     /// Candidates of the cached owners (sorted), and the owner of each chunk (index into them).
     cands: Vec<String>,
     owners: Vec<u16>,
@@ -302,6 +319,7 @@ impl<A: Clone> Planner<A> {
         let n = chunks as usize;
         Planner {
             key,
+            salt: salt(&me),
             me,
             chunks,
             cfg,
@@ -321,6 +339,7 @@ impl<A: Clone> Planner<A> {
             refreshes: 0,
             looking_up: false,
             core: None,
+            in_core: false,
             cands: Vec::new(),
             owners: vec![NO_OWNER; n],
             first_missing: 0,
@@ -362,6 +381,14 @@ impl<A: Clone> Planner<A> {
     /// Whether the view is full (learning more peers changes nothing).
     pub fn view_full(&self) -> bool {
         self.peers.len() >= self.cfg.max_view
+    }
+
+    /// Whether the peers named in `id`'s status page can change anything here (a simulator of
+    /// thousands of nodes skips building the pages that cannot): while the view has room, and
+    /// from a core node while this one does not know yet that it is in the core.
+    pub fn reads_names_from(&self, id: &str) -> bool {
+        (!self.view_full() && self.core.is_none())
+            || (!self.in_core && self.core.as_ref().is_some_and(|c| c.contains(id)))
     }
 
     /// Peers this node tells others about: the ones downloading the blob with it.
@@ -439,8 +466,7 @@ impl<A: Clone> Planner<A> {
         k.dead_until = Some(now + self.cfg.dead_for);
     }
 
-    /// A refresh ended: the peers the DHT returned (this node among them when the DHT returned
-    /// its own record), and each asked peer's status.
+    /// A refresh ended: the peers the DHT returned, and each asked peer's status.
     pub fn on_refresh(
         &mut self,
         now: Duration,
@@ -450,11 +476,9 @@ impl<A: Clone> Planner<A> {
     ) {
         self.refreshing = false;
         if std::mem::take(&mut self.looking_up) && !found.is_empty() {
-            let me_found = found.iter().any(|(id, _)| *id == self.me);
             let others: HashSet<String> =
                 found.iter().filter(|(id, _)| *id != self.me).map(|(id, _)| id.clone()).collect();
-            let cut = others.len() + usize::from(me_found) >= CUT_AT;
-            self.core = cut.then_some((others, me_found));
+            self.core = (others.len() >= CUT_AT).then_some(others);
         }
         for (id, addr) in found {
             if self.core.is_some() {
@@ -476,8 +500,21 @@ impl<A: Clone> Planner<A> {
                         k.active = true;
                     }
                     self.set_bits(&id, have, fetching);
-                    for (g, a) in &peers {
-                        self.learn(g, a);
+                    if !self.in_core
+                        && self.core.as_ref().is_some_and(|c| c.contains(&id))
+                        && swarm_group(&id) != swarm_group(&self.me)
+                        && peers.iter().any(|(g, _)| *g == self.me)
+                    {
+                        self.in_core = true;
+                    }
+                    // In a swarm cut at the DHT's cap the view is the core and this node's
+                    // group: learning from status pages, first come, would fill every view with
+                    // the same few nodes everyone then downloads from (simulated at 1,000
+                    // nodes: ~70 nodes uploaded everything, the median node nothing).
+                    if self.core.is_none() {
+                        for (g, a) in &peers {
+                            self.learn(g, a);
+                        }
                     }
                 }
                 Status::Active { .. } | Status::Other => {
@@ -516,9 +553,9 @@ impl<A: Clone> Planner<A> {
     /// are dropped when they change.
     fn update_candidates(&mut self, now: Duration) {
         let core = self.core.as_ref();
-        let eligible = |id: &str| core.is_none_or(|(set, _)| set.contains(id));
+        let eligible = |id: &str| core.is_none_or(|set| set.contains(id));
         let peers = || self.peers.iter().filter(|(id, k)| k.active && k.alive(now) && eligible(id)).map(|(id, _)| id);
-        let with_me = core.is_none_or(|(_, me)| *me) || peers().next().is_none();
+        let with_me = core.is_none() || self.in_core || peers().next().is_none();
         let me = with_me.then_some(&self.me);
         let mut n = 0;
         let mut same = true;
@@ -579,7 +616,7 @@ impl<A: Clone> Planner<A> {
         let least = eligible().map(|(_, k)| k.inflight).min()?;
         eligible()
             .filter(|(_, k)| k.inflight == least)
-            .min_by_key(|(id, _)| self.hashes.tiebreak(id, i))
+            .min_by_key(|(id, _)| self.hashes.tiebreak(id, i) ^ self.salt)
             .map(|(id, _)| id)
     }
 

@@ -370,19 +370,21 @@ fn learning_is_bounded_and_gossip_spreads_the_view() {
     assert!(!r.lookup, "the second refresh asks the peers, not the DHT");
 }
 
-/// `me` after one refresh whose lookup returned `found` (this node among them when `me_found`),
-/// every found peer active and holding nothing.
-fn after_lookup(me: &str, found: &[String], me_found: bool, chunks: u64) -> Planner<u32> {
+/// `me` after one refresh whose lookup returned `found`, every found peer active and holding
+/// nothing; their status pages name `me` when `named` (as a core node's page names the core).
+fn after_lookup(me: &str, found: &[String], named: bool, chunks: u64) -> Planner<u32> {
     let mut p = Planner::new(KEY.into(), me.into(), chunks, cfg());
     let r = p.start_refresh(Duration::ZERO).unwrap();
     assert!(r.lookup);
-    let mut f: Vec<(String, u32)> = found.iter().enumerate().map(|(n, id)| (id.clone(), n as u32)).collect();
-    if me_found {
-        f.push((me.to_string(), 99));
-    }
+    let f: Vec<(String, u32)> = found.iter().enumerate().map(|(n, id)| (id.clone(), n as u32)).collect();
     let ask = ask_list(r.known, &f, me, MAX_VIEW);
-    assert!(ask.iter().all(|(id, _)| id != me), "never asks itself");
-    let statuses = ask.into_iter().map(|(id, n)| (id, n, active(chunks, &[], &[]))).collect();
+    let names: Vec<(String, u32)> = if named { vec![(me.to_string(), 99)] } else { Vec::new() };
+    let statuses = ask
+        .into_iter()
+        .map(|(id, n)| {
+            (id, n, Status::Active { have: Bits::new(chunks), fetching: Bits::new(chunks), peers: names.clone() })
+        })
+        .collect();
     let mut out = Vec::new();
     p.on_refresh(Duration::ZERO, &f, statuses, &mut out);
     p
@@ -390,8 +392,8 @@ fn after_lookup(me: &str, found: &[String], me_found: bool, chunks: u64) -> Plan
 
 /// The simulation's finding (registry egress 6·F at 100 nodes): with a lookup cut at the DHT's
 /// 20 providers, a node outside them counted itself over "the 20 + itself" and read ~1/21 of the
-/// chunks from the upstream. Now it reads none while the 20 answer: it asks each chunk's owner
-/// among them — the owner every one of them computes too.
+/// chunks from the upstream. Now it reads none while the 20 answer (their pages do not name it):
+/// it asks each chunk's owner among them — the owner every one of them computes too.
 #[test]
 fn a_node_outside_a_cut_lookup_reads_nothing_from_the_upstream_and_asks_the_owners() {
     let chunks = 400;
@@ -415,7 +417,8 @@ fn a_node_outside_a_cut_lookup_reads_nothing_from_the_upstream_and_asks_the_owne
     assert_eq!(upstream, 0, "an outsider reads nothing from the upstream");
     assert!(outsider.is_complete());
 
-    // A node of the 20 (the DHT returned its record) owns its share and reads it.
+    // A node of the 20 (the others' lookups return it, so their status pages name it) owns its
+    // share and reads it.
     let others: Vec<String> = core[1..].to_vec();
     let mut inside = after_lookup("c00", &others, true, chunks);
     let mut out = Vec::new();
@@ -448,4 +451,46 @@ fn an_outsider_reads_the_chunks_itself_when_the_core_stops_answering() {
     let mut out = Vec::new();
     p.schedule(Duration::from_secs(1), &mut out);
     assert_eq!(starts(&out).1.len(), 2, "reads from the upstream: {out:?}");
+}
+
+/// Beyond the cut the view is the core and this node's group: the peers a status page names
+/// are not learned (first come, they were the same few nodes in every view); below it they are.
+#[test]
+fn in_a_cut_swarm_status_pages_do_not_fill_the_view() {
+    let chunks = 8;
+    let gossip: Vec<(String, u32)> = (0..30).map(|i| (format!("g{i:02}"), 100 + i)).collect();
+    let status = |p: &mut Planner<u32>, asked: &str| {
+        let r = p.start_refresh(Duration::from_secs(1)).unwrap();
+        assert!(!r.lookup);
+        let st = Status::Active { have: Bits::new(chunks), fetching: Bits::new(chunks), peers: gossip.clone() };
+        let mut out = Vec::new();
+        p.on_refresh(Duration::from_secs(1), &[], vec![(asked.to_string(), 0, st)], &mut out);
+        let r = p.start_refresh(Duration::from_secs(2)).unwrap();
+        r.known.iter().filter(|(id, _)| id.starts_with('g')).count()
+    };
+    let core: Vec<String> = (0..20).map(|i| format!("c{i:02}")).collect();
+    let mut big = after_lookup("me", &core, false, chunks);
+    assert_eq!(status(&mut big, "c00"), 0, "a cut swarm learns no gossip");
+    let mut small = after_lookup("me", &core[..4], false, chunks);
+    assert_eq!(status(&mut small, "c00"), 30, "a small swarm learns every peer named");
+}
+
+/// Nodes needing the same chunk from equally loaded holders do not all pick the same one.
+#[test]
+fn nodes_prefer_different_holders_of_the_same_chunk() {
+    let holders: Vec<String> = (0..10).map(|i| format!("h{i}")).collect();
+    let mut picked = HashSet::new();
+    for n in 0..50 {
+        let mut p = Planner::new(KEY.into(), format!("node{n}"), 4, cfg());
+        let r = p.start_refresh(Duration::ZERO).unwrap();
+        let found: Vec<(String, u32)> = holders.iter().enumerate().map(|(i, h)| (h.clone(), i as u32)).collect();
+        let ask = ask_list(r.known, &found, p.me(), MAX_VIEW);
+        let statuses = ask.into_iter().map(|(id, a)| (id, a, active(4, &[0, 1, 2, 3], &[]))).collect();
+        let mut out = Vec::new();
+        p.on_refresh(Duration::ZERO, &found, statuses, &mut out);
+        p.schedule(Duration::ZERO, &mut out);
+        let first = starts(&out).0.into_iter().find(|(i, _)| *i == 0).expect("chunk 0 asked");
+        picked.insert(first.1);
+    }
+    assert!(picked.len() >= 6, "50 nodes spread chunk 0 over {} of 10 holders", picked.len());
 }
