@@ -18,22 +18,27 @@ pub fn swarm_key(id: &str) -> String {
     format!("swarm/{id}")
 }
 
-/// Groups a swarm is split into besides its key: a node announces itself under
-/// [`swarm_key`] and under its group's [`swarm_group_key`], and looks both up. The first lists
-/// the nodes the DHT kept (20 per key, first come: the same for every node, the owners of the
-/// chunks); the second lists up to 20 nodes of its own group, so that beyond 20 nodes the views
-/// differ and chunks spread through every node's uplink, not only the first 20's.
-pub const SWARM_GROUPS: u64 = 64;
-
-/// The group of node `node_id` (a stable hash of its id).
-pub fn swarm_group(node_id: &str) -> u64 {
-    let h = Sha256::digest(node_id.as_bytes());
-    u64::from_be_bytes(h[..8].try_into().expect("8 bytes")) % SWARM_GROUPS
+/// The shard of `id` at `level` of a 4-ary tree over sha256(id): its top `2 * level` bits
+/// (level 0 is the root, one shard; level `l` has 4^l). Preheat's membership keys and the
+/// swarm's group keys use it.
+pub fn tree_shard(id: &str, level: u32) -> u64 {
+    let h = Sha256::digest(id.as_bytes());
+    let top = u64::from_be_bytes(h[..8].try_into().expect("8 bytes"));
+    top.checked_shr(64 - 2 * level).unwrap_or(0)
 }
 
-/// The key under which the nodes of group `group` downloading `id` announce themselves.
-pub fn swarm_group_key(id: &str, group: u64) -> String {
-    format!("swarm/{id}/{group}")
+/// Levels of a swarm's group tree below its key ([`swarm_key`] is level 0): level `l` has 4^l
+/// groups, the deepest 4,096. A node downloading announces itself in its group at every level
+/// and, when a lookup comes back full (the DHT keeps 20 providers per key), looks up its group
+/// one level deeper, down to one that is not full: its view is then nodes of its own small group,
+/// which differ from node to node, so chunks spread through every node's uplink, not only
+/// through the 20 everyone finds under the swarm's key.
+pub const SWARM_GROUP_LEVELS: u32 = 6;
+
+/// The key under which the nodes of `node_id`'s group at `level` downloading `id` announce
+/// themselves.
+pub fn swarm_group_key(id: &str, level: u32, node_id: &str) -> String {
+    format!("swarm/{id}/{level}/{}", tree_shard(node_id, level))
 }
 
 /// The key of one cached /blobs chunk: the file id and the chunk's first byte.

@@ -9,9 +9,9 @@
 //! holds fewer providers than the cap, i.e. all of them. Complete up to roughly 4,096 × 15 ≈
 //! 60,000 nodes; a node costs [`LEVELS`] provider records.
 
+use super::keys::tree_shard as shard;
 use super::{collect_peers, Peer, Router, RoutingError};
 use futures_util::StreamExt;
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -26,13 +26,6 @@ const PER_SHARD: usize = 4 * CAP;
 
 fn key(level: u32, shard: u64) -> String {
     format!("peerd/nodes/{level}/{shard}")
-}
-
-/// The shard of `id` at `level`: the top `2 * level` bits of sha256(id).
-fn shard(id: &str, level: u32) -> u64 {
-    let h = Sha256::digest(id.as_bytes());
-    let top = u64::from_be_bytes(h[..8].try_into().expect("8 bytes"));
-    top.checked_shr(64 - 2 * level).unwrap_or(0)
 }
 
 /// The keys a node with id `id` provides to be listed.

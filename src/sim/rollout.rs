@@ -11,12 +11,14 @@ use super::net::{Net, REGISTRY};
 use super::{percentile, Rng};
 use crate::config::SwarmConfig;
 use crate::routing::keys;
-use crate::transfer::plan::{ask_list, Action, ChunkOutcome, Hashes, PlanConfig, Planner, Source, Status, MAX_VIEW};
+use crate::transfer::plan::{
+    ask_list, Action, ChunkOutcome, Hashes, PlanConfig, Planner, Source, Status, CUT_AT, MAX_VIEW,
+};
 use crate::transfer::Bits;
 use libp2p::kad::KBucketKey;
 use serde::Serialize;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -200,6 +202,8 @@ struct Dl {
     got: u64,
     /// The first refresh ended: the refresh interval is running.
     ticking: bool,
+    /// Announced in its groups (after a lookup came back full).
+    grouped: bool,
     upstream_done: f64,
     /// chunk → the request reading it from the registry
     upstream: BTreeMap<u64, u32>,
@@ -246,10 +250,15 @@ struct Sim {
     /// Per blob: the DHT nodes storing its swarm key's providers, each with its providers in
     /// arrival order (time µs, node).
     stores: Vec<Vec<Store>>,
-    /// Per blob, per group ([`keys::swarm_group_key`]): the same, for the group's key.
-    group_stores: Vec<Vec<Vec<Store>>>,
-    /// Each node's group.
-    groups: Vec<u64>,
+    /// The same for the group keys ([`keys::swarm_group_key`]), by (blob, level, group), made
+    /// when first announced. Their k storing nodes are drawn at random (seeded by the key), not
+    /// by XOR distance: which nodes store a key matters here only for which of them die, and
+    /// sorting 10,000 nodes for each of ~5,000 keys per blob would dominate the run.
+    group_stores: HashMap<(u16, u32, u64), Vec<Store>>,
+    /// Each node's group at each level (index 0 unused).
+    groups: Vec<Vec<u64>>,
+    /// The key strings per blob (for seeding the group keys' stores).
+    keys: Vec<String>,
     /// Per blob: providers in announce order (for `Found::Random`).
     providers: Vec<Vec<u32>>,
     dht_rounds: u64,
@@ -329,11 +338,25 @@ impl Sim {
     }
 
     /// Which providers of node `n`'s group key for blob `b` a lookup returns (never `n`).
-    fn group_found(&self, b: u16, n: u32) -> Vec<(String, u32)> {
-        let stores = &self.group_stores[b as usize][self.groups[n as usize] as usize];
-        let mut out = self.first_per_store(stores);
-        out.retain(|p| *p != n);
-        out.into_iter().map(|p| (self.ids[p as usize].clone(), p)).collect()
+    /// As the engine: while a lookup comes back full, node `n`'s group one level deeper; the
+    /// deepest first. Also how many group lookups that took.
+    fn group_found(&self, b: u16, n: u32, core: usize) -> (Vec<(String, u32)>, u64) {
+        let mut out: Vec<(String, u32)> = Vec::new();
+        let mut full = core >= CUT_AT;
+        let mut lookups = 0;
+        for level in 1..=keys::SWARM_GROUP_LEVELS {
+            if !full {
+                break;
+            }
+            lookups += 1;
+            let g = self.groups[n as usize][level as usize];
+            let mut found = self.group_stores.get(&(b, level, g)).map(|s| self.first_per_store(s)).unwrap_or_default();
+            found.retain(|p| *p != n);
+            full = found.len() >= CUT_AT;
+            let found: Vec<(String, u32)> = found.into_iter().map(|p| (self.ids[p as usize].clone(), p)).collect();
+            out.splice(0..0, found);
+        }
+        (out, lookups)
     }
 
     /// As libp2p-kad 0.49 answers: each live storing node returns the first 20 providers that
@@ -361,14 +384,38 @@ impl Sim {
     fn announce(&mut self, n: u32, b: u16) {
         let base = self.now + self.dht_rounds * us(self.p.rtt) + us(self.p.rtt);
         let rtt = us(self.p.rtt).max(1);
-        let g = self.groups[n as usize] as usize;
-        let (root, group) = (&mut self.stores[b as usize], &mut self.group_stores[b as usize][g]);
-        for (_, list) in root.iter_mut().chain(group.iter_mut()) {
+        for (_, list) in self.stores[b as usize].iter_mut() {
             let at = base + self.rng.below(rtt);
             let pos = list.partition_point(|(t, _)| *t <= at);
             list.insert(pos, (at, n));
         }
         self.providers[b as usize].push(n);
+    }
+
+    /// Node `n` announces itself in its groups of blob `b` (as the engine does after its first
+    /// lookup that came back full).
+    fn announce_groups(&mut self, n: u32, b: u16) {
+        let base = self.now + self.dht_rounds * us(self.p.rtt) + us(self.p.rtt);
+        let rtt = us(self.p.rtt).max(1);
+        let nodes = self.nodes.len();
+        let mut group_keys = Vec::new();
+        for level in 1..=keys::SWARM_GROUP_LEVELS {
+            let g = self.groups[n as usize][level as usize];
+            let key = &self.keys[b as usize];
+            self.group_stores.entry((b, level, g)).or_insert_with(|| {
+                let seed =
+                    crate::transfer::plan::tiebreak(&keys::swarm_group_key(key, level, &self.ids[n as usize]), 0);
+                Rng::new(seed).sample(nodes, K).into_iter().map(|s| (s as u32, Vec::new())).collect()
+            });
+            group_keys.push((b, level, g));
+        }
+        for k in group_keys {
+            for (_, list) in self.group_stores.get_mut(&k).expect("made above").iter_mut() {
+                let at = base + self.rng.below(rtt);
+                let pos = list.partition_point(|(t, _)| *t <= at);
+                list.insert(pos, (at, n));
+            }
+        }
     }
 
     fn start(&mut self, n: u32, b: u16) {
@@ -390,11 +437,17 @@ impl Sim {
         // The swarm's key and this node's group key, looked up at once (as the engine does).
         let (found, group, lookup_us) = if r.lookup {
             let t = (self.dht_rounds * us(self.p.rtt)).min(500_000);
-            (self.found(b, n), self.group_found(b, n), t)
+            let found = self.found(b, n);
+            if found.len() >= CUT_AT && !self.nodes[n as usize].dls[b as usize].grouped {
+                self.nodes[n as usize].dls[b as usize].grouped = true;
+                self.announce_groups(n, b);
+            }
+            let (group, deeper) = self.group_found(b, n, found.len());
+            (found, group, t * (1 + deeper))
         } else {
             (Vec::new(), Vec::new(), 0)
         };
-        let both: Vec<(String, u32)> = found.iter().chain(&group).cloned().collect();
+        let both: Vec<(String, u32)> = group.iter().chain(&found).cloned().collect();
         let ask = ask_list(r.known, &both, &self.ids[n as usize], MAX_VIEW);
         let any_dead = ask.iter().any(|(_, p)| !self.nodes[*p as usize].alive);
         let wait = if any_dead { us(self.p.connect_timeout) } else { us(self.p.rtt) };
@@ -823,6 +876,7 @@ pub fn run(p: Params) -> Report {
                     refresh: None,
                     got: 0,
                     ticking: false,
+                    grouped: false,
                     upstream_done: 0.0,
                     upstream: BTreeMap::new(),
                     waiters: BTreeMap::new(),
@@ -841,11 +895,8 @@ pub fn run(p: Params) -> Report {
         order.into_iter().map(|s| (s, Vec::new())).collect()
     };
     let stores = keys.iter().map(|k| stores_of(keys::swarm_key(k))).collect();
-    let group_stores = keys
-        .iter()
-        .map(|k| (0..keys::SWARM_GROUPS).map(|g| stores_of(keys::swarm_group_key(k, g))).collect())
-        .collect();
-    let groups = ids.iter().map(|id| keys::swarm_group(id)).collect();
+    let groups =
+        ids.iter().map(|id| (0..=keys::SWARM_GROUP_LEVELS).map(|l| keys::tree_shard(id, l)).collect()).collect();
     let dht_rounds = lookup_rounds(p.nodes);
     let net = Net::new(vec![p.node_up; p.nodes], vec![p.node_down; p.nodes], p.registry);
     let size: u64 = p.blobs.iter().sum();
@@ -869,8 +920,9 @@ pub fn run(p: Params) -> Report {
         rng: Rng::new(rng.next_u64()),
         chunk_size,
         stores,
-        group_stores,
+        group_stores: HashMap::new(),
         groups,
+        keys: keys.clone(),
         providers: vec![Vec::new(); p.blobs.len()],
         dht_rounds,
         open: 0,

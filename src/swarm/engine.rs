@@ -5,13 +5,14 @@
 //! outcome it feeds back to the planner. Bytes go from the network to the spool, never through
 //! the planner.
 
-use super::{group_key, swarm_key, throttle, unbitmap, Download, End, PeerDoc, StatusDoc, Swarming};
+use super::{download_keys, group_key, swarm_key, throttle, unbitmap, Download, End, PeerDoc, StatusDoc, Swarming};
 use super::{SWARM_CHUNK_BYTES, SWARM_CHUNK_FAILURES, SWARM_PEERS_LOST, SWARM_TAKEOVERS};
 use crate::oci::{Digest, Hasher};
 use crate::peer::client::PeerError;
 use crate::range::ByteRange;
+use crate::routing::keys::SWARM_GROUP_LEVELS;
 use crate::routing::Peer;
-use crate::transfer::plan::{ask_list, Action, ChunkOutcome, PlanConfig, Planner, Source, Status, MAX_VIEW};
+use crate::transfer::plan::{ask_list, Action, ChunkOutcome, PlanConfig, Planner, Source, Status, CUT_AT, MAX_VIEW};
 use crate::transfer::Bits;
 use crate::upstream::{UpstreamError, UpstreamRequest};
 use bytes::Bytes;
@@ -79,13 +80,26 @@ pub struct Engine {
     hashed: u64,
     hasher: Option<Hasher>,
     failed: Option<String>,
+    /// Announced in its groups: once a lookup came back full (small swarms never need them).
+    grouped: bool,
 }
 
 impl Engine {
     pub fn new(sw: Arc<Swarming>, dl: Arc<Download>, request: UpstreamRequest) -> Engine {
         let hasher = Some(Hasher::new(dl.digest.algorithm()));
         let plan = Planner::new(dl.digest.to_string(), sw.me.clone(), dl.chunks, PlanConfig::from(&sw.cfg));
-        Engine { sw, dl, request, plan, epoch: Instant::now(), aborts: HashMap::new(), hashed: 0, hasher, failed: None }
+        Engine {
+            sw,
+            dl,
+            request,
+            plan,
+            epoch: Instant::now(),
+            aborts: HashMap::new(),
+            hashed: 0,
+            hasher,
+            failed: None,
+            grouped: false,
+        }
     }
 
     fn now(&self) -> Duration {
@@ -95,8 +109,7 @@ impl Engine {
     pub async fn run(mut self) -> End {
         let mut futs: FuturesUnordered<BoxFuture<'static, Done>> = FuturesUnordered::new();
         if let Some(r) = &self.sw.router {
-            let keys = vec![swarm_key(&self.dl.digest), group_key(&self.dl.digest, &self.sw.me)];
-            if let Err(e) = r.provide_now(keys).await {
+            if let Err(e) = r.provide_now(vec![swarm_key(&self.dl.digest)]).await {
                 tracing::debug!(error = %e, "cannot announce the download");
             }
             tokio::time::sleep(self.sw.cfg.gather).await;
@@ -148,25 +161,32 @@ impl Engine {
         let me = self.plan.me().to_owned();
         Some(
             async move {
-                // The swarm's key (the owners, when the DHT cut it) and this node's group (more
-                // peers to share with), looked up at once.
-                let (found, group) = match &sw.router {
+                // The swarm's key (the owners, when the DHT cut it), then, while a lookup comes
+                // back full, this node's group one level deeper (`keys::SWARM_GROUP_LEVELS`):
+                // the deepest groups first, they are the peers only this node's group knows.
+                let (found, groups) = match &sw.router {
                     Some(r) if refresh.lookup => {
-                        let collect = async |rx: Result<_, _>| match rx {
+                        let lookup = async |key: String| match r.resolve(key, MAX_VIEW).await {
                             Ok(rx) => crate::routing::collect_peers(rx, Duration::from_millis(500)).await,
                             Err(_) => Vec::new(),
                         };
-                        let all = r.resolve(swarm_key(&dl.digest), MAX_VIEW);
-                        let mine = r.resolve(group_key(&dl.digest, &me), MAX_VIEW);
-                        futures_util::future::join(async { collect(all.await).await }, async {
-                            collect(mine.await).await
-                        })
-                        .await
+                        let found = lookup(swarm_key(&dl.digest)).await;
+                        let mut groups: Vec<Peer> = Vec::new();
+                        let mut full = found.len() >= CUT_AT;
+                        for level in 1..=SWARM_GROUP_LEVELS {
+                            if !full {
+                                break;
+                            }
+                            let g = lookup(group_key(&dl.digest, level, &me)).await;
+                            full = g.len() >= CUT_AT;
+                            groups.splice(0..0, g);
+                        }
+                        (found, groups)
                     }
                     _ => (Vec::new(), Vec::new()),
                 };
                 let pairs: Vec<(String, SocketAddr)> =
-                    found.iter().chain(&group).map(|p| (p.id.clone(), p.addr)).collect();
+                    groups.iter().chain(&found).map(|p| (p.id.clone(), p.addr)).collect();
                 let ask = ask_list(refresh.known, &pairs, &me, MAX_VIEW);
                 let statuses = futures_util::future::join_all(ask.into_iter().map(|(id, addr)| {
                     let (sw, dl) = (sw.clone(), dl.clone());
@@ -256,6 +276,15 @@ impl Engine {
         let mut out = Vec::new();
         match done {
             Done::Refresh(found, statuses) => {
+                if found.len() >= CUT_AT && !self.grouped {
+                    self.grouped = true;
+                    if let Some(r) = &self.sw.router {
+                        let groups = download_keys(&self.dl.digest, &self.sw.me).split_off(1);
+                        if let Err(e) = r.provide_now(groups).await {
+                            tracing::debug!(error = %e, "cannot announce the download in its groups");
+                        }
+                    }
+                }
                 let n = self.dl.chunks;
                 let found: Vec<(String, SocketAddr)> = found.into_iter().map(|p| (p.id, p.addr)).collect();
                 let statuses = statuses

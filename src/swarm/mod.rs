@@ -72,10 +72,16 @@ pub fn swarm_key(digest: &Digest) -> String {
     crate::routing::keys::swarm_key(&digest.to_string())
 }
 
-/// The DHT key under which the nodes of `me`'s group downloading `digest` announce themselves.
-pub fn group_key(digest: &Digest, me: &str) -> String {
-    use crate::routing::keys;
-    keys::swarm_group_key(&digest.to_string(), keys::swarm_group(me))
+/// The DHT key under which the nodes of `me`'s group at `level` downloading `digest` announce
+/// themselves.
+pub fn group_key(digest: &Digest, level: u32, me: &str) -> String {
+    crate::routing::keys::swarm_group_key(&digest.to_string(), level, me)
+}
+
+/// Every key a download of `digest` by `me` is announced under.
+pub fn download_keys(digest: &Digest, me: &str) -> Vec<String> {
+    let groups = (1..=crate::routing::keys::SWARM_GROUP_LEVELS).map(|l| group_key(digest, l, me));
+    std::iter::once(swarm_key(digest)).chain(groups).collect()
 }
 
 /// The rendezvous owner of a chunk (moved to the transfer core).
@@ -487,7 +493,7 @@ impl Swarming {
         self.downloads.remove_if(&dl.digest.to_string(), |_, d| Arc::ptr_eq(d, &dl));
         self.spooled.fetch_sub(dl.size, Ordering::SeqCst);
         if let Some(r) = &self.router {
-            let _ = r.withdraw(vec![swarm_key(&dl.digest), group_key(&dl.digest, &self.me)]).await;
+            let _ = r.withdraw(download_keys(&dl.digest, &self.me)).await;
         }
     }
 

@@ -19,9 +19,9 @@
 //! itself" and read ~1/21 of the chunks from the upstream (simulated: registry egress 6·F at 100
 //! nodes). When a lookup comes back that full ([`CUT_AT`]), the owners are chosen among the nodes
 //! it returned only (the *core*), which every node's lookup returns alike. A node learns that it
-//! is one of them from their status pages: a core node of another group than this one names it
-//! only when its own lookup returned it (in a cut swarm views are the core and the node's group,
-//! [`crate::routing::keys::swarm_group`], nothing learned from status pages). The DHT never
+//! is one of them from their status pages: a core node of another level-1 group than this one
+//! names it only when its own lookup returned it (in a cut swarm views are the core and the
+//! node's groups, [`crate::routing::keys::SWARM_GROUP_LEVELS`], nothing learned from status pages). The DHT never
 //! returns a node its own record, so this is the only way to know. A node outside the core asks
 //! the owners and takes a chunk over only as below.
 //!
@@ -32,7 +32,7 @@
 //! the download at once.
 
 use super::Bits;
-use crate::routing::keys::swarm_group;
+use crate::routing::keys::tree_shard;
 use sha2::Digest as _;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -502,7 +502,7 @@ impl<A: Clone> Planner<A> {
                     self.set_bits(&id, have, fetching);
                     if !self.in_core
                         && self.core.as_ref().is_some_and(|c| c.contains(&id))
-                        && swarm_group(&id) != swarm_group(&self.me)
+                        && tree_shard(&id, 1) != tree_shard(&self.me, 1)
                         && peers.iter().any(|(g, _)| *g == self.me)
                     {
                         self.in_core = true;
