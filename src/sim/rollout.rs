@@ -268,6 +268,16 @@ struct Sim {
     completion_times: Vec<f64>,
 }
 
+/// Node `n`'s provider record reaches each of `stores` at `base` plus up to `rtt` (from
+/// [`Sim::arrival`]); each store keeps its records in arrival order.
+fn store_record(rng: &mut Rng, stores: &mut [Store], (base, rtt): (u64, u64), n: u32) {
+    for (_, list) in stores.iter_mut() {
+        let at = base + rng.below(rtt);
+        let pos = list.partition_point(|(t, _)| *t <= at);
+        list.insert(pos, (at, n));
+    }
+}
+
 fn us(d: Duration) -> u64 {
     d.as_micros() as u64
 }
@@ -337,9 +347,8 @@ impl Sim {
         out.into_iter().map(|p| (self.ids[p as usize].clone(), p)).collect()
     }
 
-    /// Which providers of node `n`'s group key for blob `b` a lookup returns (never `n`).
-    /// As the engine: while a lookup comes back full, node `n`'s group one level deeper; the
-    /// deepest first. Also how many group lookups that took.
+    /// As the engine: while a lookup comes back full, node `n`'s group of blob `b` one level
+    /// deeper (never `n`); the deepest first. Also how many group lookups that took.
     fn group_found(&self, b: u16, n: u32, core: usize) -> (Vec<(String, u32)>, u64) {
         let mut out: Vec<(String, u32)> = Vec::new();
         let mut full = core >= CUT_AT;
@@ -382,21 +391,20 @@ impl Sim {
 
     /// Node `n` announces blob `b` (its records reach the storing nodes after one lookup).
     fn announce(&mut self, n: u32, b: u16) {
-        let base = self.now + self.dht_rounds * us(self.p.rtt) + us(self.p.rtt);
-        let rtt = us(self.p.rtt).max(1);
-        for (_, list) in self.stores[b as usize].iter_mut() {
-            let at = base + self.rng.below(rtt);
-            let pos = list.partition_point(|(t, _)| *t <= at);
-            list.insert(pos, (at, n));
-        }
+        let at = self.arrival();
+        store_record(&mut self.rng, &mut self.stores[b as usize], at, n);
         self.providers[b as usize].push(n);
+    }
+
+    /// When a record published now reaches its storing nodes (each adds up to one RTT).
+    fn arrival(&self) -> (u64, u64) {
+        (self.now + self.dht_rounds * us(self.p.rtt) + us(self.p.rtt), us(self.p.rtt).max(1))
     }
 
     /// Node `n` announces itself in its groups of blob `b` (as the engine does after its first
     /// lookup that came back full).
     fn announce_groups(&mut self, n: u32, b: u16) {
-        let base = self.now + self.dht_rounds * us(self.p.rtt) + us(self.p.rtt);
-        let rtt = us(self.p.rtt).max(1);
+        let at = self.arrival();
         let nodes = self.nodes.len();
         let mut group_keys = Vec::new();
         for level in 1..=keys::SWARM_GROUP_LEVELS {
@@ -410,11 +418,7 @@ impl Sim {
             group_keys.push((b, level, g));
         }
         for k in group_keys {
-            for (_, list) in self.group_stores.get_mut(&k).expect("made above").iter_mut() {
-                let at = base + self.rng.below(rtt);
-                let pos = list.partition_point(|(t, _)| *t <= at);
-                list.insert(pos, (at, n));
-            }
+            store_record(&mut self.rng, self.group_stores.get_mut(&k).expect("made above"), at, n);
         }
     }
 
@@ -434,7 +438,7 @@ impl Sim {
         let Some(r) = self.nodes[n as usize].dls[b as usize].plan.start_refresh(Duration::from_micros(now)) else {
             return;
         };
-        // The swarm's key and this node's group key, looked up at once (as the engine does).
+        // The swarm's key, then the node's groups while lookups come back full (as the engine).
         let (found, group, lookup_us) = if r.lookup {
             let t = (self.dht_rounds * us(self.p.rtt)).min(500_000);
             let found = self.found(b, n);

@@ -5,7 +5,7 @@
 //! outcome it feeds back to the planner. Bytes go from the network to the spool, never through
 //! the planner.
 
-use super::{download_keys, group_key, swarm_key, throttle, unbitmap, Download, End, PeerDoc, StatusDoc, Swarming};
+use super::{group_key, group_keys, swarm_key, throttle, unbitmap, Download, End, PeerDoc, StatusDoc, Swarming};
 use super::{SWARM_CHUNK_BYTES, SWARM_CHUNK_FAILURES, SWARM_PEERS_LOST, SWARM_TAKEOVERS};
 use crate::oci::{Digest, Hasher};
 use crate::peer::client::PeerError;
@@ -279,8 +279,7 @@ impl Engine {
                 if found.len() >= CUT_AT && !self.grouped {
                     self.grouped = true;
                     if let Some(r) = &self.sw.router {
-                        let groups = download_keys(&self.dl.digest, &self.sw.me).split_off(1);
-                        if let Err(e) = r.provide_now(groups).await {
+                        if let Err(e) = r.provide_now(group_keys(&self.dl.digest, &self.sw.me)).await {
                             tracing::debug!(error = %e, "cannot announce the download in its groups");
                         }
                     }

@@ -78,10 +78,14 @@ pub fn group_key(digest: &Digest, level: u32, me: &str) -> String {
     crate::routing::keys::swarm_group_key(&digest.to_string(), level, me)
 }
 
-/// Every key a download of `digest` by `me` is announced under.
+/// The keys of `me`'s groups at every level (announced once the swarm is cut at the DHT's cap).
+pub fn group_keys(digest: &Digest, me: &str) -> Vec<String> {
+    (1..=crate::routing::keys::SWARM_GROUP_LEVELS).map(|l| group_key(digest, l, me)).collect()
+}
+
+/// Every key a download of `digest` by `me` may be announced under.
 pub fn download_keys(digest: &Digest, me: &str) -> Vec<String> {
-    let groups = (1..=crate::routing::keys::SWARM_GROUP_LEVELS).map(|l| group_key(digest, l, me));
-    std::iter::once(swarm_key(digest)).chain(groups).collect()
+    std::iter::once(swarm_key(digest)).chain(group_keys(digest, me)).collect()
 }
 
 /// The rendezvous owner of a chunk (moved to the transfer core).

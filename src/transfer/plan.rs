@@ -21,9 +21,9 @@
 //! it returned only (the *core*), which every node's lookup returns alike. A node learns that it
 //! is one of them from their status pages: a core node of another level-1 group than this one
 //! names it only when its own lookup returned it (in a cut swarm views are the core and the
-//! node's groups, [`crate::routing::keys::SWARM_GROUP_LEVELS`], nothing learned from status pages). The DHT never
-//! returns a node its own record, so this is the only way to know. A node outside the core asks
-//! the owners and takes a chunk over only as below.
+//! node's groups, [`crate::routing::keys::SWARM_GROUP_LEVELS`]; nothing is learned from status
+//! pages). The DHT never returns a node its own record, so this is the only way to know. A node
+//! outside the core asks the owners and takes a chunk over only as below.
 //!
 //! A peer that said "not yet" keeps the chunk while its upstream progress grows; after
 //! `takeover` without progress (or when it dies) it loses that chunk, and the owner is computed
@@ -55,8 +55,8 @@ const BUSY_BACKOFF: Duration = Duration::from_millis(250);
 /// Upstream retry n waits this times 2^n.
 const UPSTREAM_BACKOFF: Duration = Duration::from_millis(250);
 const NO_OWNER: u16 = u16::MAX;
-/// A lookup returning this many providers (this node included) may have been cut at the DHT's
-/// providers per key: owners are then chosen among them only.
+/// A lookup returning this many other providers (the DHT keeps 20 per key, this node possibly
+/// one of them) may have been cut: owners are then chosen among them only.
 pub const CUT_AT: usize = crate::routing::members::CAP - 1;
 
 /// Which of `candidates` fetches chunk `index` of `key` (a digest, a /blobs file id) from the
@@ -300,7 +300,7 @@ pub struct Planner<A> {
     /// The nodes owners are chosen among when the last lookup may have been cut at the DHT's
     /// cap; `None`: every node downloading.
     core: Option<HashSet<String>>,
-    /// A core node of another group named this one: it is in the core.
+    /// A core node of another level-1 group named this one: it is in the core.
     in_core: bool,
     /// Candidates of the cached owners (sorted), and the owner of each chunk (index into them).
     cands: Vec<String>,
