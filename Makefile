@@ -7,7 +7,7 @@ SOAK_ARGS ?=
 FUZZ_CASES ?= 1000000
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build release image run config test test-unit test-integration lint fmt bench chart-check clean fuzz soak sim
+.PHONY: help deps build release image run config test test-unit test-integration lint fmt bench chart-check clean fuzz soak sim sim-full
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ sim: ## Scale simulation, 100-10,000 nodes, real planner (release, <= 10 min; wr
 	$(CARGO) build --release --bin peerd-sim
 	target/release/peerd-sim $(SIM_ARGS) --out target/sim.json
 	/usr/bin/python3 scripts/sim-report.py target/sim.json --out docs/scale.md
+
+sim-full: ## make sim plus churn and scale-out at 10,000 nodes (~30 min)
+	$(MAKE) sim SIM_ARGS="--full $(SIM_ARGS)"
 
 chart-check: ## Render and validate the Helm chart offline
 	scripts/chart-check.sh

@@ -1,5 +1,7 @@
 //! `peerd-sim`: peerd at 100 to 10,000 nodes, simulated with its real transfer decisions.
 //! Writes one JSON document of results (see `make sim`, which turns it into docs/scale.md).
+//! The swarm and p2p settings are peerd's defaults, changed as peerd's are by the environment
+//! (e.g. `PEERD_SWARM__REFRESH=250ms` to try a shorter refresh).
 //! Exits non-zero when an invariant of a run is broken (a node completed without every byte
 //! exactly once, the registry sent less than the image).
 
@@ -24,9 +26,17 @@ struct Args {
     /// Scenarios: dht, rollout, churn, scaleout, validate (default: all).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Wall-clock budget per run in seconds (default 30; rollouts twice that; quick: 8).
+    /// Churn and scale-out at 10,000 nodes too (about 20 minutes more; `make sim-full`).
+    #[arg(long)]
+    full: bool,
+    /// Wall-clock budget per run in seconds (default 480; quick: 8): a run that reaches it
+    /// stops and is reported as stopped.
     #[arg(long)]
     wall: Option<u64>,
+    /// Runs at once (default: the cores, at most 4). Each run is single-threaded and
+    /// deterministic; the results come out in the same order whatever this is.
+    #[arg(long)]
+    jobs: Option<usize>,
     /// Where the JSON goes ("-": stdout).
     #[arg(long, default_value = "-")]
     out: String,
@@ -37,7 +47,7 @@ const GBIT: f64 = 1e9 / 8.0;
 const MBIT: f64 = 1e6 / 8.0;
 
 fn base(nodes: usize, seed: u64, quick: bool, wall: Option<u64>) -> Params {
-    let cfg = Config::load(None, Vec::<(String, String)>::new(), Vec::new()).expect("default config");
+    let cfg = Config::load(None, std::env::vars(), Vec::new()).expect("config");
     let image = if quick { 32 * MIB } else { 1024 * MIB };
     Params {
         nodes,
@@ -56,7 +66,7 @@ fn base(nodes: usize, seed: u64, quick: bool, wall: Option<u64>) -> Params {
         start_spread: Duration::from_millis(100),
         found: Found::FirstPerStore,
         max_sim: Duration::from_secs(if quick { 300 } else { 900 }),
-        max_wall: Duration::from_secs(wall.unwrap_or(if quick { 8 } else { 30 })),
+        max_wall: Duration::from_secs(wall.unwrap_or(if quick { 8 } else { 480 })),
         seed,
     }
 }
@@ -84,6 +94,28 @@ fn log(name: &str, r: &Report) {
     );
 }
 
+/// Run the jobs on `threads` threads, the biggest first (the runs' lengths differ by 100×);
+/// the reports in the jobs' order.
+fn run_all(jobs: Vec<(&str, Params)>, threads: usize) -> Vec<(&str, Report)> {
+    let mut order: Vec<usize> = (0..jobs.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(jobs[i].1.nodes as u64 * jobs[i].1.blobs.iter().sum::<u64>()));
+    let next = std::sync::Mutex::new(order.into_iter());
+    let done: std::sync::Mutex<Vec<Option<Report>>> = std::sync::Mutex::new((0..jobs.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| loop {
+                let Some(i) = next.lock().expect("job list").next() else { break };
+                let (name, p) = &jobs[i];
+                let r = rollout::run(p.clone());
+                log(name, &r);
+                done.lock().expect("reports")[i] = Some(r);
+            });
+        }
+    });
+    let done = done.into_inner().expect("reports");
+    jobs.into_iter().zip(done).map(|((name, _), r)| (name, r.expect("every job ran"))).collect()
+}
+
 fn main() {
     let args = Args::parse();
     let sizes = if !args.nodes.is_empty() {
@@ -97,14 +129,13 @@ fn main() {
     let mut out = serde_json::Map::new();
     let mut broken = Vec::new();
     let mut record = |scenario: &str, r: Report, out: &mut serde_json::Map<String, serde_json::Value>| {
-        log(scenario, &r);
         for e in &r.invariant_errors {
             broken.push(format!("{scenario} N={}: {e}", r.nodes));
         }
         let v = out.entry(scenario.to_owned()).or_insert_with(|| serde_json::Value::Array(Vec::new()));
         v.as_array_mut().expect("array").push(serde_json::to_value(&r).expect("serializable"));
     };
-    let cfg = Config::load(None, Vec::<(String, String)>::new(), Vec::new()).expect("default config");
+    let cfg = Config::load(None, std::env::vars(), Vec::new()).expect("config");
     if want("dht") {
         for &n in &sizes {
             let p = DhtParams {
@@ -139,32 +170,38 @@ fn main() {
     // (times are compared with the bound, which scales with it).
     let sized =
         |n: usize, p: Params| if n >= 10_000 && !args.quick { Params { blobs: vec![64 * MIB], ..p } } else { p };
+    // The what-if runs (discovery that returns a random sample) run at 100 nodes unless the
+    // sizes are given: they are a comparison, and at 1,000 nodes a random view grows past 200
+    // peers and a run takes more than the 10 minutes of `make sim` by itself.
+    let what_if = |n: usize| n <= 100 || !args.nodes.is_empty();
+    // Churn and scale-out at 10,000 nodes take ~5 minutes each here: with `--full` (or sizes
+    // given), so that `make sim` stays within 10 minutes with the 10,000-node rollout in it.
+    let heavy = |n: usize| n < 10_000 || args.full || !args.nodes.is_empty();
+    let mut jobs: Vec<(&str, Params)> = Vec::new();
     if want("rollout") {
         for &n in &sizes {
-            let b = base(n, args.seed, args.quick, args.wall);
-            let p = Params { max_wall: b.max_wall * 2, ..b };
-            record("rollout", rollout::run(sized(n, p)), &mut out);
+            jobs.push(("rollout", sized(n, base(n, args.seed, args.quick, args.wall))));
         }
     }
     if want("rollout-random") {
-        for &n in &sizes {
-            let b = base(n, args.seed, args.quick, args.wall);
-            let p = Params { found: Found::Random, max_wall: b.max_wall * 2, ..b };
-            record("rollout-random", rollout::run(sized(n, p)), &mut out);
+        for &n in sizes.iter().filter(|n| what_if(**n)) {
+            let p = Params { found: Found::Random, ..base(n, args.seed, args.quick, args.wall) };
+            jobs.push(("rollout-random", sized(n, p)));
         }
     }
     if want("churn") {
-        for &n in &sizes {
+        for &n in sizes.iter().filter(|n| heavy(**n)) {
             let b = sized(n, base(n, args.seed, args.quick, args.wall));
             let at = Duration::from_secs_f64(b.blobs[0] as f64 / b.registry / 2.0);
             for (name, found) in [("churn", Found::FirstPerStore), ("churn-random", Found::Random)] {
-                let p = Params { kill: Some((0.1, at)), found, ..b.clone() };
-                record(name, rollout::run(p), &mut out);
+                if found == Found::FirstPerStore || what_if(n) {
+                    jobs.push((name, Params { kill: Some((0.1, at)), found, ..b.clone() }));
+                }
             }
         }
     }
     if want("scaleout") {
-        for &n in &sizes {
+        for &n in sizes.iter().filter(|n| heavy(**n)) {
             let b = sized(n, base(n, args.seed, args.quick, args.wall));
             // As peerd does today: a peer holds the blob completely, so every new node pulls it
             // whole from the located holders (at most p2p.max_peers, here the one seed).
@@ -175,8 +212,9 @@ fn main() {
                 .push(serde_json::json!({"nodes": n, "image_bytes": f, "slowest_s": direct, "bound_s": (f / (b.node_up + b.registry)).max(f / b.node_down), "registry_egress_over_f": 0.0}));
             eprintln!("{:>24} N={n:>5}: every node from the one seed: {direct:.1}s", "scaleout-direct");
             for (name, found) in [("scaleout", Found::FirstPerStore), ("scaleout-random", Found::Random)] {
-                let p = Params { seeds: 1, found, ..b.clone() };
-                record(name, rollout::run(p), &mut out);
+                if found == Found::FirstPerStore || what_if(n) {
+                    jobs.push((name, Params { seeds: 1, found, ..b.clone() }));
+                }
             }
         }
     }
@@ -194,8 +232,12 @@ fn main() {
                 max_wall: Duration::from_secs(60),
                 ..base(8, args.seed, false, args.wall)
             };
-            record(name, rollout::run(p), &mut out);
+            jobs.push((name, p));
         }
+    }
+    let threads = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(4)));
+    for (name, r) in run_all(jobs, threads) {
+        record(name, r, &mut out);
     }
     let json = serde_json::to_string_pretty(&serde_json::Value::Object(out)).expect("json");
     if args.out == "-" {

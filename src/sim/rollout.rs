@@ -12,7 +12,7 @@ use super::{percentile, Rng};
 use crate::config::SwarmConfig;
 use crate::routing::keys;
 use crate::transfer::plan::{
-    ask_list, Action, ChunkOutcome, Hashes, PlanConfig, Planner, Source, Status, CUT_AT, MAX_VIEW,
+    ask_list, deepest_groups, Action, ChunkOutcome, Hashes, PlanConfig, Planner, Source, Status, CUT_AT, MAX_VIEW,
 };
 use crate::transfer::Bits;
 use libp2p::kad::KBucketKey;
@@ -197,6 +197,7 @@ struct Dl {
     plan: Planner<u32>,
     state: DlState,
     /// The refresh in progress: peers found, peers to ask.
+    /// A refresh under way: the swarm key's providers, the peers asked.
     refresh: Option<(Peers, Peers)>,
     /// Bytes of chunks received (each chunk once).
     got: u64,
@@ -274,7 +275,13 @@ fn store_record(rng: &mut Rng, stores: &mut [Store], (base, rtt): (u64, u64), n:
     for (_, list) in stores.iter_mut() {
         let at = base + rng.below(rtt);
         let pos = list.partition_point(|(t, _)| *t <= at);
-        list.insert(pos, (at, n));
+        // libp2p-kad ignores a provider once a key has its 20 and nothing here removes one, so
+        // the records past the first 20 by arrival are never returned: not kept (at 10,000
+        // nodes, inserting into lists of 10,000 was most of the run time).
+        if pos < MAX_PROVIDERS {
+            list.insert(pos, (at, n));
+            list.truncate(MAX_PROVIDERS);
+        }
     }
 }
 
@@ -348,9 +355,9 @@ impl Sim {
     }
 
     /// As the engine: while a lookup comes back full, node `n`'s group of blob `b` one level
-    /// deeper (never `n`); the deepest first. Also how many group lookups that took.
+    /// deeper (never `n`); the deepest levels kept (`deepest_groups`), deepest first. Also how many group lookups that took.
     fn group_found(&self, b: u16, n: u32, core: usize) -> (Vec<(String, u32)>, u64) {
-        let mut out: Vec<(String, u32)> = Vec::new();
+        let mut levels: Vec<Vec<(String, u32)>> = Vec::new();
         let mut full = core >= CUT_AT;
         let mut lookups = 0;
         for level in 1..=keys::SWARM_GROUP_LEVELS {
@@ -362,10 +369,9 @@ impl Sim {
             let mut found = self.group_stores.get(&(b, level, g)).map(|s| self.first_per_store(s)).unwrap_or_default();
             found.retain(|p| *p != n);
             full = found.len() >= CUT_AT;
-            let found: Vec<(String, u32)> = found.into_iter().map(|p| (self.ids[p as usize].clone(), p)).collect();
-            out.splice(0..0, found);
+            levels.push(found.into_iter().map(|p| (self.ids[p as usize].clone(), p)).collect());
         }
-        (out, lookups)
+        (deepest_groups(levels), lookups)
     }
 
     /// As libp2p-kad 0.49 answers: each live storing node returns the first 20 providers that
@@ -481,6 +487,7 @@ impl Sim {
 
     fn refresh_done(&mut self, n: u32, b: u16) {
         let Some((found, ask)) = self.nodes[n as usize].dls[b as usize].refresh.take() else { return };
+        let now = Duration::from_micros(self.now);
         let plan = &self.nodes[n as usize].dls[b as usize].plan;
         let statuses: Vec<(String, u32, Status<u32>)> = ask
             .into_iter()
@@ -490,7 +497,6 @@ impl Sim {
             })
             .collect();
         let mut out = Vec::new();
-        let now = Duration::from_micros(self.now);
         self.nodes[n as usize].dls[b as usize].plan.on_refresh(now, &found, statuses, &mut out);
         self.perform(n, b, out);
     }

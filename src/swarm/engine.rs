@@ -12,7 +12,9 @@ use crate::peer::client::PeerError;
 use crate::range::ByteRange;
 use crate::routing::keys::SWARM_GROUP_LEVELS;
 use crate::routing::Peer;
-use crate::transfer::plan::{ask_list, Action, ChunkOutcome, PlanConfig, Planner, Source, Status, CUT_AT, MAX_VIEW};
+use crate::transfer::plan::{
+    ask_list, deepest_groups, Action, ChunkOutcome, PlanConfig, Planner, Source, Status, CUT_AT, MAX_VIEW,
+};
 use crate::transfer::Bits;
 use crate::upstream::{UpstreamError, UpstreamRequest};
 use bytes::Bytes;
@@ -171,7 +173,7 @@ impl Engine {
                             Err(_) => Vec::new(),
                         };
                         let found = lookup(swarm_key(&dl.digest)).await;
-                        let mut groups: Vec<Peer> = Vec::new();
+                        let mut levels: Vec<Vec<Peer>> = Vec::new();
                         let mut full = found.len() >= CUT_AT;
                         for level in 1..=SWARM_GROUP_LEVELS {
                             if !full {
@@ -179,9 +181,9 @@ impl Engine {
                             }
                             let g = lookup(group_key(&dl.digest, level, &me)).await;
                             full = g.len() >= CUT_AT;
-                            groups.splice(0..0, g);
+                            levels.push(g);
                         }
-                        (found, groups)
+                        (found, deepest_groups(levels))
                     }
                     _ => (Vec::new(), Vec::new()),
                 };

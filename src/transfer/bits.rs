@@ -81,6 +81,11 @@ impl Bits {
         })
     }
 
+    /// Set every bit set in `other` (same length).
+    pub fn or_assign(&mut self, other: &Bits) {
+        self.words.iter_mut().zip(&other.words).for_each(|(a, b)| *a |= b);
+    }
+
     /// `len` bits from booleans (missing ones clear, extra ones ignored).
     pub fn from_bools(len: u64, bits: impl IntoIterator<Item = bool>) -> Bits {
         let mut b = Bits::new(len);

@@ -234,6 +234,8 @@ struct Known<A> {
     dead_until: Option<Duration>,
     busy_until: Option<Duration>,
     inflight: usize,
+    /// In the core (see [`Planner::core`]): asked for a chunk only when no other holder can be.
+    core: bool,
 }
 
 impl<A> Known<A> {
@@ -253,6 +255,16 @@ struct Wait {
     since: Duration,
     /// The peer's last reported progress (bytes it received from the upstream for this blob).
     progress: Option<u64>,
+}
+
+/// How many group levels (the deepest looked up) a node asks for their status in a cut swarm:
+/// a shallow level's key lists the same first 20 of thousands of nodes to all of them.
+pub const GROUP_LEVELS_IN_VIEW: usize = 2;
+
+/// The peers of the group lookups (shallowest level first) to ask: the
+/// [`GROUP_LEVELS_IN_VIEW`] deepest levels, deepest first.
+pub fn deepest_groups<T>(levels: Vec<Vec<T>>) -> Vec<T> {
+    levels.into_iter().rev().take(GROUP_LEVELS_IN_VIEW).flatten().collect()
 }
 
 /// The peers to ask for their status: the known ones, then the ones found other than `me`, at
@@ -304,7 +316,13 @@ pub struct Planner<A> {
     in_core: bool,
     /// Candidates of the cached owners (sorted), and the owner of each chunk (index into them).
     cands: Vec<String>,
+    /// Where this node is among them.
+    me_at: Option<usize>,
     owners: Vec<u16>,
+    /// Something the candidates depend on changed (a peer's answer, a loss, the core), or
+    /// `cands_until` passed (a peer left out as dead may be back): recompute them.
+    cands_stale: bool,
+    cands_until: Option<Duration>,
     /// No chunk below this index is missing.
     first_missing: u64,
     failed: Option<PlanError>,
@@ -341,7 +359,10 @@ impl<A: Clone> Planner<A> {
             core: None,
             in_core: false,
             cands: Vec::new(),
+            me_at: None,
             owners: vec![NO_OWNER; n],
+            cands_stale: true,
+            cands_until: None,
             first_missing: 0,
             failed: None,
         }
@@ -436,6 +457,7 @@ impl<A: Clone> Planner<A> {
                     dead_until: None,
                     busy_until: None,
                     inflight: 0,
+                    core: self.core.as_ref().is_some_and(|c| c.contains(id)),
                 },
             );
         }
@@ -459,6 +481,7 @@ impl<A: Clone> Planner<A> {
     /// It stopped answering: left out for a while.
     fn lost(&mut self, id: &str, now: Duration, out: &mut Vec<Action<A>>) {
         let Some(k) = self.peers.get_mut(id) else { return };
+        self.cands_stale = true;
         if k.active {
             out.push(Action::PeerLost { peer: id.to_owned() });
         }
@@ -475,10 +498,15 @@ impl<A: Clone> Planner<A> {
         out: &mut Vec<Action<A>>,
     ) {
         self.refreshing = false;
+        self.cands_stale = true;
         if std::mem::take(&mut self.looking_up) && !found.is_empty() {
             let others: HashSet<String> =
                 found.iter().filter(|(id, _)| *id != self.me).map(|(id, _)| id.clone()).collect();
             self.core = (others.len() >= CUT_AT).then_some(others);
+            let core = self.core.as_ref();
+            for (id, k) in self.peers.iter_mut() {
+                k.core = core.is_some_and(|c| c.contains(id));
+            }
         }
         for (id, addr) in found {
             if self.core.is_some() {
@@ -552,6 +580,11 @@ impl<A: Clone> Planner<A> {
     /// core only, when there is one; this node alone when none of them answers. Cached owners
     /// are dropped when they change.
     fn update_candidates(&mut self, now: Duration) {
+        if !self.cands_stale && self.cands_until.is_none_or(|t| now < t) {
+            return;
+        }
+        self.cands_stale = false;
+        self.cands_until = self.peers.values().filter_map(|k| k.dead_until.filter(|t| *t > now)).min();
         let core = self.core.as_ref();
         let eligible = |id: &str| core.is_none_or(|set| set.contains(id));
         let peers = || self.peers.iter().filter(|(id, k)| k.active && k.alive(now) && eligible(id)).map(|(id, _)| id);
@@ -578,18 +611,20 @@ impl<A: Clone> Planner<A> {
         }
         let mut c: Vec<String> = peers().cloned().chain(me.cloned()).collect();
         c.sort();
+        self.me_at = c.iter().position(|id| *id == self.me);
         self.cands = c;
         self.owners.iter_mut().for_each(|o| *o = NO_OWNER);
     }
 
-    /// The owner of chunk `i`, `None` for this node: cached while the candidates stay the same
+    /// The owner of chunk `i` (its place in `cands`), `None` for this node: cached while the candidates stay the same
     /// (hashing every chunk against every candidate on every event would cost more than the
     /// chunks). When every candidate lost the chunk (taken over), this node owns it.
-    fn owner_of(&mut self, i: u64) -> Option<&String> {
+    fn owner_at(&mut self, i: u64) -> Option<usize> {
         let best = |cands: &mut dyn Iterator<Item = (usize, &String)>| {
             cands.max_by_key(|(_, id)| (self.hashes.score(&self.key, i, id), id.as_str())).map(|(n, _)| n)
         };
-        let o = if let Some(x) = self.excluded.get(&i) {
+        let excluded = if self.excluded.is_empty() { None } else { self.excluded.get(&i) };
+        let o = if let Some(x) = excluded {
             best(&mut self.cands.iter().enumerate().filter(|(_, c)| !x.contains(*c)))
         } else if self.owners[i as usize] != NO_OWNER {
             Some(self.owners[i as usize] as usize)
@@ -600,24 +635,33 @@ impl<A: Clone> Planner<A> {
             }
             o
         };
-        o.map(|o| &self.cands[o]).filter(|id| **id != self.me)
+        o.filter(|o| Some(*o) != self.me_at)
     }
 
     fn ok(&self, k: &Known<A>, id: &str, i: u64, now: Duration) -> bool {
         k.usable(now) && self.excluded.get(&i).is_none_or(|x| !x.contains(id))
     }
 
-    /// A peer that has chunk `i` and may be asked now: the least loaded.
+    /// A peer that has chunk `i` and may be asked now: outside the core if one can be (the
+    /// core's uplinks serve the chunks nobody else has yet), the least loaded, ties broken by
+    /// a per-node order.
     fn holder(&self, i: u64, now: Duration) -> Option<&String> {
         let per_peer = self.cfg.per_peer;
-        let eligible = || {
-            self.peers.iter().filter(move |(id, k)| k.have.get(i) && k.inflight < per_peer && self.ok(k, id, i, now))
-        };
-        let least = eligible().map(|(_, k)| k.inflight).min()?;
-        eligible()
-            .filter(|(_, k)| k.inflight == least)
-            .min_by_key(|(id, _)| self.hashes.tiebreak(id, i) ^ self.salt)
-            .map(|(id, _)| id)
+        let excluded = self.excluded.get(&i);
+        let mut best: Option<((bool, usize, u64), &String)> = None;
+        for (id, k) in &self.peers {
+            if !k.have.get(i) || k.inflight >= per_peer || !k.usable(now) || excluded.is_some_and(|x| x.contains(id)) {
+                continue;
+            }
+            if best.is_some_and(|(b, _)| (b.0, b.1) < (k.core, k.inflight)) {
+                continue;
+            }
+            let rank = (k.core, k.inflight, self.hashes.tiebreak(id, i) ^ self.salt);
+            if best.is_none_or(|(b, _)| rank < b) {
+                best = Some((rank, id));
+            }
+        }
+        best.map(|(_, id)| id)
     }
 
     /// A peer fetching chunk `i` from the upstream now.
@@ -638,8 +682,27 @@ impl<A: Clone> Planner<A> {
         while self.first_missing < self.chunks && self.have.get(self.first_missing) {
             self.first_missing += 1;
         }
+        // Which chunks a peer could serve now: what the peers with room have, and what the
+        // usable peers fetch (supersets: `holder` and `fetcher` decide; room only shrinks
+        // below). A chunk outside both is not looked at peer by peer.
+        let mut served = Bits::new(self.chunks);
+        let mut fetched = Bits::new(self.chunks);
+        for k in self.peers.values().filter(|k| k.usable(now)) {
+            if k.inflight < per_peer {
+                served.or_assign(&k.have);
+            }
+            if k.active {
+                fetched.or_assign(&k.fetching);
+            }
+        }
+        // Which candidates (owners) may be asked now, looked up when first needed; a start
+        // below can only take room away.
+        let mut room: Vec<Option<bool>> = vec![None; self.cands.len()];
+        // Whether this node owns no chunk (another candidate always wins): then, once the
+        // peer slots are full, nothing more can start.
+        let owns_none = self.me_at.is_none() && !self.cands.is_empty() && self.excluded.is_empty();
         for i in self.first_missing..self.chunks {
-            if self.peer_inflight >= parallel && self.upstream_inflight >= up_parallel {
+            if self.peer_inflight >= parallel && (self.upstream_inflight >= up_parallel || owns_none) {
                 break;
             }
             if self.inflight.get(i) || self.have.get(i) {
@@ -648,22 +711,34 @@ impl<A: Clone> Planner<A> {
             let retry_ok = |s: &Self| s.upstream_attempts.get(&i).is_none_or(|(_, at)| now >= *at);
             if self.peer_inflight >= parallel {
                 // Only an upstream read can start: for a chunk this node owns that no peer fetches.
-                if self.owner_of(i).is_none() && self.fetcher(i, now).is_none() && retry_ok(self) {
+                if self.owner_at(i).is_none() && !(fetched.get(i) && self.fetcher(i, now).is_some()) && retry_ok(self) {
                     self.start_upstream(i, out);
                 }
                 continue;
             }
             // 1. A peer that has it: the least loaded.
-            if self.holders[i as usize] > 0 {
+            if self.holders[i as usize] > 0 && served.get(i) {
                 if let Some(id) = self.holder(i, now).cloned() {
+                    if let Ok(c) = self.cands.binary_search(&id) {
+                        room[c] = None;
+                    }
                     self.start_peer(i, id, out);
                     continue;
                 }
             }
             // 2. A peer fetching it from the upstream now, else 3. its owner.
-            let target = match self.fetcher(i, now) {
+            let target = match fetched.get(i).then(|| self.fetcher(i, now)).flatten() {
                 Some(id) => Some(id.clone()),
-                None => self.owner_of(i).cloned(),
+                None => match self.owner_at(i) {
+                    Some(o)
+                        if !*room[o].get_or_insert_with(|| {
+                            self.peers.get(&self.cands[o]).is_some_and(|k| k.inflight < per_peer && k.usable(now))
+                        }) =>
+                    {
+                        continue
+                    }
+                    o => o.map(|o| self.cands[o].clone()),
+                },
             };
             match target {
                 None => {
@@ -673,6 +748,9 @@ impl<A: Clone> Planner<A> {
                 }
                 Some(id) => {
                     if self.peers.get(&id).is_some_and(|k| k.inflight < per_peer && k.usable(now)) {
+                        if let Ok(c) = self.cands.binary_search(&id) {
+                            room[c] = None;
+                        }
                         self.start_peer(i, id, out);
                     }
                 }
@@ -747,6 +825,7 @@ impl<A: Clone> Planner<A> {
                 if let Some(id) = peer {
                     if let Some(k) = self.peers.get_mut(&id) {
                         k.active = false;
+                        self.cands_stale = true;
                         let (mut have, mut fetching) = (k.have.clone(), k.fetching.clone());
                         have.set(index, false);
                         fetching.set(index, false);

@@ -370,6 +370,11 @@ fn learning_is_bounded_and_gossip_spreads_the_view() {
     assert!(!r.lookup, "the second refresh asks the peers, not the DHT");
 }
 
+/// A full lookup's answer: 20 core nodes.
+fn core_ids() -> Vec<String> {
+    (0..20).map(|i| format!("c{i:02}")).collect()
+}
+
 /// `me` after one refresh whose lookup returned `found`, every found peer active and holding
 /// nothing; their status pages name `me` when `named` (as a core node's page names the core).
 fn after_lookup(me: &str, found: &[String], named: bool, chunks: u64) -> Planner<u32> {
@@ -397,7 +402,7 @@ fn after_lookup(me: &str, found: &[String], named: bool, chunks: u64) -> Planner
 #[test]
 fn a_node_outside_a_cut_lookup_reads_nothing_from_the_upstream_and_asks_the_owners() {
     let chunks = 400;
-    let core: Vec<String> = (0..20).map(|i| format!("c{i:02}")).collect();
+    let core = core_ids();
     let ids: Vec<&str> = core.iter().map(String::as_str).collect();
     let mut outsider = after_lookup("zz-outsider", &core, false, chunks);
     let mut upstream = 0;
@@ -441,7 +446,7 @@ fn a_node_outside_a_cut_lookup_reads_nothing_from_the_upstream_and_asks_the_owne
 #[test]
 fn an_outsider_reads_the_chunks_itself_when_the_core_stops_answering() {
     let chunks = 40;
-    let core: Vec<String> = (0..20).map(|i| format!("c{i:02}")).collect();
+    let core = core_ids();
     let mut p = after_lookup("zz", &core, false, chunks);
     let r = p.start_refresh(Duration::from_secs(1)).unwrap();
     assert!(!r.lookup);
@@ -468,7 +473,7 @@ fn in_a_cut_swarm_status_pages_do_not_fill_the_view() {
         let r = p.start_refresh(Duration::from_secs(2)).unwrap();
         r.known.iter().filter(|(id, _)| id.starts_with('g')).count()
     };
-    let core: Vec<String> = (0..20).map(|i| format!("c{i:02}")).collect();
+    let core = core_ids();
     let mut big = after_lookup("me", &core, false, chunks);
     assert_eq!(status(&mut big, "c00"), 0, "a cut swarm learns no gossip");
     let mut small = after_lookup("me", &core[..4], false, chunks);
@@ -493,4 +498,34 @@ fn nodes_prefer_different_holders_of_the_same_chunk() {
         picked.insert(first.1);
     }
     assert!(picked.len() >= 6, "50 nodes spread chunk 0 over {} of 10 holders", picked.len());
+}
+
+/// In a cut swarm the core holds every chunk first and everyone has it in view: a chunk that a
+/// group peer also has is asked from the group peer (up to `per_peer` at once), so the core's
+/// uplinks serve what nobody else has yet.
+#[test]
+fn a_holder_outside_the_core_is_asked_before_the_core() {
+    let chunks = 10;
+    let core = core_ids();
+    let mut p = after_lookup("me", &core, false, chunks);
+    // g1 (a group peer) answers a status request with the others.
+    let r = p.start_refresh(Duration::from_secs(1)).unwrap();
+    let mut known = r.known;
+    known.push(("g1".to_string(), 50));
+    let all: Vec<u64> = (0..chunks).collect();
+    let statuses = (known.into_iter())
+        .map(|(id, a)| {
+            let st = if id == "g1" { active(chunks, &all[..8], &[]) } else { active(chunks, &all, &[]) };
+            (id, a, st)
+        })
+        .collect();
+    let mut out = Vec::new();
+    p.on_refresh(Duration::from_secs(1), &[], statuses, &mut out);
+    let mut out = Vec::new();
+    p.schedule(Duration::from_secs(1), &mut out);
+    let (peer, up) = starts(&out);
+    assert!(up.is_empty(), "{out:?}");
+    let from_g1: Vec<u64> = peer.iter().filter(|(_, id)| id == "g1").map(|(i, _)| *i).collect();
+    assert_eq!(from_g1, vec![0, 1, 2, 3], "the group peer first, up to per_peer: {out:?}");
+    assert_eq!(peer.len(), 8, "then the core (parallel 8): {out:?}");
 }
