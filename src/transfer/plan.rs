@@ -569,10 +569,16 @@ impl<A: Clone> Planner<A> {
     /// or two nodes that both thought they owned a chunk): the peer is asked instead.
     fn abandon_fetched_elsewhere(&self, now: Duration, out: &mut Vec<Action<A>>) {
         for i in self.fetching.ones() {
-            if self.holders[i as usize] > 0 && self.peers.values().any(|k| k.have.get(i) && k.usable(now)) {
+            if self.held_by_usable_peer(i, now) {
                 out.push(Action::AbortUpstream { index: i });
             }
         }
+    }
+
+    /// Whether a peer that may be asked now for chunk `i` has it (not left out for it, e.g.
+    /// after bad bytes): an upstream read of it is not started, and one running is stopped.
+    fn held_by_usable_peer(&self, i: u64, now: Duration) -> bool {
+        self.holders[i as usize] > 0 && self.peers.iter().any(|(id, k)| k.have.get(i) && self.ok(k, id, i, now))
     }
 
     /// The nodes chunks are shared among now: this one and the peers downloading the blob that
@@ -711,7 +717,11 @@ impl<A: Clone> Planner<A> {
             let retry_ok = |s: &Self| s.upstream_attempts.get(&i).is_none_or(|(_, at)| now >= *at);
             if self.peer_inflight >= parallel {
                 // Only an upstream read can start: for a chunk this node owns that no peer fetches.
-                if self.owner_at(i).is_none() && !(fetched.get(i) && self.fetcher(i, now).is_some()) && retry_ok(self) {
+                if self.owner_at(i).is_none()
+                    && !(fetched.get(i) && self.fetcher(i, now).is_some())
+                    && retry_ok(self)
+                    && !self.held_by_usable_peer(i, now)
+                {
                     self.start_upstream(i, out);
                 }
                 continue;
@@ -742,7 +752,9 @@ impl<A: Clone> Planner<A> {
             };
             match target {
                 None => {
-                    if self.upstream_inflight < up_parallel && retry_ok(self) {
+                    // Not for a chunk a peer has and is only at its per-peer limit with us: that
+                    // read would be stopped at the next refresh (`abandon_fetched_elsewhere`).
+                    if self.upstream_inflight < up_parallel && retry_ok(self) && !self.held_by_usable_peer(i, now) {
                         self.start_upstream(i, out);
                     }
                 }

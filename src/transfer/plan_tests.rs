@@ -529,3 +529,30 @@ fn a_holder_outside_the_core_is_asked_before_the_core() {
     assert_eq!(from_g1, vec![0, 1, 2, 3], "the group peer first, up to per_peer: {out:?}");
     assert_eq!(peer.len(), 8, "then the core (parallel 8): {out:?}");
 }
+
+/// The simulated scale-out (one seed, the others new): a node read the chunks it owned from the
+/// registry whenever the seed had no room left for it (per_peer), and the next refresh stopped
+/// those reads because the seed had them (registry egress 1.96·F at 100 nodes, 4.10·F at
+/// 1,000). A chunk a peer that may be asked holds is waited for; a peer that answered 503 is
+/// not waited for.
+#[test]
+fn a_chunk_a_peer_holds_is_not_read_from_the_upstream_while_that_peer_may_be_asked() {
+    let chunks = 16;
+    let all: Vec<u64> = (0..chunks).collect();
+    let mut a = planner("a", &["seed"], chunks);
+    let mut out = Vec::new();
+    a.start_refresh(MS).unwrap();
+    a.on_refresh(MS, &[], vec![("seed".into(), 0, active(chunks, &all, &[]))], &mut out);
+    out.clear();
+    a.schedule(MS, &mut out);
+    let (peer, up) = starts(&out);
+    assert_eq!(peer.len(), 4, "per_peer chunks from the seed: {out:?}");
+    assert!(up.is_empty(), "nothing the seed has is read from the upstream: {out:?}");
+
+    // The seed answers 503 (out of upload slots): now a reads what it owns.
+    out.clear();
+    a.on_chunk(MS * 2, peer[0].0, Source::Peer("seed".into()), ChunkOutcome::Busy, &mut out);
+    a.schedule(MS * 2, &mut out);
+    let (_, up) = starts(&out);
+    assert_eq!(up.len(), 2, "upstream_parallel reads while the seed is busy: {out:?}");
+}
