@@ -622,9 +622,10 @@ impl<A: Clone> Planner<A> {
         self.owners.iter_mut().for_each(|o| *o = NO_OWNER);
     }
 
-    /// The owner of chunk `i` (its place in `cands`), `None` for this node: cached while the candidates stay the same
-    /// (hashing every chunk against every candidate on every event would cost more than the
-    /// chunks). When every candidate lost the chunk (taken over), this node owns it.
+    /// The owner of chunk `i` (its place in `cands`), `None` for this node: cached while the
+    /// candidates stay the same (hashing every chunk against every candidate on every event
+    /// would cost more than the chunks). When every candidate lost the chunk (taken over), this
+    /// node owns it.
     fn owner_at(&mut self, i: u64) -> Option<usize> {
         let best = |cands: &mut dyn Iterator<Item = (usize, &String)>| {
             cands.max_by_key(|(_, id)| (self.hashes.score(&self.key, i, id), id.as_str())).map(|(n, _)| n)
