@@ -37,6 +37,9 @@ struct Args {
     /// deterministic; the results come out in the same order whatever this is.
     #[arg(long)]
     jobs: Option<usize>,
+    /// Image size in MiB for every run (default: 1,024; 64 at 10,000 nodes; quick: 32).
+    #[arg(long)]
+    image_mib: Option<u64>,
     /// Where the JSON goes ("-": stdout).
     #[arg(long, default_value = "-")]
     out: String,
@@ -168,8 +171,11 @@ fn main() {
     }
     // 10,000 nodes of a 1 GiB image is 5 million chunk transfers; there the image is 64 MiB
     // (times are compared with the bound, which scales with it).
-    let sized =
-        |n: usize, p: Params| if n >= 10_000 && !args.quick { Params { blobs: vec![64 * MIB], ..p } } else { p };
+    let sized = |n: usize, p: Params| match args.image_mib {
+        Some(m) => Params { blobs: vec![m * MIB], ..p },
+        None if n >= 10_000 && !args.quick => Params { blobs: vec![64 * MIB], ..p },
+        None => p,
+    };
     // The what-if runs (discovery that returns a random sample) run at 100 nodes unless the
     // sizes are given: they are a comparison, and at 1,000 nodes a random view grows past 200
     // peers and a run takes more than the 10 minutes of `make sim` by itself.

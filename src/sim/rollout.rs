@@ -210,6 +210,8 @@ struct Dl {
     upstream: BTreeMap<u64, u32>,
     /// chunk → requests waiting for it here (long polls)
     waiters: BTreeMap<u64, Vec<u32>>,
+    /// Chunks arriving from a peer now (their bytes flow): announced like upstream reads.
+    receiving: Bits,
     done_at: Option<u64>,
 }
 
@@ -478,7 +480,9 @@ impl Sim {
                     let n = dl.plan.chunks();
                     Status::Active { have: Bits::from_bools(n, (0..n).map(|_| true)), fetching: Bits::new(n), peers }
                 } else {
-                    Status::Active { have: dl.plan.have().clone(), fetching: dl.plan.fetching().clone(), peers }
+                    let mut fetching = dl.plan.fetching().clone();
+                    fetching.or_assign(&dl.receiving);
+                    Status::Active { have: dl.plan.have().clone(), fetching, peers }
                 }
             }
             DlState::Idle | DlState::Removed | DlState::Failed => Status::NotFound,
@@ -523,6 +527,7 @@ impl Sim {
             return;
         }
         self.nodes[to as usize].uploads += 1;
+        self.nodes[from as usize].dls[b as usize].receiving.set(index, true);
         let len = self.chunk_len(b, index) as f64;
         let id = self.net.start(self.now, to, from, len, u64::from(r));
         self.reqs[r as usize].flow = Some(id);
@@ -614,6 +619,8 @@ impl Sim {
         let source = if to == REGISTRY { Source::Upstream } else { Source::Peer(self.ids[to as usize].clone()) };
         if to == REGISTRY {
             self.nodes[from as usize].dls[b as usize].upstream.remove(&index);
+        } else {
+            self.nodes[from as usize].dls[b as usize].receiving.set(index, false);
         }
         let outcome = match reply {
             Reply::Got => ChunkOutcome::Got,
@@ -890,6 +897,7 @@ pub fn run(p: Params) -> Report {
                     upstream_done: 0.0,
                     upstream: BTreeMap::new(),
                     waiters: BTreeMap::new(),
+                    receiving: Bits::new(chunks[b]),
                     done_at: None,
                 })
                 .collect(),

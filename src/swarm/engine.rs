@@ -321,7 +321,12 @@ impl Engine {
                         }
                         Source::Upstream
                     }
-                    Lane::Peer(id) => Source::Peer(id),
+                    Lane::Peer(id) => {
+                        if !matches!(result, ChunkResult::Got(..)) {
+                            self.dl.set_fetching(index, false);
+                        }
+                        Source::Peer(id)
+                    }
                 };
                 let outcome = match result {
                     ChunkResult::Got(data, sha) => {
@@ -442,6 +447,11 @@ async fn fetch_peer_chunk(sw: &Swarming, dl: &Download, peer: &Peer, index: u64)
         Err(e @ PeerError::Auth(_)) => return ChunkResult::Bad(e.to_string()),
         Err(e) => return ChunkResult::Dead(e.to_string()),
     };
+    // The peer has the chunk and its bytes flow: announced like an upstream read, so that
+    // nodes that need it wait here for it (a long poll) rather than learn at their next refresh
+    // that this node has it. Only now (not while waiting on the peer): whoever waits here waits
+    // on a transfer that is under way, never on a node that itself waits.
+    dl.set_fetching(index, true);
     let claimed = resp.digest.clone().unwrap_or_default();
     let body = match crate::stream::collect(resp.body, want_len).await {
         Ok(b) => b,

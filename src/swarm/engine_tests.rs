@@ -199,15 +199,16 @@ async fn a_wrong_blob_fails_the_download_and_its_readers() {
     n.server.stop(false).await;
 }
 
-/// A peer that claims every chunk and sends bytes that do not match the hash it sends.
-async fn liar(
+/// A peer that provides `digest`'s swarm key, claims every chunk in its status page, and answers
+/// a request for chunk i with `chunk(i)`.
+async fn fake_seed(
     net: &Arc<MemoryNetwork>,
     digest: &Digest,
     size: u64,
-    asked: Arc<std::sync::atomic::AtomicUsize>,
+    chunk: impl Fn(u64) -> actix_web::HttpResponse + Clone + Send + 'static,
 ) -> actix_web::dev::ServerHandle {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let me = Peer { id: "liar".into(), addr: listener.local_addr().unwrap() };
+    let me = Peer { id: "seed".into(), addr: listener.local_addr().unwrap() };
     MemoryRouter::new(net.clone(), me).provide(vec![swarm_key(digest)]).await.unwrap();
     let chunks = size.div_ceil(CHUNK);
     let status = serde_json::to_vec(&StatusDoc {
@@ -219,7 +220,7 @@ async fn liar(
     })
     .unwrap();
     serve(listener, move |c| {
-        let (status, asked) = (status.clone(), asked.clone());
+        let (status, chunk) = (status.clone(), chunk.clone());
         c.route(
             "/swarm/{d}/{cs}",
             web::get().to(move || {
@@ -234,16 +235,28 @@ async fn liar(
         )
         .route(
             "/swarm/{d}/{cs}/{i}",
-            web::get().to(move || {
-                asked.fetch_add(1, Ordering::SeqCst);
-                async {
-                    actix_web::HttpResponse::Ok()
-                        .insert_header(("Docker-Content-Digest", format!("sha256:{}", "0".repeat(64))))
-                        .body(vec![0u8; CHUNK as usize])
-                }
+            web::get().to(move |path: web::Path<(String, u64, u64)>| {
+                let resp = chunk(path.2);
+                async move { resp }
             }),
         );
     })
+}
+
+/// A peer that claims every chunk and sends bytes that do not match the hash it sends.
+async fn liar(
+    net: &Arc<MemoryNetwork>,
+    digest: &Digest,
+    size: u64,
+    asked: Arc<std::sync::atomic::AtomicUsize>,
+) -> actix_web::dev::ServerHandle {
+    fake_seed(net, digest, size, move |_| {
+        asked.fetch_add(1, Ordering::SeqCst);
+        actix_web::HttpResponse::Ok()
+            .insert_header(("Docker-Content-Digest", format!("sha256:{}", "0".repeat(64))))
+            .body(vec![0u8; CHUNK as usize])
+    })
+    .await
 }
 
 #[actix_rt::test]
@@ -258,5 +271,67 @@ async fn chunks_that_do_not_match_their_hash_are_refused() {
     assert_eq!(bytes_of(&a.up), data.len() as u64, "from the upstream instead");
     assert!(asked.load(Ordering::SeqCst) >= 1, "the liar was asked (it claimed every chunk)");
     liar.stop(false).await;
+    a.server.stop(false).await;
+}
+
+/// A peer that has every chunk of `data` and sends each one in two halves `pause` apart.
+async fn slow_seed(
+    net: &Arc<MemoryNetwork>,
+    digest: &Digest,
+    data: Bytes,
+    pause: Duration,
+) -> actix_web::dev::ServerHandle {
+    let size = data.len() as u64;
+    fake_seed(net, digest, size, move |i| {
+        let start = (i * CHUNK) as usize;
+        let chunk = data.slice(start..(start + CHUNK as usize).min(data.len()));
+        let sha = hex::encode(sha2::Sha256::digest(&chunk));
+        let (first, rest) = (chunk.slice(..chunk.len() / 2), chunk.slice(chunk.len() / 2..));
+        let body = futures_util::StreamExt::chain(
+            futures_util::stream::once(async move { Ok::<_, std::io::Error>(first) }),
+            futures_util::stream::once(async move {
+                tokio::time::sleep(pause).await;
+                Ok(rest)
+            }),
+        );
+        actix_web::HttpResponse::Ok()
+            .insert_header(("Docker-Content-Digest", format!("sha256:{sha}")))
+            .insert_header((actix_web::http::header::CONTENT_LENGTH, chunk.len().to_string()))
+            .streaming(body)
+    })
+    .await
+}
+
+/// A chunk arriving from a peer is announced on the status page like an upstream read (peers
+/// wait here for it instead of learning at their next refresh that this node has it), and only
+/// while its bytes flow.
+#[actix_rt::test]
+async fn a_chunk_arriving_from_a_peer_is_announced_while_it_arrives() {
+    let net = Arc::new(MemoryNetwork::default());
+    let (data, digest) = blob((6 * CHUNK) as usize);
+    let seed = slow_seed(&net, &digest, data.clone(), Duration::from_millis(300)).await;
+    let a = node(&net, "a", &data, &digest, false).await;
+    let dl = a.sw.join(&digest, data.len() as u64, request(&digest)).unwrap();
+    let reader = actix_rt::spawn(read_all(dl.clone()));
+    let n = dl.chunks;
+    let mut seen = false;
+    for _ in 0..400 {
+        let s = dl.status();
+        let (have, fetching) = (unbitmap(&s.have, n), unbitmap(&s.fetching, n));
+        if (0..n as usize).any(|i| fetching[i] && !have[i]) {
+            seen = true;
+            break;
+        }
+        if have.iter().all(|h| *h) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(seen, "a chunk on its way from the seed was never announced as arriving");
+    assert_eq!(reader.await.unwrap().unwrap(), data);
+    assert_eq!(bytes_of(&a.up), 0, "every chunk came from the seed");
+    let s = dl.status();
+    assert!(unbitmap(&s.fetching, n).iter().all(|f| !f), "nothing is announced as arriving once held");
+    seed.stop(false).await;
     a.server.stop(false).await;
 }

@@ -121,7 +121,7 @@ pub enum End {
 struct State {
     /// sha256 of each chunk held.
     have: Vec<Option<[u8; 32]>>,
-    /// Chunks this node is fetching from the upstream.
+    /// Chunks arriving now: read from the upstream, or sent by a peer that has them.
     fetching: Vec<bool>,
     end: End,
     /// The other nodes the engine knows are downloading this blob.
@@ -146,8 +146,8 @@ pub struct Download {
 pub struct StatusDoc {
     pub size: u64,
     pub chunk_size: u64,
-    /// Bitmaps (hex, bit i of byte i/8, most significant first): chunks held, chunks being
-    /// fetched from the upstream.
+    /// Bitmaps (hex, bit i of byte i/8, most significant first): chunks held, chunks arriving
+    /// now (from the upstream, or from a peer that has them: a peer may wait here for them).
     pub have: String,
     pub fetching: String,
     /// Other nodes this one knows are downloading the blob (so views converge).

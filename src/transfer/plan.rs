@@ -7,9 +7,11 @@
 //! an epoch of its choice), feeds it what happened ([`Planner::on_chunk`],
 //! [`Planner::on_refresh`]) and performs the [`Action`]s it returns ([`Planner::schedule`]).
 //!
-//! The decisions, for each chunk this node does not have and is not fetching, lowest first:
+//! The decisions, for each chunk this node does not have and is not fetching (the first
+//! [`ORDER_WINDOW`] missing ones in an order of its own, then lowest first):
 //! 1. a peer that has it: the least loaded (ties in a stable pseudo-random order per chunk);
-//! 2. else a peer fetching it from the upstream now (asked with a long poll);
+//! 2. else a peer receiving it now, from the upstream or from a peer that has it (asked with a
+//!    long poll: the chunk moves on when it arrives, not one status refresh later);
 //! 3. else its *owner* ([`owner`], rendezvous hashing over the nodes downloading it): this node
 //!    reads it from the upstream when it is the owner, else asks the owner.
 //!
@@ -46,6 +48,8 @@ pub const MAX_VIEW: usize = 64;
 pub const DHT_EVERY: u64 = 3;
 /// Upstream attempts per chunk before the download fails.
 pub const UPSTREAM_ATTEMPTS: u32 = 4;
+/// How many of the first missing chunks are taken in a per-node order (see [`Planner::schedule`]).
+pub const ORDER_WINDOW: u64 = 32;
 /// A "not yet" answered faster than this was no long poll (the peer has nothing to wait on).
 const PENDING_AT_ONCE: Duration = Duration::from_millis(100);
 /// Then that peer is not asked again for this long (no tight loop).
@@ -124,6 +128,8 @@ pub struct PlanConfig {
     pub dht_every: u64,
     pub upstream_attempts: u32,
     pub dead_for: Duration,
+    /// How many of the first missing chunks are taken in this node's own order (1: index order).
+    pub order_window: u64,
 }
 
 impl PlanConfig {
@@ -137,6 +143,7 @@ impl PlanConfig {
             dht_every: DHT_EVERY,
             upstream_attempts: UPSTREAM_ATTEMPTS,
             dead_for: DEAD_FOR,
+            order_window: ORDER_WINDOW,
         }
     }
 }
@@ -179,8 +186,9 @@ pub enum ChunkOutcome {
 /// A peer's answer to a status request for this download.
 #[derive(Clone, Debug)]
 pub enum Status<A> {
-    /// Downloading the same blob in the same chunks: what it has, what it fetches from the
-    /// upstream, the other nodes it knows download it.
+    /// Downloading the same blob in the same chunks: what it has, what it is receiving now
+    /// (from the upstream, or from a peer that has the chunk), the other nodes it knows
+    /// download it.
     Active { have: Bits, fetching: Bits, peers: Vec<(String, A)> },
     /// Downloading it in another size or chunk size.
     Other,
@@ -671,12 +679,19 @@ impl<A: Clone> Planner<A> {
         best.map(|(_, id)| id)
     }
 
-    /// A peer fetching chunk `i` from the upstream now.
+    /// A peer receiving chunk `i` now (from the upstream, or from a peer that has it), ranked
+    /// like [`Self::holder`] with the ones that have room first: asked with a long poll, so that
+    /// the chunk moves on as soon as it is there rather than after the next refresh.
     fn fetcher(&self, i: u64, now: Duration) -> Option<&String> {
         if self.fetchers[i as usize] == 0 {
             return None;
         }
-        self.peers.iter().find(|(id, k)| k.fetching.get(i) && k.active && self.ok(k, id, i, now)).map(|(id, _)| id)
+        let per_peer = self.cfg.per_peer;
+        self.peers
+            .iter()
+            .filter(|(id, k)| k.fetching.get(i) && k.active && self.ok(k, id, i, now))
+            .min_by_key(|(id, k)| (k.inflight >= per_peer, k.core, k.inflight, self.hashes.tiebreak(id, i) ^ self.salt))
+            .map(|(id, _)| id)
     }
 
     /// Start what can start now.
@@ -708,7 +723,15 @@ impl<A: Clone> Planner<A> {
         // Whether this node owns no chunk (another candidate always wins): then, once the
         // peer slots are full, nothing more can start.
         let owns_none = self.me_at.is_none() && !self.cands.is_empty() && self.excluded.is_empty();
-        for i in self.first_missing..self.chunks {
+        // The first missing chunks in an order of this node's own (the rest in index order):
+        // nodes that start together then ask for different chunks first, so each chunk's first
+        // copies come from different sources (all asking for chunk 0 first had everyone wait
+        // on its owner); a reader streaming the blob in order still gets its bytes early.
+        let span = self.chunks - self.first_missing;
+        let window = span.min(self.cfg.order_window.max(1));
+        let off = if window == 0 { 0 } else { self.salt % window };
+        for step in 0..span {
+            let i = self.first_missing + if step < window { (step + off) % window } else { step };
             if self.peer_inflight >= parallel && (self.upstream_inflight >= up_parallel || owns_none) {
                 break;
             }

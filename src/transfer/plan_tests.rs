@@ -5,8 +5,10 @@ use super::*;
 const KEY: &str = "sha256:0123";
 const MS: Duration = Duration::from_millis(1);
 
+/// The defaults, except chunks in index order: the tests below name the chunks they expect by
+/// index (the per-node order has its own test).
 fn cfg() -> PlanConfig {
-    PlanConfig::new(8, 2, 4, Duration::from_secs(10))
+    PlanConfig { order_window: 1, ..PlanConfig::new(8, 2, 4, Duration::from_secs(10)) }
 }
 
 fn active(n: u64, have: &[u64], fetching: &[u64]) -> Status<u32> {
@@ -481,23 +483,28 @@ fn in_a_cut_swarm_status_pages_do_not_fill_the_view() {
 }
 
 /// Nodes needing the same chunk from equally loaded holders do not all pick the same one.
-#[test]
-fn nodes_prefer_different_holders_of_the_same_chunk() {
-    let holders: Vec<String> = (0..10).map(|i| format!("h{i}")).collect();
+/// How many of 10 peers, each answering `status` (of 4 chunks), 50 nodes pick first for chunk 0.
+fn first_picks_of_chunk_0(status: Status<u32>) -> usize {
+    let peers: Vec<(String, u32)> = (0..10).map(|i| (format!("p{i}"), i)).collect();
     let mut picked = HashSet::new();
     for n in 0..50 {
         let mut p = Planner::new(KEY.into(), format!("node{n}"), 4, cfg());
         let r = p.start_refresh(Duration::ZERO).unwrap();
-        let found: Vec<(String, u32)> = holders.iter().enumerate().map(|(i, h)| (h.clone(), i as u32)).collect();
-        let ask = ask_list(r.known, &found, p.me(), MAX_VIEW);
-        let statuses = ask.into_iter().map(|(id, a)| (id, a, active(4, &[0, 1, 2, 3], &[]))).collect();
+        let ask = ask_list(r.known, &peers, p.me(), MAX_VIEW);
+        let statuses = ask.into_iter().map(|(id, a)| (id, a, status.clone())).collect();
         let mut out = Vec::new();
-        p.on_refresh(Duration::ZERO, &found, statuses, &mut out);
+        p.on_refresh(Duration::ZERO, &peers, statuses, &mut out);
         p.schedule(Duration::ZERO, &mut out);
         let first = starts(&out).0.into_iter().find(|(i, _)| *i == 0).expect("chunk 0 asked");
         picked.insert(first.1);
     }
-    assert!(picked.len() >= 6, "50 nodes spread chunk 0 over {} of 10 holders", picked.len());
+    picked.len()
+}
+
+#[test]
+fn nodes_prefer_different_holders_of_the_same_chunk() {
+    let n = first_picks_of_chunk_0(active(4, &[0, 1, 2, 3], &[]));
+    assert!(n >= 6, "50 nodes spread chunk 0 over {n} of 10 holders");
 }
 
 /// In a cut swarm the core holds every chunk first and everyone has it in view: a chunk that a
@@ -555,4 +562,48 @@ fn a_chunk_a_peer_holds_is_not_read_from_the_upstream_while_that_peer_may_be_ask
     a.schedule(MS * 2, &mut out);
     let (_, up) = starts(&out);
     assert_eq!(up.len(), 2, "upstream_parallel reads while the seed is busy: {out:?}");
+}
+
+/// Peers receiving a chunk now (from the upstream or from a peer) are asked for it with a long
+/// poll: the ones with room (before: always the first receiver by id, so a chunk waited while
+/// that one was at its per-peer limit and another receiver had room), and different nodes
+/// prefer different receivers.
+#[test]
+fn a_chunk_on_its_way_is_asked_from_a_receiver_with_room_and_nodes_spread_over_receivers() {
+    let chunks = 8;
+    let all: Vec<u64> = (0..chunks).collect();
+    let mut p = Planner::new(KEY.into(), "me".into(), chunks, cfg());
+    p.start_refresh(Duration::ZERO).unwrap();
+    let statuses =
+        ["a", "b"].iter().enumerate().map(|(n, id)| (id.to_string(), n as u32, active(chunks, &[], &all))).collect();
+    let mut out = Vec::new();
+    p.on_refresh(Duration::ZERO, &[], statuses, &mut out);
+    p.schedule(Duration::ZERO, &mut out);
+    let (peer, up) = starts(&out);
+    assert!(up.is_empty(), "nothing from the upstream while peers receive every chunk: {out:?}");
+    let to = |who: &str| peer.iter().filter(|(_, id)| id == who).count();
+    assert_eq!((to("a"), to("b")), (4, 4), "per_peer 4 at each receiver, 8 in all: {out:?}");
+
+    let n = first_picks_of_chunk_0(active(4, &[], &[0]));
+    assert!(n >= 6, "50 nodes spread chunk 0 over {n} of 10 receivers");
+}
+
+/// Nodes that start together ask for different chunks first (all asking for chunk 0 first had
+/// every node wait on chunk 0's owner while the other owners' uplinks idled), within the first
+/// `ORDER_WINDOW` missing chunks only: a reader streaming the blob in order gets bytes early.
+#[test]
+fn nodes_start_at_different_chunks_within_the_order_window() {
+    let chunks = 3 * ORDER_WINDOW;
+    let mut firsts = HashSet::new();
+    for n in 0..20 {
+        let mut p: Planner<u32> =
+            Planner::new(KEY.into(), format!("node{n}"), chunks, PlanConfig::new(8, 2, 4, Duration::from_secs(10)));
+        let mut out = Vec::new();
+        p.schedule(Duration::ZERO, &mut out);
+        let (_, up) = starts(&out);
+        assert_eq!(up.len(), 2, "{out:?}");
+        assert!(up.iter().all(|i| *i < ORDER_WINDOW), "{up:?}");
+        firsts.insert(up[0]);
+    }
+    assert!(firsts.len() >= 10, "20 nodes start at {} different chunks", firsts.len());
 }
