@@ -33,6 +33,11 @@ def check(res):
                 errors.append(f"{name} N={r['nodes']}: faster than the bound ({r['slowest_s']} < {r['bound_s']})")
             if r["completed"] > 0 and r.get("image_bytes") and r["registry_egress_over_f"] < 0.99 and "scaleout" not in name:
                 errors.append(f"{name} N={r['nodes']}: registry sent less than the image")
+            c = r.get("peer_copies_s")
+            if r["completed"] > 1 and c and not (0 < c[0] <= c[1] <= c[2] <= c[3] <= r["sim_s"] + 1e-6):
+                errors.append(f"{name} N={r['nodes']}: chunk copy times out of order: {c} (sim {r['sim_s']} s)")
+            if r["completed"] > 0 and "scaleout" not in name and not 0 < r.get("registry_last_s", 1) <= r["sim_s"] + 1e-6:
+                errors.append(f"{name} N={r['nodes']}: no registry read ended within the run ({r.get('registry_last_s')})")
     return errors
 
 
@@ -202,6 +207,21 @@ def report(res, out):
           "default (`peerd-sim --nodes 1000` runs it larger; at 1,000 nodes a random view grows past 200 "
           "peers and the run takes longer than `make sim`'s 10 minutes).")
     w("\n![rollout](scale/rollout.png)\n\n![rollout-random](scale/rollout-random.png)\n\n![sweep](scale/sweep.png)\n")
+    timed = [r for r in res.get("rollout", []) if "peer_copies_s" in r]
+    if timed:
+        w("\n### Where the time goes (as peerd is)\n")
+        w("Seconds since the rollout began: when the last chunk read from the registry arrived (the bound here is "
+          "F/B, the registry's time for the image), and when 10%, 50%, 90% and all of the chunk copies sent between nodes had "
+          "arrived. What comes after the registry's last chunk is the spread of the last chunks to every node: "
+          "with few chunks (64 MiB = 32 chunks) the registry's concurrent reads all end near F/B, so the whole "
+          "spread comes after the bound; with 512 chunks it overlaps the registry reads.\n")
+        w("| N | image MiB | bound s | registry's last chunk s | peer copies 10% / 50% / 90% / all s | last copy − registry's last chunk s |")
+        w("| ---: | ---: | ---: | ---: | ---: | ---: |")
+        for r in timed:
+            c = r["peer_copies_s"]
+            w(f"| {r['nodes']} | {r['image_bytes'] / 2**20:.0f} | {fmt(r['bound_s'])} | {fmt(r['registry_last_s'], 2)} | "
+              f"{fmt(c[0], 2)} / {fmt(c[1], 2)} / {fmt(c[2], 2)} / {fmt(c[3], 2)} | "
+              f"{fmt(c[3] - r['registry_last_s'], 2)} |")
 
     w("\n## 3. Churn: 10% of the nodes die mid-rollout (at F/B/2)\n")
     table("churn", "As peerd is")

@@ -97,6 +97,10 @@ pub struct Report {
     pub capped: bool,
     /// (seconds, fraction of downloading nodes completed)
     pub curve: Vec<(f64, f64)>,
+    /// Where the time goes: when the last chunk read from the registry arrived, and when 10%,
+    /// 50%, 90% and all of the chunk copies sent between nodes had arrived (seconds).
+    pub registry_last_s: f64,
+    pub peer_copies_s: [f64; 4],
     pub invariant_errors: Vec<String>,
 }
 
@@ -269,6 +273,8 @@ struct Sim {
     open: usize,
     rep: Report,
     completion_times: Vec<f64>,
+    /// When each chunk copy sent between nodes arrived (seconds).
+    peer_copy_times: Vec<f64>,
 }
 
 /// Node `n`'s provider record reaches each of `stores` at `base` plus up to `rtt` (from
@@ -644,8 +650,10 @@ impl Sim {
             dl.got += len;
             if to == REGISTRY {
                 self.nodes[from as usize].upstream_bytes += len;
+                self.rep.registry_last_s = self.now as f64 / 1e6;
             } else {
                 self.nodes[from as usize].peer_bytes += len;
+                self.peer_copy_times.push(self.now as f64 / 1e6);
             }
         }
         let mut out = Vec::new();
@@ -946,6 +954,7 @@ pub fn run(p: Params) -> Report {
         open: 0,
         rep: Report { nodes: p.nodes, image_bytes: size, bound_s: bound, ..Report::default() },
         completion_times: Vec::new(),
+        peer_copy_times: Vec::new(),
         p,
     };
     // Seeds hold everything and serve it as swarm members from the start.
@@ -1017,6 +1026,8 @@ fn finish(mut sim: Sim, wall: Instant) -> Report {
         r.slowest_s = r.sim_s;
     }
     r.slowest_over_bound = r.slowest_s / r.bound_s;
+    let mut copies = std::mem::take(&mut sim.peer_copy_times);
+    r.peer_copies_s = [10.0, 50.0, 90.0, 100.0].map(|q| percentile(&mut copies, q));
     r.registry_egress_over_f = sim.net.registry_bytes / f;
     let mut up: Vec<f64> = sim.net.sent.iter().map(|s| s / f).collect();
     r.upload_max_over_f = up.iter().copied().fold(0.0, f64::max);
