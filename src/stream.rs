@@ -196,36 +196,39 @@ pub const MAX_PIECE: usize = 64 << 10;
 /// Splits chunks larger than `max` into pieces of at most `max` bytes.
 pub struct Pieces {
     inner: ByteStream,
-    rest: Bytes,
+    /// Pieces still to hand on: copies, each its own allocation of at most `max` bytes.
+    rest: std::collections::VecDeque<Bytes>,
     max: usize,
 }
 
 impl Pieces {
     pub fn new(inner: ByteStream, max: usize) -> Self {
-        Self { inner, rest: Bytes::new(), max: max.max(1) }
+        Self { inner, rest: std::collections::VecDeque::new(), max: max.max(1) }
     }
 }
 
 impl Stream for Pieces {
     type Item = io::Result<Bytes>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.rest.is_empty() {
-            let mut chunk = match ready!(self.inner.as_mut().poll_next(cx)) {
-                Some(Ok(chunk)) => chunk,
-                other => return Poll::Ready(other),
-            };
-            if chunk.len() <= self.max {
-                return Poll::Ready(Some(Ok(chunk)));
-            }
-            let first = chunk.split_to(self.max);
-            // What waits for the client is copied out of the source's buffer: an HTTP client
-            // reads into buffers of ~400 KiB that grow by doubling, and a view of one pins all
-            // of it for as long as the client does not read.
-            self.rest = Bytes::copy_from_slice(&chunk);
-            return Poll::Ready(Some(Ok(first)));
+        if let Some(piece) = self.rest.pop_front() {
+            return Poll::Ready(Some(Ok(piece)));
         }
-        let n = self.rest.len().min(self.max);
-        Poll::Ready(Some(Ok(self.rest.split_to(n))))
+        let mut chunk = match ready!(self.inner.as_mut().poll_next(cx)) {
+            Some(Ok(chunk)) => chunk,
+            other => return Poll::Ready(other),
+        };
+        if chunk.len() <= self.max {
+            return Poll::Ready(Some(Ok(chunk)));
+        }
+        let first = chunk.split_to(self.max);
+        // What waits for the client is copied out of the source's buffer: an HTTP client
+        // reads into buffers of ~400 KiB that grow by doubling, and a view of one pins all of
+        // it for as long as the client does not read. One copy per piece: small allocations
+        // come from the heap, where one copy of the whole rest (often past malloc's mmap
+        // threshold of 128 KiB) cost a fresh mapping, its page faults and zeroing every time.
+        let max = self.max;
+        self.rest.extend(chunk.chunks(max).map(Bytes::copy_from_slice));
+        Poll::Ready(Some(Ok(first)))
     }
 }
 
@@ -439,6 +442,25 @@ mod tests {
         let mut p = Pieces::new(chunks(data, 7), 3);
         while let Some(c) = p.next().await {
             assert!((1..=3).contains(&c.unwrap().len()));
+        }
+    }
+
+    /// A piece that waits for the client does not pin the source's buffer: after the first,
+    /// each piece of a larger chunk is its own copy.
+    #[tokio::test]
+    async fn pieces_after_the_first_do_not_pin_the_source_buffer() {
+        let source = Bytes::from((0..100u8).collect::<Vec<u8>>());
+        let range = source.as_ptr() as usize..source.as_ptr() as usize + source.len();
+        let one: ByteStream = Box::pin(futures_util::stream::iter(vec![Ok(source.clone())]));
+        let (mut pieces, mut p) = (Vec::new(), Pieces::new(one, 32));
+        while let Some(c) = p.next().await {
+            pieces.push(c.unwrap());
+        }
+        assert_eq!(pieces.concat(), source);
+        assert_eq!(pieces.iter().map(Bytes::len).collect::<Vec<_>>(), vec![32, 32, 32, 4]);
+        assert!(range.contains(&(pieces[0].as_ptr() as usize)), "the first piece is a view");
+        for piece in &pieces[1..] {
+            assert!(!range.contains(&(piece.as_ptr() as usize)), "a later piece is a view of the source");
         }
     }
 }
