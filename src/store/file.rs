@@ -135,6 +135,12 @@ impl FileStream {
         }));
     }
 
+    /// The next piece of the last read (non-empty).
+    fn next_piece(&mut self) -> Poll<Option<io::Result<Bytes>>> {
+        let n = self.current.len().min(MAX_PIECE);
+        Poll::Ready(Some(Ok(self.current.split_to(n))))
+    }
+
     fn fail(&mut self, e: io::Error) -> Poll<Option<io::Result<Bytes>>> {
         self.done = true;
         self.current = Bytes::new();
@@ -150,8 +156,7 @@ impl Stream for FileStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         if !this.current.is_empty() {
-            let n = this.current.len().min(MAX_PIECE);
-            return Poll::Ready(Some(Ok(this.current.split_to(n))));
+            return this.next_piece();
         }
         if this.done {
             return Poll::Ready(None);
@@ -188,8 +193,7 @@ impl Stream for FileStream {
             this.start_read();
         }
         this.current = chunk;
-        let n = this.current.len().min(MAX_PIECE);
-        Poll::Ready(Some(Ok(this.current.split_to(n))))
+        this.next_piece()
     }
 }
 

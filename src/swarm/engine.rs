@@ -313,20 +313,16 @@ impl Engine {
                 self.dl.set_view(self.plan.view().into_iter().map(|(id, addr)| PeerDoc { id, addr }).collect());
             }
             Done::Chunk { index, lane, result, took } => {
+                // No longer arriving (a chunk that arrived is cleared when it is stored).
+                if !matches!(result, ChunkResult::Got(..)) {
+                    self.dl.set_fetching(index, false);
+                }
                 let source = match lane {
                     Lane::Upstream => {
                         self.aborts.remove(&index);
-                        if !matches!(result, ChunkResult::Got(..)) {
-                            self.dl.set_fetching(index, false);
-                        }
                         Source::Upstream
                     }
-                    Lane::Peer(id) => {
-                        if !matches!(result, ChunkResult::Got(..)) {
-                            self.dl.set_fetching(index, false);
-                        }
-                        Source::Peer(id)
-                    }
+                    Lane::Peer(id) => Source::Peer(id),
                 };
                 let outcome = match result {
                     ChunkResult::Got(data, sha) => {
