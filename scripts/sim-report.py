@@ -188,8 +188,9 @@ def report(res, out):
               "and slowest / bound are lower bounds (the simulated time reached), its egress what the registry "
               "had sent by then.\n")
         w("| N | image MiB | completed | p50 s | slowest s | bound s | slowest / bound | registry egress / F | "
-          "upload per node max / median (·F) | mean view | takeovers | registry reads abandoned | 503s | wall s |")
-        w("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "upload per node max / median (·F) | mean view | takeovers | registry reads abandoned | 503s | "
+          "passed on while arriving | wall s |")
+        w("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for r in runs:
             done = f"{r['completed']}/{r['downloading']}" + (f" (stopped at {fmt(r['sim_s'], 0)} s)" if r["capped"] else "")
             if r.get("killed"):
@@ -197,7 +198,7 @@ def report(res, out):
             w(f"| {r['nodes']} | {r['image_bytes'] / 2**20:.0f} | {done} | {fmt(r['p50_s'])} | {fmt(r['slowest_s'])} | "
               f"{fmt(r['bound_s'])} | {fmt(r['slowest_over_bound'], 2)} | {fmt(r['registry_egress_over_f'], 2)} | "
               f"{fmt(r['upload_max_over_f'], 2)} / {fmt(r['upload_median_over_f'], 2)} | {fmt(r['view_mean'])} | "
-              f"{r['takeovers']} | {r['abandoned']} | {r['busy']} | {fmt(r['wall_s'])} |")
+              f"{r['takeovers']} | {r['abandoned']} | {r['busy']} | {r.get('forwarded', 0)} | {fmt(r['wall_s'])} |")
 
     w("\n## 2. Cold rollout: N nodes want the image at once\n")
     table("rollout", "As peerd is (DHT answers as libp2p-kad 0.49 gives them)")

@@ -260,6 +260,8 @@ pub struct SwarmConfig {
     pub linger: Duration,
     pub upload_rate: u64,
     pub download_rate: u64,
+    /// Pass a chunk arriving from a peer on to peers that ask for it while it arrives.
+    pub cut_through: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

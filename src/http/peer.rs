@@ -142,3 +142,14 @@ pub fn chunk_answer(data: bytes::Bytes, sha256_hex: &str) -> HttpResponse {
         .content_type("application/octet-stream")
         .body(data)
 }
+
+/// A chunk of `len` bytes passed on while it arrives here ([`crate::swarm::arrival`]), marked
+/// so the asker knows a cut body means this node's source failed, not this node.
+pub fn forwarded_chunk_answer(body: crate::stream::ByteStream, len: u64, sha256_hex: &str) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header(("Docker-Content-Digest", format!("sha256:{sha256_hex}")))
+        .insert_header((crate::peer::FORWARDED_HEADER, "true"))
+        .content_type("application/octet-stream")
+        .no_chunking(len)
+        .streaming(body)
+}

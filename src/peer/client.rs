@@ -55,6 +55,8 @@ pub struct PeerResponse {
     /// Total size from `Content-Range` (206) or `Content-Length` (200).
     pub total_size: Option<u64>,
     pub digest: Option<String>,
+    /// A swarm chunk passed on while it arrives at the peer ([`super::FORWARDED_HEADER`]).
+    pub forwarded: bool,
     pub body: ByteStream,
 }
 
@@ -186,6 +188,7 @@ impl PeerClient {
         let status = resp.status().as_u16();
         let (digest, length, content_range) =
             (h("docker-content-digest"), h(CONTENT_LENGTH.as_str()), h(CONTENT_RANGE.as_str()));
+        let forwarded = h(super::FORWARDED_HEADER) == "true";
         if let Some(k) = &self.key {
             if let Err(e) = k.verify_response(
                 &nonce,
@@ -225,6 +228,7 @@ impl PeerClient {
             content_length,
             total_size,
             digest: (!digest.is_empty()).then_some(digest),
+            forwarded,
             body,
         })
     }

@@ -50,3 +50,7 @@ pub const NONCE_HEADER: &str = "x-peerd-nonce";
 pub const SIGNATURE_HEADER: &str = "x-peerd-signature";
 /// On a "not yet" (425) answer for a swarm chunk: the bytes of it the peer has received so far.
 pub const PROGRESS_HEADER: &str = "x-peerd-progress";
+/// On a swarm chunk passed on while it arrives: a body cut short means the sender's own source
+/// failed (ask elsewhere), not that the sender died. Not signed: it only softens how a failure
+/// is counted, and whoever can forge it can cut the connection anyway.
+pub const FORWARDED_HEADER: &str = "x-peerd-forwarded";

@@ -6,6 +6,12 @@
 //! progress, 503 beyond `upload_slots`, 404 without the download (before it started, after its
 //! `linger`). Dead nodes: new connections fail after `p2p.connect_timeout`, transfers in
 //! progress after `p2p.idle_timeout`.
+//!
+//! Cut-through (`swarm.cut_through`): a request for a chunk that is arriving at the asked node
+//! from a peer is served at once, as peerd passes the bytes on while they arrive. In the fluid
+//! model such a transfer gets its fair share like any other; it cannot end before the forwarding
+//! node has the whole chunk (then its reply follows after one half RTT), and it is cut (503 to the
+//! asker) when the forwarding node's own transfer fails.
 
 use super::net::{Net, REGISTRY};
 use super::{percentile, Rng};
@@ -89,6 +95,8 @@ pub struct Report {
     pub peers_lost: u64,
     pub busy: u64,
     pub pending: u64,
+    /// Chunk transfers served by cut-through (the sender was still receiving the chunk).
+    pub forwarded: u64,
     pub view_mean: f64,
     pub sim_s: f64,
     pub wall_s: f64,
@@ -216,6 +224,8 @@ struct Dl {
     waiters: BTreeMap<u64, Vec<u32>>,
     /// Chunks arriving from a peer now (their bytes flow): announced like upstream reads.
     receiving: Bits,
+    /// chunk → requests served here by cut-through while it arrives.
+    forwards: BTreeMap<u64, Vec<u32>>,
     done_at: Option<u64>,
 }
 
@@ -240,6 +250,10 @@ struct Req {
     live: bool,
     waiting: bool,
     flow: Option<u32>,
+    /// Served by cut-through: done only once the sender has the whole chunk.
+    fwd: bool,
+    /// Its bytes were sent; the reply waits for the sender's own copy to complete.
+    tail: bool,
 }
 
 struct Sim {
@@ -328,7 +342,8 @@ impl Sim {
     }
 
     fn new_req(&mut self, from: u32, to: u32, b: u16, index: u64) -> u32 {
-        let r = Req { from, to, b, index, sent: self.now, live: true, waiting: false, flow: None };
+        let r =
+            Req { from, to, b, index, sent: self.now, live: true, waiting: false, flow: None, fwd: false, tail: false };
         match self.free_reqs.pop() {
             Some(i) => {
                 self.reqs[i as usize] = r;
@@ -517,8 +532,9 @@ impl Sim {
         matches!(dl.state, DlState::Running | DlState::Done) && (node.seed || dl.plan.have().get(i))
     }
 
-    /// Serve request `r` at its target, which has the chunk: a flow, or 503.
-    fn serve(&mut self, r: u32) {
+    /// Serve request `r` at its target, which has the chunk (or, `fwd`, is receiving it from a
+    /// peer): a flow, or 503.
+    fn serve(&mut self, r: u32, fwd: bool) {
         let (from, to, b, index) = {
             let q = &self.reqs[r as usize];
             (q.from, q.to, q.b, q.index)
@@ -533,11 +549,27 @@ impl Sim {
             return;
         }
         self.nodes[to as usize].uploads += 1;
+        if fwd {
+            self.rep.forwarded += 1;
+            self.reqs[r as usize].fwd = true;
+            self.nodes[to as usize].dls[b as usize].forwards.entry(index).or_default().push(r);
+        }
         self.nodes[from as usize].dls[b as usize].receiving.set(index, true);
         let len = self.chunk_len(b, index) as f64;
         let id = self.net.start(self.now, to, from, len, u64::from(r));
         self.reqs[r as usize].flow = Some(id);
         self.drain_net();
+        // Long polls waiting at the receiver for this chunk: passed on while it arrives.
+        if self.p.swarm.cut_through {
+            if let Some(w) = self.nodes[from as usize].dls[b as usize].waiters.remove(&index) {
+                for x in w {
+                    if self.reqs[x as usize].live && self.reqs[x as usize].waiting {
+                        self.reqs[x as usize].waiting = false;
+                        self.serve(x, true);
+                    }
+                }
+            }
+        }
     }
 
     fn arrive(&mut self, r: u32) {
@@ -557,7 +589,9 @@ impl Sim {
             return;
         }
         if self.has(to, b, index) {
-            self.serve(r);
+            self.serve(r, false);
+        } else if self.p.swarm.cut_through && dl.receiving.get(index) {
+            self.serve(r, true);
         } else {
             self.reqs[r as usize].waiting = true;
             self.nodes[to as usize].dls[b as usize].waiters.entry(index).or_default().push(r);
@@ -600,12 +634,17 @@ impl Sim {
             if !q.live {
                 continue;
             }
-            let (from, to, b) = (q.from, q.to, q.b);
+            let (from, to, b, index, fwd) = (q.from, q.to, q.b, q.index, q.fwd);
             self.reqs[r as usize].flow = None;
             if to == REGISTRY {
                 self.nodes[from as usize].dls[b as usize].upstream_done += f.len;
             } else {
                 self.nodes[to as usize].uploads -= 1;
+            }
+            if fwd && !self.has(to, b, index) {
+                // Sent as fast as it arrived: the last bytes follow the sender's own copy.
+                self.reqs[r as usize].tail = true;
+                continue;
             }
             let h = self.half_rtt(to);
             self.push(self.now + h, Ev::Reply { r, reply: Reply::Got });
@@ -619,7 +658,15 @@ impl Sim {
         }
         let (from, to, b, index, sent) = (q.from, q.to, q.b, q.index, q.sent);
         self.free_req(r);
-        if !self.nodes[from as usize].alive || self.nodes[from as usize].dls[b as usize].state != DlState::Running {
+        if !self.nodes[from as usize].alive {
+            return;
+        }
+        let forwards =
+            if to == REGISTRY { None } else { self.nodes[from as usize].dls[b as usize].forwards.remove(&index) };
+        if self.nodes[from as usize].dls[b as usize].state != DlState::Running {
+            if let Some(fw) = forwards {
+                self.forwarded_end(from, fw, false);
+            }
             return;
         }
         let source = if to == REGISTRY { Source::Upstream } else { Source::Peer(self.ids[to as usize].clone()) };
@@ -659,18 +706,50 @@ impl Sim {
         let mut out = Vec::new();
         let now = Duration::from_micros(self.now);
         self.nodes[from as usize].dls[b as usize].plan.on_chunk(now, index, source, outcome, &mut out);
+        if let Some(fw) = forwards {
+            self.forwarded_end(from, fw, outcome == ChunkOutcome::Got);
+        }
         if outcome == ChunkOutcome::Got {
             // Long polls waiting here for this chunk are answered.
             if let Some(w) = self.nodes[from as usize].dls[b as usize].waiters.remove(&index) {
                 for x in w {
                     if self.reqs[x as usize].live && self.reqs[x as usize].waiting {
                         self.reqs[x as usize].waiting = false;
-                        self.serve(x);
+                        self.serve(x, false);
                     }
                 }
             }
         }
         self.perform(from, b, out);
+    }
+
+    /// Node `n`'s own transfer of a chunk it passed on while it arrived (requests `fw`) ended:
+    /// complete, the transfers whose bytes were all sent are answered; failed, every one of
+    /// them is cut (the asker sees a 503-like failure and asks elsewhere).
+    fn forwarded_end(&mut self, n: u32, fw: Vec<u32>, got: bool) {
+        let h = self.half_rtt(n);
+        for x in fw {
+            let q = &self.reqs[x as usize];
+            if !q.live || !q.fwd || q.to != n {
+                continue;
+            }
+            if got {
+                self.reqs[x as usize].fwd = false;
+                if self.reqs[x as usize].tail {
+                    self.reqs[x as usize].tail = false;
+                    self.push(self.now + h, Ev::Reply { r: x, reply: Reply::Got });
+                }
+                continue;
+            }
+            if let Some(f) = self.reqs[x as usize].flow.take() {
+                if self.net.end(f, self.now).is_some() {
+                    self.nodes[n as usize].uploads -= 1;
+                }
+            }
+            self.reqs[x as usize].tail = false;
+            self.push(self.now + h, Ev::Reply { r: x, reply: Reply::Busy });
+        }
+        self.drain_net();
     }
 
     /// Do what node `n`'s planner decided for blob `b`, then let it schedule.
@@ -804,15 +883,20 @@ impl Sim {
                 }
             }
             self.drain_net();
-            // Long polls held by it stall too.
-            let waiting: Vec<u32> = self.nodes[n as usize]
+            // Long polls held by it, and transfers it passed on and sent all of, stall too (it
+            // never answers them).
+            let held: Vec<u32> = self.nodes[n as usize]
                 .dls
                 .iter_mut()
-                .flat_map(|d| std::mem::take(&mut d.waiters).into_values().flatten())
+                .flat_map(|d| {
+                    let (w, f) = (std::mem::take(&mut d.waiters), std::mem::take(&mut d.forwards));
+                    w.into_values().chain(f.into_values()).flatten()
+                })
                 .collect();
-            for r in waiting {
-                if self.reqs[r as usize].live {
-                    self.reqs[r as usize].waiting = false;
+            for r in held {
+                let q = &mut self.reqs[r as usize];
+                if q.live && (q.waiting || q.tail) {
+                    (q.waiting, q.tail) = (false, false);
                     self.push(self.now + idle, Ev::Reply { r, reply: Reply::Dead });
                 }
             }
@@ -906,6 +990,7 @@ pub fn run(p: Params) -> Report {
                     upstream: BTreeMap::new(),
                     waiters: BTreeMap::new(),
                     receiving: Bits::new(chunks[b]),
+                    forwards: BTreeMap::new(),
                     done_at: None,
                 })
                 .collect(),

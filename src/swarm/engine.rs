@@ -5,6 +5,7 @@
 //! outcome it feeds back to the planner. Bytes go from the network to the spool, never through
 //! the planner.
 
+use super::arrival::Arrival;
 use super::{group_key, group_keys, swarm_key, throttle, unbitmap, Download, End, PeerDoc, StatusDoc, Swarming};
 use super::{SWARM_CHUNK_BYTES, SWARM_CHUNK_FAILURES, SWARM_PEERS_LOST, SWARM_TAKEOVERS};
 use crate::oci::{Digest, Hasher};
@@ -445,19 +446,40 @@ async fn fetch_peer_chunk(sw: &Swarming, dl: &Download, peer: &Peer, index: u64)
     };
     // The peer has the chunk and its bytes flow: announced like an upstream read, so that
     // nodes that need it wait here for it (a long poll) rather than learn at their next refresh
-    // that this node has it. Only now (not while waiting on the peer): whoever waits here waits
-    // on a transfer that is under way, never on a node that itself waits.
-    dl.set_fetching(index, true);
-    let claimed = resp.digest.clone().unwrap_or_default();
-    let body = match crate::stream::collect(resp.body, want_len).await {
-        Ok(b) => b,
-        Err(e) => return ChunkResult::Dead(e.to_string()),
+    // that this node has it — and, with cut-through, get its bytes as they arrive. Only now (not
+    // while waiting on the peer): whoever waits here waits on a transfer that is under way, never
+    // on a node that itself waits.
+    let claimed = resp.digest.as_deref().and_then(|d| d.strip_prefix("sha256:")).and_then(|h| hex::decode(h).ok());
+    let Some(claimed) = claimed.and_then(|c| <[u8; 32]>::try_from(c).ok()) else {
+        return ChunkResult::Bad(format!("chunk {index}: no sha256 in the answer"));
     };
-    let sha: [u8; 32] = sha2::Sha256::digest(&body).into();
-    if body.len() as u64 != want_len || claimed != format!("sha256:{}", hex::encode(sha)) {
-        return ChunkResult::Bad(format!("chunk {index}: {} bytes, checksum {claimed}", body.len()));
+    let arrival = Arrival::new(claimed, want_len);
+    // Readers of a transfer that ends in any other way than matching are cut.
+    let _guard = arrival.guard();
+    dl.arriving(index, &arrival, sw.cfg.cut_through);
+    let (mut body, forwarded) = (resp.body, resp.forwarded);
+    let (mut hasher, mut got) = (sha2::Sha256::new(), 0u64);
+    while let Some(piece) = body.next().await {
+        match piece {
+            Ok(p) => {
+                got += p.len() as u64;
+                if got > want_len {
+                    return ChunkResult::Bad(format!("chunk {index}: more than {want_len} bytes"));
+                }
+                hasher.update(&p);
+                arrival.push(p);
+            }
+            // A peer passing the chunk on while it arrives lost its own source: ask elsewhere.
+            Err(_) if forwarded => return ChunkResult::Busy,
+            Err(e) => return ChunkResult::Dead(e.to_string()),
+        }
     }
-    ChunkResult::Got(body, sha)
+    let sha: [u8; 32] = hasher.finalize().into();
+    if got != want_len || sha != claimed {
+        return ChunkResult::Bad(format!("chunk {index}: {got} bytes, checksum sha256:{}", hex::encode(claimed)));
+    }
+    arrival.end(true);
+    ChunkResult::Got(arrival.joined(), sha)
 }
 
 async fn fetch_upstream_chunk(sw: &Swarming, dl: &Download, mut req: UpstreamRequest, index: u64) -> ChunkResult {

@@ -42,6 +42,7 @@ impl Upstream for Stalled {
 struct Node {
     sw: Arc<Swarming>,
     up: Arc<MemoryUpstream>,
+    addr: std::net::SocketAddr,
     server: actix_web::dev::ServerHandle,
     _dir: tempfile::TempDir,
 }
@@ -102,7 +103,7 @@ async fn node(net: &Arc<MemoryNetwork>, name: &str, blob: &Bytes, digest: &Diges
         c.app_data(data.clone());
         crate::http::swarm::configure(c);
     });
-    Node { sw, up, server, _dir: dir }
+    Node { sw, up, addr: me.addr, server, _dir: dir }
 }
 
 fn blob(len: usize) -> (Bytes, Digest) {
@@ -274,19 +275,24 @@ async fn chunks_that_do_not_match_their_hash_are_refused() {
     a.server.stop(false).await;
 }
 
-/// A peer that has every chunk of `data` and sends each one in two halves `pause` apart.
+/// A peer that has every chunk of `data` and sends each one in two halves `pause` apart (with
+/// `corrupt`, the second half is zeros while the hash it claims is the right one).
 async fn slow_seed(
     net: &Arc<MemoryNetwork>,
     digest: &Digest,
     data: Bytes,
     pause: Duration,
+    corrupt: bool,
 ) -> actix_web::dev::ServerHandle {
     let size = data.len() as u64;
     fake_seed(net, digest, size, move |i| {
         let start = (i * CHUNK) as usize;
         let chunk = data.slice(start..(start + CHUNK as usize).min(data.len()));
         let sha = hex::encode(sha2::Sha256::digest(&chunk));
-        let (first, rest) = (chunk.slice(..chunk.len() / 2), chunk.slice(chunk.len() / 2..));
+        let (first, mut rest) = (chunk.slice(..chunk.len() / 2), chunk.slice(chunk.len() / 2..));
+        if corrupt {
+            rest = Bytes::from(vec![0u8; rest.len()]);
+        }
         let body = futures_util::StreamExt::chain(
             futures_util::stream::once(async move { Ok::<_, std::io::Error>(first) }),
             futures_util::stream::once(async move {
@@ -309,7 +315,7 @@ async fn slow_seed(
 async fn a_chunk_arriving_from_a_peer_is_announced_while_it_arrives() {
     let net = Arc::new(MemoryNetwork::default());
     let (data, digest) = blob((6 * CHUNK) as usize);
-    let seed = slow_seed(&net, &digest, data.clone(), Duration::from_millis(300)).await;
+    let seed = slow_seed(&net, &digest, data.clone(), Duration::from_millis(300), false).await;
     let a = node(&net, "a", &data, &digest, false).await;
     let dl = a.sw.join(&digest, data.len() as u64, request(&digest)).unwrap();
     let reader = actix_rt::spawn(read_all(dl.clone()));
@@ -332,6 +338,79 @@ async fn a_chunk_arriving_from_a_peer_is_announced_while_it_arrives() {
     assert_eq!(bytes_of(&a.up), 0, "every chunk came from the seed");
     let s = dl.status();
     assert!(unbitmap(&s.fetching, n).iter().all(|f| !f), "nothing is announced as arriving once held");
+    seed.stop(false).await;
+    a.server.stop(false).await;
+}
+
+/// The first chunk of `dl` found arriving from a peer (not held yet), within 10 s.
+async fn an_arriving_chunk(dl: &Download) -> u64 {
+    for _ in 0..2000 {
+        if let Some(i) = (0..dl.chunks).find(|i| dl.arrival(*i).is_some() && dl.has(*i).is_none()) {
+            return i;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("no chunk was ever seen arriving");
+}
+
+/// Ask node `addr` for chunk `index` of `digest` as a peer would.
+async fn ask_chunk(addr: std::net::SocketAddr, digest: &Digest, index: u64) -> crate::peer::client::PeerResponse {
+    let client = PeerClient::new(Duration::from_millis(500), Duration::from_secs(5), None, "c".into()).unwrap();
+    let target = format!("/swarm/{digest}/{CHUNK}/{index}?wait=2000");
+    client.fetch(&Peer { id: "a".into(), addr }, &target, false, None, None).await.unwrap()
+}
+
+/// A node downloading a 4-chunk blob from a seed that sends each chunk in two halves 1.5 s
+/// apart (`corrupt`: a wrong second half), and a peer's answer for a chunk while it arrives there.
+struct Passing {
+    seed: actix_web::dev::ServerHandle,
+    a: Node,
+    dl: Arc<Download>,
+    data: Bytes,
+    index: u64,
+    resp: crate::peer::client::PeerResponse,
+}
+
+async fn passing(corrupt: bool) -> Passing {
+    let net = Arc::new(MemoryNetwork::default());
+    let (data, digest) = blob((4 * CHUNK) as usize);
+    let seed = slow_seed(&net, &digest, data.clone(), Duration::from_millis(1500), corrupt).await;
+    let a = node(&net, "a", &data, &digest, false).await;
+    let dl = a.sw.join(&digest, data.len() as u64, request(&digest)).unwrap();
+    let index = an_arriving_chunk(&dl).await;
+    let resp = ask_chunk(a.addr, &digest, index).await;
+    assert!(resp.forwarded, "answered as a chunk passed on");
+    Passing { seed, a, dl, data, index, resp }
+}
+
+/// Cut-through: a peer asking for a chunk that is arriving here gets its bytes while they arrive
+/// (before this node holds the chunk), marked as passed on, and the whole chunk matches.
+#[actix_rt::test]
+async fn a_chunk_arriving_from_a_peer_is_passed_on_while_it_arrives() {
+    let Passing { seed, a, dl, data, index, resp } = passing(false).await;
+    let want = data.slice((index * CHUNK) as usize..((index + 1) * CHUNK) as usize);
+    assert_eq!(resp.digest, Some(format!("sha256:{}", hex::encode(sha2::Sha256::digest(&want)))));
+    let mut body = resp.body;
+    let first = futures_util::StreamExt::next(&mut body).await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    assert!(dl.has(index).is_none(), "the first bytes were passed on before this node held the chunk");
+    let rest = crate::stream::collect(body, CHUNK).await.unwrap();
+    assert_eq!([first, rest].concat(), want);
+    assert_eq!(read_all(dl).await.unwrap(), data);
+    seed.stop(false).await;
+    a.server.stop(false).await;
+}
+
+/// Cut-through from a lying source: the chunk passed on ends with an error before its last byte
+/// (never a complete body with wrong bytes); the node itself refuses the chunk and completes
+/// the blob from the upstream.
+#[actix_rt::test]
+async fn a_chunk_passed_on_from_a_lying_peer_is_cut_before_its_last_byte() {
+    let Passing { seed, a, dl, data, resp, .. } = passing(true).await;
+    let got = resp.checked_body(CHUNK, true).await;
+    assert!(matches!(got, Err(crate::peer::client::BodyError::Read(_))), "the body was cut, not completed: {got:?}");
+    assert_eq!(read_all(dl).await.unwrap(), data, "completed without the liar's chunks");
+    assert!(bytes_of(&a.up) > 0, "the refused chunks came from the upstream");
     seed.stop(false).await;
     a.server.stop(false).await;
 }

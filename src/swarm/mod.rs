@@ -21,6 +21,7 @@
 //! The engine that makes these decisions is in [`engine`]; the peer endpoints in [`http`]; the
 //! bytes live in a sparse spool file ([`spool`]) and flow from it straight to the responses.
 
+pub mod arrival;
 pub mod engine;
 mod serve;
 pub mod spool;
@@ -33,11 +34,13 @@ use crate::routing::{Peer, Router};
 use crate::stream::ByteStream;
 use crate::upstream::UpstreamRequest;
 use actix::Recipient;
+use arrival::Arrival;
 use bytes::Bytes;
 use dashmap::DashMap;
 #[cfg(test)]
 use sha2::Digest as _;
 use spool::Spool;
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -90,6 +93,7 @@ pub fn download_keys(digest: &Digest, me: &str) -> Vec<String> {
 
 /// The rendezvous owner of a chunk (moved to the transfer core).
 pub use crate::transfer::owner;
+pub use serve::{ChunkBody, PeerChunk};
 
 type Limiter = governor::DefaultDirectRateLimiter;
 
@@ -123,6 +127,8 @@ struct State {
     have: Vec<Option<[u8; 32]>>,
     /// Chunks arriving now: read from the upstream, or sent by a peer that has them.
     fetching: Vec<bool>,
+    /// Chunks arriving from a peer that are passed on while they arrive (cut-through).
+    arriving: HashMap<u64, Arc<Arrival>>,
     end: End,
     /// The other nodes the engine knows are downloading this blob.
     view: Vec<PeerDoc>,
@@ -191,6 +197,7 @@ impl Download {
             state: Mutex::new(State {
                 have: vec![None; chunks as usize],
                 fetching: vec![false; chunks as usize],
+                arriving: HashMap::new(),
                 end: End::Running,
                 view: Vec::new(),
             }),
@@ -227,7 +234,29 @@ impl Download {
     }
 
     fn set_fetching(&self, index: u64, fetching: bool) {
-        self.lock().fetching[index as usize] = fetching;
+        let mut s = self.lock();
+        s.fetching[index as usize] = fetching;
+        if !fetching {
+            s.arriving.remove(&index);
+        }
+    }
+
+    /// Chunk `index` arrives from a peer: announced as arriving, and (`pass_on`) handed to peers
+    /// that ask for it while it arrives.
+    fn arriving(&self, index: u64, arrival: &Arc<Arrival>, pass_on: bool) {
+        {
+            let mut s = self.lock();
+            s.fetching[index as usize] = true;
+            if pass_on {
+                s.arriving.insert(index, arrival.clone());
+            }
+        }
+        self.bump();
+    }
+
+    /// Chunk `index` as it arrives from a peer, when it is passed on.
+    pub fn arrival(&self, index: u64) -> Option<Arc<Arrival>> {
+        self.lock().arriving.get(&index).cloned()
     }
 
     fn set_view(&self, view: Vec<PeerDoc>) {
@@ -252,6 +281,7 @@ impl Download {
             let mut s = self.lock();
             s.have[index as usize] = Some(sha);
             s.fetching[index as usize] = false;
+            s.arriving.remove(&index);
         }
         self.bump();
         Ok(())
@@ -272,9 +302,12 @@ impl Download {
         self.wait(|s| s.end == End::Verified).await
     }
 
-    /// Like [`Self::wait_chunk`], giving up after `limit`: `Ok(false)` when still not here.
+    /// Wait up to `limit` until chunk `index` is here or arriving from a peer that passes it
+    /// on: `Ok(false)` when neither.
     pub async fn wait_chunk_for(&self, index: u64, limit: std::time::Duration) -> Result<bool, String> {
-        match tokio::time::timeout(limit, self.wait_chunk(index)).await {
+        let i = index as usize;
+        let ready = self.wait(|s| s.have[i].is_some() || s.arriving.contains_key(&index));
+        match tokio::time::timeout(limit, ready).await {
             Ok(r) => r.map(|()| true),
             Err(_) => Ok(false),
         }

@@ -6,9 +6,25 @@ use super::{throttle, Download, End, StatusDoc, Swarming, SWARM_UPLOAD_BYTES};
 use crate::error::ApiError;
 use crate::oci::Digest;
 use crate::peer::LONG_POLL;
+use crate::stream::ByteStream;
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// A chunk for a peer, with its sha256.
+pub struct PeerChunk {
+    pub body: ChunkBody,
+    pub sha: [u8; 32],
+    pub len: u64,
+}
+
+pub enum ChunkBody {
+    /// Held here.
+    Held(Bytes),
+    /// Arriving here from a peer, passed on as it arrives (cut-through): the stream ends with an
+    /// error before its last byte if the chunk does not arrive whole and matching.
+    Arriving(ByteStream),
+}
 
 impl Swarming {
     /// The download of `digest` in `chunk_size`-byte chunks on this node.
@@ -31,14 +47,15 @@ impl Swarming {
 
     /// Chunk `index` for a peer, with its sha256: waits up to `wait` (at most the long poll)
     /// for a chunk still on its way ([`ApiError::Pending`] with this node's upstream progress
-    /// after that), and [`ApiError::Busy`] when too many chunks are being sent at once.
+    /// after that), and [`ApiError::Busy`] when too many chunks are being sent at once. A chunk
+    /// arriving here from a peer is passed on while it arrives (`swarm.cut_through`).
     pub async fn chunk_for_peer(
         &self,
         digest: &str,
         chunk_size: u64,
         index: u64,
         wait: Duration,
-    ) -> Result<(Bytes, [u8; 32]), ApiError> {
+    ) -> Result<PeerChunk, ApiError> {
         let dl = self.download_of(digest, chunk_size)?;
         if index >= dl.chunks {
             return Err(ApiError::RangeNotSatisfiable { size: dl.chunks });
@@ -48,14 +65,30 @@ impl Swarming {
             Ok(false) => return Err(ApiError::Pending { progress: Some(dl.progress()) }),
             Err(e) => return Err(ApiError::BlobUnknown(format!("download failed: {e}"))),
         }
-        let Ok(_slot) = self.upload_slots.try_acquire() else { return Err(ApiError::Busy) };
-        throttle(self.upload_limit.as_ref(), dl.chunk_len(index) as usize).await;
-        let (data, sha) = dl.read_chunk(index).await.ok_or_else(|| ApiError::BlobUnknown(format!("chunk {index}")))?;
-        metrics::counter!(SWARM_UPLOAD_BYTES).increment(data.len() as u64);
-        metrics::counter!(crate::peer::PEER_SERVED_BYTES).increment(data.len() as u64);
+        let Ok(slot) = self.upload_slots.clone().try_acquire_owned() else { return Err(ApiError::Busy) };
+        let len = dl.chunk_len(index);
+        throttle(self.upload_limit.as_ref(), len as usize).await;
+        let chunk = match (dl.has(index), dl.arrival(index)) {
+            (None, Some(arrival)) => {
+                let sha = arrival.sha;
+                // The upload slot is held until the last byte went out.
+                let body = futures_util::StreamExt::map(arrival.stream(), move |piece| {
+                    let _held = &slot;
+                    piece
+                });
+                PeerChunk { body: ChunkBody::Arriving(Box::pin(body)), sha, len }
+            }
+            _ => {
+                let (data, sha) =
+                    dl.read_chunk(index).await.ok_or_else(|| ApiError::BlobUnknown(format!("chunk {index}")))?;
+                PeerChunk { body: ChunkBody::Held(data), sha, len }
+            }
+        };
+        metrics::counter!(SWARM_UPLOAD_BYTES).increment(len);
+        metrics::counter!(crate::peer::PEER_SERVED_BYTES).increment(len);
         if let Some(a) = &self.active {
             let _ = a.try_send(crate::actors::peers::ServedPeer);
         }
-        Ok((data, sha))
+        Ok(chunk)
     }
 }
