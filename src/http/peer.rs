@@ -143,13 +143,11 @@ pub fn chunk_answer(data: bytes::Bytes, sha256_hex: &str) -> HttpResponse {
         .body(data)
 }
 
-/// A chunk of `len` bytes passed on while it arrives here ([`crate::swarm::arrival`]), marked
-/// so the asker knows a cut body means this node's source failed, not this node.
-pub fn forwarded_chunk_answer(body: crate::stream::ByteStream, len: u64, sha256_hex: &str) -> HttpResponse {
-    HttpResponse::Ok()
-        .insert_header(("Docker-Content-Digest", format!("sha256:{sha256_hex}")))
-        .insert_header((crate::peer::FORWARDED_HEADER, "true"))
-        .content_type("application/octet-stream")
-        .no_chunking(len)
-        .streaming(body)
+/// The trailer of a chunk passed on while it arrives ([`crate::peer::CHUNK_TRAILER_LEN`]): its
+/// sha256 and the tag over it bound to `req`'s nonce (zeros without a cluster secret).
+pub fn chunk_trailer(req: &HttpRequest, sha: &[u8; 32]) -> bytes::Bytes {
+    let nonce = req.headers().get(NONCE_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let key = req.app_data::<web::Data<PeerGuard>>().and_then(|g| g.key.clone());
+    let tag = key.map_or([0; 32], |k| k.seal_chunk(nonce, sha));
+    bytes::Bytes::from([sha.as_slice(), tag.as_slice()].concat())
 }

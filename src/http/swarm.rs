@@ -6,15 +6,17 @@
 //!   `Docker-Content-Digest`; if the node is downloading it but does not have that chunk yet,
 //!   the request waits up to `wait` ms, then answers 425 with the bytes this node has received
 //!   from the upstream for the blob so far (the asker keeps waiting while that grows). A chunk
-//!   arriving here from a peer is passed on while it arrives (`swarm.cut_through`), marked
-//!   `x-peerd-forwarded: true`; its body ends with an error before the last byte if the chunk
-//!   does not arrive whole and matching. 404: no such download here. 503: too many uploads.
+//!   arriving here (from a peer or the upstream) is passed on while it arrives
+//!   (`swarm.cut_through`), marked `x-peerd-forwarded: true`, without `Docker-Content-Digest`:
+//!   the body is the chunk then a trailer (its sha256 and a tag sealing it to the request), sent
+//!   once the chunk was verified here; a chunk that does not arrive whole and matching cuts the
+//!   body before the trailer. 404: no such download here. 503: too many uploads.
 //!
 //! [`StatusDoc`]: crate::swarm::StatusDoc
 
-use super::peer::{chunk_answer, forwarded_chunk_answer, json_answer, wait_param};
-use crate::peer::LONG_POLL;
-use crate::swarm::{ChunkBody, PeerChunk, Swarming};
+use super::peer::{chunk_answer, chunk_trailer, json_answer, wait_param};
+use crate::peer::{CHUNK_TRAILER_LEN, FORWARDED_HEADER, LONG_POLL};
+use crate::swarm::{PeerChunk, Swarming};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use std::sync::Arc;
 
@@ -34,9 +36,19 @@ async fn status(sw: web::Data<Arc<Swarming>>, path: web::Path<(String, u64)>) ->
 async fn chunk(req: HttpRequest, sw: web::Data<Arc<Swarming>>, path: web::Path<(String, u64, u64)>) -> HttpResponse {
     let (digest, chunk_size, index) = path.into_inner();
     match sw.chunk_for_peer(&digest, chunk_size, index, wait_param(&req, LONG_POLL)).await {
-        Ok(PeerChunk { body: ChunkBody::Held(data), sha, .. }) => chunk_answer(data, &hex::encode(sha)),
-        Ok(PeerChunk { body: ChunkBody::Arriving(body), sha, len }) => {
-            forwarded_chunk_answer(body, len, &hex::encode(sha))
+        Ok(PeerChunk::Held(data, sha)) => chunk_answer(data, &hex::encode(sha)),
+        Ok(PeerChunk::Arriving { body, arrival }) => {
+            // The trailer goes out once the chunk was verified here (the bytes end only then).
+            let len = arrival.len + CHUNK_TRAILER_LEN;
+            let trailer = futures_util::stream::once(async move {
+                let sha = arrival.sha().ok_or_else(|| std::io::Error::other("the chunk was not verified"))?;
+                Ok(chunk_trailer(&req, &sha))
+            });
+            HttpResponse::Ok()
+                .insert_header((FORWARDED_HEADER, "true"))
+                .content_type("application/octet-stream")
+                .no_chunking(len)
+                .streaming(futures_util::StreamExt::chain(body, trailer))
         }
         Err(e) => e.error_response(),
     }

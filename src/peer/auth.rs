@@ -99,6 +99,16 @@ impl ClusterKey {
         hex::encode(self.mac(&["resp", nonce, &status.to_string(), digest, range]).finalize().into_bytes())
     }
 
+    /// The tag of a chunk's trailer ([`super::CHUNK_TRAILER_LEN`]): its sha256, bound to the
+    /// request's nonce, for an answer whose digest could not be in its signed headers.
+    pub fn seal_chunk(&self, nonce: &str, sha: &[u8; 32]) -> [u8; 32] {
+        self.mac(&["trailer", nonce, &hex::encode(sha)]).finalize().into_bytes().into()
+    }
+
+    pub fn check_chunk_seal(&self, nonce: &str, sha: &[u8; 32], tag: &[u8]) -> Result<(), AuthError> {
+        self.mac(&["trailer", nonce, &hex::encode(sha)]).verify_slice(tag).map_err(|_| AuthError::BadSignature)
+    }
+
     pub fn verify_response(
         &self,
         nonce: &str,
@@ -170,6 +180,18 @@ pub fn unix_now() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_chunk_seal_is_bound_to_the_key_the_request_and_the_sha256() {
+        let k = ClusterKey::derive(b"cluster secret");
+        let other = ClusterKey::derive(b"another secret");
+        let (sha, tag) = ([7u8; 32], k.seal_chunk("nonce-1", &[7u8; 32]));
+        assert!(k.check_chunk_seal("nonce-1", &sha, &tag).is_ok());
+        assert!(k.check_chunk_seal("nonce-2", &sha, &tag).is_err(), "another request's trailer");
+        assert!(k.check_chunk_seal("nonce-1", &[8u8; 32], &tag).is_err(), "another sha256");
+        assert!(other.check_chunk_seal("nonce-1", &sha, &tag).is_err(), "another cluster");
+        assert!(k.check_chunk_seal("nonce-1", &sha, &[0u8; 32]).is_err(), "a zero tag");
+    }
+
     use super::*;
 
     #[test]

@@ -58,6 +58,8 @@ pub struct PeerResponse {
     /// A swarm chunk passed on while it arrives at the peer ([`super::FORWARDED_HEADER`]).
     pub forwarded: bool,
     pub body: ByteStream,
+    /// The key and nonce of the request, to check a chunk trailer with.
+    seal: Option<(Arc<ClusterKey>, String)>,
 }
 
 /// Why a peer's answer cannot be used as the content it claims to be.
@@ -72,6 +74,12 @@ pub enum BodyError {
 }
 
 impl PeerResponse {
+    /// Whether a chunk trailer's `tag` seals `sha` for this request (always, without a cluster
+    /// secret: nothing is authenticated then).
+    pub fn seal_ok(&self, sha: &[u8; 32], tag: &[u8]) -> bool {
+        self.seal.as_ref().is_none_or(|(k, nonce)| k.check_chunk_seal(nonce, sha, tag).is_ok())
+    }
+
     /// The whole body (at most `limit` bytes; exactly `limit` with `exact`) and its sha256,
     /// checked against the sha256 the answer claims in `Docker-Content-Digest` — which the
     /// answer's signature covers, so a body that passes is what the signing peer meant to send.
@@ -230,6 +238,7 @@ impl PeerClient {
             digest: (!digest.is_empty()).then_some(digest),
             forwarded,
             body,
+            seal: self.key.clone().map(|k| (k, nonce)),
         })
     }
 }

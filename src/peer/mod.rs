@@ -50,7 +50,12 @@ pub const NONCE_HEADER: &str = "x-peerd-nonce";
 pub const SIGNATURE_HEADER: &str = "x-peerd-signature";
 /// On a "not yet" (425) answer for a swarm chunk: the bytes of it the peer has received so far.
 pub const PROGRESS_HEADER: &str = "x-peerd-progress";
-/// On a swarm chunk passed on while it arrives: a body cut short means the sender's own source
-/// failed (ask elsewhere), not that the sender died. Not signed: it only softens how a failure
-/// is counted, and whoever can forge it can cut the connection anyway.
+/// On a swarm chunk passed on while it arrives at the sender: the body is the chunk followed by
+/// a trailer of [`CHUNK_TRAILER_LEN`] bytes, its sha256 and the tag
+/// [`auth::ClusterKey::seal_chunk`] over it (zeros without a cluster secret). A body cut short
+/// means the sender's own source failed (ask elsewhere), not that the sender died. The header is
+/// covered by nothing but the trailer's check: forging it only softens how a failure is counted,
+/// and whoever can forge it can cut the connection anyway.
 pub const FORWARDED_HEADER: &str = "x-peerd-forwarded";
+/// Bytes after a chunk passed on while it arrives: sha256 (32) and tag (32).
+pub const CHUNK_TRAILER_LEN: u64 = 64;

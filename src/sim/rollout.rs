@@ -8,7 +8,8 @@
 //! progress after `p2p.idle_timeout`.
 //!
 //! Cut-through (`swarm.cut_through`): a request for a chunk that is arriving at the asked node
-//! from a peer is served at once, as peerd passes the bytes on while they arrive. In the fluid
+//! (from a peer or the registry) is served at once, as peerd passes the bytes on while they
+//! arrive; so are the long polls waiting there when its transfer starts. In the fluid
 //! model such a transfer gets its fair share like any other; it cannot end before the forwarding
 //! node has the whole chunk (then its reply follows after one half RTT), and it is cut (503 to the
 //! asker) when the forwarding node's own transfer fails.
@@ -561,12 +562,18 @@ impl Sim {
         self.drain_net();
         // Long polls waiting at the receiver for this chunk: passed on while it arrives.
         if self.p.swarm.cut_through {
-            if let Some(w) = self.nodes[from as usize].dls[b as usize].waiters.remove(&index) {
-                for x in w {
-                    if self.reqs[x as usize].live && self.reqs[x as usize].waiting {
-                        self.reqs[x as usize].waiting = false;
-                        self.serve(x, true);
-                    }
+            self.serve_waiters(from, b, index, true);
+        }
+    }
+
+    /// Answer the long polls waiting at node `n` for chunk `index` of blob `b`: it has the chunk,
+    /// or (`fwd`) it started receiving it and passes it on.
+    fn serve_waiters(&mut self, n: u32, b: u16, index: u64, fwd: bool) {
+        if let Some(w) = self.nodes[n as usize].dls[b as usize].waiters.remove(&index) {
+            for x in w {
+                if self.reqs[x as usize].live && self.reqs[x as usize].waiting {
+                    self.reqs[x as usize].waiting = false;
+                    self.serve(x, fwd);
                 }
             }
         }
@@ -590,7 +597,7 @@ impl Sim {
         }
         if self.has(to, b, index) {
             self.serve(r, false);
-        } else if self.p.swarm.cut_through && dl.receiving.get(index) {
+        } else if self.p.swarm.cut_through && (dl.receiving.get(index) || dl.upstream.contains_key(&index)) {
             self.serve(r, true);
         } else {
             self.reqs[r as usize].waiting = true;
@@ -661,8 +668,7 @@ impl Sim {
         if !self.nodes[from as usize].alive {
             return;
         }
-        let forwards =
-            if to == REGISTRY { None } else { self.nodes[from as usize].dls[b as usize].forwards.remove(&index) };
+        let forwards = self.nodes[from as usize].dls[b as usize].forwards.remove(&index);
         if self.nodes[from as usize].dls[b as usize].state != DlState::Running {
             if let Some(fw) = forwards {
                 self.forwarded_end(from, fw, false);
@@ -711,14 +717,7 @@ impl Sim {
         }
         if outcome == ChunkOutcome::Got {
             // Long polls waiting here for this chunk are answered.
-            if let Some(w) = self.nodes[from as usize].dls[b as usize].waiters.remove(&index) {
-                for x in w {
-                    if self.reqs[x as usize].live && self.reqs[x as usize].waiting {
-                        self.reqs[x as usize].waiting = false;
-                        self.serve(x, false);
-                    }
-                }
-            }
+            self.serve_waiters(from, b, index, false);
         }
         self.perform(from, b, out);
     }
@@ -770,12 +769,18 @@ impl Sim {
                         self.drain_net();
                         self.reqs[r as usize].flow = Some(id);
                         self.nodes[n as usize].dls[b as usize].upstream.insert(index, r);
+                        if self.p.swarm.cut_through {
+                            self.serve_waiters(n, b, index, true);
+                        }
                     }
                     Action::AbortUpstream { index } => {
                         let Some(r) = self.nodes[n as usize].dls[b as usize].upstream.remove(&index) else {
                             continue;
                         };
                         self.rep.abandoned += 1;
+                        if let Some(fw) = self.nodes[n as usize].dls[b as usize].forwards.remove(&index) {
+                            self.forwarded_end(n, fw, false);
+                        }
                         if let Some(f) = self.reqs[r as usize].flow.take() {
                             let moved = self.net.moved(f, self.now);
                             self.net.end(f, self.now);

@@ -1,13 +1,15 @@
-//! A chunk arriving from a peer, passed on to peers that ask for it while its bytes arrive
-//! (cut-through, `swarm.cut_through`).
+//! A chunk arriving at this node — from a peer or from the upstream — passed on to peers that
+//! ask for it while its bytes arrive (cut-through, `swarm.cut_through`).
 //!
 //! The receiving node keeps the pieces as they come (it needs them all to store the chunk
-//! anyway); readers get every byte as it arrives but the chunk's last one, which only follows
-//! once the whole chunk matched the sha256 its sender claimed (as [`crate::stream::Verify`] does
-//! for a blob). So a reader never gets a complete chunk that does not match: when the transfer
-//! fails or the bytes do not match, every reader's stream ends with an error before its last
-//! byte, and the asker goes elsewhere. Each hop of a chunk through the cluster then costs the
-//! start of a transfer, not a whole chunk's time.
+//! anyway) and readers get each piece as it arrives. The chunk's sha256 is known only at the
+//! end (from the upstream nobody knows it before; from a peer that passes it on, it comes last
+//! too), so an answer passed on ends with a sealed trailer ([`crate::peer::CHUNK_TRAILER_LEN`]
+//! bytes: the sha256 and a tag over it bound to the request) that is sent only once this node
+//! checked the whole chunk. A transfer that fails, or bytes that do not match, end every
+//! reader's stream with an error instead of the trailer: the asker keeps nothing and asks
+//! elsewhere. Each hop of a chunk through the cluster then costs the start of a transfer, not a
+//! whole chunk's time, and the upstream's chunks spread while the upstream still sends them.
 
 use crate::stream::ByteStream;
 use bytes::{Bytes, BytesMut};
@@ -15,10 +17,9 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 pub struct Arrival {
-    /// The sha256 the sending peer claimed for the chunk (its answer is signed); what this node
-    /// checks the bytes against, and what a forwarded answer claims in turn.
-    pub sha: [u8; 32],
     pub len: u64,
+    /// Where it comes from (`peer`, `upstream`), for the metrics.
+    pub from: &'static str,
     state: Mutex<State>,
     changed: watch::Sender<()>,
 }
@@ -26,13 +27,13 @@ pub struct Arrival {
 #[derive(Default)]
 struct State {
     pieces: Vec<Bytes>,
-    /// `Some(true)`: every byte arrived and matched; `Some(false)`: the transfer failed.
-    end: Option<bool>,
+    /// `Some(Ok(sha))`: every byte arrived and hashes to `sha`; `Some(Err(()))`: it failed.
+    end: Option<Result<[u8; 32], ()>>,
 }
 
 impl Arrival {
-    pub fn new(sha: [u8; 32], len: u64) -> Arc<Arrival> {
-        Arc::new(Arrival { sha, len, state: Mutex::new(State::default()), changed: watch::channel(()).0 })
+    pub fn new(len: u64, from: &'static str) -> Arc<Arrival> {
+        Arc::new(Arrival { len, from, state: Mutex::new(State::default()), changed: watch::channel(()).0 })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -48,19 +49,27 @@ impl Arrival {
         self.changed.send_replace(());
     }
 
-    /// The transfer ended: `ok` when every byte arrived and matched [`Self::sha`]. The first
-    /// end counts.
-    pub fn end(&self, ok: bool) {
+    fn end(&self, end: Result<[u8; 32], ()>) {
         let mut s = self.lock();
         if s.end.is_none() {
-            s.end = Some(ok);
+            s.end = Some(end);
             drop(s);
             self.changed.send_replace(());
         }
     }
 
-    /// Ends the transfer as failed when dropped before it ended (a fetch that was cancelled or
-    /// returned early leaves no reader waiting).
+    /// Every byte arrived and was checked: it hashes to `sha`. The first end counts.
+    pub fn verified(&self, sha: [u8; 32]) {
+        self.end(Ok(sha));
+    }
+
+    /// The sha256 of the chunk, once it arrived whole and checked.
+    pub fn sha(&self) -> Option<[u8; 32]> {
+        self.lock().end.and_then(Result::ok)
+    }
+
+    /// Ends the transfer as failed when dropped before it was verified (a fetch that failed,
+    /// was cancelled or got wrong bytes leaves no reader waiting).
     pub fn guard(self: &Arc<Self>) -> Guard {
         Guard(self.clone())
     }
@@ -78,39 +87,24 @@ impl Arrival {
         buf.freeze()
     }
 
-    /// The chunk as it arrives (see the module's note on the last byte).
+    /// The chunk's bytes as they arrive; the stream ends once the chunk was verified (then
+    /// [`Self::sha`] is known), or with an error when its transfer failed.
     pub fn stream(self: Arc<Self>) -> ByteStream {
         let rx = self.changed.subscribe();
-        // Where the reader is: piece `k`, `skip` bytes of it sent, `start` its offset in the chunk.
-        let at = Reader { k: 0, skip: 0, start: 0 };
-        Box::pin(futures_util::stream::unfold(Some((self, rx, at)), |state| async move {
-            let (a, mut rx, mut at) = state?;
+        Box::pin(futures_util::stream::unfold(Some((self, rx, 0usize)), |state| async move {
+            let (a, mut rx, k) = state?;
             loop {
                 let next = {
                     let s = a.lock();
-                    match (s.pieces.get(at.k), s.end) {
-                        (_, Some(false)) => {
-                            Some(Err(std::io::Error::other("the chunk's transfer from its peer failed")))
-                        }
-                        (None, Some(true)) => return None,
+                    match (s.pieces.get(k), s.end) {
+                        (_, Some(Err(()))) => Some(Err(std::io::Error::other("the chunk's transfer here failed"))),
+                        (Some(p), _) => Some(Ok(p.clone())),
+                        (None, Some(Ok(_))) => return None,
                         (None, None) => None,
-                        (Some(p), end) => {
-                            // The chunk's last byte waits for the check.
-                            let last = at.start + p.len() as u64 == a.len;
-                            let upto = if last && end.is_none() { p.len() - 1 } else { p.len() };
-                            (at.skip < upto).then(|| Ok(p.slice(at.skip..upto)))
-                        }
                     }
                 };
                 match next {
-                    Some(Ok(piece)) => {
-                        at.skip += piece.len();
-                        let len = a.lock().pieces[at.k].len();
-                        if at.skip == len {
-                            at = Reader { k: at.k + 1, skip: 0, start: at.start + len as u64 };
-                        }
-                        return Some((Ok(piece), Some((a, rx, at))));
-                    }
+                    Some(Ok(p)) => return Some((Ok(p), Some((a, rx, k + 1)))),
                     Some(Err(e)) => return Some((Err(e), None)),
                     // The sender lives in `a`, which this stream holds: never closed here.
                     None => {
@@ -122,17 +116,11 @@ impl Arrival {
     }
 }
 
-struct Reader {
-    k: usize,
-    skip: usize,
-    start: u64,
-}
-
 pub struct Guard(Arc<Arrival>);
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        self.0.end(false);
+        self.0.end(Err(()));
     }
 }
 
@@ -146,20 +134,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn readers_get_every_byte_as_it_arrives_but_the_last_until_the_chunk_checked_out() {
-        let a = Arrival::new([0; 32], 30);
+    async fn readers_get_each_piece_as_it_arrives_and_end_once_the_chunk_was_verified() {
+        let a = Arrival::new(30, "peer");
         a.push(piece(1, 10));
         let mut r = a.clone().stream();
         assert_eq!(r.next().await.unwrap().unwrap(), piece(1, 10));
         a.push(piece(2, 10));
-        assert_eq!(r.next().await.unwrap().unwrap(), piece(2, 10));
         a.push(piece(3, 10));
-        assert_eq!(r.next().await.unwrap().unwrap(), piece(3, 9), "all of the last piece but its last byte");
-        let last = tokio::time::timeout(std::time::Duration::from_millis(50), r.next()).await;
-        assert!(last.is_err(), "the chunk's last byte waits for the check");
-        a.end(true);
-        assert_eq!(r.next().await.unwrap().unwrap(), piece(3, 1));
+        assert_eq!(r.next().await.unwrap().unwrap(), piece(2, 10));
+        assert_eq!(r.next().await.unwrap().unwrap(), piece(3, 10));
+        let end = tokio::time::timeout(std::time::Duration::from_millis(50), r.next()).await;
+        assert!(end.is_err(), "the stream waits for the check");
+        assert_eq!(a.sha(), None);
+        a.verified([7; 32]);
         assert!(r.next().await.is_none());
+        assert_eq!(a.sha(), Some([7; 32]));
         assert_eq!(a.joined().len(), 30);
         // A reader that comes after the end gets everything at once.
         let all = crate::stream::collect(a.clone().stream(), 30).await.unwrap();
@@ -167,19 +156,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failed_transfer_ends_its_readers_with_an_error_before_the_last_byte() {
-        let a = Arrival::new([0; 32], 20);
+    async fn a_failed_transfer_ends_its_readers_with_an_error() {
+        let a = Arrival::new(20, "peer");
         let mut r = a.clone().stream();
         a.push(piece(1, 10));
-        a.push(piece(2, 10));
         assert_eq!(r.next().await.unwrap().unwrap(), piece(1, 10));
-        assert_eq!(r.next().await.unwrap().unwrap(), piece(2, 9));
         // Dropping the receiver's guard is a failure (a cancelled fetch, bytes that did not match).
         drop(a.guard());
         assert!(r.next().await.unwrap().is_err());
         assert!(r.next().await.is_none(), "nothing after the error");
         // The first end counts.
-        a.end(true);
+        a.verified([7; 32]);
+        assert_eq!(a.sha(), None);
         assert!(crate::stream::collect(a.clone().stream(), 20).await.is_err());
     }
 }

@@ -10,6 +10,7 @@ use super::{group_key, group_keys, swarm_key, throttle, unbitmap, Download, End,
 use super::{SWARM_CHUNK_BYTES, SWARM_CHUNK_FAILURES, SWARM_PEERS_LOST, SWARM_TAKEOVERS};
 use crate::oci::{Digest, Hasher};
 use crate::peer::client::PeerError;
+use crate::peer::CHUNK_TRAILER_LEN;
 use crate::range::ByteRange;
 use crate::routing::keys::SWARM_GROUP_LEVELS;
 use crate::routing::Peer;
@@ -449,25 +450,37 @@ async fn fetch_peer_chunk(sw: &Swarming, dl: &Download, peer: &Peer, index: u64)
     // that this node has it — and, with cut-through, get its bytes as they arrive. Only now (not
     // while waiting on the peer): whoever waits here waits on a transfer that is under way, never
     // on a node that itself waits.
-    let claimed = resp.digest.as_deref().and_then(|d| d.strip_prefix("sha256:")).and_then(|h| hex::decode(h).ok());
-    let Some(claimed) = claimed.and_then(|c| <[u8; 32]>::try_from(c).ok()) else {
+    let forwarded = resp.forwarded;
+    // The chunk's sha256: in the signed header, or (passed on while it arrives there) in a
+    // sealed trailer after the chunk.
+    let header_sha = resp.digest.as_deref().and_then(|d| d.strip_prefix("sha256:")).and_then(|h| hex::decode(h).ok());
+    let header_sha = header_sha.and_then(|c| <[u8; 32]>::try_from(c).ok());
+    if header_sha.is_none() && !forwarded {
         return ChunkResult::Bad(format!("chunk {index}: no sha256 in the answer"));
-    };
-    let arrival = Arrival::new(claimed, want_len);
-    // Readers of a transfer that ends in any other way than matching are cut.
+    }
+    let arrival = Arrival::new(want_len, "peer");
+    // Readers of a transfer that ends in any other way than verified are cut.
     let _guard = arrival.guard();
     dl.arriving(index, &arrival, sw.cfg.cut_through);
-    let (mut body, forwarded) = (resp.body, resp.forwarded);
-    let (mut hasher, mut got) = (sha2::Sha256::new(), 0u64);
+    let mut resp = resp;
+    let mut body = std::mem::replace(&mut resp.body, Box::pin(futures_util::stream::empty()));
+    let (mut hasher, mut got, mut trailer) = (sha2::Sha256::new(), 0u64, bytes::BytesMut::new());
     while let Some(piece) = body.next().await {
         match piece {
-            Ok(p) => {
-                got += p.len() as u64;
-                if got > want_len {
-                    return ChunkResult::Bad(format!("chunk {index}: more than {want_len} bytes"));
+            Ok(mut p) => {
+                let room = (want_len - got) as usize;
+                if p.len() > room {
+                    let rest = p.split_off(room);
+                    if !forwarded || trailer.len() + rest.len() > CHUNK_TRAILER_LEN as usize {
+                        return ChunkResult::Bad(format!("chunk {index}: more than {want_len} bytes"));
+                    }
+                    trailer.extend_from_slice(&rest);
                 }
-                hasher.update(&p);
-                arrival.push(p);
+                if !p.is_empty() {
+                    got += p.len() as u64;
+                    hasher.update(&p);
+                    arrival.push(p);
+                }
             }
             // A peer passing the chunk on while it arrives lost its own source: ask elsewhere.
             Err(_) if forwarded => return ChunkResult::Busy,
@@ -475,10 +488,22 @@ async fn fetch_peer_chunk(sw: &Swarming, dl: &Download, peer: &Peer, index: u64)
         }
     }
     let sha: [u8; 32] = hasher.finalize().into();
+    let claimed = match header_sha {
+        Some(c) => c,
+        None => {
+            let Some((t_sha, tag)) = trailer.split_first_chunk::<32>().filter(|(_, tag)| tag.len() == 32) else {
+                return ChunkResult::Bad(format!("chunk {index}: {got} bytes, a trailer of {}", trailer.len()));
+            };
+            if !resp.seal_ok(t_sha, tag) {
+                return ChunkResult::Bad(format!("chunk {index}: the trailer's seal does not verify"));
+            }
+            *t_sha
+        }
+    };
     if got != want_len || sha != claimed {
         return ChunkResult::Bad(format!("chunk {index}: {got} bytes, checksum sha256:{}", hex::encode(claimed)));
     }
-    arrival.end(true);
+    arrival.verified(sha);
     ChunkResult::Got(arrival.joined(), sha)
 }
 
@@ -494,15 +519,25 @@ async fn fetch_upstream_chunk(sw: &Swarming, dl: &Download, mut req: UpstreamReq
         Err(e) => return ChunkResult::UpstreamFailed(e),
     };
     let mut body = crate::stream::ranged(resp.body, resp.status, range);
-    let mut buf = bytes::BytesMut::with_capacity(len as usize);
+    // Passed on to peers while it arrives (cut-through): they get the bytes as the upstream
+    // sends them, and the sha256 at the end.
+    let arrival = Arrival::new(len, "upstream");
+    let _guard = arrival.guard();
+    dl.arriving(index, &arrival, sw.cfg.cut_through);
+    let (mut hasher, mut got) = (sha2::Sha256::new(), 0u64);
     // Counted as the bytes arrive (a chunk from a slow upstream takes a while).
     let received = metrics::counter!(SWARM_CHUNK_BYTES, "source" => "upstream");
     while let Some(piece) = body.next().await {
         match piece {
             Ok(p) => {
-                buf.extend_from_slice(&p);
+                got += p.len() as u64;
                 dl.upstream_bytes.fetch_add(p.len() as u64, Ordering::Relaxed);
                 received.increment(p.len() as u64);
+                if got > len {
+                    break;
+                }
+                hasher.update(&p);
+                arrival.push(p);
             }
             Err(e) => {
                 return ChunkResult::UpstreamFailed(UpstreamError::Unreachable {
@@ -512,13 +547,10 @@ async fn fetch_upstream_chunk(sw: &Swarming, dl: &Download, mut req: UpstreamReq
             }
         }
     }
-    if buf.len() as u64 != len {
-        return ChunkResult::UpstreamFailed(UpstreamError::Protocol(format!(
-            "chunk {index}: {} of {len} bytes",
-            buf.len()
-        )));
+    if got != len {
+        return ChunkResult::UpstreamFailed(UpstreamError::Protocol(format!("chunk {index}: {got} of {len} bytes")));
     }
-    let data = buf.freeze();
-    let sha: [u8; 32] = sha2::Sha256::digest(&data).into();
-    ChunkResult::Got(data, sha)
+    let sha: [u8; 32] = hasher.finalize().into();
+    arrival.verified(sha);
+    ChunkResult::Got(arrival.joined(), sha)
 }

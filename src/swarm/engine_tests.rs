@@ -39,6 +39,42 @@ impl Upstream for Stalled {
     }
 }
 
+/// An upstream whose ranged reads send the first half of the range at once and the rest after
+/// a pause (an upstream still sending a chunk).
+struct Trickle(Arc<MemoryUpstream>, Duration);
+
+#[async_trait::async_trait]
+impl Upstream for Trickle {
+    async fn fetch(&self, req: crate::upstream::UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
+        let ranged = req.range.is_some();
+        let mut resp = self.0.fetch(req).await?;
+        if ranged {
+            let all = crate::stream::collect(resp.body, u64::MAX)
+                .await
+                .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+            let (first, rest) = (all.slice(..all.len() / 2), all.slice(all.len() / 2..));
+            let pause = self.1;
+            resp.body = Box::pin(futures_util::StreamExt::chain(
+                futures_util::stream::once(async move { Ok(first) }),
+                futures_util::stream::once(async move {
+                    tokio::time::sleep(pause).await;
+                    Ok(rest)
+                }),
+            ));
+        }
+        Ok(resp)
+    }
+}
+
+/// How a test node's upstream behaves.
+enum Up {
+    Normal,
+    /// Ranged reads never answer.
+    Stalled,
+    /// Ranged reads send half, then the rest after this long.
+    Trickle(Duration),
+}
+
 struct Node {
     sw: Arc<Swarming>,
     up: Arc<MemoryUpstream>,
@@ -80,13 +116,18 @@ fn bytes_of(up: &MemoryUpstream) -> u64 {
     up.body_bytes.load(Ordering::SeqCst)
 }
 
-async fn node(net: &Arc<MemoryNetwork>, name: &str, blob: &Bytes, digest: &Digest, stalled: bool) -> Node {
+async fn node(net: &Arc<MemoryNetwork>, name: &str, blob: &Bytes, digest: &Digest, kind: Up) -> Node {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let me = Peer { id: name.into(), addr: listener.local_addr().unwrap() };
     let router: Arc<dyn Router> = Arc::new(MemoryRouter::new(net.clone(), me.clone()));
     let up = Arc::new(MemoryUpstream::default());
     up.put("example.com", "app", Kind::Blob, &digest.to_string(), "application/octet-stream", blob.clone());
-    let upstream: Arc<dyn Upstream> = if stalled { Arc::new(Stalled(MemoryUpstream::default())) } else { up.clone() };
+    let stalled = matches!(kind, Up::Stalled);
+    let upstream: Arc<dyn Upstream> = match kind {
+        Up::Normal => up.clone(),
+        Up::Stalled => Arc::new(Stalled(MemoryUpstream::default())),
+        Up::Trickle(pause) => Arc::new(Trickle(up.clone(), pause)),
+    };
     if stalled {
         // The stalled node's own reads are not counted: it never gets any bytes.
         up.body_bytes.store(0, Ordering::SeqCst);
@@ -124,9 +165,9 @@ async fn three_nodes_fetch_each_chunk_once_and_share() {
     let net = Arc::new(MemoryNetwork::default());
     let (data, digest) = blob((40 * CHUNK + 123) as usize);
     let nodes = [
-        node(&net, "a", &data, &digest, false).await,
-        node(&net, "b", &data, &digest, false).await,
-        node(&net, "c", &data, &digest, false).await,
+        node(&net, "a", &data, &digest, Up::Normal).await,
+        node(&net, "b", &data, &digest, Up::Normal).await,
+        node(&net, "c", &data, &digest, Up::Normal).await,
     ];
     let dls: Vec<Arc<Download>> =
         nodes.iter().map(|n| n.sw.join(&digest, data.len() as u64, request(&digest)).unwrap()).collect();
@@ -158,9 +199,9 @@ async fn a_stalled_owner_and_a_dead_peer_lose_their_chunks() {
     let size = data.len() as u64;
     // c answers its peers but never gets a byte from its upstream.
     let nodes = [
-        node(&net, "a", &data, &digest, false).await,
-        node(&net, "b", &data, &digest, false).await,
-        node(&net, "c", &data, &digest, true).await,
+        node(&net, "a", &data, &digest, Up::Normal).await,
+        node(&net, "b", &data, &digest, Up::Normal).await,
+        node(&net, "c", &data, &digest, Up::Stalled).await,
     ];
     let dls: Vec<Arc<Download>> = nodes.iter().map(|n| n.sw.join(&digest, size, request(&digest)).unwrap()).collect();
     for dl in &dls[..2] {
@@ -190,7 +231,7 @@ async fn a_wrong_blob_fails_the_download_and_its_readers() {
     let net = Arc::new(MemoryNetwork::default());
     let (data, _) = blob((3 * CHUNK) as usize);
     let claimed = Digest::compute(Algorithm::Sha256, b"something else");
-    let n = node(&net, "a", &data, &claimed, false).await;
+    let n = node(&net, "a", &data, &claimed, Up::Normal).await;
     let dl = n.sw.join(&claimed, data.len() as u64, request(&claimed)).unwrap();
     let err = read_all(dl.clone()).await.unwrap_err();
     assert!(err.to_string().contains("hashes to"), "{err}");
@@ -266,7 +307,7 @@ async fn chunks_that_do_not_match_their_hash_are_refused() {
     let (data, digest) = blob((10 * CHUNK) as usize);
     let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let liar = liar(&net, &digest, data.len() as u64, asked.clone()).await;
-    let a = node(&net, "a", &data, &digest, false).await;
+    let a = node(&net, "a", &data, &digest, Up::Normal).await;
     let dl = a.sw.join(&digest, data.len() as u64, request(&digest)).unwrap();
     assert_eq!(read_all(dl).await.unwrap(), data, "the liar's chunks were refused and fetched elsewhere");
     assert_eq!(bytes_of(&a.up), data.len() as u64, "from the upstream instead");
@@ -316,7 +357,7 @@ async fn a_chunk_arriving_from_a_peer_is_announced_while_it_arrives() {
     let net = Arc::new(MemoryNetwork::default());
     let (data, digest) = blob((6 * CHUNK) as usize);
     let seed = slow_seed(&net, &digest, data.clone(), Duration::from_millis(300), false).await;
-    let a = node(&net, "a", &data, &digest, false).await;
+    let a = node(&net, "a", &data, &digest, Up::Normal).await;
     let dl = a.sw.join(&digest, data.len() as u64, request(&digest)).unwrap();
     let reader = actix_rt::spawn(read_all(dl.clone()));
     let n = dl.chunks;
@@ -361,9 +402,10 @@ async fn ask_chunk(addr: std::net::SocketAddr, digest: &Digest, index: u64) -> c
 }
 
 /// A node downloading a 4-chunk blob from a seed that sends each chunk in two halves 1.5 s
-/// apart (`corrupt`: a wrong second half), and a peer's answer for a chunk while it arrives there.
+/// apart (`corrupt`: a wrong second half), or alone from an upstream that does (`seed` false),
+/// and a peer's answer for a chunk while it arrives there.
 struct Passing {
-    seed: actix_web::dev::ServerHandle,
+    seed: Option<actix_web::dev::ServerHandle>,
     a: Node,
     dl: Arc<Download>,
     data: Bytes,
@@ -371,46 +413,68 @@ struct Passing {
     resp: crate::peer::client::PeerResponse,
 }
 
-async fn passing(corrupt: bool) -> Passing {
+async fn passing(seed: bool, corrupt: bool) -> Passing {
     let net = Arc::new(MemoryNetwork::default());
     let (data, digest) = blob((4 * CHUNK) as usize);
-    let seed = slow_seed(&net, &digest, data.clone(), Duration::from_millis(1500), corrupt).await;
-    let a = node(&net, "a", &data, &digest, false).await;
+    let pause = Duration::from_millis(1500);
+    let (seed, up) = match seed {
+        true => (Some(slow_seed(&net, &digest, data.clone(), pause, corrupt).await), Up::Normal),
+        false => (None, Up::Trickle(pause)),
+    };
+    let a = node(&net, "a", &data, &digest, up).await;
     let dl = a.sw.join(&digest, data.len() as u64, request(&digest)).unwrap();
     let index = an_arriving_chunk(&dl).await;
     let resp = ask_chunk(a.addr, &digest, index).await;
     assert!(resp.forwarded, "answered as a chunk passed on");
+    assert_eq!(resp.digest, None, "the sha256 comes in the trailer");
     Passing { seed, a, dl, data, index, resp }
 }
 
-/// Cut-through: a peer asking for a chunk that is arriving here gets its bytes while they arrive
-/// (before this node holds the chunk), marked as passed on, and the whole chunk matches.
-#[actix_rt::test]
-async fn a_chunk_arriving_from_a_peer_is_passed_on_while_it_arrives() {
-    let Passing { seed, a, dl, data, index, resp } = passing(false).await;
+/// A chunk passed on while it arrives: its first bytes come before the node holds the chunk,
+/// then the whole chunk and a trailer with its sha256 (no cluster secret here: a zero tag).
+async fn passed_on_whole(p: Passing) {
+    let Passing { seed, a, dl, data, index, resp } = p;
     let want = data.slice((index * CHUNK) as usize..((index + 1) * CHUNK) as usize);
-    assert_eq!(resp.digest, Some(format!("sha256:{}", hex::encode(sha2::Sha256::digest(&want)))));
     let mut body = resp.body;
     let first = futures_util::StreamExt::next(&mut body).await.unwrap().unwrap();
     assert!(!first.is_empty());
     assert!(dl.has(index).is_none(), "the first bytes were passed on before this node held the chunk");
-    let rest = crate::stream::collect(body, CHUNK).await.unwrap();
-    assert_eq!([first, rest].concat(), want);
+    let rest = crate::stream::collect(body, 2 * CHUNK).await.unwrap();
+    let all = [first, rest].concat();
+    assert_eq!(all.len() as u64, CHUNK + crate::peer::CHUNK_TRAILER_LEN);
+    assert_eq!(&all[..CHUNK as usize], &want[..]);
+    assert_eq!(&all[CHUNK as usize..][..32], &sha2::Sha256::digest(&want)[..], "the trailer's sha256");
     assert_eq!(read_all(dl).await.unwrap(), data);
-    seed.stop(false).await;
+    if let Some(s) = seed {
+        s.stop(false).await;
+    }
     a.server.stop(false).await;
 }
 
-/// Cut-through from a lying source: the chunk passed on ends with an error before its last byte
-/// (never a complete body with wrong bytes); the node itself refuses the chunk and completes
-/// the blob from the upstream.
+/// Cut-through: a peer asking for a chunk that is arriving here from a peer gets its bytes
+/// while they arrive.
 #[actix_rt::test]
-async fn a_chunk_passed_on_from_a_lying_peer_is_cut_before_its_last_byte() {
-    let Passing { seed, a, dl, data, resp, .. } = passing(true).await;
-    let got = resp.checked_body(CHUNK, true).await;
-    assert!(matches!(got, Err(crate::peer::client::BodyError::Read(_))), "the body was cut, not completed: {got:?}");
+async fn a_chunk_arriving_from_a_peer_is_passed_on_while_it_arrives() {
+    passed_on_whole(passing(true, false).await).await;
+}
+
+/// Cut-through of the upstream's chunks: a chunk this node is still reading from the upstream
+/// is passed on while the upstream sends it.
+#[actix_rt::test]
+async fn a_chunk_arriving_from_the_upstream_is_passed_on_while_it_arrives() {
+    passed_on_whole(passing(false, false).await).await;
+}
+
+/// Cut-through from a lying source: the chunk passed on ends with an error instead of its
+/// trailer (the asker keeps nothing); the node itself refuses the chunk and completes the blob
+/// from the upstream.
+#[actix_rt::test]
+async fn a_chunk_passed_on_from_a_lying_peer_is_cut_before_its_trailer() {
+    let Passing { seed, a, dl, data, resp, .. } = passing(true, true).await;
+    let got = crate::stream::collect(resp.body, 2 * CHUNK).await;
+    assert!(got.is_err(), "the body was cut, not completed");
     assert_eq!(read_all(dl).await.unwrap(), data, "completed without the liar's chunks");
     assert!(bytes_of(&a.up) > 0, "the refused chunks came from the upstream");
-    seed.stop(false).await;
+    seed.unwrap().stop(false).await;
     a.server.stop(false).await;
 }

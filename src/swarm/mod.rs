@@ -59,6 +59,8 @@ pub const SWARM_CHUNK_FAILURES: &str = "peerd_swarm_chunk_failures_total";
 pub const SWARM_PEERS_LOST: &str = "peerd_swarm_peers_lost_total";
 /// Chunk bytes sent to peers.
 pub const SWARM_UPLOAD_BYTES: &str = "peerd_swarm_upload_bytes_total";
+/// Chunks passed on to a peer while they arrived here (cut-through), by `from` (peer, upstream).
+pub const SWARM_PASSED_ON: &str = "peerd_swarm_chunks_passed_on_total";
 
 pub fn describe() {
     use metrics::{describe_counter, Unit};
@@ -68,6 +70,10 @@ pub fn describe() {
     describe_counter!(SWARM_CHUNK_FAILURES, "Failed swarm chunk fetches by reason");
     describe_counter!(SWARM_PEERS_LOST, "Peers downloading with this node that stopped answering");
     describe_counter!(SWARM_UPLOAD_BYTES, Unit::Bytes, "Swarming chunk bytes sent to peers");
+    describe_counter!(
+        SWARM_PASSED_ON,
+        "Swarming chunks passed on to a peer while they arrived here (cut-through), by from (peer, upstream)"
+    );
 }
 
 /// The DHT key under which nodes downloading `digest` announce themselves.
@@ -93,7 +99,7 @@ pub fn download_keys(digest: &Digest, me: &str) -> Vec<String> {
 
 /// The rendezvous owner of a chunk (moved to the transfer core).
 pub use crate::transfer::owner;
-pub use serve::{ChunkBody, PeerChunk};
+pub use serve::PeerChunk;
 
 type Limiter = governor::DefaultDirectRateLimiter;
 
@@ -127,7 +133,7 @@ struct State {
     have: Vec<Option<[u8; 32]>>,
     /// Chunks arriving now: read from the upstream, or sent by a peer that has them.
     fetching: Vec<bool>,
-    /// Chunks arriving from a peer that are passed on while they arrive (cut-through).
+    /// Chunks arriving (from a peer or the upstream) that are passed on while they arrive.
     arriving: HashMap<u64, Arc<Arrival>>,
     end: End,
     /// The other nodes the engine knows are downloading this blob.
@@ -241,8 +247,8 @@ impl Download {
         }
     }
 
-    /// Chunk `index` arrives from a peer: announced as arriving, and (`pass_on`) handed to peers
-    /// that ask for it while it arrives.
+    /// Chunk `index` arrives (from a peer or the upstream): announced as arriving, and
+    /// (`pass_on`) handed to peers that ask for it while it arrives.
     fn arriving(&self, index: u64, arrival: &Arc<Arrival>, pass_on: bool) {
         {
             let mut s = self.lock();
@@ -254,7 +260,7 @@ impl Download {
         self.bump();
     }
 
-    /// Chunk `index` as it arrives from a peer, when it is passed on.
+    /// Chunk `index` as it arrives, when it is passed on.
     pub fn arrival(&self, index: u64) -> Option<Arc<Arrival>> {
         self.lock().arriving.get(&index).cloned()
     }
@@ -302,8 +308,8 @@ impl Download {
         self.wait(|s| s.end == End::Verified).await
     }
 
-    /// Wait up to `limit` until chunk `index` is here or arriving from a peer that passes it
-    /// on: `Ok(false)` when neither.
+    /// Wait up to `limit` until chunk `index` is here or arriving and passed on: `Ok(false)`
+    /// when neither.
     pub async fn wait_chunk_for(&self, index: u64, limit: std::time::Duration) -> Result<bool, String> {
         let i = index as usize;
         let ready = self.wait(|s| s.have[i].is_some() || s.arriving.contains_key(&index));

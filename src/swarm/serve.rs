@@ -2,6 +2,7 @@
 //! downloads and the chunks it hands out (bounded uploads, rate-limited). The peer endpoints in
 //! [`crate::http::swarm`] turn these into answers.
 
+use super::arrival::Arrival;
 use super::{throttle, Download, End, StatusDoc, Swarming, SWARM_UPLOAD_BYTES};
 use crate::error::ApiError;
 use crate::oci::Digest;
@@ -11,19 +12,15 @@ use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A chunk for a peer, with its sha256.
-pub struct PeerChunk {
-    pub body: ChunkBody,
-    pub sha: [u8; 32],
-    pub len: u64,
-}
-
-pub enum ChunkBody {
-    /// Held here.
-    Held(Bytes),
-    /// Arriving here from a peer, passed on as it arrives (cut-through): the stream ends with an
-    /// error before its last byte if the chunk does not arrive whole and matching.
-    Arriving(ByteStream),
+/// A chunk for a peer.
+pub enum PeerChunk {
+    /// Held here, with its sha256.
+    Held(Bytes, [u8; 32]),
+    /// Arriving here (from a peer or the upstream), passed on as it arrives (cut-through): the
+    /// bytes end once the chunk was verified, then [`Arrival::sha`] is known (for the trailer);
+    /// with an error when it does not arrive whole and matching. The upload slot is held until
+    /// the stream is dropped.
+    Arriving { body: ByteStream, arrival: Arc<Arrival> },
 }
 
 impl Swarming {
@@ -48,7 +45,8 @@ impl Swarming {
     /// Chunk `index` for a peer, with its sha256: waits up to `wait` (at most the long poll)
     /// for a chunk still on its way ([`ApiError::Pending`] with this node's upstream progress
     /// after that), and [`ApiError::Busy`] when too many chunks are being sent at once. A chunk
-    /// arriving here from a peer is passed on while it arrives (`swarm.cut_through`).
+    /// arriving here (from a peer or the upstream) is passed on while it arrives
+    /// (`swarm.cut_through`).
     pub async fn chunk_for_peer(
         &self,
         digest: &str,
@@ -70,18 +68,18 @@ impl Swarming {
         throttle(self.upload_limit.as_ref(), len as usize).await;
         let chunk = match (dl.has(index), dl.arrival(index)) {
             (None, Some(arrival)) => {
-                let sha = arrival.sha;
                 // The upload slot is held until the last byte went out.
-                let body = futures_util::StreamExt::map(arrival.stream(), move |piece| {
+                let body = futures_util::StreamExt::map(arrival.clone().stream(), move |piece| {
                     let _held = &slot;
                     piece
                 });
-                PeerChunk { body: ChunkBody::Arriving(Box::pin(body)), sha, len }
+                metrics::counter!(super::SWARM_PASSED_ON, "from" => arrival.from).increment(1);
+                PeerChunk::Arriving { body: Box::pin(body), arrival }
             }
             _ => {
                 let (data, sha) =
                     dl.read_chunk(index).await.ok_or_else(|| ApiError::BlobUnknown(format!("chunk {index}")))?;
-                PeerChunk { body: ChunkBody::Held(data), sha, len }
+                PeerChunk::Held(data, sha)
             }
         };
         metrics::counter!(SWARM_UPLOAD_BYTES).increment(len);
