@@ -10,8 +10,8 @@ import os
 import sys
 
 MEASURED = {  # docs/benchmarks.md section 6 (8 network namespaces, tc tbf)
-    "validate-c": {"p50": 27.9, "slowest": 28.3, "egress": 1.01, "label": "(c) nodes 1 Gbit/s, registry 200 Mbit/s"},
-    "validate-c4": {"p50": 57.1, "slowest": 57.6, "egress": 1.04, "label": "(c4) every rate ÷ 4"},
+    "validate-c": {"p50": 30.5, "slowest": 30.6, "egress": 1.01, "label": "(c) nodes 1 Gbit/s, registry 200 Mbit/s"},
+    "validate-c4": {"p50": 58.5, "slowest": 59.1, "egress": 1.01, "label": "(c4) every rate ÷ 4"},
 }
 
 
@@ -107,10 +107,11 @@ def report(res, out):
       "runs peerd's own transfer planner (`src/transfer/plan.rs`, the code the swarm engine drives) for every "
       "simulated node, with the real rendezvous `owner()` and the swarm defaults of `config/peerd.toml` "
       "(2 MiB chunks, gather 500 ms, refresh 1 s with the DHT every third, parallel 8, upstream_parallel 2, "
-      "per_peer 4, upload_slots 32, takeover 10 s, linger 60 s). What it simulates is what peerd does not decide: "
+      "per_peer 4, upload_slots 32, takeover 10 s, linger 60 s, cut-through on). What it simulates is what peerd does not decide: "
       "simulated time (µs, deterministic with `--seed`), links with fair sharing (`src/sim/net.rs`), the peers' "
       "answers as peerd's `/swarm` endpoints give them (status pages with the peers a node knows, chunks with "
-      "a 2 s long poll and a 425 carrying the upstream progress, 503 beyond `upload_slots`, 404 after `linger`), "
+      "a 2 s long poll and a 425 carrying the upstream progress, passed on at once while they arrive there "
+      "(cut-through), 503 beyond `upload_slots`, 404 after `linger`), "
       "dead nodes (new connections fail after `p2p.connect_timeout` 1 s, transfers stall for `p2p.idle_timeout` "
       "5 s) and the DHT (`src/sim/dht.rs`).\n")
     w("Default network: nodes 1 Gbit/s each way, registry 200 Mbit/s (the rates of the cluster benchmark), "

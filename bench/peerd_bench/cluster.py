@@ -192,7 +192,11 @@ def bench_cluster(b):
     out = {"nodes": N, "image_bytes": F, "layers": len(cl.layers), "node_rate": NODE_RATE, "registry_rate": REG_RATE,
            "bound_s": bound, "no_p2p_bound_s": N * F / REG_BPS}
     cases = {}
+    # PEERD_BENCH_CASES="c,c4": only those (an A/B run of one setting, see PEERD_BENCH_SET).
+    only = set(filter(None, os.environ.get("PEERD_BENCH_CASES", "").split(",")))
     for case, with_peerd in CASES:
+        if only and case not in only:
+            continue
         if case == "c4":
             # (c) again with every rate divided by 4: the same network shape, but 8 nodes' containerd,
             # ctr and peerd no longer need more CPU than this machine has, so the time shows the design.

@@ -32,6 +32,10 @@ class Peerd:
         e.update(env or {})
         if os.environ.get("PEERD_BENCH_LOG"):
             e["PEERD_LOG__LEVEL"] = os.environ["PEERD_BENCH_LOG"]
+        # A/B runs of one setting: PEERD_BENCH_SET="SWARM__CUT_THROUGH=false,SWARM__REFRESH=500ms".
+        for kv in filter(None, os.environ.get("PEERD_BENCH_SET", "").split(",")):
+            k, _, v = kv.partition("=")
+            e["PEERD_" + k.strip()] = v.strip()
         self.proc = CLEAN.spawn(cmd, self.logfile, env=e)
         self.pid = self.proc.pid
 

@@ -91,7 +91,9 @@ def write_markdown(res, path, plots):
       "measurement produced a number. All traffic stays on loopback addresses or in network namespaces "
       "named `pdb-*` that the script creates and deletes. The code is the package `bench/peerd_bench/` "
       "(one module per component and per case family; its `__init__.py` lists them); `bench/run.py` only "
-      "starts it.\n")
+      "starts it. An A/B run of one setting: `PEERD_BENCH_SET=SWARM__CUT_THROUGH=false` sets "
+      "`PEERD_SWARM__CUT_THROUGH` for every peerd the benchmark starts, and `PEERD_BENCH_CASES=c,c4` "
+      "limits the cluster section to those cases (with `--out` elsewhere, so docs/ keeps the full run).\n")
     _targets(res, a)
     for section in (_throughput, _latency, _resources, _dht, _blobs, _cluster):
         section(res, a, plots)
