@@ -110,6 +110,8 @@ pub struct Report {
     /// 50%, 90% and all of the chunk copies sent between nodes had arrived (seconds).
     pub registry_last_s: f64,
     pub peer_copies_s: [f64; 4],
+    /// 503 answers a node got: the median node, and the mean of the slowest 1% to complete.
+    pub busy_per_node: [f64; 2],
     pub invariant_errors: Vec<String>,
 }
 
@@ -240,6 +242,8 @@ struct Node {
     dls: Vec<Dl>,
     peer_bytes: u64,
     upstream_bytes: u64,
+    /// 503 answers it got.
+    busy: u32,
 }
 
 struct Req {
@@ -690,6 +694,7 @@ impl Sim {
             Reply::NotThere => ChunkOutcome::NotThere,
             Reply::Busy => {
                 self.rep.busy += 1;
+                self.nodes[from as usize].busy += 1;
                 ChunkOutcome::Busy
             }
             Reply::Dead => ChunkOutcome::Dead,
@@ -977,6 +982,7 @@ pub fn run(p: Params) -> Report {
             next_blob: 0,
             peer_bytes: 0,
             upstream_bytes: 0,
+            busy: 0,
             dls: (0..p.blobs.len())
                 .map(|b| Dl {
                     plan: Planner::with_hashes(
@@ -1122,6 +1128,18 @@ fn finish(mut sim: Sim, wall: Instant) -> Report {
     let mut up: Vec<f64> = sim.net.sent.iter().map(|s| s / f).collect();
     r.upload_max_over_f = up.iter().copied().fold(0.0, f64::max);
     r.upload_median_over_f = percentile(&mut up, 50.0);
+    // Who the slowest nodes are: 503s per node, the median node against the slowest 1%.
+    let mut by_time: Vec<(u64, u32)> = sim
+        .nodes
+        .iter()
+        .filter(|n| !n.seed && n.dls.iter().all(|d| d.done_at.is_some()))
+        .map(|n| (n.dls.iter().filter_map(|d| d.done_at).max().unwrap_or(0), n.busy))
+        .collect();
+    by_time.sort_unstable();
+    let mut busy: Vec<f64> = by_time.iter().map(|(_, b)| f64::from(*b)).collect();
+    let tail = &busy[busy.len() - (busy.len() / 100).max(1).min(busy.len())..];
+    let tail_mean = tail.iter().sum::<f64>() / tail.len().max(1) as f64;
+    r.busy_per_node = [percentile(&mut busy, 50.0), tail_mean];
     let views: Vec<usize> = sim.nodes.iter().filter(|n| !n.seed).map(|n| n.dls[0].plan.view().len()).collect();
     r.view_mean = views.iter().sum::<usize>() as f64 / views.len().max(1) as f64;
     // Every node that completed has every byte once; the registry sent at least the image.
