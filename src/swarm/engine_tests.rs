@@ -117,6 +117,17 @@ fn bytes_of(up: &MemoryUpstream) -> u64 {
 }
 
 async fn node(net: &Arc<MemoryNetwork>, name: &str, blob: &Bytes, digest: &Digest, kind: Up) -> Node {
+    node_cfg(net, name, blob, digest, kind, cfg()).await
+}
+
+async fn node_cfg(
+    net: &Arc<MemoryNetwork>,
+    name: &str,
+    blob: &Bytes,
+    digest: &Digest,
+    kind: Up,
+    swarm: SwarmConfig,
+) -> Node {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let me = Peer { id: name.into(), addr: listener.local_addr().unwrap() };
     let router: Arc<dyn Router> = Arc::new(MemoryRouter::new(net.clone(), me.clone()));
@@ -138,7 +149,7 @@ async fn node(net: &Arc<MemoryNetwork>, name: &str, blob: &Bytes, digest: &Diges
         Arc::new(PeerClient::new(Duration::from_millis(500), Duration::from_secs(5), None, name.into()).unwrap());
     let dir = tempfile::tempdir().unwrap();
     let peers = SwarmPeers { router, client, me: name.into(), active: fetch.recipient() };
-    let sw = Swarming::new(cfg(), dir.path().join("spool"), gate, Some(peers)).unwrap();
+    let sw = Swarming::new(swarm, dir.path().join("spool"), gate, Some(peers)).unwrap();
     let data = web::Data::new(sw.clone());
     let server = serve(listener, move |c| {
         c.app_data(data.clone());
@@ -476,5 +487,31 @@ async fn a_chunk_passed_on_from_a_lying_peer_is_cut_before_its_trailer() {
     assert_eq!(read_all(dl).await.unwrap(), data, "completed without the liar's chunks");
     assert!(bytes_of(&a.up) > 0, "the refused chunks came from the upstream");
     seed.unwrap().stop(false).await;
+    a.server.stop(false).await;
+}
+
+/// The upload slots bound the chunks being sent, not only the ones being read: a chunk's body
+/// holds its slot until it is sent or dropped. With one slot, a second asker gets 503 while the
+/// first chunk's body is unsent (before the fix, the slot was free again once the chunk had been
+/// read from the spool, so any number of chunks were sent at once).
+#[actix_rt::test]
+async fn a_chunk_being_sent_holds_its_upload_slot() {
+    let net = Arc::new(MemoryNetwork::default());
+    let (data, digest) = blob((2 * CHUNK) as usize);
+    let mut one_slot = cfg();
+    one_slot.upload_slots = 1;
+    let a = node_cfg(&net, "a", &data, &digest, Up::Normal, one_slot).await;
+    let dl = a.sw.join(&digest, data.len() as u64, request(&digest)).unwrap();
+    assert_eq!(read_all(dl).await.unwrap(), data);
+    let d = digest.to_string();
+    let first = a.sw.chunk_for_peer(&d, CHUNK, 0, Duration::ZERO).await.unwrap();
+    let second = a.sw.chunk_for_peer(&d, CHUNK, 1, Duration::ZERO).await;
+    assert!(
+        matches!(second, Err(crate::error::ApiError::Busy)),
+        "the one slot is taken while the first chunk is unsent"
+    );
+    let PeerChunk::Held { body, .. } = first else { panic!("chunk 0 is held here") };
+    assert_eq!(crate::stream::collect(body, CHUNK).await.unwrap(), data.slice(..CHUNK as usize));
+    assert!(a.sw.chunk_for_peer(&d, CHUNK, 1, Duration::ZERO).await.is_ok(), "sent: the slot is free again");
     a.server.stop(false).await;
 }

@@ -9,13 +9,16 @@ use crate::oci::Digest;
 use crate::peer::LONG_POLL;
 use crate::stream::ByteStream;
 use bytes::Bytes;
+use futures_util::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A chunk for a peer.
+/// A chunk for a peer. Either way its body holds one of the node's `swarm.upload_slots` until
+/// it is dropped (sent, or the asker left), so the slots bound the chunks being sent, not only
+/// the ones being read.
 pub enum PeerChunk {
-    /// Held here, with its sha256.
-    Held(Bytes, [u8; 32]),
+    /// Held here: its bytes and sha256.
+    Held { body: ByteStream, sha: [u8; 32], len: u64 },
     /// Arriving here (from a peer or the upstream), passed on as it arrives (cut-through): the
     /// bytes end once the chunk was verified, then [`Arrival::sha`] is known (for the trailer);
     /// with an error when it does not arrive whole and matching. The upload slot is held until
@@ -69,7 +72,7 @@ impl Swarming {
         let chunk = match (dl.has(index), dl.arrival(index)) {
             (None, Some(arrival)) => {
                 // The upload slot is held until the last byte went out.
-                let body = futures_util::StreamExt::map(arrival.clone().stream(), move |piece| {
+                let body = arrival.clone().stream().map(move |piece| {
                     let _held = &slot;
                     piece
                 });
@@ -79,7 +82,16 @@ impl Swarming {
             _ => {
                 let (data, sha) =
                     dl.read_chunk(index).await.ok_or_else(|| ApiError::BlobUnknown(format!("chunk {index}")))?;
-                PeerChunk::Held(data, sha)
+                // Views of the chunk read, at most a piece each: the slot goes with the last.
+                let pieces: Vec<Bytes> = (0..data.len())
+                    .step_by(crate::stream::MAX_PIECE)
+                    .map(|at| data.slice(at..(at + crate::stream::MAX_PIECE).min(data.len())))
+                    .collect();
+                let body = futures_util::stream::iter(pieces).map(move |piece| {
+                    let _held = &slot;
+                    Ok(piece)
+                });
+                PeerChunk::Held { body: Box::pin(body), sha, len }
             }
         };
         metrics::counter!(SWARM_UPLOAD_BYTES).increment(len);
