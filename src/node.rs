@@ -267,7 +267,7 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
             .configure(front::health)
             .default_service(web::to(front::not_found))
     })
-    .on_connect(front::write_timeout(cfg.http.write_timeout))
+    .on_connect(front::socket_options(cfg.http.write_timeout))
     .shutdown_timeout(cfg.http.shutdown_timeout.as_secs())
     .disable_signals()
     .max_connections(cfg.http.max_connections);
@@ -318,7 +318,7 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
                     })
                     .default_service(web::to(front::not_found))
             })
-            .on_connect(front::write_timeout(cfg.http.write_timeout))
+            .on_connect(front::socket_options(cfg.http.write_timeout))
             .shutdown_timeout(cfg.http.shutdown_timeout.as_secs())
             .disable_signals()
             .max_connections(cfg.http.max_connections);

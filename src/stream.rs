@@ -196,15 +196,32 @@ pub const MAX_PIECE: usize = 64 << 10;
 /// Splits chunks larger than `max` into pieces of at most `max` bytes.
 pub struct Pieces {
     inner: ByteStream,
-    /// Pieces still to hand on: copies, each its own allocation of at most `max` bytes.
+    /// Pieces still to hand on: copies, each its own allocation of at most `max` bytes (or
+    /// views, see [`Pieces::views`]).
     rest: std::collections::VecDeque<Bytes>,
     max: usize,
+    views: bool,
 }
 
 impl Pieces {
     pub fn new(inner: ByteStream, max: usize) -> Self {
-        Self { inner, rest: std::collections::VecDeque::new(), max: max.max(1) }
+        Self { inner, rest: std::collections::VecDeque::new(), max: max.max(1), views: false }
     }
+
+    /// Pieces that are views of the chunks, not copies: for chunks that are buffers of their
+    /// own, sized to what the client asked (a file read), which nothing else pins.
+    pub fn views(inner: ByteStream, max: usize) -> Self {
+        Self { views: true, ..Self::new(inner, max) }
+    }
+}
+
+/// `data` as views of at most [`MAX_PIECE`] bytes (no copy).
+pub fn views(data: Bytes) -> impl Iterator<Item = Bytes> {
+    views_of(data, MAX_PIECE)
+}
+
+fn views_of(data: Bytes, max: usize) -> impl Iterator<Item = Bytes> {
+    (0..data.len()).step_by(max).map(move |at| data.slice(at..(at + max).min(data.len())))
 }
 
 impl Stream for Pieces {
@@ -221,6 +238,11 @@ impl Stream for Pieces {
             return Poll::Ready(Some(Ok(chunk)));
         }
         let first = chunk.split_to(self.max);
+        if self.views {
+            let max = self.max;
+            self.rest.extend(views_of(chunk, max));
+            return Poll::Ready(Some(Ok(first)));
+        }
         // What waits for the client is copied out of the source's buffer: an HTTP client
         // reads into buffers of ~400 KiB that grow by doubling, and a view of one pins all of
         // it for as long as the client does not read. One copy per piece: small allocations
@@ -445,22 +467,36 @@ mod tests {
         }
     }
 
+    /// The pieces of one 100-byte chunk split 32 at a time: all of them, in order, and whether
+    /// each one points into the source's buffer.
+    async fn split_100(views: bool) -> Vec<(Bytes, bool)> {
+        let source = Bytes::from((0..100u8).collect::<Vec<u8>>());
+        let range = source.as_ptr() as usize..source.as_ptr() as usize + source.len();
+        let one: ByteStream = Box::pin(futures_util::stream::iter(vec![Ok(source.clone())]));
+        let mut p = if views { Pieces::views(one, 32) } else { Pieces::new(one, 32) };
+        let mut pieces = Vec::new();
+        while let Some(c) = p.next().await {
+            let c = c.unwrap();
+            let inside = range.contains(&(c.as_ptr() as usize));
+            pieces.push((c, inside));
+        }
+        assert_eq!(pieces.iter().map(|(c, _)| c.clone()).collect::<Vec<_>>().concat(), source);
+        assert_eq!(pieces.iter().map(|(c, _)| c.len()).collect::<Vec<_>>(), vec![32, 32, 32, 4]);
+        pieces
+    }
+
     /// A piece that waits for the client does not pin the source's buffer: after the first,
     /// each piece of a larger chunk is its own copy.
     #[tokio::test]
     async fn pieces_after_the_first_do_not_pin_the_source_buffer() {
-        let source = Bytes::from((0..100u8).collect::<Vec<u8>>());
-        let range = source.as_ptr() as usize..source.as_ptr() as usize + source.len();
-        let one: ByteStream = Box::pin(futures_util::stream::iter(vec![Ok(source.clone())]));
-        let (mut pieces, mut p) = (Vec::new(), Pieces::new(one, 32));
-        while let Some(c) = p.next().await {
-            pieces.push(c.unwrap());
-        }
-        assert_eq!(pieces.concat(), source);
-        assert_eq!(pieces.iter().map(Bytes::len).collect::<Vec<_>>(), vec![32, 32, 32, 4]);
-        assert!(range.contains(&(pieces[0].as_ptr() as usize)), "the first piece is a view");
-        for piece in &pieces[1..] {
-            assert!(!range.contains(&(piece.as_ptr() as usize)), "a later piece is a view of the source");
-        }
+        let pieces = split_100(false).await;
+        assert!(pieces[0].1, "the first piece is a view");
+        assert!(pieces[1..].iter().all(|(_, inside)| !inside), "a later piece is a view of the source");
+    }
+
+    /// `Pieces::views` (a buffer of the response's own, e.g. a file read): no piece is copied.
+    #[tokio::test]
+    async fn views_are_not_copies() {
+        assert!(split_100(true).await.iter().all(|(_, inside)| *inside), "a piece was copied");
     }
 }

@@ -932,7 +932,11 @@ impl BlobsState {
                 }
             })
             .buffered(self.cfg.parallel_chunks);
-        Ok(BlobRead { size, etag, range, body: Some(Box::pin(chunks)) })
+        // The parts are buffers of their own (a file read sized to the range, a slice of a
+        // fetched chunk): handed on as views of at most a piece, the HTTP layer copies a piece
+        // at a time into its write buffer instead of a whole part (up to a chunk) at once.
+        let body = crate::stream::Pieces::views(Box::pin(chunks), crate::stream::MAX_PIECE);
+        Ok(BlobRead { size, etag, range, body: Some(Box::pin(body)) })
     }
 
     /// A peer asks whether this node validated the URL-without-query `key` with the upstream

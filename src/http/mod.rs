@@ -112,16 +112,22 @@ fn handler_label(path: &str) -> &'static str {
 /// Linux applies it to zero-window probes too). actix-web has no write timeout of its own: a
 /// response to a client that stopped reading is never polled again, so without this it keeps
 /// its buffers and upstream connection forever. `0` leaves the system default.
-pub fn write_timeout(timeout: std::time::Duration) -> impl Fn(&dyn std::any::Any, &mut actix_web::dev::Extensions) {
+///
+/// And `TCP_NODELAY`: bodies go out as streamed pieces, and with Nagle's algorithm a piece's
+/// last partial segment waits until the previous one is acknowledged, which a client's delayed
+/// ACK turns into a 40 ms stall.
+pub fn socket_options(timeout: std::time::Duration) -> impl Fn(&dyn std::any::Any, &mut actix_web::dev::Extensions) {
     let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
     move |conn, _| {
+        let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() else { return };
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
         if ms == 0 {
             return;
         }
-        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-            if let Err(e) = rustix::net::sockopt::set_tcp_user_timeout(tcp, ms) {
-                tracing::debug!(error = %e, "cannot set TCP_USER_TIMEOUT");
-            }
+        if let Err(e) = rustix::net::sockopt::set_tcp_user_timeout(tcp, ms) {
+            tracing::debug!(error = %e, "cannot set TCP_USER_TIMEOUT");
         }
     }
 }

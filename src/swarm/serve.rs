@@ -8,7 +8,6 @@ use crate::error::ApiError;
 use crate::oci::Digest;
 use crate::peer::LONG_POLL;
 use crate::stream::ByteStream;
-use bytes::Bytes;
 use futures_util::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,11 +82,7 @@ impl Swarming {
                 let (data, sha) =
                     dl.read_chunk(index).await.ok_or_else(|| ApiError::BlobUnknown(format!("chunk {index}")))?;
                 // Views of the chunk read, at most a piece each: the slot goes with the last.
-                let pieces: Vec<Bytes> = (0..data.len())
-                    .step_by(crate::stream::MAX_PIECE)
-                    .map(|at| data.slice(at..(at + crate::stream::MAX_PIECE).min(data.len())))
-                    .collect();
-                let body = futures_util::stream::iter(pieces).map(move |piece| {
+                let body = futures_util::stream::iter(crate::stream::views(data)).map(move |piece| {
                     let _held = &slot;
                     Ok(piece)
                 });
