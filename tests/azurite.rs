@@ -21,20 +21,30 @@ struct Azurite {
 impl Azurite {
     fn start(dir: &Path) -> Azurite {
         let port = free_port("127.0.0.1");
-        let child = Command::new(azurite_bin())
+        std::fs::create_dir_all(dir).unwrap();
+        let log = dir.join("azurite.log");
+        let mut child = Command::new(azurite_bin())
             .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string(), "--location", dir.to_str().unwrap()])
-            .args(["--silent", "--skipApiVersionCheck", "--disableTelemetry"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .args(["--skipApiVersionCheck", "--disableTelemetry"])
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::from(std::fs::File::options().append(true).open(&log).unwrap()))
             .spawn()
             .unwrap();
-        for _ in 0..200 {
+        // Node.js starts slowly on a cold machine (a fresh clone's first run once took more than
+        // the 10 s this waited before): up to 60 s, and a clear failure with Azurite's own words.
+        let said = || std::fs::read_to_string(&log).unwrap_or_default();
+        for _ in 0..600 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
+                return Azurite { child, base: format!("http://127.0.0.1:{port}/devstoreaccount1") };
             }
-            std::thread::sleep(Duration::from_millis(50));
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("Azurite exited ({status}) before listening on port {port}:\n{}", said());
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
-        Azurite { child, base: format!("http://127.0.0.1:{port}/devstoreaccount1") }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("Azurite did not listen on port {port} within 60 s:\n{}", said())
     }
     fn tool(&self, args: &[&str]) -> String {
         let out = Command::new(fixtures().join("azurite.py")).args(args).output().unwrap();
