@@ -10,8 +10,8 @@ import os
 import sys
 
 MEASURED = {  # docs/benchmarks.md section 6 (8 network namespaces, tc tbf)
-    "validate-c": {"p50": 30.5, "slowest": 30.6, "egress": 1.01, "label": "(c) nodes 1 Gbit/s, registry 200 Mbit/s"},
-    "validate-c4": {"p50": 58.5, "slowest": 59.1, "egress": 1.01, "label": "(c4) every rate ÷ 4"},
+    "validate-c": {"p50": 29.0, "slowest": 29.3, "egress": 1.01, "label": "(c) nodes 1 Gbit/s, registry 200 Mbit/s"},
+    "validate-c4": {"p50": 59.2, "slowest": 59.3, "egress": 1.01, "label": "(c4) every rate ÷ 4"},
 }
 
 
