@@ -137,10 +137,14 @@ pub fn json_answer(body: Vec<u8>) -> HttpResponse {
 
 /// A chunk for a peer with its sha256 (hex), which the peer checks before using it.
 pub fn chunk_answer(data: bytes::Bytes, sha256_hex: &str) -> HttpResponse {
-    HttpResponse::Ok()
-        .insert_header(("Docker-Content-Digest", format!("sha256:{sha256_hex}")))
-        .content_type("application/octet-stream")
-        .body(data)
+    chunk_headers(sha256_hex).body(data)
+}
+
+/// The answer of a chunk for a peer, up to its body: 200, its sha256 (hex), the content type.
+pub fn chunk_headers(sha256_hex: &str) -> actix_web::HttpResponseBuilder {
+    let mut b = HttpResponse::Ok();
+    b.insert_header(("Docker-Content-Digest", format!("sha256:{sha256_hex}"))).content_type("application/octet-stream");
+    b
 }
 
 /// The trailer of a chunk passed on while it arrives ([`crate::peer::CHUNK_TRAILER_LEN`]): its

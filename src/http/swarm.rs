@@ -14,7 +14,7 @@
 //!
 //! [`StatusDoc`]: crate::swarm::StatusDoc
 
-use super::peer::{chunk_trailer, json_answer, wait_param};
+use super::peer::{chunk_headers, chunk_trailer, json_answer, wait_param};
 use crate::peer::{CHUNK_TRAILER_LEN, FORWARDED_HEADER, LONG_POLL};
 use crate::swarm::{PeerChunk, Swarming};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
@@ -36,11 +36,7 @@ async fn status(sw: web::Data<Arc<Swarming>>, path: web::Path<(String, u64)>) ->
 async fn chunk(req: HttpRequest, sw: web::Data<Arc<Swarming>>, path: web::Path<(String, u64, u64)>) -> HttpResponse {
     let (digest, chunk_size, index) = path.into_inner();
     match sw.chunk_for_peer(&digest, chunk_size, index, wait_param(&req, LONG_POLL)).await {
-        Ok(PeerChunk::Held { body, sha, len }) => HttpResponse::Ok()
-            .insert_header(("Docker-Content-Digest", format!("sha256:{}", hex::encode(sha))))
-            .content_type("application/octet-stream")
-            .no_chunking(len)
-            .streaming(body),
+        Ok(PeerChunk::Held { body, sha, len }) => chunk_headers(&hex::encode(sha)).no_chunking(len).streaming(body),
         Ok(PeerChunk::Arriving { body, arrival }) => {
             // The trailer goes out once the chunk was verified here (the bytes end only then).
             let len = arrival.len + CHUNK_TRAILER_LEN;

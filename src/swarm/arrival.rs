@@ -13,15 +13,14 @@
 
 use crate::stream::ByteStream;
 use bytes::{Bytes, BytesMut};
-
-/// A reader waits for at least this many new bytes (a quarter of a smaller chunk), or the end,
-/// before it takes them: a chunk
-/// arriving slowly comes in small pieces, and passing each on as one write would cost a
-/// system call and a wake-up per few KiB (measured: a quarter more CPU in the rates-÷4 cluster
-/// benchmark).
-const BATCH: usize = 64 << 10;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
+
+/// A reader waits for at least this many new bytes (a quarter of a smaller chunk), or the end,
+/// before it takes them: a chunk arriving slowly comes in small pieces, and passing each on as
+/// one write would cost a system call and a wake-up per few KiB (measured: a quarter more CPU in
+/// the rates-÷4 cluster benchmark).
+const BATCH: usize = 64 << 10;
 
 pub struct Arrival {
     pub len: u64,

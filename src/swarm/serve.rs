@@ -70,23 +70,15 @@ impl Swarming {
         throttle(self.upload_limit.as_ref(), len as usize).await;
         let chunk = match (dl.has(index), dl.arrival(index)) {
             (None, Some(arrival)) => {
-                // The upload slot is held until the last byte went out.
-                let body = arrival.clone().stream().map(move |piece| {
-                    let _held = &slot;
-                    piece
-                });
                 metrics::counter!(super::SWARM_PASSED_ON, "from" => arrival.from).increment(1);
-                PeerChunk::Arriving { body: Box::pin(body), arrival }
+                PeerChunk::Arriving { body: holding(arrival.clone().stream(), slot), arrival }
             }
             _ => {
                 let (data, sha) =
                     dl.read_chunk(index).await.ok_or_else(|| ApiError::BlobUnknown(format!("chunk {index}")))?;
                 // Views of the chunk read, at most a piece each: the slot goes with the last.
-                let body = futures_util::stream::iter(crate::stream::views(data)).map(move |piece| {
-                    let _held = &slot;
-                    Ok(piece)
-                });
-                PeerChunk::Held { body: Box::pin(body), sha, len }
+                let body = futures_util::stream::iter(crate::stream::views(data).map(Ok));
+                PeerChunk::Held { body: holding(body, slot), sha, len }
             }
         };
         metrics::counter!(SWARM_UPLOAD_BYTES).increment(len);
@@ -96,4 +88,15 @@ impl Swarming {
         }
         Ok(chunk)
     }
+}
+
+/// `body`, holding `slot` (an upload slot) until the stream is dropped: sent, or the asker left.
+fn holding(
+    body: impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) -> ByteStream {
+    Box::pin(body.map(move |piece| {
+        let _held = &slot;
+        piece
+    }))
 }
