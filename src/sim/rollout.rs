@@ -801,6 +801,8 @@ impl Sim {
                     Action::TookOver { .. } => self.rep.takeovers += 1,
                     Action::PeerLost { .. } => self.rep.peers_lost += 1,
                     Action::Complete => self.complete(n, b),
+                    // Only on-demand transfers (/blobs) fail a chunk alone.
+                    Action::ChunkFailed { .. } => {}
                     Action::Failed(_) => {
                         self.nodes[n as usize].dls[b as usize].state = DlState::Failed;
                         if !self.nodes[n as usize].failed {

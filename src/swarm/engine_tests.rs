@@ -8,6 +8,7 @@ use crate::actors::upstream::{Breaker, Gate};
 use crate::config::{Config, SwarmConfig};
 use crate::oci::{parse_ns, Algorithm};
 use crate::routing::memory::{MemoryNetwork, MemoryRouter};
+use crate::routing::Peer;
 use crate::upstream::memory::MemoryUpstream;
 use crate::upstream::{Kind, Upstream, UpstreamError, UpstreamResponse};
 use actix::Actor;

@@ -30,7 +30,7 @@ use crate::actors::upstream::Gate;
 use crate::config::SwarmConfig;
 use crate::oci::Digest;
 use crate::peer::client::PeerClient;
-use crate::routing::{Peer, Router};
+use crate::routing::Router;
 use crate::stream::ByteStream;
 use crate::upstream::UpstreamRequest;
 use actix::Recipient;
@@ -153,43 +153,7 @@ pub struct Download {
     upstream_bytes: AtomicU64,
 }
 
-/// What a node tells peers about one download (`GET /swarm/<digest>/<chunk size>`).
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct StatusDoc {
-    pub size: u64,
-    pub chunk_size: u64,
-    /// Bitmaps (hex, bit i of byte i/8, most significant first): chunks held, chunks arriving
-    /// now (from the upstream, or from a peer that has them: a peer may wait here for them).
-    pub have: String,
-    pub fetching: String,
-    /// Other nodes this one knows are downloading the blob (so views converge).
-    pub peers: Vec<PeerDoc>,
-}
-
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct PeerDoc {
-    pub id: String,
-    pub addr: std::net::SocketAddr,
-}
-
-pub fn bitmap(bits: impl Iterator<Item = bool>) -> String {
-    let mut bytes = Vec::new();
-    for (i, b) in bits.enumerate() {
-        if i % 8 == 0 {
-            bytes.push(0u8);
-        }
-        if b {
-            *bytes.last_mut().expect("pushed") |= 0x80 >> (i % 8);
-        }
-    }
-    hex::encode(bytes)
-}
-
-/// Bit `n` of `len` from a [`bitmap`]; a malformed or short map reads as all clear.
-pub fn unbitmap(s: &str, len: u64) -> Vec<bool> {
-    let bytes = hex::decode(s).unwrap_or_default();
-    (0..len).map(|i| bytes.get((i / 8) as usize).is_some_and(|b| b & (0x80 >> (i % 8)) != 0)).collect()
-}
+pub use crate::transfer::engine::{bitmap, unbitmap, PeerDoc, StatusDoc};
 
 impl Download {
     fn new(digest: Digest, size: u64, chunk_size: u64, spool: Arc<Spool>) -> Download {
@@ -499,7 +463,7 @@ impl Swarming {
         actix_rt::spawn(async move {
             // A panicking engine, or the node shutting down, still ends the download: readers
             // waiting for its chunks get an error instead of waiting forever.
-            let run = std::panic::AssertUnwindSafe(engine::Engine::new(this.clone(), d.clone(), request).run());
+            let run = std::panic::AssertUnwindSafe(engine::run(this.clone(), d.clone(), request));
             let end = tokio::select! {
                 end = futures_util::FutureExt::catch_unwind(run) => end.unwrap_or_else(|_| {
                     tracing::error!(digest = %d.digest, "swarm download engine panicked");
@@ -552,12 +516,6 @@ impl Swarming {
             }
         }
         None
-    }
-}
-
-impl From<&Peer> for PeerDoc {
-    fn from(p: &Peer) -> Self {
-        PeerDoc { id: p.id.clone(), addr: p.addr }
     }
 }
 

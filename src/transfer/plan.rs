@@ -221,6 +221,9 @@ pub enum Action<A> {
     PeerLost { peer: String },
     /// Every chunk is here.
     Complete,
+    /// An on-demand transfer ([`Planner::on_demand`]) could not get chunk `index`: it is no
+    /// longer wanted, and whoever waits for it gets the error (the transfer goes on).
+    ChunkFailed { index: u64, error: PlanError },
     /// The download cannot complete.
     Failed(PlanError),
 }
@@ -334,6 +337,9 @@ pub struct Planner<A> {
     /// No chunk below this index is missing.
     first_missing: u64,
     failed: Option<PlanError>,
+    /// On demand: only these chunks are fetched (a /blobs file: the chunks its readers and its
+    /// prefetch ask for, and those peers ask this node to fetch). `None`: every chunk.
+    wanted: Option<Bits>,
 }
 
 impl<A: Clone> Planner<A> {
@@ -373,6 +379,46 @@ impl<A: Clone> Planner<A> {
             cands_until: None,
             first_missing: 0,
             failed: None,
+            wanted: None,
+        }
+    }
+
+    /// Fetch only the chunks asked for with [`Planner::want`] (a file read in parts), and fail
+    /// a chunk rather than the transfer when the upstream cannot give it.
+    pub fn on_demand(mut self) -> Self {
+        self.wanted = Some(Bits::new(self.chunks));
+        self
+    }
+
+    /// (On demand) fetch chunk `index` (`on`), or no longer (a chunk already in flight ends
+    /// as it ends). A chunk failed before is tried afresh.
+    pub fn want(&mut self, index: u64, on: bool) {
+        if index >= self.chunks {
+            return;
+        }
+        if let Some(w) = self.wanted.as_mut() {
+            w.set(index, on);
+            if on {
+                self.upstream_attempts.remove(&index);
+            }
+        }
+    }
+
+    /// Whether a wanted chunk is neither here nor in flight, or one is in flight (there is
+    /// work, so the view of the others is worth refreshing).
+    pub fn busy(&self) -> bool {
+        self.peer_inflight + self.upstream_inflight > 0
+            || match &self.wanted {
+                Some(w) => w.ones().any(|i| !self.have.get(i)),
+                None => !self.have.all(),
+            }
+    }
+
+    /// Chunk `index` is no longer here (evicted from a cache): fetched again when wanted.
+    pub fn forget(&mut self, index: u64) {
+        if index < self.chunks {
+            self.have.set(index, false);
+            self.first_missing = self.first_missing.min(index);
         }
     }
 
@@ -727,11 +773,17 @@ impl<A: Clone> Planner<A> {
         // nodes that start together then ask for different chunks first, so each chunk's first
         // copies come from different sources (all asking for chunk 0 first had everyone wait
         // on its owner); a reader streaming the blob in order still gets its bytes early.
-        let span = self.chunks - self.first_missing;
+        let (first, span) = (self.first_missing, self.chunks - self.first_missing);
         let window = span.min(self.cfg.order_window.max(1));
         let off = if window == 0 { 0 } else { self.salt % window };
-        for step in 0..span {
-            let i = self.first_missing + if step < window { (step + off) % window } else { step };
+        // On demand: the chunks wanted and missing, lowest first (a reader's next bytes).
+        let order: Box<dyn Iterator<Item = u64>> = match &self.wanted {
+            Some(w) => Box::new(w.ones().filter(|i| !self.have.get(*i)).collect::<Vec<_>>().into_iter()),
+            None => {
+                Box::new((0..span).map(move |step| first + if step < window { (step + off) % window } else { step }))
+            }
+        };
+        for i in order {
             if self.peer_inflight >= parallel && (self.upstream_inflight >= up_parallel || owns_none) {
                 break;
             }
@@ -898,6 +950,12 @@ impl<A: Clone> Planner<A> {
                     } else {
                         PlanError::UpstreamAttempts { index, attempts: attempts.0 }
                     };
+                    if let Some(w) = self.wanted.as_mut() {
+                        w.set(index, false);
+                        self.upstream_attempts.remove(&index);
+                        out.push(Action::ChunkFailed { index, error: e });
+                        return;
+                    }
                     self.failed = Some(e.clone());
                     out.push(Action::Failed(e));
                 } else {

@@ -1,0 +1,560 @@
+//! The one driver of chunked, multi-source transfers: it performs the planner's decisions
+//! ([`super::plan`]) with real I/O — the DHT and the peers' status pages, chunk requests to
+//! peers, ranged upstream reads. What is moved and where it is kept is the [`Chunks`] of the
+//! transfer: a /v2 swarm download (a spool, the whole blob hashed against its digest) or a /blobs
+//! file (the chunk cache, chunks fetched on demand). The engine owns its state alone (one task
+//! per transfer); chunk transfers run as futures it starts and whose outcome it feeds back to
+//! the planner. Bytes go from the network to the store, never through the planner.
+
+use super::plan::{
+    ask_list, deepest_groups, Action, ChunkOutcome, PlanConfig, Planner, Source, Status, CUT_AT, MAX_VIEW,
+};
+use super::Bits;
+use crate::peer::client::PeerError;
+use crate::routing::keys::SWARM_GROUP_LEVELS;
+use crate::routing::{Peer, Router};
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// How a chunk transfer ended, as the [`Chunks`] saw it.
+pub enum ChunkResult {
+    /// The chunk, checked against its sha256.
+    Got(Bytes, [u8; 32]),
+    /// The peer does not have it yet ("425"), with its upstream progress.
+    Pending(Option<u64>),
+    /// The peer has no such transfer.
+    NotThere,
+    /// The peer has too many uploads (or lost the source it passed the chunk on from).
+    Busy,
+    Dead(String),
+    Bad(String),
+    /// The upstream read failed; `fatal`: retrying cannot help (a refusal).
+    UpstreamFailed {
+        fatal: bool,
+        why: String,
+    },
+    /// The upstream fetch was given up: a peer has the chunk.
+    Abandoned,
+}
+
+impl ChunkResult {
+    /// The answer of a peer that did not send the chunk.
+    pub fn of_peer_error(e: PeerError) -> ChunkResult {
+        match e {
+            PeerError::NotFound => ChunkResult::NotThere,
+            PeerError::Pending(p) => ChunkResult::Pending(p),
+            PeerError::Busy => ChunkResult::Busy,
+            e @ PeerError::Auth(_) => ChunkResult::Bad(e.to_string()),
+            e => ChunkResult::Dead(e.to_string()),
+        }
+    }
+}
+
+/// What a node tells peers about one transfer (`GET /swarm/<digest>/<chunk size>`,
+/// `GET /blobs-status/<file id>`).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct StatusDoc {
+    pub size: u64,
+    pub chunk_size: u64,
+    /// Bitmaps (hex, bit i of byte i/8, most significant first): chunks held, chunks arriving
+    /// now (from the upstream, or from a peer that has them: a peer may wait here for them).
+    pub have: String,
+    pub fetching: String,
+    /// Other nodes this one knows are in the transfer (so views converge).
+    pub peers: Vec<PeerDoc>,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct PeerDoc {
+    pub id: String,
+    pub addr: SocketAddr,
+}
+
+impl From<&Peer> for PeerDoc {
+    fn from(p: &Peer) -> Self {
+        PeerDoc { id: p.id.clone(), addr: p.addr }
+    }
+}
+
+pub fn bitmap(bits: impl Iterator<Item = bool>) -> String {
+    let mut bytes = Vec::new();
+    for (i, b) in bits.enumerate() {
+        if i % 8 == 0 {
+            bytes.push(0u8);
+        }
+        if b {
+            *bytes.last_mut().expect("pushed") |= 0x80 >> (i % 8);
+        }
+    }
+    hex::encode(bytes)
+}
+
+/// Bit `n` of `len` from a [`bitmap`]; a malformed or short map reads as all clear.
+pub fn unbitmap(s: &str, len: u64) -> Vec<bool> {
+    let bytes = hex::decode(s).unwrap_or_default();
+    (0..len).map(|i| bytes.get((i / 8) as usize).is_some_and(|b| b & (0x80 >> (i % 8)) != 0)).collect()
+}
+
+/// Why a peer's status page could not be had.
+#[derive(thiserror::Error, Debug)]
+pub enum StatusError {
+    #[error("no such transfer there")]
+    NotFound,
+    #[error("no peer client")]
+    NoClient,
+    #[error(transparent)]
+    Peer(PeerError),
+    #[error("status body: {0}")]
+    Body(std::io::Error),
+    #[error("status does not match its checksum")]
+    Checksum,
+    #[error("status: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// A peer's status page at `target` (a JSON [`StatusDoc`] whose sha256 the signed answer names).
+pub async fn status_at(
+    client: Option<&crate::peer::client::PeerClient>,
+    peer: &Peer,
+    target: &str,
+) -> Result<StatusDoc, StatusError> {
+    use sha2::Digest as _;
+    let client = client.ok_or(StatusError::NoClient)?;
+    let resp = client.fetch(peer, target, false, None, None).await.map_err(|e| match e {
+        PeerError::NotFound => StatusError::NotFound,
+        e => StatusError::Peer(e),
+    })?;
+    let want = resp.digest.clone().unwrap_or_default();
+    let body = crate::stream::collect(resp.body, 1 << 20).await.map_err(StatusError::Body)?;
+    if want != format!("sha256:{}", hex::encode(sha2::Sha256::digest(&body))) {
+        return Err(StatusError::Checksum);
+    }
+    Ok(serde_json::from_slice(&body)?)
+}
+
+/// Something worth counting (each kind of transfer has its own metrics).
+pub enum Note {
+    /// A chunk fetch failed, by reason (`not_there`, `busy`, `unreachable`, `bad`, `upstream`,
+    /// `abandoned`).
+    Failure(&'static str),
+    /// Chunk bytes received from a peer.
+    PeerBytes(u64),
+    TookOver,
+    PeerLost,
+}
+
+/// Asks one peer for its status page of a transfer.
+pub type StatusFn = Arc<dyn Fn(Peer) -> BoxFuture<'static, Result<StatusDoc, StatusError>> + Send + Sync>;
+
+/// One kind of transfer: where its chunks come from and where they are kept.
+pub trait Chunks: Send + 'static {
+    /// Bytes in all, and in a chunk (the last one may be shorter).
+    fn size(&self) -> u64;
+    fn chunk_size(&self) -> u64;
+    fn chunks(&self) -> u64 {
+        self.size().div_ceil(self.chunk_size())
+    }
+    /// Chunk `index`'s size in bytes.
+    fn chunk_len(&self, index: u64) -> u64 {
+        (self.size() - index * self.chunk_size()).min(self.chunk_size())
+    }
+    /// The DHT key the nodes in this transfer announce.
+    fn swarm_key(&self) -> String;
+    /// The key of this node's group at `level` (announced once the swarm is cut at the DHT's cap).
+    fn group_key(&self, level: u32) -> String;
+    /// How to ask a peer for its status page of this transfer.
+    fn status_of(&self) -> StatusFn;
+    /// Chunk `index` from `peer`.
+    fn fetch_peer(&self, peer: Peer, index: u64) -> BoxFuture<'static, ChunkResult>;
+    /// Chunk `index` from the upstream.
+    fn fetch_upstream(&self, index: u64) -> BoxFuture<'static, ChunkResult>;
+    /// Chunk `index` is (or no longer is) arriving here, as peers should see it.
+    fn set_fetching(&self, index: u64, on: bool);
+    /// The peers in the transfer with this node (its status page names them).
+    fn set_view(&self, view: Vec<PeerDoc>);
+    /// Keep a chunk that arrived checked. An error ends the transfer.
+    fn stored(&mut self, index: u64, data: Bytes, sha: [u8; 32]) -> BoxFuture<'_, Result<(), String>>;
+    /// Whether the transfer is over: `Ok`: done; `Err`: failed (e.g. a digest mismatch).
+    fn end(&mut self) -> Option<Result<(), String>>;
+    /// (On demand) chunk `index` could not be had: whoever waits for it gets `why`.
+    fn chunk_failed(&self, _index: u64, _why: &str) {}
+    fn note(&self, _note: Note) {}
+}
+
+/// What every transfer's engine shares.
+#[derive(Clone)]
+pub struct EngineConfig {
+    pub router: Option<Arc<dyn Router>>,
+    pub me: String,
+    /// Wait this long after announcing, for the others starting at once to do the same.
+    pub gather: Duration,
+    pub refresh: Duration,
+    pub plan: PlanConfig,
+}
+
+/// What the owner of an on-demand transfer asks of it.
+#[derive(Clone, Copy, Debug)]
+pub enum Want {
+    /// Fetch chunk `index` (a reader, the prefetch or a peer waits for it).
+    Chunk(u64),
+    /// Nobody waits for chunk `index` any more.
+    Drop(u64),
+    /// Chunk `index` left the store: fetched again when wanted.
+    Forgotten(u64),
+}
+
+/// How an on-demand transfer is asked for chunks, and when it ends: after `idle` without a
+/// want while nothing is in flight.
+pub struct OnDemand {
+    pub wants: mpsc::Receiver<Want>,
+    pub idle: Duration,
+    /// Chunks already held when it starts.
+    pub have: Bits,
+}
+
+enum Lane {
+    Upstream,
+    Peer(String),
+}
+
+enum Done {
+    Chunk { index: u64, lane: Lane, result: ChunkResult, took: Duration },
+    Refresh(Vec<Peer>, Vec<(Peer, Result<StatusDoc, StatusError>)>),
+}
+
+pub struct Engine<C: Chunks> {
+    chunks: C,
+    cfg: EngineConfig,
+    plan: Planner<SocketAddr>,
+    /// The planner's time is the time since this.
+    epoch: Instant,
+    /// Upstream fetches in flight, to give up on when a peer has the chunk first.
+    aborts: HashMap<u64, futures_util::future::AbortHandle>,
+    failed: Option<String>,
+    /// Announced in its groups: once a lookup came back full (small swarms never need them).
+    grouped: bool,
+    demand: Option<OnDemand>,
+}
+
+impl<C: Chunks> Engine<C> {
+    /// `key`: the rendezvous key of the transfer (a digest, a file id).
+    pub fn new(chunks: C, key: String, cfg: EngineConfig, demand: Option<OnDemand>) -> Engine<C> {
+        let mut plan = Planner::new(key, cfg.me.clone(), chunks.chunks(), cfg.plan.clone());
+        if let Some(d) = &demand {
+            plan = plan.on_demand();
+            for i in d.have.ones() {
+                plan.on_chunk(Duration::ZERO, i, Source::Upstream, ChunkOutcome::Got, &mut Vec::new());
+            }
+        }
+        Engine {
+            chunks,
+            cfg,
+            plan,
+            epoch: Instant::now(),
+            aborts: HashMap::new(),
+            failed: None,
+            grouped: false,
+            demand,
+        }
+    }
+
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
+    /// Run the transfer to its end: `Ok` when it completed (or, on demand, went idle).
+    pub async fn run(mut self) -> Result<(), String> {
+        let mut futs: FuturesUnordered<BoxFuture<'static, Done>> = FuturesUnordered::new();
+        if let Some(r) = &self.cfg.router {
+            if let Err(e) = r.provide_now(vec![self.chunks.swarm_key()]).await {
+                tracing::debug!(error = %e, "cannot announce the transfer");
+            }
+            tokio::time::sleep(self.cfg.gather).await;
+            if let Some(first) = self.refresh_future() {
+                let done = first.await;
+                self.on_done(done, &mut futs).await;
+            }
+        }
+        let mut tick = tokio::time::interval(self.cfg.refresh);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_want = Instant::now();
+        loop {
+            if let Some(why) = self.failed.take() {
+                return Err(why);
+            }
+            if let Some(end) = self.chunks.end() {
+                return end;
+            }
+            let mut out = Vec::new();
+            self.plan.schedule(self.now(), &mut out);
+            self.perform(out, &mut futs);
+            let idle = self.demand.as_ref().map(|d| d.idle.saturating_sub(last_want.elapsed()));
+            if idle.is_some_and(|left| left.is_zero()) && futs.is_empty() {
+                return Ok(());
+            }
+            let want = async {
+                match self.demand.as_mut() {
+                    Some(d) => d.wants.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some(done) = futs.next() => self.on_done(done, &mut futs).await,
+                w = want => match w {
+                    Some(w) => {
+                        last_want = Instant::now();
+                        match w {
+                            Want::Chunk(i) => self.plan.want(i, true),
+                            Want::Drop(i) => self.plan.want(i, false),
+                            Want::Forgotten(i) => self.plan.forget(i),
+                        }
+                    }
+                    // Its owner is gone: nobody can ask for anything any more.
+                    None => if futs.is_empty() { return Ok(()) } else { self.demand = None },
+                },
+                _ = tick.tick() => {
+                    // An on-demand transfer with nothing to do asks nobody.
+                    let work = self.demand.is_none() || self.plan.busy();
+                    if self.cfg.router.is_some() && work {
+                        if let Some(f) = self.refresh_future() {
+                            futs.push(f);
+                        }
+                    }
+                }
+                _ = tokio::time::sleep(idle.unwrap_or(Duration::MAX)), if idle.is_some() => {}
+            }
+        }
+    }
+
+    /// Look the transfer up in the DHT and ask every known peer what it has (none while a
+    /// refresh runs).
+    fn refresh_future(&mut self) -> Option<BoxFuture<'static, Done>> {
+        // The DHT is asked every few refreshes (and while no peer is known); in between, the
+        // peers' status pages name the nodes they know, which is cheaper than a lookup.
+        let refresh = self.plan.start_refresh(self.now())?;
+        let me = self.plan.me().to_owned();
+        let router = self.cfg.router.clone();
+        let keys: Vec<String> = std::iter::once(self.chunks.swarm_key())
+            .chain((1..=SWARM_GROUP_LEVELS).map(|l| self.chunks.group_key(l)))
+            .collect();
+        let status_of = self.chunks.status_of();
+        Some(
+            async move {
+                // The swarm's key (the owners, when the DHT cut it), then, while a lookup comes
+                // back full, this node's group one level deeper (`keys::SWARM_GROUP_LEVELS`):
+                // the deepest groups first, they are the peers only this node's group knows.
+                let (found, groups) = match &router {
+                    Some(r) if refresh.lookup => {
+                        let lookup = async |key: String| match r.resolve(key, MAX_VIEW).await {
+                            Ok(rx) => crate::routing::collect_peers(rx, Duration::from_millis(500)).await,
+                            Err(_) => Vec::new(),
+                        };
+                        let mut keys = keys.into_iter();
+                        let found = lookup(keys.next().expect("the swarm key")).await;
+                        let mut levels: Vec<Vec<Peer>> = Vec::new();
+                        let mut full = found.len() >= CUT_AT;
+                        for key in keys {
+                            if !full {
+                                break;
+                            }
+                            let g = lookup(key).await;
+                            full = g.len() >= CUT_AT;
+                            levels.push(g);
+                        }
+                        (found, deepest_groups(levels))
+                    }
+                    _ => (Vec::new(), Vec::new()),
+                };
+                let pairs: Vec<(String, SocketAddr)> =
+                    groups.iter().chain(&found).map(|p| (p.id.clone(), p.addr)).collect();
+                let ask = ask_list(refresh.known, &pairs, &me, MAX_VIEW);
+                let statuses = futures_util::future::join_all(ask.into_iter().map(|(id, addr)| {
+                    let p = Peer { id, addr };
+                    let status = status_of(p.clone());
+                    async move { (p, status.await) }
+                }))
+                .await;
+                Done::Refresh(found, statuses)
+            }
+            .boxed(),
+        )
+    }
+
+    /// Do what the planner decided.
+    fn perform(&mut self, actions: Vec<Action<SocketAddr>>, futs: &mut FuturesUnordered<BoxFuture<'static, Done>>) {
+        for a in actions {
+            match a {
+                Action::FetchPeer { index, peer, addr } => {
+                    let t = Instant::now();
+                    let fetch = self.chunks.fetch_peer(Peer { id: peer.clone(), addr }, index);
+                    futs.push(
+                        fetch
+                            .map(move |result| Done::Chunk { index, lane: Lane::Peer(peer), result, took: t.elapsed() })
+                            .boxed(),
+                    );
+                }
+                Action::FetchUpstream { index } => self.start_upstream(index, futs),
+                Action::AbortUpstream { index } => {
+                    if let Some(handle) = self.aborts.get(&index) {
+                        tracing::debug!(
+                            chunk = index,
+                            "a peer has the chunk being fetched from the upstream; taking it from the peer"
+                        );
+                        self.chunks.note(Note::Failure("abandoned"));
+                        handle.abort();
+                    }
+                }
+                Action::TookOver { index, from } => {
+                    tracing::warn!(peer = %from, chunk = index, "no progress from the peer that should fetch this chunk (or it died); taking it over");
+                    self.chunks.note(Note::TookOver);
+                }
+                Action::PeerLost { peer } => {
+                    tracing::debug!(%peer, "peer in a transfer with this node stopped answering");
+                    self.chunks.note(Note::PeerLost);
+                }
+                Action::Complete => {}
+                Action::ChunkFailed { index, error } => self.chunks.chunk_failed(index, &error.to_string()),
+                Action::Failed(e) => {
+                    if self.failed.is_none() {
+                        self.failed = Some(e.to_string());
+                    }
+                }
+            }
+        }
+    }
+
+    fn start_upstream(&mut self, index: u64, futs: &mut FuturesUnordered<BoxFuture<'static, Done>>) {
+        self.chunks.set_fetching(index, true);
+        let t = Instant::now();
+        let (fetch, abort) = futures_util::future::abortable(self.chunks.fetch_upstream(index));
+        self.aborts.insert(index, abort);
+        futs.push(
+            fetch
+                .map(move |r| Done::Chunk {
+                    index,
+                    lane: Lane::Upstream,
+                    result: r.unwrap_or(ChunkResult::Abandoned),
+                    took: t.elapsed(),
+                })
+                .boxed(),
+        );
+    }
+
+    async fn on_done(&mut self, done: Done, futs: &mut FuturesUnordered<BoxFuture<'static, Done>>) {
+        let mut out = Vec::new();
+        match done {
+            Done::Refresh(found, statuses) => {
+                if found.len() >= CUT_AT && !self.grouped {
+                    self.grouped = true;
+                    if let Some(r) = &self.cfg.router {
+                        let keys = (1..=SWARM_GROUP_LEVELS).map(|l| self.chunks.group_key(l)).collect();
+                        if let Err(e) = r.provide_now(keys).await {
+                            tracing::debug!(error = %e, "cannot announce the transfer in its groups");
+                        }
+                    }
+                }
+                let n = self.chunks.chunks();
+                let found: Vec<(String, SocketAddr)> = found.into_iter().map(|p| (p.id, p.addr)).collect();
+                let statuses = statuses
+                    .into_iter()
+                    .map(|(p, r)| {
+                        let status = match r {
+                            Ok(doc) if doc.size == self.chunks.size() && doc.chunk_size == self.chunks.chunk_size() => {
+                                Status::Active {
+                                    have: Bits::from_bools(n, unbitmap(&doc.have, n)),
+                                    fetching: Bits::from_bools(n, unbitmap(&doc.fetching, n)),
+                                    peers: doc.peers.into_iter().map(|g| (g.id, g.addr)).collect(),
+                                }
+                            }
+                            Ok(_) => Status::Other,
+                            Err(StatusError::NotFound) => Status::NotFound,
+                            Err(e) => {
+                                tracing::debug!(peer = %p.id, error = %e, "peer status failed");
+                                Status::Unreachable
+                            }
+                        };
+                        (p.id, p.addr, status)
+                    })
+                    .collect();
+                self.plan.on_refresh(self.now(), &found, statuses, &mut out);
+                self.chunks.set_view(self.plan.view().into_iter().map(|(id, addr)| PeerDoc { id, addr }).collect());
+            }
+            Done::Chunk { index, lane, result, took } => {
+                // No longer arriving (a chunk that arrived is cleared when it is stored).
+                if !matches!(result, ChunkResult::Got(..)) {
+                    self.chunks.set_fetching(index, false);
+                }
+                let source = match lane {
+                    Lane::Upstream => {
+                        self.aborts.remove(&index);
+                        Source::Upstream
+                    }
+                    Lane::Peer(id) => Source::Peer(id),
+                };
+                let outcome = match result {
+                    ChunkResult::Got(data, sha) => {
+                        if matches!(source, Source::Peer(_)) {
+                            self.chunks.note(Note::PeerBytes(data.len() as u64));
+                        }
+                        if let Err(e) = self.chunks.stored(index, data, sha).await {
+                            self.failed = Some(e);
+                            return;
+                        }
+                        ChunkOutcome::Got
+                    }
+                    ChunkResult::Pending(progress) => ChunkOutcome::Pending { progress, took },
+                    ChunkResult::NotThere => {
+                        self.chunks.note(Note::Failure("not_there"));
+                        ChunkOutcome::NotThere
+                    }
+                    ChunkResult::Busy => {
+                        self.chunks.note(Note::Failure("busy"));
+                        ChunkOutcome::Busy
+                    }
+                    ChunkResult::Dead(why) => {
+                        self.chunks.note(Note::Failure("unreachable"));
+                        if let Source::Peer(id) = &source {
+                            tracing::warn!(peer = %id, chunk = index, why, "peer unreachable; its chunks go to others");
+                        }
+                        ChunkOutcome::Dead
+                    }
+                    ChunkResult::Bad(why) => {
+                        self.chunks.note(Note::Failure("bad"));
+                        if let Source::Peer(id) = &source {
+                            tracing::warn!(peer = %id, chunk = index, why, "peer sent a bad chunk; not asked for it again");
+                        }
+                        ChunkOutcome::Bad
+                    }
+                    ChunkResult::Abandoned => ChunkOutcome::Abandoned,
+                    ChunkResult::UpstreamFailed { fatal, why } => {
+                        self.chunks.note(Note::Failure("upstream"));
+                        self.plan.on_chunk(self.now(), index, source, ChunkOutcome::UpstreamFailed { fatal }, &mut out);
+                        if out.iter().any(|a| matches!(a, Action::Failed(_))) {
+                            self.failed = Some(format!("chunk {index} from upstream: {why}"));
+                        } else if let Some(a) = out.iter_mut().find_map(|a| match a {
+                            Action::ChunkFailed { index: i, .. } if *i == index => Some(a),
+                            _ => None,
+                        }) {
+                            // Whoever waits for it gets the upstream's own words.
+                            self.chunks.chunk_failed(index, &why);
+                            *a = Action::Complete;
+                        } else {
+                            tracing::info!(chunk = index, error = %why, "upstream chunk failed; retrying");
+                        }
+                        self.perform(out, futs);
+                        return;
+                    }
+                };
+                self.plan.on_chunk(self.now(), index, source, outcome, &mut out);
+            }
+        }
+        self.perform(out, futs);
+    }
+}
