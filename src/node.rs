@@ -140,7 +140,6 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
         None => None,
     };
     let blob_peers = p2p.as_ref().map(|p| crate::blobs::BlobPeers {
-        locate: p.path.locate.clone(),
         report: p.path.report.clone(),
         served: p.path.served.clone(),
         client: p.path.client.clone(),

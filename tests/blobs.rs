@@ -253,7 +253,12 @@ async fn blobs_through_a_cluster_with_nginx() {
     for (name, data) in &files[4..] {
         let (status, body, _) = get(&client, &url(&nodes[0], name), None).await;
         assert_eq!(status, 200);
-        assert!(body == *data, "{name}: corrupt chunk must never be served");
+        let tail = |n: &Peerd| n.log_text().lines().rev().take(40).collect::<Vec<_>>().join("\n");
+        assert!(
+            body == *data,
+            "{name}: corrupt chunk must never be served; A's log (last first):\n{}",
+            tail(&nodes[0])
+        );
     }
     assert!(nodes[0].metric("peerd_blobs_cache_corrupt_total", &[]) > before, "corruption detected");
     let _ = big;

@@ -82,15 +82,11 @@ impl Stamp {
     }
 }
 
-/// Told about every chunk the cache drops (evicted or corrupt), so its advertisement can go.
-pub type OnDrop = Box<dyn Fn(&str, u64) + Send + Sync>;
-
 pub struct ChunkCache {
     dir: PathBuf,
     max_bytes: u64,
     index: DashMap<(String, u64), Entry>,
     total: AtomicU64,
-    on_drop: Option<OnDrop>,
 }
 
 /// Bytes `from..to` of the file at `path` if it is still the version `stamp` describes (checked
@@ -125,13 +121,7 @@ impl ChunkCache {
     /// Open (creating) the cache directory and index what is already there.
     pub fn open(dir: &Path, max_bytes: u64) -> std::io::Result<ChunkCache> {
         std::fs::create_dir_all(dir)?;
-        let cache = ChunkCache {
-            dir: dir.to_owned(),
-            max_bytes,
-            index: DashMap::new(),
-            total: AtomicU64::new(0),
-            on_drop: None,
-        };
+        let cache = ChunkCache { dir: dir.to_owned(), max_bytes, index: DashMap::new(), total: AtomicU64::new(0) };
         for shard in std::fs::read_dir(dir)?.flatten() {
             let shard_name = shard.file_name().to_string_lossy().into_owned();
             // Chunk shards are two lowercase hex digits; anything else (the metadata directory,
@@ -170,11 +160,6 @@ impl ChunkCache {
         }
         cache.gauge();
         Ok(cache)
-    }
-
-    pub fn with_on_drop(mut self, f: OnDrop) -> Self {
-        self.on_drop = Some(f);
-        self
     }
 
     fn chunk_dir(&self, id: &str) -> PathBuf {
@@ -260,9 +245,6 @@ impl ChunkCache {
         if self.index.remove(key).is_some() {
             self.total.fetch_sub(size, Ordering::Relaxed);
             self.gauge();
-            if let Some(f) = &self.on_drop {
-                f(&key.0, key.1);
-            }
         }
     }
 

@@ -15,14 +15,15 @@
 //!   resolver refuses link-local and cloud metadata addresses (so DNS cannot point around it).
 
 pub mod cache;
+pub mod run;
 
-use crate::actors::peers::{Locate, Outcome, ServedPeer};
+use crate::actors::peers::{Outcome, ServedPeer};
 use crate::actors::upstream::Gate;
 use crate::config::AllowRule;
 use crate::config::BlobsConfig;
 use crate::error::ApiError;
 use crate::peer::client::PeerClient;
-use crate::peer::{DEAD_FOR, LONG_POLL};
+use crate::peer::LONG_POLL;
 use crate::range::{ByteRange, RangeSpec};
 use crate::routing::{keys, Router};
 use crate::upstream::policy::{is_loopback_host, AddressPolicy};
@@ -125,7 +126,6 @@ struct ValidatedReply {
 }
 
 pub struct BlobPeers {
-    pub locate: Recipient<Locate>,
     pub report: Recipient<Outcome>,
     pub served: Recipient<ServedPeer>,
     pub client: Arc<PeerClient>,
@@ -134,15 +134,9 @@ pub struct BlobPeers {
     pub me: String,
 }
 
-/// The nodes interested in one file, as last looked up.
-struct Interest {
-    at: Instant,
-    peers: Vec<crate::routing::Peer>,
-}
-
-/// How long a file's interested nodes are trusted before they are looked up again.
+/// How often a file's transfer refreshes its view of the other nodes reading it.
 const INTEREST_TTL: Duration = Duration::from_secs(1);
-/// Longest a node waits for the owner of a chunk before fetching it itself.
+/// Longest a node waits for the owner of a chunk, without progress, before fetching it itself.
 const TAKEOVER: Duration = Duration::from_secs(10);
 
 pub struct BlobsState {
@@ -160,8 +154,9 @@ pub struct BlobsState {
     /// sha256(full URL) → metadata, for URLs the upstream accepted.
     meta: DashMap<String, Meta>,
     peers: Option<BlobPeers>,
-    /// Per-chunk locks: concurrent requests for one chunk share one fetch.
-    inflight: DashMap<(String, u64), Arc<tokio::sync::Mutex<()>>>,
+    /// `<file id>.<segment>` → the transfer fetching chunks of that segment (one task decides
+    /// for it; every request and peer asking for its chunks goes through it).
+    runs: DashMap<String, Arc<run::FileRun>>,
     fetches: Arc<Semaphore>,
     /// Upstream host (`host:port`) → its share of the chunk fetches (`blobs.per_host_fetches`),
     /// taken before a slot of `fetches`, so one slow host cannot hold them all.
@@ -174,10 +169,6 @@ pub struct BlobsState {
     /// File id → the URL and metadata a client last used (so this node can fetch chunks of it
     /// for peers, with its own client's credentials; peers never see the URL).
     sources: DashMap<String, (url::Url, Meta)>,
-    /// File id → the other nodes reading it (from the DHT key `swarm/<id>`).
-    interest: DashMap<String, Interest>,
-    /// Owners that could not be reached, until when they are skipped.
-    dead: DashMap<String, Instant>,
     /// sha256(URL without query, chunk size) → what the upstream last confirmed for it.
     validated: DashMap<String, Validated>,
     /// When "no disk room" was last logged.
@@ -238,18 +229,8 @@ impl BlobsState {
         let policy = AddressPolicy { allow_loopback: allow.iter().any(|r| is_loopback_host(r.host())) };
         // Redirects are not followed: the client signed this URL, not another.
         let http = policy.client(0, connect_timeout, idle_timeout)?;
-        let mut cache =
+        let cache =
             ChunkCache::open(cache_dir, cfg.max_cache_bytes).map_err(|e| format!("{}: {e}", cache_dir.display()))?;
-        if let Some(p) = &peers {
-            // A dropped chunk is no longer advertised (peers asking meanwhile get a 404).
-            let (router, chunk_size) = (p.router.clone(), cfg.chunk_size);
-            cache = cache.with_on_drop(Box::new(move |id, index| {
-                let (router, key) = (router.clone(), keys::chunk_key(id, index * chunk_size));
-                actix_rt::spawn(async move {
-                    let _ = router.withdraw(vec![key]).await;
-                });
-            }));
-        }
         let workers = cfg.prefetch_workers;
         let meta_dir = cache_dir.join("meta");
         std::fs::create_dir_all(&meta_dir).map_err(|e| format!("{}: {e}", meta_dir.display()))?;
@@ -270,15 +251,13 @@ impl BlobsState {
             meta_dir,
             meta: DashMap::new(),
             peers,
-            inflight: DashMap::new(),
+            runs: DashMap::new(),
             fetches: Arc::new(Semaphore::new(MAX_FETCHES)),
             hosts: DashMap::new(),
             prefetched: DashMap::new(),
             last_read: DashMap::new(),
             prefetch_slots: Arc::new(Semaphore::new(workers)),
             sources: DashMap::new(),
-            interest: DashMap::new(),
-            dead: DashMap::new(),
             validated: DashMap::new(),
             no_room_warned: std::sync::atomic::AtomicU64::new(0),
         })
@@ -486,178 +465,82 @@ impl BlobsState {
         Some(data)
     }
 
-    /// One chunk: cache, then peers that have it, then the node that fetches it for everyone
-    /// reading the file (unless this is that fetch), then upstream. One fetch per chunk per node
-    /// at a time.
-    async fn chunk(
-        self: &Arc<Self>,
-        url: &url::Url,
-        meta: &Meta,
-        index: u64,
-        on_behalf: bool,
-    ) -> Result<Bytes, String> {
-        if let Some(data) = self.cached(&meta.id, index).await {
-            return Ok(data);
-        }
-        let lock = self.inflight.entry((meta.id.clone(), index)).or_default().clone();
-        let _guard = lock.lock().await;
-        let result = self.fetch_chunk(url, meta, index, on_behalf).await;
-        self.inflight.remove(&(meta.id.clone(), index));
-        result
-    }
-
-    async fn fetch_chunk(
-        self: &Arc<Self>,
-        url: &url::Url,
-        meta: &Meta,
-        index: u64,
-        on_behalf: bool,
-    ) -> Result<Bytes, String> {
-        if let Some(data) = self.cached(&meta.id, index).await {
-            return Ok(data);
-        }
-        // The host's share first: waiting for a slow host holds none of the node's slots. The
-        // wait is bounded by `chunk_timeout`: a request queued behind a host that slow fails
-        // rather than fetching long after its client may have left (actix does not drop a
-        // pending response body when the client disconnects).
-        let _host = match tokio::time::timeout(self.cfg.chunk_timeout, self.host_slots(url).acquire_owned()).await {
-            Ok(slot) => slot.map_err(|e| e.to_string())?,
-            Err(_) => {
-                metrics::counter!(UPSTREAM_TIMEOUTS, "reason" => "queued").increment(1);
-                return Err(format!("upstream host busy: no fetch slot within {:?}", self.cfg.chunk_timeout));
+    /// One chunk (its index in the file): from the cache, else through the transfer of its
+    /// segment (peers that have it, the node that owns it, the upstream; see [`run`]).
+    async fn chunk(self: &Arc<Self>, url: &url::Url, meta: &Meta, index: u64) -> Result<Bytes, String> {
+        // A run that ended as this read joined it is replaced; a chunk evicted as soon as it
+        // arrived is asked for again. Bounded either way.
+        for _ in 0..3 {
+            if let Some(data) = self.cached(&meta.id, index).await {
+                return Ok(data);
             }
-        };
-        let _slot = self.fetches.acquire().await.map_err(|e| e.to_string())?;
-        let range = self.chunk_range(meta, index);
-        let from_peers = match self.chunk_from_peers(meta, index, range).await {
-            Some(d) => Some(d),
-            None if !on_behalf => self.chunk_from_owner(meta, index, range).await,
-            None => None,
-        };
-        let (data, source) = match from_peers {
-            Some(d) => (d, "peer"),
-            None => (self.chunk_from_upstream(url, meta, range).await?, "upstream"),
-        };
-        metrics::counter!(BLOBS_BYTES, "source" => source).increment(data.len() as u64);
-        if let Err(e) = self.cache.put(&meta.id, index, &data).await {
-            // Served all the same, straight through. A full disk would say this for every chunk.
-            if e.kind() != std::io::ErrorKind::StorageFull
-                || crate::swarm::spool::warn_now(&self.no_room_warned, Duration::from_secs(60))
-            {
-                tracing::warn!(error = %e, "caching a chunk failed; serving it uncached");
-            }
-        } else if let Some(p) = &self.peers {
-            let key = keys::chunk_key(&meta.id, range.start);
-            let router = p.router.clone();
-            actix_rt::spawn(async move {
-                let _ = router.provide(vec![key]).await;
-            });
-        }
-        Ok(data)
-    }
-
-    async fn chunk_from_peers(&self, meta: &Meta, index: u64, range: ByteRange) -> Option<Bytes> {
-        let p = self.peers.as_ref()?;
-        let peers = p.locate.send(Locate { key: keys::chunk_key(&meta.id, range.start) }).await.unwrap_or_default();
-        let target = format!("/blobs-chunk/{}/{index}", meta.id);
-        for peer in peers {
-            let got = async {
-                let resp = p.client.fetch(&peer, &target, false, None, None).await.map_err(|e| e.to_string())?;
-                let (body, _) = resp.checked_body(range.len(), true).await.map_err(|e| e.to_string())?;
-                Ok::<Bytes, String>(body)
-            }
-            .await;
+            let run = self.run(url, meta, index / run::SEGMENT_CHUNKS)?;
+            let local = index % run::SEGMENT_CHUNKS;
+            // Bounded: a chunk queued behind a host that slow (`chunk_timeout` for a slot,
+            // `chunk_timeout` for its bytes) fails rather than arriving long after its client
+            // may have left (actix does not drop a pending response body when the client
+            // disconnects); its reader leaving takes it off the transfer's list.
+            let limit = self.cfg.chunk_timeout.saturating_mul(2);
+            let Ok(got) = tokio::time::timeout(limit, run.get(self, local)).await else {
+                if !run.arriving(local) {
+                    metrics::counter!(UPSTREAM_TIMEOUTS, "reason" => "queued").increment(1);
+                }
+                return Err(format!("chunk {index}: not here within {limit:?}"));
+            };
             match got {
-                Ok(body) => {
-                    let _ = p.report.try_send(Outcome { peer: peer.id, ok: true });
-                    return Some(body);
+                Ok(Some(data)) => return Ok(data),
+                Ok(None) => {
+                    if let Some((data, _)) = self.cache.get(&meta.id, index).await {
+                        return Ok(data);
+                    }
                 }
-                Err(e) => {
-                    tracing::debug!(peer = %peer.id, error = %e, "peer chunk fetch failed");
-                    let _ = p.report.try_send(Outcome { peer: peer.id, ok: false });
+                Err(run::RunError::Ended) => {
+                    self.runs.remove_if(&run::segment_id(&meta.id, run.seg), |_, r| Arc::ptr_eq(r, &run));
                 }
+                Err(run::RunError::Failed(why)) => return Err(why),
             }
         }
-        None
+        Err(format!("chunk {index} of the file could not be kept long enough to serve it"))
     }
 
-    /// Coalescing: the nodes reading this file (announced as `swarm/<id>`) split its chunks by
-    /// rendezvous hashing; a chunk another node owns is asked of that node, which fetches it from
-    /// the upstream (once, for everyone) and answers when it has it. `None`: this node owns the
-    /// chunk, or the owner died or stalled past the takeover time — fetch it yourself.
-    async fn chunk_from_owner(&self, meta: &Meta, index: u64, range: ByteRange) -> Option<Bytes> {
-        let p = self.peers.as_ref().filter(|_| self.cfg.coalesce)?;
-        let view = self.interested(&meta.id).await;
-        let now = Instant::now();
-        let alive: Vec<&crate::routing::Peer> =
-            view.iter().filter(|v| self.dead.get(&v.id).is_none_or(|t| now >= *t)).collect();
-        let owner_id =
-            crate::swarm::owner(&meta.id, index, alive.iter().map(|v| v.id.as_str()).chain([p.me.as_str()]))?;
-        let owner = alive.into_iter().find(|v| v.id == owner_id)?.clone();
-        let target = format!("/blobs-chunk/{}/{index}?fetch=1&wait={}", meta.id, LONG_POLL.as_millis());
-        let deadline = Instant::now() + TAKEOVER;
-        loop {
-            let resp = match p.client.fetch(&owner, &target, false, None, None).await {
-                Ok(r) => r,
-                Err(crate::peer::client::PeerError::Pending(_)) if Instant::now() < deadline => continue,
-                Err(e) => {
-                    tracing::info!(peer = %owner.id, chunk = index, error = %e, "chunk owner did not deliver; fetching it here");
-                    metrics::counter!(crate::swarm::SWARM_TAKEOVERS).increment(1);
-                    if !matches!(
-                        e,
-                        crate::peer::client::PeerError::Pending(_) | crate::peer::client::PeerError::NotFound
-                    ) {
-                        self.dead.insert(owner.id.clone(), Instant::now() + DEAD_FOR);
-                    }
-                    return None;
-                }
-            };
-            let Ok((body, _)) = resp.checked_body(range.len(), true).await else {
-                let _ = p.report.try_send(Outcome { peer: owner.id, ok: false });
-                return None;
-            };
-            let _ = p.report.try_send(Outcome { peer: owner.id, ok: true });
-            return Some(body);
+    /// The transfer of segment `seg` of the file, started when none runs.
+    fn run(self: &Arc<Self>, url: &url::Url, meta: &Meta, seg: u64) -> Result<Arc<run::FileRun>, String> {
+        let key = run::segment_id(&meta.id, seg);
+        if let Some(r) = self.runs.get(&key).filter(|r| !r.ended()) {
+            return Ok(r.clone());
         }
-    }
-
-    /// The other nodes reading file `id`. The first time, wait `coalesce_gather` so nodes that
-    /// start at the same moment see each other before anyone fetches.
-    async fn interested(&self, id: &str) -> Vec<crate::routing::Peer> {
-        let Some(p) = &self.peers else { return Vec::new() };
-        match self.interest.get(id) {
-            Some(i) if i.at.elapsed() < INTEREST_TTL => return i.peers.clone(),
-            Some(_) => {}
-            None => tokio::time::sleep(self.cfg.coalesce_gather).await,
+        if self.runs.len() >= run::MAX_RUNS {
+            self.runs.retain(|_, r| !r.ended());
+            if self.runs.len() >= run::MAX_RUNS {
+                return Err(format!("{} file segments are being fetched already", run::MAX_RUNS));
+            }
         }
-        let peers = match p.router.resolve(keys::swarm_key(id), 64).await {
-            Ok(rx) => crate::routing::collect_peers(rx, Duration::from_millis(300)).await,
-            Err(_) => Vec::new(),
+        // Started outside the map's lock; when two reads start one at once, the first one in
+        // the map is used and the other ends idle.
+        let started = run::start(self, url.clone(), meta.clone(), seg);
+        let r = match self.runs.entry(key) {
+            dashmap::mapref::entry::Entry::Occupied(e) if !e.get().ended() => e.get().clone(),
+            dashmap::mapref::entry::Entry::Occupied(mut e) => {
+                e.insert(started.clone());
+                started
+            }
+            dashmap::mapref::entry::Entry::Vacant(e) => e.insert(started).clone(),
         };
-        if self.interest.len() >= MAX_META {
-            self.interest.clear();
-        }
-        self.interest.insert(id.to_owned(), Interest { at: Instant::now(), peers: peers.clone() });
-        peers
+        Ok(r)
     }
 
-    /// Note a client's URL for a file and announce that this node reads it (once per file).
+    /// Note the URL a client read a file with (this node fetches chunks of it for peers with
+    /// it, and the file's transfers use the latest one).
     fn reading(&self, url: &url::Url, meta: &Meta) {
         if self.sources.len() >= MAX_META {
             self.sources.clear();
         }
-        let first = self.sources.insert(meta.id.clone(), (url.clone(), meta.clone())).is_none();
-        if let (true, Some(p), true) = (first, &self.peers, self.cfg.coalesce) {
-            let (router, key) = (p.router.clone(), keys::swarm_key(&meta.id));
-            actix_rt::spawn(async move {
-                let _ = router.provide_now(vec![key]).await;
-            });
-        }
+        self.sources.insert(meta.id.clone(), (url.clone(), meta.clone()));
     }
 
     /// The fetch slots of `url`'s host. Hosts are bounded by the allow-list, but a wildcard
     /// entry admits any number: idle hosts are forgotten past `MAX_META`.
-    fn host_slots(&self, url: &url::Url) -> Arc<Semaphore> {
+    pub(crate) fn host_slots(&self, url: &url::Url) -> Arc<Semaphore> {
         let host = format!("{}:{}", url.host_str().unwrap_or(""), url.port_or_known_default().unwrap_or(0));
         if let Some(s) = self.hosts.get(&host) {
             return s.clone();
@@ -817,7 +700,7 @@ impl BlobsState {
             in_flight.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
             let (t, u, m, f) = (self.clone(), url.clone(), meta.clone(), in_flight.clone());
             running.spawn_local(async move {
-                if t.chunk(&u, &m, index, false).await.is_ok() {
+                if t.chunk(&u, &m, index).await.is_ok() {
                     metrics::counter!(PREFETCH_CHUNKS).increment(1);
                 }
                 f.fetch_sub(len, std::sync::atomic::Ordering::Relaxed);
@@ -926,7 +809,7 @@ impl BlobsState {
                         metrics::counter!(BLOBS_BYTES, "source" => "local").increment(part.len() as u64);
                         return Ok(part);
                     }
-                    let data = t.chunk(&u, &m, index, false).await.map_err(std::io::Error::other)?;
+                    let data = t.chunk(&u, &m, index).await.map_err(std::io::Error::other)?;
                     let to = to.min(data.len() as u64);
                     Ok::<Bytes, std::io::Error>(data.slice(from as usize..to as usize))
                 }
@@ -954,12 +837,12 @@ impl BlobsState {
         found.and_then(|r| serde_json::to_vec(&r).ok()).ok_or_else(|| ApiError::BlobUnknown(key.into()))
     }
 
-    /// A peer asks for chunk `index` of file `id`, answered from the cache, with its sha256
-    /// (hex). With `fetch` (the peer computed that this node fetches the chunk for everyone), a
-    /// missing chunk of a file this node reads is fetched from the upstream with this node's
-    /// own URL; the request waits up to `wait` for it (at most [`LONG_POLL`]), then answers
-    /// [`ApiError::Pending`] (ask again). A fetch that failed (an expired URL, a refusal) is
-    /// "not here", so the asking node fetches the chunk itself at once.
+    /// A peer asks for chunk `index` of file `id`, answered from the cache, with its sha256.
+    /// With `fetch` (the peer computed that this node fetches the chunk for everyone, or saw it
+    /// arriving here), a missing chunk of a file this node reads is fetched through the file's
+    /// transfer with this node's own URL; the request waits up to `wait` for it (at most
+    /// [`LONG_POLL`]), then answers [`ApiError::Pending`] (ask again). A fetch that failed (an
+    /// expired URL, a refusal) is "not here", so the asking node fetches the chunk itself.
     pub async fn chunk_for_peer(
         self: &Arc<Self>,
         id: &str,
@@ -971,12 +854,17 @@ impl BlobsState {
         if found.is_none() && fetch {
             let source = self.sources.get(id).map(|s| s.clone());
             if let Some((url, meta)) = source.filter(|(_, m)| index < m.size.div_ceil(self.cfg.chunk_size)) {
-                let this = self.clone();
-                let job = actix_rt::spawn(async move { this.chunk(&url, &meta, index, true).await });
+                let job = async {
+                    let run = self.run(&url, &meta, index / run::SEGMENT_CHUNKS)?;
+                    match run.get(self, index % run::SEGMENT_CHUNKS).await.map_err(|e| e.to_string())? {
+                        Some(data) => Ok(Some((data.clone(), hex_sha256(&data)))),
+                        None => Ok(self.cache.get(id, index).await),
+                    }
+                };
                 match tokio::time::timeout(wait.min(LONG_POLL), job).await {
-                    Ok(Ok(Ok(_))) => found = self.cache.get(id, index).await,
+                    Ok(Ok(got)) => found = got,
                     Err(_) => return Err(ApiError::Pending { progress: None }),
-                    Ok(_) => tracing::debug!(chunk = index, "fetch for a peer failed"),
+                    Ok(Err::<_, String>(e)) => tracing::debug!(chunk = index, error = %e, "fetch for a peer failed"),
                 }
             }
         }
@@ -986,6 +874,19 @@ impl BlobsState {
             let _ = p.served.try_send(ServedPeer);
         }
         Ok((data, sha))
+    }
+
+    /// A peer asks what this node has of segment `seg` of file `id` (a file it reads).
+    pub fn status_for_peer(&self, id: &str, seg: u64) -> Result<crate::transfer::engine::StatusDoc, ApiError> {
+        if let Some(r) = self.runs.get(&run::segment_id(id, seg)) {
+            return Ok(r.status(self));
+        }
+        let size = self.sources.get(id).map(|s| s.1.size).ok_or_else(|| ApiError::BlobUnknown(id.into()))?;
+        let seg_size = run::segment_size(size, self.cfg.chunk_size, seg);
+        if seg_size == 0 {
+            return Err(ApiError::BlobUnknown(format!("{id}/{seg}")));
+        }
+        Ok(run::segment_status(self, id, seg, seg_size, |_| false, Vec::new()))
     }
 }
 

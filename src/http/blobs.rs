@@ -1,6 +1,7 @@
 //! `/blobs/<URL>` on the node-local front end, and the peer endpoints of /blobs on the peer
-//! listener (authenticated and signed there): `/blobs-chunk/<file id>/<index>` and
-//! `/blobs-meta/<key>`. Extraction and answers only; [`crate::blobs`] decides.
+//! listener (authenticated and signed there): `/blobs-chunk/<file id>/<index>`,
+//! `/blobs-status/<file id>/<segment>` (what this node has of a file it reads, JSON
+//! [`crate::transfer::engine::StatusDoc`]) and `/blobs-meta/<key>`. Extraction and answers only; [`crate::blobs`] decides.
 
 use super::peer::{chunk_answer, json_answer, wait_param};
 use crate::blobs::BlobsState;
@@ -24,6 +25,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// The peer endpoints, on the peer listener.
 pub fn configure_peer(cfg: &mut web::ServiceConfig) {
     cfg.route("/blobs-chunk/{id}/{index}", web::get().to(peer_chunk));
+    cfg.route("/blobs-status/{id}/{segment}", web::get().to(peer_status));
     cfg.route("/blobs-meta/{key}", web::get().to(peer_meta));
 }
 
@@ -54,6 +56,14 @@ async fn blob(req: HttpRequest, st: web::Data<Arc<BlobsState>>) -> Result<HttpRe
 async fn peer_meta(st: web::Data<Arc<BlobsState>>, key: web::Path<String>) -> HttpResponse {
     match st.validation_for_peer(&key) {
         Ok(body) => json_answer(body),
+        Err(e) => e.error_response(),
+    }
+}
+
+async fn peer_status(st: web::Data<Arc<BlobsState>>, path: web::Path<(String, u64)>) -> HttpResponse {
+    let (id, seg) = path.into_inner();
+    match st.status_for_peer(&id, seg) {
+        Ok(doc) => json_answer(serde_json::to_vec(&doc).unwrap_or_default()),
         Err(e) => e.error_response(),
     }
 }

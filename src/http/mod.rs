@@ -92,6 +92,7 @@ fn handler_label(path: &str) -> &'static str {
         p if p.starts_with("/blobs/") => "blobs_file",
         p if p.starts_with("/blobs-chunk/") => "blobs_chunk",
         p if p.starts_with("/blobs-meta/") => "blobs_meta",
+        p if p.starts_with("/blobs-status/") => "blobs_status",
         p if p.starts_with("/swarm/") => "swarm",
         p if p.starts_with("/preheat") => "preheat",
         p if p.starts_with("/v2/") => {

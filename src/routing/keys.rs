@@ -41,11 +41,6 @@ pub fn swarm_group_key(id: &str, level: u32, node_id: &str) -> String {
     format!("swarm/{id}/{level}/{}", tree_shard(node_id, level))
 }
 
-/// The key of one cached /blobs chunk: the file id and the chunk's first byte.
-pub fn chunk_key(file_id: &str, offset: u64) -> String {
-    format!("{file_id}_{offset}")
-}
-
 /// The key under which nodes that validated a URL without its query (its hash) announce it,
 /// for stale-if-error during an upstream outage.
 pub fn validated_url_key(stable_hash: &str) -> String {

@@ -181,6 +181,10 @@ pub trait Chunks: Send + 'static {
     fn set_view(&self, view: Vec<PeerDoc>);
     /// Keep a chunk that arrived checked. An error ends the transfer.
     fn stored(&mut self, index: u64, data: Bytes, sha: [u8; 32]) -> BoxFuture<'_, Result<(), String>>;
+    /// Whether chunk `index` is in the store now (`None`: the planner's count is the truth).
+    fn holds(&self, _index: u64) -> Option<bool> {
+        None
+    }
     /// Whether the transfer is over: `Ok`: done; `Err`: failed (e.g. a digest mismatch).
     fn end(&mut self) -> Option<Result<(), String>>;
     /// (On demand) chunk `index` could not be had: whoever waits for it gets `why`.
@@ -206,8 +210,6 @@ pub enum Want {
     Chunk(u64),
     /// Nobody waits for chunk `index` any more.
     Drop(u64),
-    /// Chunk `index` left the store: fetched again when wanted.
-    Forgotten(u64),
 }
 
 /// How an on-demand transfer is asked for chunks, and when it ends: after `idle` without a
@@ -241,6 +243,12 @@ pub struct Engine<C: Chunks> {
     /// Announced in its groups: once a lookup came back full (small swarms never need them).
     grouped: bool,
     demand: Option<OnDemand>,
+    /// When the view of the others was last refreshed.
+    refreshed: Option<Instant>,
+    /// (On demand) a chunk was asked for while the view was stale: nothing is scheduled until
+    /// the refresh under way ends (a transfer with nothing to do does not refresh, so what the
+    /// peers have may have changed a lot since).
+    hold: bool,
 }
 
 impl<C: Chunks> Engine<C> {
@@ -262,6 +270,8 @@ impl<C: Chunks> Engine<C> {
             failed: None,
             grouped: false,
             demand,
+            refreshed: None,
+            hold: false,
         }
     }
 
@@ -292,9 +302,11 @@ impl<C: Chunks> Engine<C> {
             if let Some(end) = self.chunks.end() {
                 return end;
             }
-            let mut out = Vec::new();
-            self.plan.schedule(self.now(), &mut out);
-            self.perform(out, &mut futs);
+            if !self.hold {
+                let mut out = Vec::new();
+                self.plan.schedule(self.now(), &mut out);
+                self.perform(out, &mut futs);
+            }
             let idle = self.demand.as_ref().map(|d| d.idle.saturating_sub(last_want.elapsed()));
             if idle.is_some_and(|left| left.is_zero()) && futs.is_empty() {
                 return Ok(());
@@ -311,9 +323,22 @@ impl<C: Chunks> Engine<C> {
                     Some(w) => {
                         last_want = Instant::now();
                         match w {
-                            Want::Chunk(i) => self.plan.want(i, true),
+                            Want::Chunk(i) => {
+                                // Asked for, so not here: it may have left the store (a cache
+                                // evicts) since the planner counted it held.
+                                if self.chunks.holds(i) == Some(false) {
+                                    self.plan.forget(i);
+                                }
+                                self.plan.want(i, true);
+                                let stale = self.refreshed.is_none_or(|t| t.elapsed() >= self.cfg.refresh);
+                                if stale && self.cfg.router.is_some() {
+                                    if let Some(f) = self.refresh_future() {
+                                        futs.push(f);
+                                    }
+                                    self.hold = true;
+                                }
+                            }
                             Want::Drop(i) => self.plan.want(i, false),
-                            Want::Forgotten(i) => self.plan.forget(i),
                         }
                     }
                     // Its owner is gone: nobody can ask for anything any more.
@@ -451,6 +476,8 @@ impl<C: Chunks> Engine<C> {
         let mut out = Vec::new();
         match done {
             Done::Refresh(found, statuses) => {
+                self.refreshed = Some(Instant::now());
+                self.hold = false;
                 if found.len() >= CUT_AT && !self.grouped {
                     self.grouped = true;
                     if let Some(r) = &self.cfg.router {

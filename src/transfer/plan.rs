@@ -130,6 +130,9 @@ pub struct PlanConfig {
     pub dead_for: Duration,
     /// How many of the first missing chunks are taken in this node's own order (1: index order).
     pub order_window: u64,
+    /// Split the chunks nobody has among the nodes in the transfer (rendezvous owners). Off:
+    /// this node reads from the upstream every chunk no peer has or receives.
+    pub split_owners: bool,
 }
 
 impl PlanConfig {
@@ -142,6 +145,7 @@ impl PlanConfig {
             max_view: MAX_VIEW,
             dht_every: DHT_EVERY,
             upstream_attempts: UPSTREAM_ATTEMPTS,
+            split_owners: true,
             dead_for: DEAD_FOR,
             order_window: ORDER_WINDOW,
         }
@@ -646,7 +650,8 @@ impl<A: Clone> Planner<A> {
         self.cands_stale = false;
         self.cands_until = self.peers.values().filter_map(|k| k.dead_until.filter(|t| *t > now)).min();
         let core = self.core.as_ref();
-        let eligible = |id: &str| core.is_none_or(|set| set.contains(id));
+        let split = self.cfg.split_owners;
+        let eligible = |id: &str| split && core.is_none_or(|set| set.contains(id));
         let peers = || self.peers.iter().filter(|(id, k)| k.active && k.alive(now) && eligible(id)).map(|(id, _)| id);
         let with_me = core.is_none() || self.in_core || peers().next().is_none();
         let me = with_me.then_some(&self.me);

@@ -607,3 +607,67 @@ fn nodes_start_at_different_chunks_within_the_order_window() {
     }
     assert!(firsts.len() >= 10, "20 nodes start at {} different chunks", firsts.len());
 }
+
+/// On demand (a /blobs file): only the chunks asked for are fetched, a chunk the upstream
+/// cannot give fails alone (its readers get the error, the transfer goes on), and asking for
+/// it again tries afresh; a chunk nobody waits for any more is not started.
+#[test]
+fn on_demand_fetches_only_wanted_chunks_and_fails_a_chunk_alone() {
+    let cfg = PlanConfig { upstream_attempts: 1, ..cfg() };
+    let mut p: Planner<u32> = Planner::new(KEY.into(), "me".into(), 10, cfg).on_demand();
+    let mut out = Vec::new();
+    p.schedule(Duration::ZERO, &mut out);
+    assert!(out.is_empty(), "nothing wanted, nothing fetched: {out:?}");
+    assert!(!p.busy());
+    p.want(7, true);
+    p.want(3, true);
+    p.want(5, true);
+    p.want(5, false);
+    assert!(p.busy());
+    p.schedule(Duration::ZERO, &mut out);
+    assert_eq!(starts(&out).1, vec![3, 7], "the wanted chunks, lowest first; not the one dropped");
+    out.clear();
+    p.on_chunk(MS, 3, Source::Upstream, ChunkOutcome::Got, &mut out);
+    p.on_chunk(MS, 7, Source::Upstream, ChunkOutcome::UpstreamFailed { fatal: false }, &mut out);
+    assert!(
+        out.iter().any(|a| matches!(a, Action::ChunkFailed { index: 7, .. })),
+        "the chunk fails alone: {out:?}"
+    );
+    assert!(!out.iter().any(|a| matches!(a, Action::Failed(_))), "the transfer goes on: {out:?}");
+    assert!(p.failure().is_none());
+    out.clear();
+    p.schedule(2 * MS, &mut out);
+    assert!(out.is_empty(), "a failed chunk is not retried unasked: {out:?}");
+    assert!(!p.busy());
+    p.want(7, true);
+    p.schedule(3 * MS, &mut out);
+    assert_eq!(starts(&out).1, vec![7], "asked again: tried afresh, at once");
+    // A chunk that left the store (evicted) is fetched again when asked for.
+    out.clear();
+    p.forget(3);
+    p.want(3, true);
+    p.schedule(4 * MS, &mut out);
+    assert_eq!(starts(&out).1, vec![3]);
+}
+
+/// With `split_owners` off, nodes do not split the chunks nobody has: each reads them itself
+/// (a holder is still asked first).
+#[test]
+fn without_split_owners_a_node_reads_itself_what_no_peer_has() {
+    let ids = ["a", "b"];
+    let theirs = owned_by("b", &ids, 64);
+    let mut split = planner("a", &["b"], 64);
+    let mut out = Vec::new();
+    split.schedule(Duration::ZERO, &mut out);
+    assert!(starts(&out).0.contains(&(theirs, "b".into())), "split: b's chunk is asked of b");
+
+    let mut p = Planner::new(KEY.into(), "a".into(), 64, PlanConfig { split_owners: false, ..cfg() });
+    p.start_refresh(Duration::ZERO).unwrap();
+    let statuses = vec![("b".to_string(), 1u32, active(64, &[theirs], &[]))];
+    p.on_refresh(Duration::ZERO, &[], statuses, &mut out);
+    out.clear();
+    p.schedule(Duration::ZERO, &mut out);
+    let (peer, up) = starts(&out);
+    assert_eq!(peer, vec![(theirs, "b".to_string())], "the holder is asked for what it has");
+    assert!(!up.is_empty() && !peer.iter().any(|(i, _)| up.contains(i)), "the rest comes from the upstream: {up:?}");
+}
