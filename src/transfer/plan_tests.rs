@@ -629,10 +629,7 @@ fn on_demand_fetches_only_wanted_chunks_and_fails_a_chunk_alone() {
     out.clear();
     p.on_chunk(MS, 3, Source::Upstream, ChunkOutcome::Got, &mut out);
     p.on_chunk(MS, 7, Source::Upstream, ChunkOutcome::UpstreamFailed { fatal: false }, &mut out);
-    assert!(
-        out.iter().any(|a| matches!(a, Action::ChunkFailed { index: 7, .. })),
-        "the chunk fails alone: {out:?}"
-    );
+    assert!(out.iter().any(|a| matches!(a, Action::ChunkFailed { index: 7, .. })), "the chunk fails alone: {out:?}");
     assert!(!out.iter().any(|a| matches!(a, Action::Failed(_))), "the transfer goes on: {out:?}");
     assert!(p.failure().is_none());
     out.clear();
