@@ -9,8 +9,10 @@
 //!   5xx/429 (not 401/403), RFC 5861 stale-if-error: the metadata last confirmed for this URL,
 //!   else a validation of the URL without its query by this node or a peer within
 //!   `blobs.stale_if_error` (`/blobs-meta/<hash>` on the peer listener).
-//! - **Peers** see chunk ids only (`/blobs-chunk/<file id>/<index>`): never the URL, its
-//!   signature or the client's headers.
+//! - **Peers** see chunk ids only (`/blobs-chunk/<file id>/<index>`,
+//!   `/blobs-status/<file id>/<segment>`): never the URL, its signature or the client's
+//!   headers. Chunks missing here are fetched through the transfer of their segment ([`run`]):
+//!   the one transfer engine, on demand.
 //! - **Safety**: upstreams must match `blobs.allowed_hosts`; redirects are not followed; a
 //!   resolver refuses link-local and cloud metadata addresses (so DNS cannot point around it).
 
@@ -45,7 +47,7 @@ pub const PREFETCH_FILES: &str = "peerd_blobs_prefetch_files_total";
 pub const PREFETCH_STOPPED: &str = "peerd_blobs_prefetch_stopped_total";
 /// Chunk fetches that failed for lack of progress (`reason`: `stalled`: no byte for
 /// `progress_timeout`; `slow`: not complete in `chunk_timeout`; `queued`: no slot of the host
-/// within `chunk_timeout`).
+/// within `chunk_timeout`, or a reader's chunk not started within twice `chunk_timeout`).
 pub const UPSTREAM_TIMEOUTS: &str = "peerd_blobs_upstream_timeouts_total";
 /// Requests served while the upstream failed (RFC 5861 stale-if-error) from a validation of
 /// the URL without its query (`by`: `self`, `peer`: found now; `cluster`: remembered).
