@@ -250,7 +250,14 @@ impl ChunkCache {
 
     /// Store a chunk; returns its sha256. Evicts least recently used chunks past the bound.
     pub async fn put(&self, id: &str, index: u64, data: &Bytes) -> std::io::Result<String> {
-        let sha256 = hex_sha256(data);
+        use sha2::Digest as _;
+        self.put_hashed(id, index, data, sha2::Sha256::digest(data).into()).await
+    }
+
+    /// [`put`](Self::put) of a chunk whose sha256 the caller computed from these very bytes (a
+    /// transfer checks every chunk as it arrives: no second hash).
+    pub async fn put_hashed(&self, id: &str, index: u64, data: &Bytes, sha: [u8; 32]) -> std::io::Result<String> {
+        let sha256 = hex::encode(sha);
         if !crate::swarm::spool::has_room(&self.dir, data.len() as u64) {
             return Err(std::io::Error::new(std::io::ErrorKind::StorageFull, "no disk room for the chunk cache"));
         }
@@ -266,7 +273,7 @@ impl ChunkCache {
             let _ = tokio::fs::remove_file(&tmp).await;
             return Err(e);
         }
-        // Hashed above from the very bytes written: the file is checked as it is now.
+        // Hashed from the very bytes written: the file is checked as it is now.
         let checked = tokio::fs::metadata(self.path(id, index, &sha256)).await.ok().map(|m| Stamp::of(&m));
         let old = self.index.insert(
             (id.to_owned(), index),

@@ -490,7 +490,7 @@ impl BlobsState {
                 return Err(format!("chunk {index}: not here within {limit:?}"));
             };
             match got {
-                Ok(Some(data)) => return Ok(data),
+                Ok(Some((data, _))) => return Ok(data),
                 Ok(None) => {
                     if let Some((data, _)) = self.cache.get(&meta.id, index).await {
                         return Ok(data);
@@ -859,7 +859,7 @@ impl BlobsState {
                 let job = async {
                     let run = self.run(&url, &meta, index / run::SEGMENT_CHUNKS)?;
                     match run.get(self, index % run::SEGMENT_CHUNKS).await.map_err(|e| e.to_string())? {
-                        Some(data) => Ok(Some((data.clone(), hex_sha256(&data)))),
+                        Some((data, sha)) => Ok(Some((data, hex::encode(sha)))),
                         None => Ok(self.cache.get(id, index).await),
                     }
                 };

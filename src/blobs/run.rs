@@ -20,7 +20,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use sha2::Digest as _;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -31,8 +31,6 @@ pub const SEGMENT_CHUNKS: u64 = 1024;
 pub const RUN_IDLE: Duration = Duration::from_secs(30);
 /// Segments being fetched at once on this node.
 pub const MAX_RUNS: usize = 1024;
-/// Chunks kept in memory for their readers when the cache could not take them (a full disk).
-const UNCACHED: usize = 8;
 /// Wants queued to one segment's engine.
 const WANTS: usize = 256;
 
@@ -46,7 +44,11 @@ struct RunState {
     fetching: Bits,
     /// Readers waiting per chunk: a chunk nobody waits for any more is no longer wanted.
     waiting: HashMap<u64, usize>,
-    uncached: VecDeque<(u64, Bytes)>,
+    /// Chunks that arrived while readers waited for them, handed to those readers as they are
+    /// (not read back and hashed again from the cache; and served when the cache could not take
+    /// them, a full disk). Dropped when the last of their readers leaves, so bounded by the
+    /// readers waiting.
+    ready: HashMap<u64, (Bytes, [u8; 32])>,
     /// Chunks the engine could not get, with why (cleared when wanted again).
     failed: HashMap<u64, String>,
     view: Vec<PeerDoc>,
@@ -82,6 +84,7 @@ impl Drop for Waiting<'_> {
             let last = *n == 0;
             if last {
                 s.waiting.remove(&self.index);
+                s.ready.remove(&self.index);
             }
             last
         };
@@ -114,10 +117,10 @@ impl FileRun {
         self.seg * SEGMENT_CHUNKS + index
     }
 
-    /// Wait until the segment's chunk `index` is in `st`'s cache (`None`), or held here because
-    /// the cache could not take it (`Some`). `Err`: it could not be had, or the transfer ended
+    /// Wait until the segment's chunk `index` is in `st`'s cache (`None`), or arrived for the
+    /// readers waiting for it (`Some`: the bytes and their sha256). `Err`: it could not be had, or the transfer ended
     /// (`Ended`: start another one).
-    pub async fn get(&self, st: &BlobsState, index: u64) -> Result<Option<Bytes>, RunError> {
+    pub async fn get(&self, st: &BlobsState, index: u64) -> Result<Option<(Bytes, [u8; 32])>, RunError> {
         let fi = self.file_index(index);
         let mut rx = self.changed.subscribe();
         {
@@ -130,14 +133,17 @@ impl FileRun {
             return Err(RunError::Ended);
         }
         loop {
+            {
+                let s = self.lock();
+                if let Some(b) = s.ready.get(&index) {
+                    return Ok(Some(b.clone()));
+                }
+            }
             if st.cache.contains(&self.id, fi) {
                 return Ok(None);
             }
             {
                 let s = self.lock();
-                if let Some((_, b)) = s.uncached.iter().find(|(i, _)| *i == index) {
-                    return Ok(Some(b.clone()));
-                }
                 if let Some(why) = s.failed.get(&index) {
                     return Err(RunError::Failed(why.clone()));
                 }
@@ -216,7 +222,7 @@ pub(super) fn start(st: &Arc<BlobsState>, url: url::Url, meta: Meta, seg: u64) -
         state: Mutex::new(RunState {
             fetching: Bits::new(n),
             waiting: HashMap::new(),
-            uncached: VecDeque::new(),
+            ready: HashMap::new(),
             failed: HashMap::new(),
             view: Vec::new(),
             ended: false,
@@ -338,27 +344,32 @@ impl Chunks for SegmentChunks {
         self.run.lock().view = view;
     }
 
-    fn stored(&mut self, index: u64, data: Bytes, _sha: [u8; 32]) -> BoxFuture<'_, Result<(), String>> {
-        async move {
-            let fi = self.run.file_index(index);
-            if let Err(e) = self.st.cache.put(&self.run.id, fi, &data).await {
-                // Served all the same, from memory. A full disk would say this for every chunk.
-                if e.kind() != std::io::ErrorKind::StorageFull
-                    || crate::swarm::spool::warn_now(&self.st.no_room_warned, Duration::from_secs(60))
+    fn storer(&self) -> engine::StoreFn {
+        let (st, run) = (self.st.clone(), self.run.clone());
+        Arc::new(move |index, data, sha| {
+            let (st, run) = (st.clone(), run.clone());
+            async move {
+                if let Err(e) = st.cache.put_hashed(&run.id, run.file_index(index), &data, sha).await {
+                    // Served all the same, from memory, to the readers waiting for it. A full
+                    // disk would say this for every chunk.
+                    if e.kind() != std::io::ErrorKind::StorageFull
+                        || crate::swarm::spool::warn_now(&st.no_room_warned, Duration::from_secs(60))
+                    {
+                        tracing::warn!(error = %e, "caching a chunk failed; serving it uncached");
+                    }
+                }
                 {
-                    tracing::warn!(error = %e, "caching a chunk failed; serving it uncached");
+                    let mut s = run.lock();
+                    if s.waiting.contains_key(&index) {
+                        s.ready.insert(index, (data, sha));
+                    }
+                    s.fetching.set(index, false);
                 }
-                let mut s = self.run.lock();
-                if s.uncached.len() >= UNCACHED {
-                    s.uncached.pop_front();
-                }
-                s.uncached.push_back((index, data));
+                run.bump();
+                Ok(())
             }
-            self.run.lock().fetching.set(index, false);
-            self.run.bump();
-            Ok(())
-        }
-        .boxed()
+            .boxed()
+        })
     }
 
     fn holds(&self, index: u64) -> Option<bool> {

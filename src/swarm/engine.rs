@@ -97,12 +97,16 @@ impl Chunks for SwarmChunks {
         self.dl.set_view(view);
     }
 
-    fn stored(&mut self, index: u64, data: Bytes, sha: [u8; 32]) -> BoxFuture<'_, Result<(), String>> {
-        async move {
-            self.dl.put(index, data.clone(), sha).await.map_err(|e| format!("spool write failed: {e}"))?;
-            self.advance_hash(index, data).await
-        }
-        .boxed()
+    fn storer(&self) -> engine::StoreFn {
+        let dl = self.dl.clone();
+        Arc::new(move |index, data, sha| {
+            let dl = dl.clone();
+            async move { dl.put(index, data, sha).await.map_err(|e| format!("spool write failed: {e}")) }.boxed()
+        })
+    }
+
+    fn stored(&mut self, index: u64, data: Bytes, _sha: [u8; 32]) -> BoxFuture<'_, Result<(), String>> {
+        self.advance_hash(index, data).boxed()
     }
 
     fn end(&mut self) -> Option<Result<(), String>> {

@@ -42,6 +42,8 @@ pub enum ChunkResult {
     },
     /// The upstream fetch was given up: a peer has the chunk.
     Abandoned,
+    /// The chunk arrived but could not be kept (the transfer fails).
+    StoreFailed(String),
 }
 
 impl ChunkResult {
@@ -150,6 +152,9 @@ pub enum Note {
     PeerLost,
 }
 
+/// Keeps a chunk that arrived checked (see [`Chunks::storer`]).
+pub type StoreFn = Arc<dyn Fn(u64, Bytes, [u8; 32]) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
 /// Asks one peer for its status page of a transfer.
 pub type StatusFn = Arc<dyn Fn(Peer) -> BoxFuture<'static, Result<StatusDoc, StatusError>> + Send + Sync>;
 
@@ -179,8 +184,14 @@ pub trait Chunks: Send + 'static {
     fn set_fetching(&self, index: u64, on: bool);
     /// The peers in the transfer with this node (its status page names them).
     fn set_view(&self, view: Vec<PeerDoc>);
-    /// Keep a chunk that arrived checked. An error ends the transfer.
-    fn stored(&mut self, index: u64, data: Bytes, sha: [u8; 32]) -> BoxFuture<'_, Result<(), String>>;
+    /// How to keep a chunk that arrived checked: run as the end of the chunk's own transfer,
+    /// beside the others (a disk write does not hold up the engine). An error ends the transfer.
+    fn storer(&self) -> StoreFn;
+    /// After a chunk was kept, on the engine's task, in the order chunks arrive (e.g. to feed a
+    /// whole-blob hash). An error ends the transfer.
+    fn stored(&mut self, _index: u64, _data: Bytes, _sha: [u8; 32]) -> BoxFuture<'_, Result<(), String>> {
+        futures_util::future::ready(Ok(())).boxed()
+    }
     /// Whether chunk `index` is in the store now (`None`: the planner's count is the truth).
     fn holds(&self, _index: u64) -> Option<bool> {
         None
@@ -233,6 +244,7 @@ enum Done {
 
 pub struct Engine<C: Chunks> {
     chunks: C,
+    store: StoreFn,
     cfg: EngineConfig,
     plan: Planner<SocketAddr>,
     /// The planner's time is the time since this.
@@ -262,6 +274,7 @@ impl<C: Chunks> Engine<C> {
             }
         }
         Engine {
+            store: chunks.storer(),
             chunks,
             cfg,
             plan,
@@ -418,7 +431,8 @@ impl<C: Chunks> Engine<C> {
             match a {
                 Action::FetchPeer { index, peer, addr } => {
                     let t = Instant::now();
-                    let fetch = self.chunks.fetch_peer(Peer { id: peer.clone(), addr }, index);
+                    let fetch =
+                        kept(&self.store, index, self.chunks.fetch_peer(Peer { id: peer.clone(), addr }, index));
                     futs.push(
                         fetch
                             .map(move |result| Done::Chunk { index, lane: Lane::Peer(peer), result, took: t.elapsed() })
@@ -458,7 +472,8 @@ impl<C: Chunks> Engine<C> {
     fn start_upstream(&mut self, index: u64, futs: &mut FuturesUnordered<BoxFuture<'static, Done>>) {
         self.chunks.set_fetching(index, true);
         let t = Instant::now();
-        let (fetch, abort) = futures_util::future::abortable(self.chunks.fetch_upstream(index));
+        let (fetch, abort) =
+            futures_util::future::abortable(kept(&self.store, index, self.chunks.fetch_upstream(index)));
         self.aborts.insert(index, abort);
         futs.push(
             fetch
@@ -560,6 +575,10 @@ impl<C: Chunks> Engine<C> {
                         ChunkOutcome::Bad
                     }
                     ChunkResult::Abandoned => ChunkOutcome::Abandoned,
+                    ChunkResult::StoreFailed(e) => {
+                        self.failed = Some(e);
+                        return;
+                    }
                     ChunkResult::UpstreamFailed { fatal, why } => {
                         self.chunks.note(Note::Failure("upstream"));
                         self.plan.on_chunk(self.now(), index, source, ChunkOutcome::UpstreamFailed { fatal }, &mut out);
@@ -584,4 +603,19 @@ impl<C: Chunks> Engine<C> {
         }
         self.perform(out, futs);
     }
+}
+
+/// A chunk transfer that ends with the chunk kept (`store`) when it arrived.
+fn kept(store: &StoreFn, index: u64, fetch: BoxFuture<'static, ChunkResult>) -> BoxFuture<'static, ChunkResult> {
+    let store = store.clone();
+    async move {
+        match fetch.await {
+            ChunkResult::Got(data, sha) => match store(index, data.clone(), sha).await {
+                Ok(()) => ChunkResult::Got(data, sha),
+                Err(e) => ChunkResult::StoreFailed(e),
+            },
+            other => other,
+        }
+    }
+    .boxed()
 }
