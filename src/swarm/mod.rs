@@ -669,6 +669,32 @@ mod tests {
         assert!(matches!(dl.end(), End::Failed(_)));
     }
 
+    /// A chunk that was arriving when a peer's request woke, and whose transfer failed before
+    /// the request looked (here: while it waited for the upload rate), used to be answered 404
+    /// ("no such chunk here"); now 503, so the asker goes elsewhere without doubting the node.
+    #[actix::test]
+    async fn a_chunk_whose_arrival_failed_under_a_waiting_asker_is_busy_not_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = crate::config::Config::load(None, Vec::<(String, String)>::new(), Vec::new()).unwrap().swarm;
+        cfg.chunk_size = 4;
+        cfg.upload_rate = 1024; // one KiB a second: the second chunk sent waits a second
+        let breaker = crate::actors::upstream::Breaker::new(100, std::time::Duration::from_secs(1));
+        let gate = crate::actors::upstream::Gate::start(Arc::new(Stalls), &[], breaker);
+        let sw = Swarming::new(cfg, dir.path().join("spool"), gate, None).unwrap();
+        let digest = Digest::compute(Algorithm::Sha256, b"0123456789");
+        let dl = sw.join(&digest, 10, request()).expect("a download starts");
+        let arrival = Arrival::new(4, "peer");
+        dl.arriving(1, &arrival, true);
+        throttle(sw.upload_limit.as_ref(), 4).await; // the burst is used up
+        let (sw2, d) = (sw.clone(), digest.to_string());
+        let asked = tokio::spawn(async move { sw2.chunk_for_peer(&d, 4, 1, std::time::Duration::from_secs(2)).await });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!asked.is_finished(), "the request waits for the upload rate");
+        dl.set_fetching(1, false); // the chunk's transfer failed: no longer arriving
+        let got = asked.await.unwrap();
+        assert!(matches!(got, Err(crate::error::ApiError::Busy)), "got {:?}", got.err());
+    }
+
     #[actix::test]
     async fn shutdown_ends_running_downloads() {
         let dir = tempfile::tempdir().unwrap();

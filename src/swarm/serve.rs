@@ -73,6 +73,10 @@ impl Swarming {
                 metrics::counter!(super::SWARM_PASSED_ON, "from" => arrival.from).increment(1);
                 PeerChunk::Arriving { body: holding(arrival.clone().stream(), slot), arrival }
             }
+            // It was arriving when this request woke, and its transfer failed since (while this
+            // request waited for the upload rate, say): not "no such chunk here", which the
+            // asker would count against this node's status; ask elsewhere for now.
+            (None, None) => return Err(ApiError::Busy),
             _ => {
                 let (data, sha) =
                     dl.read_chunk(index).await.ok_or_else(|| ApiError::BlobUnknown(format!("chunk {index}")))?;
