@@ -139,7 +139,10 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
         Some(key) => Some(start_p2p(&cfg, key, store.clone(), &events).await?),
         None => None,
     };
+    // Chunks sent to peers at once, swarm downloads' and /blobs' together.
+    let uploads = Arc::new(tokio::sync::Semaphore::new(cfg.swarm.upload_slots));
     let blob_peers = p2p.as_ref().map(|p| crate::blobs::BlobPeers {
+        uploads: uploads.clone(),
         report: p.path.report.clone(),
         served: p.path.served.clone(),
         client: p.path.client.clone(),
@@ -179,6 +182,7 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
             client: p.path.client.clone(),
             me: p.peer_id.clone(),
             active: p.path.served.clone(),
+            uploads: uploads.clone(),
         });
         writable(&dir, "swarm.spool_dir")?;
         let sw = crate::swarm::Swarming::new(cfg.swarm.clone(), dir.clone(), upstream_gate.clone(), peers)

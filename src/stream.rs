@@ -324,6 +324,18 @@ impl Stream for Slice {
     }
 }
 
+/// `body`, holding `slot` (e.g. an upload slot) until the stream is dropped: sent, or the
+/// asker left.
+pub fn holding(
+    body: impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) -> ByteStream {
+    Box::pin(futures_util::StreamExt::map(body, move |piece| {
+        let _held = &slot;
+        piece
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

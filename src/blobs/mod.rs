@@ -128,6 +128,9 @@ struct ValidatedReply {
 }
 
 pub struct BlobPeers {
+    /// The node's upload slots (`swarm.upload_slots`, shared with swarm downloads): a chunk for
+    /// a peer holds one until it is sent; none free, the peer gets 503 and asks elsewhere.
+    pub uploads: Arc<Semaphore>,
     pub report: Recipient<Outcome>,
     pub served: Recipient<ServedPeer>,
     pub client: Arc<PeerClient>,
@@ -851,7 +854,7 @@ impl BlobsState {
         index: u64,
         fetch: bool,
         wait: Duration,
-    ) -> Result<(Bytes, String), ApiError> {
+    ) -> Result<(crate::stream::ByteStream, u64, String), ApiError> {
         let mut found = self.cache.get(id, index).await;
         if found.is_none() && fetch {
             let source = self.sources.get(id).map(|s| s.clone());
@@ -871,11 +874,14 @@ impl BlobsState {
             }
         }
         let (data, sha) = found.ok_or_else(|| ApiError::BlobUnknown(format!("{id}/{index}")))?;
+        let p = self.peers.as_ref().ok_or_else(|| ApiError::BlobUnknown("no peers".into()))?;
+        // Like a swarm chunk: the node's upload slot is held until the chunk is sent.
+        let Ok(slot) = p.uploads.clone().try_acquire_owned() else { return Err(ApiError::Busy) };
         metrics::counter!(crate::peer::PEER_SERVED_BYTES).increment(data.len() as u64);
-        if let Some(p) = &self.peers {
-            let _ = p.served.try_send(ServedPeer);
-        }
-        Ok((data, sha))
+        let _ = p.served.try_send(ServedPeer);
+        let len = data.len() as u64;
+        let body = futures_util::stream::iter(crate::stream::views(data).map(Ok));
+        Ok((crate::stream::holding(body, slot), len, sha))
     }
 
     /// A peer asks what this node has of segment `seg` of file `id` (a file it reads).
@@ -895,6 +901,49 @@ impl BlobsState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A /blobs chunk for a peer holds one of the node's upload slots (shared with swarm
+    /// downloads) until it is sent: with one slot, a second asker gets 503 while the first
+    /// chunk is unsent (before, /blobs chunks were bounded by nothing but the transfer budget).
+    #[actix::test]
+    async fn a_chunk_for_a_peer_holds_an_upload_slot_until_sent() {
+        use actix::Actor;
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = crate::config::Config::load(None, Vec::<(String, String)>::new(), Vec::new()).unwrap().blobs;
+        cfg.chunk_size = 4;
+        let me = crate::routing::Peer { id: "me".into(), addr: "127.0.0.1:9".parse().unwrap() };
+        let net = Arc::new(crate::routing::memory::MemoryNetwork::default());
+        let router: Arc<dyn Router> = Arc::new(crate::routing::memory::MemoryRouter::new(net, me));
+        let selector =
+            crate::actors::peers::PeerSelector::new(router.clone(), Duration::from_millis(50), 3, None).start();
+        let client = PeerClient::new(Duration::from_millis(500), Duration::from_secs(5), None, "me".into()).unwrap();
+        let uploads = Arc::new(Semaphore::new(1));
+        let peers = BlobPeers {
+            uploads: uploads.clone(),
+            report: selector.clone().recipient(),
+            served: selector.recipient(),
+            client: Arc::new(client),
+            router,
+            me: "me".into(),
+        };
+        let up = Arc::new(crate::upstream::memory::MemoryUpstream::default());
+        let gate = Gate::start(up, &[], crate::actors::upstream::Breaker::new(100, Duration::from_secs(1)));
+        let st = Arc::new(
+            BlobsState::new(cfg, dir.path(), Duration::from_secs(1), Duration::from_secs(5), Some(peers), gate)
+                .unwrap(),
+        );
+        let id = hex_sha256(b"a file");
+        for i in 0..2 {
+            st.cache.put(&id, i, &Bytes::from_static(b"abcd")).await.unwrap();
+        }
+        let (first, len, sha) = st.chunk_for_peer(&id, 0, false, Duration::ZERO).await.unwrap();
+        assert_eq!((len, sha), (4, hex_sha256(b"abcd")));
+        let second = st.chunk_for_peer(&id, 1, false, Duration::ZERO).await;
+        assert!(matches!(second, Err(ApiError::Busy)), "the one slot is taken while the first chunk is unsent");
+        assert_eq!(crate::stream::collect(first, 16).await.unwrap(), Bytes::from_static(b"abcd"));
+        assert!(st.chunk_for_peer(&id, 1, false, Duration::ZERO).await.is_ok(), "sent: the slot is free again");
+        assert_eq!(uploads.available_permits(), 1, "and back once that one is dropped");
+    }
 
     #[test]
     fn allow_rules() {

@@ -3,7 +3,7 @@
 //! `/blobs-status/<file id>/<segment>` (what this node has of a file it reads, JSON
 //! [`crate::transfer::engine::StatusDoc`]) and `/blobs-meta/<key>`. Extraction and answers only; [`crate::blobs`] decides.
 
-use super::peer::{chunk_answer, json_answer, wait_param};
+use super::peer::{chunk_headers, json_answer, wait_param};
 use crate::blobs::BlobsState;
 use crate::error::ApiError;
 use crate::peer::LONG_POLL;
@@ -72,7 +72,7 @@ async fn peer_chunk(req: HttpRequest, st: web::Data<Arc<BlobsState>>, path: web:
     let (id, index) = path.into_inner();
     let fetch = url::form_urlencoded::parse(req.query_string().as_bytes()).any(|(k, v)| k == "fetch" && v == "1");
     match st.chunk_for_peer(&id, index, fetch, wait_param(&req, LONG_POLL)).await {
-        Ok((data, sha)) => chunk_answer(data, &sha),
+        Ok((body, len, sha)) => chunk_headers(&sha).no_chunking(len).streaming(body),
         Err(e) => e.error_response(),
     }
 }

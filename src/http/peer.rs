@@ -135,11 +135,6 @@ pub fn json_answer(body: Vec<u8>) -> HttpResponse {
         .body(body)
 }
 
-/// A chunk for a peer with its sha256 (hex), which the peer checks before using it.
-pub fn chunk_answer(data: bytes::Bytes, sha256_hex: &str) -> HttpResponse {
-    chunk_headers(sha256_hex).body(data)
-}
-
 /// The answer of a chunk for a peer, up to its body: 200, its sha256 (hex), the content type.
 pub fn chunk_headers(sha256_hex: &str) -> actix_web::HttpResponseBuilder {
     let mut b = HttpResponse::Ok();

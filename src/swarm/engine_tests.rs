@@ -149,7 +149,8 @@ async fn node_cfg(
     let client =
         Arc::new(PeerClient::new(Duration::from_millis(500), Duration::from_secs(5), None, name.into()).unwrap());
     let dir = tempfile::tempdir().unwrap();
-    let peers = SwarmPeers { router, client, me: name.into(), active: fetch.recipient() };
+    let uploads = Arc::new(tokio::sync::Semaphore::new(swarm.upload_slots));
+    let peers = SwarmPeers { router, client, me: name.into(), active: fetch.recipient(), uploads };
     let sw = Swarming::new(swarm, dir.path().join("spool"), gate, Some(peers)).unwrap();
     let data = web::Data::new(sw.clone());
     let server = serve(listener, move |c| {

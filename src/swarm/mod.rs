@@ -366,6 +366,8 @@ pub struct SwarmPeers {
     pub client: Arc<PeerClient>,
     pub me: String,
     pub active: Recipient<crate::actors::peers::ServedPeer>,
+    /// The node's upload slots (`swarm.upload_slots`), shared with /blobs' chunks for peers.
+    pub uploads: Arc<Semaphore>,
 }
 
 impl Swarming {
@@ -384,16 +386,16 @@ impl Swarming {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
-        let (router, client, me, active) = match peers {
-            Some(p) => (Some(p.router), Some(p.client), p.me, Some(p.active)),
-            None => (None, None, "local".to_owned(), None),
+        let (router, client, me, active, uploads) = match peers {
+            Some(p) => (Some(p.router), Some(p.client), p.me, Some(p.active), p.uploads),
+            None => (None, None, "local".to_owned(), None, Arc::new(Semaphore::new(cfg.upload_slots))),
         };
         Ok(Arc::new(Swarming {
             upload_limit: limiter(cfg.upload_rate, cfg.chunk_size),
             download_limit: limiter(cfg.download_rate, cfg.chunk_size),
             stop: tokio_util::sync::CancellationToken::new(),
             fetch_slots: Arc::new(Semaphore::new(cfg.max_fetches)),
-            upload_slots: Arc::new(Semaphore::new(cfg.upload_slots)),
+            upload_slots: uploads,
             cfg,
             dir,
             downloads: DashMap::new(),

@@ -8,7 +8,6 @@ use crate::error::ApiError;
 use crate::oci::Digest;
 use crate::peer::LONG_POLL;
 use crate::stream::ByteStream;
-use futures_util::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,7 +70,7 @@ impl Swarming {
         let chunk = match (dl.has(index), dl.arrival(index)) {
             (None, Some(arrival)) => {
                 metrics::counter!(super::SWARM_PASSED_ON, "from" => arrival.from).increment(1);
-                PeerChunk::Arriving { body: holding(arrival.clone().stream(), slot), arrival }
+                PeerChunk::Arriving { body: crate::stream::holding(arrival.clone().stream(), slot), arrival }
             }
             // It was arriving when this request woke, and its transfer failed since (while this
             // request waited for the upload rate, say): not "no such chunk here", which the
@@ -82,7 +81,7 @@ impl Swarming {
                     dl.read_chunk(index).await.ok_or_else(|| ApiError::BlobUnknown(format!("chunk {index}")))?;
                 // Views of the chunk read, at most a piece each: the slot goes with the last.
                 let body = futures_util::stream::iter(crate::stream::views(data).map(Ok));
-                PeerChunk::Held { body: holding(body, slot), sha, len }
+                PeerChunk::Held { body: crate::stream::holding(body, slot), sha, len }
             }
         };
         metrics::counter!(SWARM_UPLOAD_BYTES).increment(len);
@@ -92,15 +91,4 @@ impl Swarming {
         }
         Ok(chunk)
     }
-}
-
-/// `body`, holding `slot` (an upload slot) until the stream is dropped: sent, or the asker left.
-fn holding(
-    body: impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static,
-    slot: tokio::sync::OwnedSemaphorePermit,
-) -> ByteStream {
-    Box::pin(body.map(move |piece| {
-        let _held = &slot;
-        piece
-    }))
 }
