@@ -85,27 +85,36 @@ impl Arrival {
         join(&self.lock().pieces)
     }
 
-    /// The chunk's bytes as they arrive, [`BATCH`] bytes or more at a time; the stream ends once
+    /// The chunk's bytes as they arrive: a reader wakes when [`BATCH`] bytes or more are new
+    /// (or at the end) and then takes the new pieces one after another as they came, without
+    /// joining them (a join would copy every byte passed on once more); the stream ends once
     /// the chunk was verified (then [`Self::sha`] is known), or with an error when its transfer
     /// failed.
     pub fn stream(self: Arc<Self>) -> ByteStream {
         let rx = self.changed.subscribe();
-        Box::pin(futures_util::stream::unfold(Some((self, rx, 0usize)), |state| async move {
-            let (a, mut rx, k) = state?;
+        let ready: std::collections::VecDeque<Bytes> = std::collections::VecDeque::new();
+        Box::pin(futures_util::stream::unfold(Some((self, rx, 0usize, ready)), |state| async move {
+            let (a, mut rx, mut k, mut ready) = state?;
             loop {
+                if let Some(p) = ready.pop_front() {
+                    return Some((Ok(p), Some((a, rx, k, ready))));
+                }
                 let next = {
                     let s = a.lock();
                     let new = s.pieces.get(k..).unwrap_or_default();
-                    let ready = new.iter().map(Bytes::len).sum::<usize>();
+                    let bytes = new.iter().map(Bytes::len).sum::<usize>();
                     match s.end {
                         Some(Err(())) => Some(Err(std::io::Error::other("the chunk's transfer here failed"))),
                         Some(Ok(_)) if new.is_empty() => return None,
-                        None if ready < BATCH.min(a.len as usize / 4) => None,
-                        _ => Some(Ok((join(new), new.len()))),
+                        None if bytes < BATCH.min(a.len as usize / 4) => None,
+                        _ => Some(Ok(new.to_vec())),
                     }
                 };
                 match next {
-                    Some(Ok((p, n))) => return Some((Ok(p), Some((a, rx, k + n)))),
+                    Some(Ok(pieces)) => {
+                        k += pieces.len();
+                        ready.extend(pieces);
+                    }
                     Some(Err(e)) => return Some((Err(e), None)),
                     // The sender lives in `a`, which this stream holds: never closed here.
                     None => {
@@ -159,8 +168,11 @@ mod tests {
         assert!(tokio::time::timeout(wait, r.next()).await.is_err(), "less than a batch waits for more");
         a.push(piece(4, small));
         a.push(piece(5, small));
-        let got = r.next().await.unwrap().unwrap();
-        assert_eq!(got, [piece(2, small), piece(3, small), piece(4, small), piece(5, small)].concat());
+        // A batch is there: its pieces come one after another, as they arrived (not joined).
+        for n in 2..=5 {
+            let got = futures_util::FutureExt::now_or_never(r.next()).expect("ready at once").unwrap().unwrap();
+            assert_eq!(got, piece(n, small));
+        }
         assert!(tokio::time::timeout(wait, r.next()).await.is_err(), "the stream waits for the check");
         assert_eq!(a.sha(), None);
         a.verified([7; 32]);
@@ -178,7 +190,8 @@ mod tests {
         let mut r = a.clone().stream();
         a.push(piece(1, BATCH));
         a.push(piece(2, 10));
-        assert_eq!(r.next().await.unwrap().unwrap(), [piece(1, BATCH), piece(2, 10)].concat());
+        assert_eq!(r.next().await.unwrap().unwrap(), piece(1, BATCH));
+        assert_eq!(r.next().await.unwrap().unwrap(), piece(2, 10));
         // Dropping the receiver's guard is a failure (a cancelled fetch, bytes that did not match).
         drop(a.guard());
         assert!(r.next().await.unwrap().is_err());
