@@ -1,6 +1,6 @@
 //! `/blobs/<URL>`: byte ranges of files in any HTTP blob store (an Azure Blob SAS URL, an
 //! nginx...), for overlaybd's lazy image streaming. Chunks are found in the local cache, then on
-//! peers, then upstream; cached, advertised and prefetched.
+//! peers, then upstream (through the one transfer engine, [`run`]); cached and prefetched.
 //!
 //! - **Identity**: a file is `sha256(URL without query, ETag or Last-Modified, size)`, so two
 //!   files never share chunks and a changed file gets new ones. Metadata is revalidated with a
