@@ -246,19 +246,17 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
     let (s0, r1, s1, b1, t1) = (state.clone(), ready.clone(), sources.clone(), blobs.clone(), budget.clone());
     let (h1, rec1) = (preheat.clone(), recorder.clone());
     let mut front_end = HttpServer::new(move || {
-        let mut app = App::new()
+        App::new()
             .app_data(s0.clone())
             .app_data(r1.clone())
             .app_data(s1.clone())
             .app_data(t1.clone())
-            .app_data(h1.clone());
-        if let Some(r) = &rec1 {
-            app = app.app_data(r.clone());
-        }
-        if let Some(b) = &b1 {
-            app = app.app_data(b.clone());
-        }
-        app.wrap(from_fn(front::observe))
+            .app_data(h1.clone())
+            .configure(|c| {
+                optional_data(c, &rec1);
+                optional_data(c, &b1);
+            })
+            .wrap(from_fn(front::observe))
             .configure(registry::configure)
             .configure(|c| {
                 if b1.is_some() {
@@ -293,21 +291,17 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
             let (state, blobs, swarm, budget) = (state.clone(), blobs.clone(), swarm_data.clone(), budget.clone());
             let (h2, rec2) = (preheat.clone(), recorder.clone());
             let mut server = HttpServer::new(move || {
-                let mut app = App::new()
+                App::new()
                     .app_data(state.clone())
                     .app_data(guard.clone())
                     .app_data(budget.clone())
-                    .app_data(h2.clone());
-                if let Some(r) = &rec2 {
-                    app = app.app_data(r.clone());
-                }
-                if let Some(b) = &blobs {
-                    app = app.app_data(b.clone());
-                }
-                if let Some(sw) = &swarm {
-                    app = app.app_data(sw.clone());
-                }
-                app.wrap(from_fn(crate::http::peer::authenticate))
+                    .app_data(h2.clone())
+                    .configure(|c| {
+                        optional_data(c, &rec2);
+                        optional_data(c, &blobs);
+                        optional_data(c, &swarm);
+                    })
+                    .wrap(from_fn(crate::http::peer::authenticate))
                     .wrap(from_fn(front::observe))
                     .configure(registry::configure_peer)
                     .configure(crate::http::preheat::configure_peer)
@@ -645,4 +639,12 @@ async fn start_p2p(
         tags_on_upstream_error: p.tags_on_upstream_error,
     };
     Ok(P2p { path, peer_id, router, registry, arbiter })
+}
+
+/// Register `data` with a listener's app when this node has it (the /blobs state without
+/// `blobs.enabled`, the swarm without p2p, ...).
+fn optional_data<T: Clone + 'static>(c: &mut web::ServiceConfig, data: &Option<T>) {
+    if let Some(d) = data {
+        c.app_data(d.clone());
+    }
 }
