@@ -20,8 +20,10 @@ use futures_util::{FutureExt, StreamExt};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// Tokio's clock: the same as the system's, and virtual in tests with paused time.
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// How a chunk transfer ended, as the [`Chunks`] saw it.
 pub enum ChunkResult {
@@ -618,4 +620,104 @@ fn kept(store: &StoreFn, index: u64, fetch: BoxFuture<'static, ChunkResult>) -> 
         }
     }
     .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A transfer of 4 chunks of 4 bytes with no peers: the upstream gives every chunk but 2.
+    struct Fake {
+        fetched: Arc<Mutex<Vec<u64>>>,
+        kept: Arc<Mutex<Vec<u64>>>,
+        failed: Arc<Mutex<Vec<(u64, String)>>>,
+    }
+
+    impl Chunks for Fake {
+        fn size(&self) -> u64 {
+            16
+        }
+        fn chunk_size(&self) -> u64 {
+            4
+        }
+        fn swarm_key(&self) -> String {
+            "swarm/fake".into()
+        }
+        fn group_key(&self, level: u32) -> String {
+            format!("swarm/fake/{level}")
+        }
+        fn status_of(&self) -> StatusFn {
+            Arc::new(|_| futures_util::future::ready(Err(StatusError::NoClient)).boxed())
+        }
+        fn fetch_peer(&self, _peer: Peer, _index: u64) -> BoxFuture<'static, ChunkResult> {
+            futures_util::future::ready(ChunkResult::Dead("no peers here".into())).boxed()
+        }
+        fn fetch_upstream(&self, index: u64) -> BoxFuture<'static, ChunkResult> {
+            self.fetched.lock().unwrap().push(index);
+            futures_util::future::ready(if index == 2 {
+                ChunkResult::UpstreamFailed { fatal: false, why: "the store said 500".into() }
+            } else {
+                ChunkResult::Got(Bytes::from(vec![index as u8; 4]), [index as u8; 32])
+            })
+            .boxed()
+        }
+        fn set_fetching(&self, _index: u64, _on: bool) {}
+        fn set_view(&self, _view: Vec<PeerDoc>) {}
+        fn storer(&self) -> StoreFn {
+            let kept = self.kept.clone();
+            Arc::new(move |index, _, _| {
+                kept.lock().unwrap().push(index);
+                futures_util::future::ready(Ok(())).boxed()
+            })
+        }
+        fn end(&mut self) -> Option<Result<(), String>> {
+            None
+        }
+        fn chunk_failed(&self, index: u64, why: &str) {
+            self.failed.lock().unwrap().push((index, why.to_owned()));
+        }
+    }
+
+    /// The engine of an on-demand transfer, in paused (virtual) time: it fetches only the chunks
+    /// asked for, a chunk the upstream fails fails alone (its waiters get the upstream's words)
+    /// while the transfer goes on, and it ends `idle` after the last want, not before.
+    #[tokio::test(start_paused = true)]
+    async fn on_demand_fetches_what_is_wanted_fails_a_chunk_alone_and_ends_when_idle() {
+        let (fetched, kept, failed) = (Arc::default(), Arc::default(), Arc::default());
+        let fake = Fake { fetched: Arc::clone(&fetched), kept: Arc::clone(&kept), failed: Arc::clone(&failed) };
+        let plan = PlanConfig { upstream_attempts: 1, ..PlanConfig::new(4, 2, 4, Duration::from_secs(10)) };
+        let cfg = EngineConfig {
+            router: None,
+            me: "me".into(),
+            gather: Duration::ZERO,
+            refresh: Duration::from_secs(1),
+            plan,
+        };
+        let (tx, rx) = mpsc::channel(8);
+        let idle = Duration::from_secs(30);
+        let demand = OnDemand { wants: rx, idle, have: Bits::new(4) };
+        let started = tokio::time::Instant::now();
+        let run = tokio::spawn(Engine::new(fake, "fake".into(), cfg, Some(demand)).run());
+        tx.send(Want::Chunk(1)).await.unwrap();
+        tx.send(Want::Chunk(2)).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(*kept.lock().unwrap(), vec![1], "the chunk asked for, kept");
+        assert_eq!(failed.lock().unwrap().len(), 1);
+        assert_eq!(failed.lock().unwrap()[0], (2, "the store said 500".to_owned()), "its reader gets the why");
+        assert!(!run.is_finished(), "one chunk failing does not end the transfer");
+        tx.send(Want::Chunk(3)).await.unwrap();
+        let last_want = tokio::time::Instant::now();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(*kept.lock().unwrap(), vec![1, 3]);
+        tokio::time::sleep_until(last_want + idle - Duration::from_secs(1)).await;
+        assert!(!run.is_finished(), "not idle long enough yet");
+        let end = tokio::time::timeout(2 * idle, run).await.expect("an idle transfer ends");
+        assert_eq!(end.unwrap(), Ok(()));
+        let ended = tokio::time::Instant::now();
+        assert!(ended - last_want >= idle && ended - started < idle + Duration::from_secs(5), "ends when idle");
+        let mut f = fetched.lock().unwrap().clone();
+        f.sort();
+        assert_eq!(f, vec![1, 2, 3], "chunk 0 was never asked for, never fetched; none twice");
+    }
 }
