@@ -494,11 +494,7 @@ impl BlobsState {
             };
             match got {
                 Ok(Some((data, _))) => return Ok(data),
-                Ok(None) => {
-                    if let Some((data, _)) = self.cache.get(&meta.id, index).await {
-                        return Ok(data);
-                    }
-                }
+                Ok(None) => {}
                 Err(run::RunError::Ended) => {
                     self.runs.remove_if(&run::segment_id(&meta.id, run.seg), |_, r| Arc::ptr_eq(r, &run));
                 }
@@ -545,7 +541,7 @@ impl BlobsState {
 
     /// The fetch slots of `url`'s host. Hosts are bounded by the allow-list, but a wildcard
     /// entry admits any number: idle hosts are forgotten past `MAX_META`.
-    pub(crate) fn host_slots(&self, url: &url::Url) -> Arc<Semaphore> {
+    fn host_slots(&self, url: &url::Url) -> Arc<Semaphore> {
         let host = format!("{}:{}", url.host_str().unwrap_or(""), url.port_or_known_default().unwrap_or(0));
         if let Some(s) = self.hosts.get(&host) {
             return s.clone();
@@ -861,10 +857,7 @@ impl BlobsState {
             if let Some((url, meta)) = source.filter(|(_, m)| index < m.size.div_ceil(self.cfg.chunk_size)) {
                 let job = async {
                     let run = self.run(&url, &meta, index / run::SEGMENT_CHUNKS)?;
-                    match run.get(self, index % run::SEGMENT_CHUNKS).await.map_err(|e| e.to_string())? {
-                        Some((data, sha)) => Ok(Some((data, hex::encode(sha)))),
-                        None => Ok(self.cache.get(id, index).await),
-                    }
+                    run.get(self, index % run::SEGMENT_CHUNKS).await.map_err(|e| e.to_string())
                 };
                 match tokio::time::timeout(wait.min(LONG_POLL), job).await {
                     Ok(Ok(got)) => found = got,

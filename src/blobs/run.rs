@@ -12,7 +12,6 @@
 use super::{BlobsState, Meta, BLOBS_BYTES, UPSTREAM_TIMEOUTS};
 use crate::actors::peers::Outcome;
 use crate::peer::LONG_POLL;
-use crate::range::ByteRange;
 use crate::routing::{keys, Peer};
 use crate::transfer::engine::{self, ChunkResult, Chunks, Note, PeerDoc, StatusFn, Want};
 use crate::transfer::Bits;
@@ -117,10 +116,11 @@ impl FileRun {
         self.seg * SEGMENT_CHUNKS + index
     }
 
-    /// Wait until the segment's chunk `index` is in `st`'s cache (`None`), or arrived for the
-    /// readers waiting for it (`Some`: the bytes and their sha256). `Err`: it could not be had, or the transfer ended
-    /// (`Ended`: start another one).
-    pub async fn get(&self, st: &BlobsState, index: u64) -> Result<Option<(Bytes, [u8; 32])>, RunError> {
+    /// The segment's chunk `index` and its sha256 (hex), once it arrived for the readers waiting
+    /// for it or is in `st`'s cache; `None` when the cache dropped it before it could be read
+    /// (evicted, found corrupt). `Err`: it could not be had, or the transfer ended (`Ended`:
+    /// start another one).
+    pub async fn get(&self, st: &BlobsState, index: u64) -> Result<Option<(Bytes, String)>, RunError> {
         let fi = self.file_index(index);
         let mut rx = self.changed.subscribe();
         {
@@ -133,23 +133,24 @@ impl FileRun {
             return Err(RunError::Ended);
         }
         loop {
-            {
+            let cached = {
                 let s = self.lock();
-                if let Some(b) = s.ready.get(&index) {
-                    return Ok(Some(b.clone()));
+                if let Some((data, sha)) = s.ready.get(&index) {
+                    return Ok(Some((data.clone(), hex::encode(sha))));
                 }
-            }
-            if st.cache.contains(&self.id, fi) {
-                return Ok(None);
-            }
-            {
-                let s = self.lock();
-                if let Some(why) = s.failed.get(&index) {
-                    return Err(RunError::Failed(why.clone()));
+                let cached = st.cache.contains(&self.id, fi);
+                if !cached {
+                    if let Some(why) = s.failed.get(&index) {
+                        return Err(RunError::Failed(why.clone()));
+                    }
+                    if s.ended {
+                        return Err(RunError::Ended);
+                    }
                 }
-                if s.ended {
-                    return Err(RunError::Ended);
-                }
+                cached
+            };
+            if cached {
+                return Ok(st.cache.get(&self.id, fi).await);
             }
             if rx.changed().await.is_err() {
                 return Err(RunError::Ended);
@@ -248,12 +249,7 @@ pub(super) fn start(st: &Arc<BlobsState>, url: url::Url, meta: Meta, seg: u64) -
     let eng = engine::Engine::new(chunks, key, cfg, Some(demand));
     let (r, stop) = (run.clone(), st.stop.clone());
     actix_rt::spawn(async move {
-        let run = std::panic::AssertUnwindSafe(eng.run());
-        let end = tokio::select! {
-            end = futures_util::FutureExt::catch_unwind(run) => end.unwrap_or_else(|_| Err("the transfer's engine failed".into())),
-            _ = stop.cancelled() => Err("the node is shutting down".into()),
-        };
-        if let Err(why) = &end {
+        if let Err(why) = &eng.run_until(&stop).await {
             tracing::warn!(file = %r.id, segment = r.seg, why, "/blobs transfer ended");
         }
         r.lock().ended = true;
@@ -281,19 +277,15 @@ impl Chunks for SegmentChunks {
     }
 
     fn status_of(&self) -> StatusFn {
-        let (st, target) = (self.st.clone(), format!("/blobs-status/{}/{}", self.run.id, self.run.seg));
-        Arc::new(move |peer: Peer| {
-            let (st, target) = (st.clone(), target.clone());
-            async move { engine::status_at(st.peers.as_ref().map(|p| &*p.client), &peer, &target).await }.boxed()
-        })
+        let client = self.st.peers.as_ref().map(|p| p.client.clone());
+        engine::status_fn(client, format!("/blobs-status/{}/{}", self.run.id, self.run.seg))
     }
 
     fn fetch_peer(&self, peer: Peer, index: u64) -> BoxFuture<'static, ChunkResult> {
-        let (st, run) = (self.st.clone(), self.run.clone());
+        let (st, run, len) = (self.st.clone(), self.run.clone(), self.chunk_len(index));
         async move {
             let Some(p) = st.peers.as_ref() else { return ChunkResult::Dead("no peer client".into()) };
             let Ok(_slot) = st.fetches.acquire().await else { return ChunkResult::Dead("shutting down".into()) };
-            let len = (run.size - index * run.chunk_size).min(run.chunk_size);
             // `fetch=1`: a peer that does not have it yet fetches it for everyone (it owns it,
             // or it is fetching it now) and answers when it is there.
             let target =
@@ -407,7 +399,5 @@ async fn upstream_chunk(st: &BlobsState, url: &url::Url, meta: &Meta, index: u64
         }
     };
     let _slot = st.fetches.acquire().await.map_err(|e| e.to_string())?;
-    let start = index * st.cfg.chunk_size;
-    let range = ByteRange { start, end: start.saturating_add(st.cfg.chunk_size).min(meta.size) - 1 };
-    st.chunk_from_upstream(url, meta, range).await
+    st.chunk_from_upstream(url, meta, st.chunk_range(meta, index)).await
 }

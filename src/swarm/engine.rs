@@ -46,9 +46,10 @@ pub fn engine(sw: Arc<Swarming>, dl: Arc<Download>, request: UpstreamRequest) ->
     engine::Engine::new(SwarmChunks { sw, dl, request, hashed: 0, hasher }, key, cfg, None)
 }
 
-/// Run a download to its end.
+/// Run a download to its end (failed when the engine panics or the node stops).
 pub async fn run(sw: Arc<Swarming>, dl: Arc<Download>, request: UpstreamRequest) -> End {
-    match engine(sw, dl, request).run().await {
+    let stop = sw.stop.clone();
+    match engine(sw, dl, request).run_until(&stop).await {
         Ok(()) => End::Verified,
         Err(why) => End::Failed(why),
     }
@@ -72,11 +73,7 @@ impl Chunks for SwarmChunks {
     }
 
     fn status_of(&self) -> StatusFn {
-        let (sw, digest, chunk_size) = (self.sw.clone(), self.dl.digest.clone(), self.dl.chunk_size);
-        Arc::new(move |peer: Peer| {
-            let (sw, digest) = (sw.clone(), digest.clone());
-            async move { status_of(&sw, &digest, chunk_size, &peer).await }.boxed()
-        })
+        engine::status_fn(self.sw.client.clone(), status_target(&self.dl.digest, self.dl.chunk_size))
     }
 
     fn fetch_peer(&self, peer: Peer, index: u64) -> BoxFuture<'static, ChunkResult> {
@@ -159,7 +156,12 @@ pub(super) async fn status_of(
     chunk_size: u64,
     peer: &Peer,
 ) -> Result<StatusDoc, StatusError> {
-    engine::status_at(sw.client.as_deref(), peer, &format!("/swarm/{digest}/{chunk_size}")).await
+    engine::status_at(sw.client.as_deref(), peer, &status_target(digest, chunk_size)).await
+}
+
+/// Where a peer's status page of its download of `digest` in `chunk_size`-byte chunks is.
+fn status_target(digest: &Digest, chunk_size: u64) -> String {
+    format!("/swarm/{digest}/{chunk_size}")
 }
 
 async fn fetch_peer_chunk(sw: &Swarming, dl: &Download, peer: &Peer, index: u64) -> ChunkResult {

@@ -465,14 +465,7 @@ impl Swarming {
         actix_rt::spawn(async move {
             // A panicking engine, or the node shutting down, still ends the download: readers
             // waiting for its chunks get an error instead of waiting forever.
-            let run = std::panic::AssertUnwindSafe(engine::run(this.clone(), d.clone(), request));
-            let end = tokio::select! {
-                end = futures_util::FutureExt::catch_unwind(run) => end.unwrap_or_else(|_| {
-                    tracing::error!(digest = %d.digest, "swarm download engine panicked");
-                    End::Failed("the download's engine failed".into())
-                }),
-                _ = this.stop.cancelled() => End::Failed("the node is shutting down".into()),
-            };
+            let end = engine::run(this.clone(), d.clone(), request).await;
             this.retire(d, end).await;
         });
         Some(dl)

@@ -143,6 +143,14 @@ pub async fn status_at(
     Ok(serde_json::from_slice(&body)?)
 }
 
+/// Asks each peer for its status page at `target` (the same path on every peer).
+pub fn status_fn(client: Option<Arc<crate::peer::client::PeerClient>>, target: String) -> StatusFn {
+    Arc::new(move |peer: Peer| {
+        let (client, target) = (client.clone(), target.clone());
+        async move { status_at(client.as_deref(), &peer, &target).await }.boxed()
+    })
+}
+
 /// Something worth counting (each kind of transfer has its own metrics).
 pub enum Note {
     /// A chunk fetch failed, by reason (`not_there`, `busy`, `unreachable`, `bad`, `upstream`,
@@ -373,6 +381,19 @@ impl<C: Chunks> Engine<C> {
         }
     }
 
+    /// [`Engine::run`], ended with an error rather than leaving readers waiting when the engine
+    /// panics or `stop` is cancelled (the node shuts down).
+    pub async fn run_until(self, stop: &tokio_util::sync::CancellationToken) -> Result<(), String> {
+        let run = std::panic::AssertUnwindSafe(self.run());
+        tokio::select! {
+            end = futures_util::FutureExt::catch_unwind(run) => end.unwrap_or_else(|_| {
+                tracing::error!("a transfer's engine panicked");
+                Err("the transfer's engine failed".into())
+            }),
+            _ = stop.cancelled() => Err("the node is shutting down".into()),
+        }
+    }
+
     /// Look the transfer up in the DHT and ask every known peer what it has (none while a
     /// refresh runs).
     fn refresh_future(&mut self) -> Option<BoxFuture<'static, Done>> {
@@ -586,13 +607,10 @@ impl<C: Chunks> Engine<C> {
                         self.plan.on_chunk(self.now(), index, source, ChunkOutcome::UpstreamFailed { fatal }, &mut out);
                         if out.iter().any(|a| matches!(a, Action::Failed(_))) {
                             self.failed = Some(format!("chunk {index} from upstream: {why}"));
-                        } else if let Some(a) = out.iter_mut().find_map(|a| match a {
-                            Action::ChunkFailed { index: i, .. } if *i == index => Some(a),
-                            _ => None,
-                        }) {
-                            // Whoever waits for it gets the upstream's own words.
+                        } else if out.iter().any(|a| matches!(a, Action::ChunkFailed { .. })) {
+                            // Whoever waits for it gets the upstream's own words, not the plan's.
+                            out.retain(|a| !matches!(a, Action::ChunkFailed { .. }));
                             self.chunks.chunk_failed(index, &why);
-                            *a = Action::Complete;
                         } else {
                             tracing::info!(chunk = index, error = %why, "upstream chunk failed; retrying");
                         }
