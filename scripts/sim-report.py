@@ -224,6 +224,20 @@ def report(res, out):
             w(f"| {r['nodes']} | {r['image_bytes'] / 2**20:.0f} | {fmt(r['bound_s'])} | {fmt(r['registry_last_s'], 2)} | "
               f"{fmt(c[0], 2)} / {fmt(c[1], 2)} / {fmt(c[2], 2)} / {fmt(c[3], 2)} | "
               f"{fmt(c[3] - r['registry_last_s'], 2)} |")
+        late = [r for r in timed if r.get("chunks")]
+        if late:
+            w("\nThe three chunks most nodes got last (by the median arrival of their copies), per run (`chunks` in the "
+              "simulator's JSON has every chunk): when its registry read ran, the long polls for it that ended \"not yet\" (the asked node "
+              "neither had, received nor read it for the whole 2 s), and when its copies arrived.\n")
+            w("| N | image MiB | chunk | registry read s | long polls ended \"not yet\" (first at s) | copies 10% / 50% / 90% / all s |")
+            w("| ---: | ---: | ---: | ---: | ---: | ---: |")
+            for r in late:
+                for c in sorted(r["chunks"], key=lambda c: (-c["copies_s"][1], -c["copies_s"][3]))[:3]:
+                    q, first = c["copies_s"], c.get("first_poll_timeout_s")
+                    polls = f"{c['polls_timed_out']}" + (f" ({fmt(first, 2)})" if first is not None else "")
+                    w(f"| {r['nodes']} | {r['image_bytes'] / 2**20:.0f} | {c['index']} | "
+                      f"{fmt(c['read_s'][0], 2)}–{fmt(c['read_s'][1], 2)} | {polls} | "
+                      f"{fmt(q[0], 2)} / {fmt(q[1], 2)} / {fmt(q[2], 2)} / {fmt(q[3], 2)} |")
 
     w("\n## 3. Churn: 10% of the nodes die mid-rollout (at F/B/2)\n")
     table("churn", "As peerd is")

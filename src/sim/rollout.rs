@@ -112,7 +112,27 @@ pub struct Report {
     pub peer_copies_s: [f64; 4],
     /// 503 answers a node got: the median node, and the mean of the slowest 1% to complete.
     pub busy_per_node: [f64; 2],
+    /// The first blob's chunks, one line each: what kept the last ones late.
+    pub chunks: Vec<ChunkLine>,
     pub invariant_errors: Vec<String>,
+}
+
+/// One chunk of the first blob: its registry read (when, by which node), the long polls for it
+/// that ended "not yet" (the asked node neither had nor received it for the whole long poll),
+/// and when its copies between nodes arrived.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ChunkLine {
+    pub index: u64,
+    /// Registry reads of it that completed, and the node of the last one.
+    pub reads: u32,
+    pub reader: Option<u32>,
+    /// The last registry read: request sent, last byte in (seconds).
+    pub read_s: [f64; 2],
+    pub polls_timed_out: u32,
+    pub first_poll_timeout_s: Option<f64>,
+    pub copies: usize,
+    /// Arrival of its copies between nodes: 10%, 50%, 90%, all (seconds).
+    pub copies_s: [f64; 4],
 }
 
 /// The rendezvous and tiebreak hashes of one blob, computed once per (node, chunk) with the
@@ -294,6 +314,8 @@ struct Sim {
     completion_times: Vec<f64>,
     /// When each chunk copy sent between nodes arrived (seconds).
     peer_copy_times: Vec<f64>,
+    /// The first blob's chunks (the report's `chunks`), with their copies' arrival times.
+    chunk_lines: Vec<(ChunkLine, Vec<f64>)>,
 }
 
 /// Node `n`'s provider record reaches each of `stores` at `base` plus up to `rtt` (from
@@ -628,6 +650,10 @@ impl Sim {
         }
         let (to, b, index) = (q.to, q.b, q.index);
         self.reqs[r as usize].waiting = false;
+        if let Some((line, _)) = self.chunk_lines.get_mut(index as usize).filter(|_| b == 0) {
+            line.polls_timed_out += 1;
+            line.first_poll_timeout_s.get_or_insert(self.now as f64 / 1e6);
+        }
         if let Some(w) = self.nodes[to as usize].dls[b as usize].waiters.get_mut(&index) {
             w.retain(|x| *x != r);
         }
@@ -709,9 +735,17 @@ impl Sim {
             if to == REGISTRY {
                 self.nodes[from as usize].upstream_bytes += len;
                 self.rep.registry_last_s = self.now as f64 / 1e6;
+                if let Some((line, _)) = self.chunk_lines.get_mut(index as usize).filter(|_| b == 0) {
+                    line.reads += 1;
+                    line.reader = Some(from);
+                    line.read_s = [sent as f64 / 1e6, self.now as f64 / 1e6];
+                }
             } else {
                 self.nodes[from as usize].peer_bytes += len;
                 self.peer_copy_times.push(self.now as f64 / 1e6);
+                if let Some((_, copies)) = self.chunk_lines.get_mut(index as usize).filter(|_| b == 0) {
+                    copies.push(self.now as f64 / 1e6);
+                }
             }
         }
         let mut out = Vec::new();
@@ -1053,6 +1087,9 @@ pub fn run(p: Params) -> Report {
         rep: Report { nodes: p.nodes, image_bytes: size, bound_s: bound, ..Report::default() },
         completion_times: Vec::new(),
         peer_copy_times: Vec::new(),
+        chunk_lines: (0..chunks.first().copied().unwrap_or(0))
+            .map(|index| (ChunkLine { index, ..ChunkLine::default() }, Vec::new()))
+            .collect(),
         p,
     };
     // Seeds hold everything and serve it as swarm members from the start.
@@ -1144,6 +1181,14 @@ fn finish(mut sim: Sim, wall: Instant) -> Report {
     r.busy_per_node = [percentile(&mut busy, 50.0), tail_mean];
     let views: Vec<usize> = sim.nodes.iter().filter(|n| !n.seed).map(|n| n.dls[0].plan.view().len()).collect();
     r.view_mean = views.iter().sum::<usize>() as f64 / views.len().max(1) as f64;
+    r.chunks = std::mem::take(&mut sim.chunk_lines)
+        .into_iter()
+        .map(|(mut line, mut copies)| {
+            line.copies = copies.len();
+            line.copies_s = [10.0, 50.0, 90.0, 100.0].map(|q| percentile(&mut copies, q));
+            line
+        })
+        .collect();
     // Every node that completed has every byte once; the registry sent at least the image.
     if r.completed > 0 && sim.net.registry_bytes < f * 0.999 && sim.p.seeds == 0 {
         r.invariant_errors.push(format!("registry sent {} bytes, less than the image ({f})", sim.net.registry_bytes));
@@ -1160,6 +1205,16 @@ fn finish(mut sim: Sim, wall: Instant) -> Report {
         if done && node.peer_bytes + node.upstream_bytes != got {
             r.invariant_errors
                 .push(format!("node {n}: {} + {} bytes received, {got} kept", node.peer_bytes, node.upstream_bytes));
+        }
+    }
+    // Every node that has the first blob got each of its chunks once: from the registry or a peer.
+    let holders = sim.nodes.iter().filter(|n| !n.seed && n.dls[0].done_at.is_some()).count();
+    if r.killed == 0 {
+        for c in r.chunks.iter().filter(|c| c.copies + c.reads as usize != holders) {
+            r.invariant_errors.push(format!(
+                "chunk {}: {} copies + {} registry reads, {holders} nodes have it",
+                c.index, c.copies, c.reads
+            ));
         }
     }
     r.invariant_errors.truncate(20);
