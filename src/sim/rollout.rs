@@ -98,6 +98,8 @@ pub struct Report {
     pub pending: u64,
     /// Chunk transfers served by cut-through (the sender was still receiving the chunk).
     pub forwarded: u64,
+    /// Requests to a peer given up because this node came to own the chunk (`AbortPeer`).
+    pub peer_asks_given_up: u64,
     pub view_mean: f64,
     pub sim_s: f64,
     pub wall_s: f64,
@@ -249,6 +251,8 @@ struct Dl {
     receiving: Bits,
     /// chunk → requests served here by cut-through while it arrives.
     forwards: BTreeMap<u64, Vec<u32>>,
+    /// chunk → the request asking a peer for it.
+    asked: BTreeMap<u64, u32>,
     done_at: Option<u64>,
 }
 
@@ -695,6 +699,10 @@ impl Sim {
         }
         let (from, to, b, index, sent) = (q.from, q.to, q.b, q.index, q.sent);
         self.free_req(r);
+        let asked = &mut self.nodes[from as usize].dls[b as usize].asked;
+        if asked.get(&index) == Some(&r) {
+            asked.remove(&index);
+        }
         if !self.nodes[from as usize].alive {
             return;
         }
@@ -798,6 +806,7 @@ impl Sim {
                 match a {
                     Action::FetchPeer { index, addr, .. } => {
                         let r = self.new_req(n, addr, b, index);
+                        self.nodes[n as usize].dls[b as usize].asked.insert(index, r);
                         let h = self.half_rtt(addr);
                         self.push(self.now + h, Ev::Arrive { r });
                     }
@@ -830,6 +839,30 @@ impl Sim {
                         let now = Duration::from_micros(self.now);
                         let plan = &mut self.nodes[n as usize].dls[b as usize].plan;
                         plan.on_chunk(now, index, Source::Upstream, ChunkOutcome::Abandoned, &mut out);
+                        again = true;
+                    }
+                    Action::AbortPeer { index, peer } => {
+                        // Modelled while the request waits at the peer (a long poll); once its
+                        // bytes flow (or before it got there) it ends as it would have.
+                        let Some(r) = self.nodes[n as usize].dls[b as usize].asked.get(&index).copied() else {
+                            continue;
+                        };
+                        let q = &self.reqs[r as usize];
+                        if !q.live || !q.waiting {
+                            continue;
+                        }
+                        let to = q.to;
+                        self.nodes[n as usize].dls[b as usize].asked.remove(&index);
+                        if let Some(w) = self.nodes[to as usize].dls[b as usize].waiters.get_mut(&index) {
+                            w.retain(|x| *x != r);
+                        }
+                        // Not reused: its long poll's timeout is still queued.
+                        self.reqs[r as usize].waiting = false;
+                        self.reqs[r as usize].live = false;
+                        self.rep.peer_asks_given_up += 1;
+                        let now = Duration::from_micros(self.now);
+                        let plan = &mut self.nodes[n as usize].dls[b as usize].plan;
+                        plan.on_chunk(now, index, Source::Peer(peer), ChunkOutcome::Abandoned, &mut out);
                         again = true;
                     }
                     Action::TookOver { .. } => self.rep.takeovers += 1,
@@ -1038,6 +1071,7 @@ pub fn run(p: Params) -> Report {
                     waiters: BTreeMap::new(),
                     receiving: Bits::new(chunks[b]),
                     forwards: BTreeMap::new(),
+                    asked: BTreeMap::new(),
                     done_at: None,
                 })
                 .collect(),

@@ -259,8 +259,9 @@ pub struct Engine<C: Chunks> {
     plan: Planner<SocketAddr>,
     /// The planner's time is the time since this.
     epoch: Instant,
-    /// Upstream fetches in flight, to give up on when a peer has the chunk first.
-    aborts: HashMap<u64, futures_util::future::AbortHandle>,
+    /// Fetches in flight by (chunk, from the upstream): given up on when the planner says so
+    /// (an upstream read of a chunk a peer has; a long poll for a chunk this node owns now).
+    aborts: HashMap<(u64, bool), futures_util::future::AbortHandle>,
     failed: Option<String>,
     /// Announced in its groups: once a lookup came back full (small swarms never need them).
     grouped: bool,
@@ -453,18 +454,28 @@ impl<C: Chunks> Engine<C> {
         for a in actions {
             match a {
                 Action::FetchPeer { index, peer, addr } => {
-                    let t = Instant::now();
                     let fetch =
                         kept(&self.store, index, self.chunks.fetch_peer(Peer { id: peer.clone(), addr }, index));
-                    futs.push(
-                        fetch
-                            .map(move |result| Done::Chunk { index, lane: Lane::Peer(peer), result, took: t.elapsed() })
-                            .boxed(),
-                    );
+                    self.start(index, Lane::Peer(peer), fetch, futs);
                 }
-                Action::FetchUpstream { index } => self.start_upstream(index, futs),
+                Action::FetchUpstream { index } => {
+                    self.chunks.set_fetching(index, true);
+                    let fetch = kept(&self.store, index, self.chunks.fetch_upstream(index));
+                    self.start(index, Lane::Upstream, fetch, futs);
+                }
+                Action::AbortPeer { index, peer } => {
+                    if let Some(handle) = self.aborts.get(&(index, false)) {
+                        tracing::debug!(
+                            chunk = index,
+                            %peer,
+                            "this node owns the chunk now and nobody fetches it; reading it instead of waiting"
+                        );
+                        self.chunks.note(Note::Failure("abandoned"));
+                        handle.abort();
+                    }
+                }
                 Action::AbortUpstream { index } => {
-                    if let Some(handle) = self.aborts.get(&index) {
+                    if let Some(handle) = self.aborts.get(&(index, true)) {
                         tracing::debug!(
                             chunk = index,
                             "a peer has the chunk being fetched from the upstream; taking it from the peer"
@@ -492,17 +503,22 @@ impl<C: Chunks> Engine<C> {
         }
     }
 
-    fn start_upstream(&mut self, index: u64, futs: &mut FuturesUnordered<BoxFuture<'static, Done>>) {
-        self.chunks.set_fetching(index, true);
+    /// Run one chunk fetch (given up on through [`Self::aborts`]: `Abandoned`).
+    fn start(
+        &mut self,
+        index: u64,
+        lane: Lane,
+        fetch: BoxFuture<'static, ChunkResult>,
+        futs: &mut FuturesUnordered<BoxFuture<'static, Done>>,
+    ) {
         let t = Instant::now();
-        let (fetch, abort) =
-            futures_util::future::abortable(kept(&self.store, index, self.chunks.fetch_upstream(index)));
-        self.aborts.insert(index, abort);
+        let (fetch, abort) = futures_util::future::abortable(fetch);
+        self.aborts.insert((index, matches!(lane, Lane::Upstream)), abort);
         futs.push(
             fetch
                 .map(move |r| Done::Chunk {
                     index,
-                    lane: Lane::Upstream,
+                    lane,
                     result: r.unwrap_or(ChunkResult::Abandoned),
                     took: t.elapsed(),
                 })
@@ -556,11 +572,9 @@ impl<C: Chunks> Engine<C> {
                 if !matches!(result, ChunkResult::Got(..)) {
                     self.chunks.set_fetching(index, false);
                 }
+                self.aborts.remove(&(index, matches!(lane, Lane::Upstream)));
                 let source = match lane {
-                    Lane::Upstream => {
-                        self.aborts.remove(&index);
-                        Source::Upstream
-                    }
+                    Lane::Upstream => Source::Upstream,
                     Lane::Peer(id) => Source::Peer(id),
                 };
                 let outcome = match result {

@@ -219,6 +219,10 @@ pub enum Action<A> {
     FetchUpstream { index: u64 },
     /// Give up the upstream read of chunk `index` (a peer has it); report it `Abandoned`.
     AbortUpstream { index: u64 },
+    /// Give up the request to `peer` for chunk `index`: this node owns the chunk now and
+    /// nobody it knows has or fetches it, so that long poll would only hold the chunk back.
+    /// Report it `Abandoned` (or as it ended, if it ended first).
+    AbortPeer { index: u64, peer: String },
     /// Note: `from` lost chunk `index` (no progress for `takeover`, or dead).
     TookOver { index: u64, from: String },
     /// Note: a peer downloading with this node stopped answering.
@@ -319,6 +323,8 @@ pub struct Planner<A> {
     excluded: HashMap<u64, HashSet<String>>,
     /// chunk → the wait on the peer that should deliver it
     waiting: HashMap<u64, Wait>,
+    /// chunk → the peer asked for it (a request in flight, not given up).
+    asked: HashMap<u64, String>,
     upstream_attempts: HashMap<u64, (u32, Duration)>,
     refreshing: bool,
     refreshes: u64,
@@ -363,6 +369,7 @@ impl<A: Clone> Planner<A> {
             peers: BTreeMap::new(),
             have: Bits::new(chunks),
             inflight: Bits::new(chunks),
+            asked: HashMap::new(),
             fetching: Bits::new(chunks),
             peer_inflight: 0,
             upstream_inflight: 0,
@@ -621,6 +628,33 @@ impl<A: Clone> Planner<A> {
             }
         }
         self.abandon_fetched_elsewhere(now, out);
+        self.give_up_asks_for_own_chunks(now, out);
+    }
+
+    /// A chunk this node owns now (its view changed: it learned it is in the core, an owner
+    /// left) that it still waits for from another node, when no node it knows has or fetches
+    /// it: nobody is going to bring it, and the request, a long poll, would hold the chunk back
+    /// for up to its 2 s. It is given up, and the chunk read here at the next schedule.
+    /// (Simulated at 10,000 nodes: such a chunk's registry read started 2 s after the others,
+    /// and every node got it last.)
+    fn give_up_asks_for_own_chunks(&mut self, now: Duration, out: &mut Vec<Action<A>>) {
+        if self.asked.is_empty() || !self.cfg.split_owners {
+            return;
+        }
+        self.update_candidates(now);
+        if self.me_at.is_none() {
+            return;
+        }
+        let mut asked: Vec<(u64, String)> = self.asked.iter().map(|(i, p)| (*i, p.clone())).collect();
+        asked.sort_unstable();
+        for (i, peer) in asked {
+            let ui = i as usize;
+            if self.holders[ui] > 0 || self.fetchers[ui] > 0 || self.owner_at(i).is_some() {
+                continue;
+            }
+            self.asked.remove(&i);
+            out.push(Action::AbortPeer { index: i, peer });
+        }
     }
 
     /// Stop reading from the upstream what a peer already has (a slow or stuck upstream read,
@@ -856,6 +890,7 @@ impl<A: Clone> Planner<A> {
         k.inflight += 1;
         self.peer_inflight += 1;
         self.inflight.set(index, true);
+        self.asked.insert(index, id.clone());
         out.push(Action::FetchPeer { index, peer: id, addr: k.addr.clone() });
     }
 
@@ -885,6 +920,9 @@ impl<A: Clone> Planner<A> {
                 self.fetching.set(index, false);
             }
             Source::Peer(id) => {
+                if self.asked.get(&index) == Some(id) {
+                    self.asked.remove(&index);
+                }
                 self.peer_inflight = self.peer_inflight.saturating_sub(1);
                 if let Some(k) = self.peers.get_mut(id) {
                     k.inflight = k.inflight.saturating_sub(1);

@@ -668,3 +668,69 @@ fn without_split_owners_a_node_reads_itself_what_no_peer_has() {
     assert_eq!(peer, vec![(theirs, "b".to_string())], "the holder is asked for what it has");
     assert!(!up.is_empty() && !peer.iter().any(|(i, _)| up.contains(i)), "the rest comes from the upstream: {up:?}");
 }
+
+/// The simulation's finding at 10,000 nodes: a node that learned only at its second refresh that
+/// it is in the core (a core node's page named it) owned chunks it had asked their previous
+/// owner for; that node was not reading them, and each request, a 2 s long poll, held its chunk
+/// back until it ended (the chunk every node then got last). Now that refresh gives up those
+/// requests, and the chunks are read here at once — unless a peer has or fetches the chunk.
+#[test]
+fn a_node_that_comes_to_own_a_chunk_it_asked_for_gives_the_request_up() {
+    let chunks = 400;
+    let core = core_ids();
+    let ids: Vec<&str> = core.iter().map(String::as_str).collect();
+    let others: Vec<String> = core[1..].to_vec();
+    // c00's first lookup lists the 19 others; their pages do not name it yet: not in the core.
+    let mut c = after_lookup("c00", &others, false, chunks);
+    let mut t = Duration::ZERO;
+    // Keep two requests for chunks c00 owns among all 20 in flight; everything else arrives.
+    let mut mine: Vec<(u64, String)> = Vec::new();
+    while mine.len() < 2 {
+        let mut out = Vec::new();
+        c.schedule(t, &mut out);
+        let (asked, up) = starts(&out);
+        assert!(up.is_empty(), "outside the core c00 reads nothing: {out:?}");
+        assert!(!asked.is_empty() || !mine.is_empty(), "c00 asks for chunks");
+        for (i, p) in asked {
+            if owner(KEY, i, ids.iter().copied()) == Some("c00") && mine.len() < 2 {
+                mine.push((i, p));
+            } else {
+                c.on_chunk(t, i, Source::Peer(p), ChunkOutcome::Got, &mut Vec::new());
+            }
+        }
+        t += MS;
+    }
+    let (x, y) = (mine[0].clone(), mine[1].clone());
+    // The next refresh: the pages name c00 (it is in the core), and the node asked for y now
+    // fetches it; nobody has or fetches x.
+    let r = c.start_refresh(t).unwrap();
+    let statuses = r
+        .known
+        .iter()
+        .map(|(id, n)| {
+            let fetching: &[u64] = if *id == y.1 { &[y.0] } else { &[] };
+            let Status::Active { have, fetching, .. } = active(chunks, &[], fetching) else { unreachable!() };
+            (id.clone(), *n, Status::Active { have, fetching, peers: vec![("c00".to_string(), 99)] })
+        })
+        .collect();
+    let mut out = Vec::new();
+    c.on_refresh(t, &[], statuses, &mut out);
+    assert_eq!(
+        out,
+        vec![Action::AbortPeer { index: x.0, peer: x.1.clone() }],
+        "only the request nobody is going to answer is given up"
+    );
+    // Given up: the chunk is read here, not asked for again.
+    let mut out = Vec::new();
+    c.on_chunk(t, x.0, Source::Peer(x.1.clone()), ChunkOutcome::Abandoned, &mut out);
+    c.schedule(t, &mut out);
+    let (asked, up) = starts(&out);
+    assert!(up.contains(&x.0), "c00 reads chunk {} itself: {out:?}", x.0);
+    assert!(asked.iter().all(|(i, _)| *i != x.0));
+    // A later refresh does not give it up twice, nor the request waiting on a fetching node.
+    let r = c.start_refresh(t + MS).unwrap();
+    let statuses = r.known.iter().map(|(id, n)| (id.clone(), *n, active(chunks, &[], &[y.0]))).collect();
+    let mut out = Vec::new();
+    c.on_refresh(t + MS, &[], statuses, &mut out);
+    assert!(!out.iter().any(|a| matches!(a, Action::AbortPeer { .. })), "{out:?}");
+}
