@@ -203,6 +203,10 @@ def report(res, out):
 
     w("\n## 2. Cold rollout: N nodes want the image at once\n")
     table("rollout", "As peerd is (DHT answers as libp2p-kad 0.49 gives them)")
+    table("rollout-8mib", "With `swarm.max_chunk_size` = 8 MiB",
+          "The setting for clusters of thousands of nodes pulling small images at once (not the default, see "
+          "the notes below): a blob that would have more than `parallel` (8) chunks of 2 MiB gets chunks of about "
+          "size / 8, in multiples of 2 MiB, up to 8 MiB (64 MiB: 8 chunks of 8 MiB; 1 GiB: 128 of 8 MiB).")
     table("rollout-random", "What-if: the DHT returns a random 64 of the providers",
           "Same planner; only peer discovery differs (each lookup returns a uniform sample of the nodes "
           "downloading the blob): a comparison with discovery that is not capped. Run at 100 nodes by "

@@ -245,6 +245,8 @@ pub struct SwarmConfig {
     pub max_spool_bytes: u64,
     pub min_size: u64,
     pub chunk_size: u64,
+    /// A blob of few chunks gets larger ones, up to this (see [`SwarmConfig::chunk_size_for`]).
+    pub max_chunk_size: u64,
     #[serde(with = "humantime_serde")]
     pub gather: Duration,
     #[serde(with = "humantime_serde")]
@@ -262,6 +264,22 @@ pub struct SwarmConfig {
     pub download_rate: u64,
     /// Pass a chunk arriving from a peer on to peers that ask for it while it arrives.
     pub cut_through: bool,
+}
+
+impl SwarmConfig {
+    /// The chunk size of the swarm download of a `size`-byte blob: the same on every node with
+    /// the same settings, so they share it. `chunk_size`, raised (in multiples of it, up to
+    /// `max_chunk_size`, by default the same: fixed chunks) for a blob that would have more
+    /// chunks than `parallel`: then every node has every chunk of a small blob in flight at
+    /// once, and each chunk spreads through the cluster while the upstream still sends it.
+    /// (Simulated at 10,000 nodes with a 64 MiB blob: 32 chunks of 2 MiB took 1.95-2.25x the
+    /// bound, the last chunks spreading after the upstream's; 8 chunks of 8 MiB, 1.19x in every
+    /// seed; docs/scale.md.)
+    pub fn chunk_size_for(&self, size: u64) -> u64 {
+        let unit = self.chunk_size.max(1);
+        let per = size.div_ceil(self.parallel.max(1) as u64).div_ceil(unit).saturating_mul(unit);
+        per.min(self.max_chunk_size).max(unit)
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -450,6 +468,9 @@ impl Config {
         if self.swarm.enabled {
             if !(64 << 10..=64 << 20).contains(&self.swarm.chunk_size) {
                 return bad("swarm.chunk_size", "must be between 64 KiB and 64 MiB".into());
+            }
+            if !(self.swarm.chunk_size..=64 << 20).contains(&self.swarm.max_chunk_size) {
+                return bad("swarm.max_chunk_size", "must be between swarm.chunk_size and 64 MiB".into());
             }
             if self.swarm.parallel == 0
                 || self.swarm.upstream_parallel == 0
@@ -712,6 +733,33 @@ mod tests {
         assert_eq!(c.registry.default_ns, "docker.io");
         assert_eq!(c.upstream.connect_timeout, Duration::from_secs(3));
         assert_eq!(c.log.format, LogFormat::Text);
+    }
+
+    /// Fixed 2 MiB chunks by default. With `max_chunk_size` 8 MiB, small blobs get about
+    /// `parallel` chunks (whole multiples of `chunk_size`, at most `max_chunk_size`) and large
+    /// ones chunks of `max_chunk_size`; a maximum below the chunk size is refused.
+    #[test]
+    fn swarm_chunk_size_follows_the_blob_size() {
+        const MIB: u64 = 1 << 20;
+        let fixed = Config::load(None, env(&[]), vec![]).unwrap().swarm;
+        assert_eq!((fixed.chunk_size, fixed.max_chunk_size, fixed.parallel), (2 * MIB, 2 * MIB, 8));
+        assert_eq!(fixed.chunk_size_for(64 * MIB), 2 * MIB);
+        let c = Config::load(None, env(&[("PEERD_SWARM__MAX_CHUNK_SIZE", "8388608")]), vec![]).unwrap().swarm;
+        for (size, chunk) in [
+            (1, 2 * MIB),
+            (5 * MIB, 2 * MIB),
+            (16 * MIB, 2 * MIB),
+            (16 * MIB + 1, 4 * MIB),
+            (40 * MIB, 6 * MIB),
+            (64 * MIB, 8 * MIB),
+            (1 << 30, 8 * MIB),
+            (u64::MAX, 8 * MIB),
+        ] {
+            assert_eq!(c.chunk_size_for(size), chunk, "a {size}-byte blob");
+            assert!(size.div_ceil(chunk) <= 8 || chunk == 8 * MIB, "at most `parallel` chunks below the cap");
+        }
+        let e = Config::load(None, env(&[("PEERD_SWARM__MAX_CHUNK_SIZE", "1048576")]), vec![]).unwrap_err();
+        assert!(e.to_string().starts_with("swarm.max_chunk_size:"), "{e}");
     }
 
     #[test]

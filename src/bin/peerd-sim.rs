@@ -23,7 +23,7 @@ struct Args {
     /// Node counts to sweep (default 100,1000,10000; quick: 50,200).
     #[arg(long, value_delimiter = ',')]
     nodes: Vec<usize>,
-    /// Scenarios: dht, rollout, churn, scaleout, validate (default: all).
+    /// Scenarios: dht, rollout, rollout-8mib, rollout-random, churn, scaleout, validate (default: all).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Churn and scale-out at 10,000 nodes too (about 20 minutes more; `make sim-full`).
@@ -187,6 +187,15 @@ fn main() {
     if want("rollout") {
         for &n in &sizes {
             jobs.push(("rollout", sized(n, base(n, args.seed, args.quick, args.wall))));
+        }
+    }
+    // The setting for clusters of thousands of nodes: chunks up to 8 MiB, so that a small blob
+    // has about `parallel` of them (`swarm.max_chunk_size`).
+    if want("rollout-8mib") {
+        for &n in &sizes {
+            let mut p = base(n, args.seed, args.quick, args.wall);
+            p.swarm.max_chunk_size = 8 * MIB;
+            jobs.push(("rollout-8mib", sized(n, p)));
         }
     }
     if want("rollout-random") {

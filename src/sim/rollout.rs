@@ -296,7 +296,8 @@ struct Sim {
     reqs: Vec<Req>,
     free_reqs: Vec<u32>,
     rng: Rng,
-    chunk_size: u64,
+    /// Per blob, as peerd chooses it ([`SwarmConfig::chunk_size_for`]).
+    chunk_sizes: Vec<u64>,
     /// Per blob: the DHT nodes storing its swarm key's providers, each with its providers in
     /// arrival order (time µs, node).
     stores: Vec<Vec<Store>>,
@@ -369,7 +370,8 @@ impl Sim {
 
     fn chunk_len(&self, b: u16, i: u64) -> u64 {
         let size = self.p.blobs[b as usize];
-        (size - i * self.chunk_size).min(self.chunk_size)
+        let c = self.chunk_sizes[b as usize];
+        (size - i * c).min(c)
     }
 
     fn new_req(&mut self, from: u32, to: u32, b: u16, index: u64) -> u32 {
@@ -1033,8 +1035,8 @@ impl Sim {
 /// Run one rollout.
 pub fn run(p: Params) -> Report {
     let wall = Instant::now();
-    let chunk_size = p.swarm.chunk_size;
-    let chunks: Vec<u64> = p.blobs.iter().map(|s| s.div_ceil(chunk_size)).collect();
+    let chunk_sizes: Vec<u64> = p.blobs.iter().map(|s| p.swarm.chunk_size_for(*s)).collect();
+    let chunks: Vec<u64> = p.blobs.iter().zip(&chunk_sizes).map(|(s, c)| s.div_ceil(*c)).collect();
     let ids: Vec<String> = (0..p.nodes).map(node_id).collect();
     let keys: Vec<String> = (0..p.blobs.len()).map(|b| format!("sha256:{:064x}", p.seed * 1000 + b as u64)).collect();
     let tables: Vec<Arc<Table>> =
@@ -1110,7 +1112,7 @@ pub fn run(p: Params) -> Report {
         reqs: Vec::new(),
         free_reqs: Vec::new(),
         rng: Rng::new(rng.next_u64()),
-        chunk_size,
+        chunk_sizes,
         stores,
         group_stores: HashMap::new(),
         groups,

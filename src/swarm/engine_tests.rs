@@ -20,6 +20,7 @@ const CHUNK: u64 = 64 << 10;
 fn cfg() -> SwarmConfig {
     let mut c = Config::load(None, Vec::<(String, String)>::new(), Vec::new()).unwrap().swarm;
     c.chunk_size = CHUNK;
+    c.max_chunk_size = CHUNK;
     c.gather = Duration::from_millis(100);
     c.refresh = Duration::from_millis(100);
     c.takeover = Duration::from_millis(800);

@@ -120,6 +120,10 @@ pub(crate) async fn throttle(limit: Option<&Limiter>, bytes: usize) {
     }
 }
 
+/// In a status page's path: the page of the node's download of the blob whatever its chunk
+/// size (a node that does not know the blob's size yet asks for it).
+pub const ANY_CHUNK_SIZE: u64 = 0;
+
 /// How a download ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum End {
@@ -391,8 +395,8 @@ impl Swarming {
             None => (None, None, "local".to_owned(), None, Arc::new(Semaphore::new(cfg.upload_slots))),
         };
         Ok(Arc::new(Swarming {
-            upload_limit: limiter(cfg.upload_rate, cfg.chunk_size),
-            download_limit: limiter(cfg.download_rate, cfg.chunk_size),
+            upload_limit: limiter(cfg.upload_rate, cfg.max_chunk_size),
+            download_limit: limiter(cfg.download_rate, cfg.max_chunk_size),
             stop: tokio_util::sync::CancellationToken::new(),
             fetch_slots: Arc::new(Semaphore::new(cfg.max_fetches)),
             upload_slots: uploads,
@@ -457,7 +461,7 @@ impl Swarming {
                 return None;
             }
         };
-        let dl = Arc::new(Download::new(digest.clone(), size, self.cfg.chunk_size, spool));
+        let dl = Arc::new(Download::new(digest.clone(), size, self.cfg.chunk_size_for(size), spool));
         entry.insert(dl.clone());
         metrics::counter!(SWARM_DOWNLOADS, "outcome" => "started").increment(1);
         tracing::info!(%digest, size, chunks = dl.chunks, "swarm download started");
@@ -506,7 +510,8 @@ impl Swarming {
         let rx = router.resolve(swarm_key(digest), 8).await.ok()?;
         let peers = crate::routing::collect_peers(rx, std::time::Duration::from_millis(500)).await;
         for p in peers {
-            if let Ok(doc) = engine::status_of(self, digest, self.cfg.chunk_size, &p).await {
+            // The chunk size follows from the size: ask for the page whatever its chunk size.
+            if let Ok(doc) = engine::status_of(self, digest, ANY_CHUNK_SIZE, &p).await {
                 return Some(doc.size);
             }
         }
@@ -671,7 +676,7 @@ mod tests {
     async fn a_chunk_whose_arrival_failed_under_a_waiting_asker_is_busy_not_unknown() {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = crate::config::Config::load(None, Vec::<(String, String)>::new(), Vec::new()).unwrap().swarm;
-        cfg.chunk_size = 4;
+        (cfg.chunk_size, cfg.max_chunk_size) = (4, 4);
         cfg.upload_rate = 1024; // one KiB a second: the second chunk sent waits a second
         let breaker = crate::actors::upstream::Breaker::new(100, std::time::Duration::from_secs(1));
         let gate = crate::actors::upstream::Gate::start(Arc::new(Stalls), &[], breaker);
@@ -688,6 +693,42 @@ mod tests {
         dl.set_fetching(1, false); // the chunk's transfer failed: no longer arriving
         let got = asked.await.unwrap();
         assert!(matches!(got, Err(crate::error::ApiError::Busy)), "got {:?}", got.err());
+    }
+
+    /// A chunk this node holds goes to a peer read from the spool a piece at a time, not as one
+    /// buffer of the chunk (chunks may be `max_chunk_size`, and up to `upload_slots` go out at
+    /// once): pieces of at most READ_PIECE bytes, the chunk's bytes, its sha256 alongside.
+    #[actix::test]
+    async fn a_held_chunk_goes_to_a_peer_in_pieces_read_from_the_spool() {
+        const CHUNK: u64 = 1 << 20;
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = crate::config::Config::load(None, Vec::<(String, String)>::new(), Vec::new()).unwrap().swarm;
+        (cfg.chunk_size, cfg.max_chunk_size) = (CHUNK, CHUNK);
+        let breaker = crate::actors::upstream::Breaker::new(100, std::time::Duration::from_secs(1));
+        let gate = crate::actors::upstream::Gate::start(Arc::new(Stalls), &[], breaker);
+        let sw = Swarming::new(cfg, dir.path().join("spool"), gate, None).unwrap();
+        let data: Vec<u8> = (0..2 * CHUNK).map(|i| (i % 251) as u8).collect();
+        let digest = Digest::compute(Algorithm::Sha256, &data);
+        let dl = sw.join(&digest, data.len() as u64, request()).expect("a download starts");
+        let first = &data[..CHUNK as usize];
+        let sha: [u8; 32] = sha2::Sha256::digest(first).into();
+        dl.put(0, Bytes::copy_from_slice(first), sha).await.unwrap();
+        let Ok(PeerChunk::Held { mut body, sha: sent, len }) =
+            sw.chunk_for_peer(&digest.to_string(), CHUNK, 0, std::time::Duration::ZERO).await
+        else {
+            panic!("a held chunk")
+        };
+        assert_eq!((sent, len), (sha, CHUNK));
+        let mut got = Vec::new();
+        while let Some(piece) = futures_util::StreamExt::next(&mut body).await {
+            let piece = piece.unwrap();
+            assert!(piece.len() as u64 <= READ_PIECE, "a piece of {} bytes", piece.len());
+            got.extend_from_slice(&piece);
+        }
+        assert_eq!(got, first);
+        let any = sw.chunk_for_peer(&digest.to_string(), ANY_CHUNK_SIZE, 0, std::time::Duration::ZERO).await;
+        assert!(matches!(any, Err(crate::error::ApiError::BlobUnknown(_))), "chunks only in their download's size");
+        assert_eq!(sw.status_for_peer(&digest.to_string(), ANY_CHUNK_SIZE).unwrap().chunk_size, CHUNK);
     }
 
     #[actix::test]

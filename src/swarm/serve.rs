@@ -29,7 +29,7 @@ impl Swarming {
     fn download_of(&self, digest: &str, chunk_size: u64) -> Result<Arc<Download>, ApiError> {
         let digest: Digest = digest.parse()?;
         match self.get(&digest) {
-            Some(d) if d.chunk_size == chunk_size => Ok(d),
+            Some(d) if d.chunk_size == chunk_size || chunk_size == super::ANY_CHUNK_SIZE => Ok(d),
             _ => Err(ApiError::BlobUnknown(format!("no download of {digest} in {chunk_size}-byte chunks here"))),
         }
     }
@@ -55,6 +55,9 @@ impl Swarming {
         index: u64,
         wait: Duration,
     ) -> Result<PeerChunk, ApiError> {
+        if chunk_size == super::ANY_CHUNK_SIZE {
+            return Err(ApiError::BlobUnknown("a chunk is asked for in its download's chunk size".into()));
+        }
         let dl = self.download_of(digest, chunk_size)?;
         if index >= dl.chunks {
             return Err(ApiError::RangeNotSatisfiable { size: dl.chunks });
@@ -76,11 +79,12 @@ impl Swarming {
             // request waited for the upload rate, say): not "no such chunk here", which the
             // asker would count against this node's status; ask elsewhere for now.
             (None, None) => return Err(ApiError::Busy),
-            _ => {
-                let (data, sha) =
-                    dl.read_chunk(index).await.ok_or_else(|| ApiError::BlobUnknown(format!("chunk {index}")))?;
-                // Views of the chunk read, at most a piece each: the slot goes with the last.
-                let body = futures_util::stream::iter(crate::stream::views(data).map(Ok));
+            (Some(sha), _) => {
+                // Read from the spool a piece at a time as the peer takes it (a chunk may be
+                // `max_chunk_size`: an upload holds a piece, not the chunk); the slot goes with
+                // the last piece.
+                let start = index * dl.chunk_size;
+                let body = dl.clone().body(start, start + len - 1, false);
                 PeerChunk::Held { body: crate::stream::holding(body, slot), sha, len }
             }
         };
