@@ -119,20 +119,20 @@ impl Drop for Pooled {
     }
 }
 
-/// Up to `n` bytes of `file` at `at` (fewer only at its end), read into a buffer that is not
-/// zeroed first.
-fn read_at(file: &File, at: u64, n: usize) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(n);
-    while buf.len() < n {
-        let done = buf.len();
-        match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at + done as u64) {
+/// Up to `n` (at most [`READ_SIZE`]) bytes of `file` at `at`, fewer only at its end, in a pooled
+/// buffer.
+fn read_at(file: &File, at: u64, n: usize) -> io::Result<Bytes> {
+    let mut buf = pooled();
+    let mut done = 0;
+    while done < n {
+        match rustix::io::pread(file, &mut buf[done..n], at + done as u64) {
             Ok(0) => break,
-            Ok(_) => {}
+            Ok(k) => done += k,
             Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(buf)
+    Ok(Bytes::from_owner(Pooled { buf, len: done }))
 }
 
 /// The reads of one open file. What the page cache holds is read at once on the polling thread
@@ -191,7 +191,7 @@ impl FileStream {
         self.pos += n;
         self.blocking_reads += 1;
         self.pending = Some(tokio::task::spawn_blocking(move || {
-            let result = read_at(&file, at, n as usize).map(Bytes::from);
+            let result = read_at(&file, at, n as usize);
             (file, result)
         }));
     }
