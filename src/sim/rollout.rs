@@ -368,6 +368,11 @@ impl Sim {
         }
     }
 
+    /// The timeline of chunk `index` when blob `b` is the first (the one the report follows).
+    fn chunk_line(&mut self, b: u16, index: u64) -> Option<&mut (ChunkLine, Vec<f64>)> {
+        self.chunk_lines.get_mut(index as usize).filter(|_| b == 0)
+    }
+
     fn chunk_len(&self, b: u16, i: u64) -> u64 {
         let size = self.p.blobs[b as usize];
         let c = self.chunk_sizes[b as usize];
@@ -656,9 +661,10 @@ impl Sim {
         }
         let (to, b, index) = (q.to, q.b, q.index);
         self.reqs[r as usize].waiting = false;
-        if let Some((line, _)) = self.chunk_lines.get_mut(index as usize).filter(|_| b == 0) {
+        let t = self.now as f64 / 1e6;
+        if let Some((line, _)) = self.chunk_line(b, index) {
             line.polls_timed_out += 1;
-            line.first_poll_timeout_s.get_or_insert(self.now as f64 / 1e6);
+            line.first_poll_timeout_s.get_or_insert(t);
         }
         if let Some(w) = self.nodes[to as usize].dls[b as usize].waiters.get_mut(&index) {
             w.retain(|x| *x != r);
@@ -742,19 +748,20 @@ impl Sim {
                 self.rep.invariant_errors.push(format!("node {from} blob {b}: chunk {index} delivered twice"));
             }
             dl.got += len;
+            let t = self.now as f64 / 1e6;
             if to == REGISTRY {
                 self.nodes[from as usize].upstream_bytes += len;
-                self.rep.registry_last_s = self.now as f64 / 1e6;
-                if let Some((line, _)) = self.chunk_lines.get_mut(index as usize).filter(|_| b == 0) {
+                self.rep.registry_last_s = t;
+                if let Some((line, _)) = self.chunk_line(b, index) {
                     line.reads += 1;
                     line.reader = Some(from);
-                    line.read_s = [sent as f64 / 1e6, self.now as f64 / 1e6];
+                    line.read_s = [sent as f64 / 1e6, t];
                 }
             } else {
                 self.nodes[from as usize].peer_bytes += len;
-                self.peer_copy_times.push(self.now as f64 / 1e6);
-                if let Some((_, copies)) = self.chunk_lines.get_mut(index as usize).filter(|_| b == 0) {
-                    copies.push(self.now as f64 / 1e6);
+                self.peer_copy_times.push(t);
+                if let Some((_, copies)) = self.chunk_line(b, index) {
+                    copies.push(t);
                 }
             }
         }

@@ -25,7 +25,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use std::fs::File;
 use std::future::Future;
-use std::io::{self, Seek, SeekFrom};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -69,12 +69,11 @@ pub async fn open(path: PathBuf, size: u64, offset: u64, len: Option<u64>) -> Re
         return Err(FileError::Range { offset, len, size });
     }
     let opened = tokio::task::spawn_blocking(move || -> Result<(File, PathBuf), FileError> {
-        let mut file = File::open(&path).map_err(|source| FileError::Open { path: path.clone(), source })?;
+        let file = File::open(&path).map_err(|source| FileError::Open { path: path.clone(), source })?;
         let actual = file.metadata().map_err(|source| FileError::Open { path: path.clone(), source })?.len();
         if actual != size {
             return Err(FileError::SizeMismatch { path, expected: size, actual });
         }
-        file.seek(SeekFrom::Start(offset)).map_err(|source| FileError::Io { path: path.clone(), source })?;
         Ok((file, path))
     })
     .await

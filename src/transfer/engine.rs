@@ -463,27 +463,18 @@ impl<C: Chunks> Engine<C> {
                     let fetch = kept(&self.store, index, self.chunks.fetch_upstream(index));
                     self.start(index, Lane::Upstream, fetch, futs);
                 }
-                Action::AbortPeer { index, peer } => {
-                    if let Some(handle) = self.aborts.get(&(index, false)) {
-                        tracing::debug!(
-                            chunk = index,
-                            %peer,
-                            "this node owns the chunk now and nobody fetches it; reading it instead of waiting"
-                        );
-                        self.chunks.note(Note::Failure("abandoned"));
-                        handle.abort();
-                    }
-                }
-                Action::AbortUpstream { index } => {
-                    if let Some(handle) = self.aborts.get(&(index, true)) {
-                        tracing::debug!(
-                            chunk = index,
-                            "a peer has the chunk being fetched from the upstream; taking it from the peer"
-                        );
-                        self.chunks.note(Note::Failure("abandoned"));
-                        handle.abort();
-                    }
-                }
+                Action::AbortPeer { index, peer } => self.give_up(
+                    index,
+                    false,
+                    &format!(
+                        "this node owns the chunk now and nobody fetches it; reading it instead of waiting for {peer}"
+                    ),
+                ),
+                Action::AbortUpstream { index } => self.give_up(
+                    index,
+                    true,
+                    "a peer has the chunk being fetched from the upstream; taking it from the peer",
+                ),
                 Action::TookOver { index, from } => {
                     tracing::warn!(peer = %from, chunk = index, "no progress from the peer that should fetch this chunk (or it died); taking it over");
                     self.chunks.note(Note::TookOver);
@@ -500,6 +491,16 @@ impl<C: Chunks> Engine<C> {
                     }
                 }
             }
+        }
+    }
+
+    /// Give up the fetch of chunk `index` in flight (from the upstream or a peer), if it still
+    /// is: it ends `Abandoned`.
+    fn give_up(&self, index: u64, upstream: bool, why: &str) {
+        if let Some(handle) = self.aborts.get(&(index, upstream)) {
+            tracing::debug!(chunk = index, "{why}");
+            self.chunks.note(Note::Failure("abandoned"));
+            handle.abort();
         }
     }
 
