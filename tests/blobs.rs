@@ -210,9 +210,24 @@ async fn blobs_through_a_cluster_with_nginx() {
         }
     }
     tokio::time::sleep(Duration::from_secs(2)).await; // advertisement of A's chunks
+                                                      // The files' metadata is on A's disk once: reads that the upstream confirms unchanged do
+                                                      // not write it again (a rename per request would give the file a new inode each time).
+    let meta_files = || {
+        use std::os::unix::fs::MetadataExt;
+        let mut v: Vec<(PathBuf, u64)> = std::fs::read_dir(datas[0].join("blobs").join("meta"))
+            .expect("A's metadata directory")
+            .flatten()
+            .map(|e| (e.path(), e.metadata().unwrap().ino()))
+            .collect();
+        v.sort();
+        v
+    };
+    let before_reads = meta_files();
+    assert!(before_reads.len() >= files.len() - 1, "metadata of every file read: {before_reads:?}");
     for (i, n) in nodes.iter().enumerate() {
         random_reads(n, &nginx.addr, &files, 1000, 7 + i as u64).await;
     }
+    assert_eq!(meta_files(), before_reads, "A rewrote metadata the upstream confirmed unchanged");
     let upstream_before = nodes[1].metric("peerd_blobs_bytes_total", &["source=\"upstream\""]);
 
     // The upstream goes away: ranges still come, from the local cache and from peers.

@@ -11,6 +11,7 @@
 //! with [`TMP_MARK`]. A write is admitted only when the disk has room for it
 //! ([`crate::swarm::spool::has_room`]); otherwise the chunk is served uncached.
 
+use crate::stream::ByteStream;
 use bytes::Bytes;
 use dashmap::DashMap;
 use sha2::{Digest, Sha256};
@@ -90,23 +91,17 @@ pub struct ChunkCache {
 }
 
 /// Bytes `from..to` of the file at `path` if it is still the version `stamp` describes (checked
-/// on the open file itself, so a file replaced between the check and the read cannot slip in).
-/// One trip to the blocking pool: open, `fstat`, `pread`.
-async fn read_if_unchanged(path: &Path, stamp: Stamp, from: u64, to: u64) -> Option<Bytes> {
-    let path = path.to_owned();
-    tokio::task::spawn_blocking(move || {
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::File::open(&path).ok()?;
-        if Stamp::of(&f.metadata().ok()?) != stamp {
-            return None;
-        }
-        let mut buf = vec![0u8; (to - from) as usize];
-        f.read_exact_at(&mut buf, from).ok()?;
-        Some(Bytes::from(buf))
-    })
-    .await
-    .ok()
-    .flatten()
+/// on the open file itself, so a file replaced between the check and the read cannot slip in),
+/// streamed like a local blob ([`crate::store::file::stream`]: page-cache reads on this thread,
+/// into pooled buffers). The open and `fstat` run here too: the chunk is one this process wrote
+/// or hashed, so its directory entry and inode are in memory, and a blocking task per read cost
+/// two thread hand-offs and a fresh buffer of the range's size (page faults and zeroing) each.
+fn open_if_unchanged(path: &Path, stamp: Stamp, from: u64, to: u64) -> Option<ByteStream> {
+    let file = std::fs::File::open(path).ok()?;
+    if Stamp::of(&file.metadata().ok()?) != stamp {
+        return None;
+    }
+    Some(crate::store::file::stream(file, path.to_owned(), from, to - from))
 }
 
 pub(crate) fn hex_sha256(data: &[u8]) -> String {
@@ -217,11 +212,12 @@ impl ChunkCache {
         Some((data, entry.sha256))
     }
 
-    /// Bytes `from..to` of a cached chunk. A chunk whose file this process checked (wrote, or
-    /// hashed on a read) and that still looks the same (inode, length, mtime) is read in that
-    /// range only, with no hashing: the cost of a small random read is one `stat` and one
-    /// `pread`, as for nginx. Otherwise the whole chunk is read and verified ([`Self::get`]).
-    pub async fn get_range(&self, id: &str, index: u64, from: u64, to: u64) -> Option<Bytes> {
+    /// Bytes `from..to` of a cached chunk, as a stream. A chunk whose file this process checked
+    /// (wrote, or hashed on a read) and that still looks the same (inode, length, times) is read
+    /// in that range only, with no hashing: the cost of a small random read is an `open`, an
+    /// `fstat` and a `pread`, as for nginx. Otherwise the whole chunk is read and verified
+    /// ([`Self::get`]). A file truncated while it is read ends the stream with an error.
+    pub async fn get_range(&self, id: &str, index: u64, from: u64, to: u64) -> Option<ByteStream> {
         let key = (id.to_owned(), index);
         let entry = self.index.get(&key).map(|e| e.clone())?;
         if to > entry.size || from > to {
@@ -229,7 +225,7 @@ impl ChunkCache {
         }
         if let Some(stamp) = entry.checked {
             let path = self.path(id, index, &entry.sha256);
-            if let Some(data) = read_if_unchanged(&path, stamp, from, to).await {
+            if let Some(data) = open_if_unchanged(&path, stamp, from, to) {
                 if let Some(mut e) = self.index.get_mut(&key) {
                     e.used = Instant::now();
                 }
@@ -238,7 +234,8 @@ impl ChunkCache {
             }
         }
         let (data, _) = self.get(id, index).await?;
-        (to as usize <= data.len()).then(|| data.slice(from as usize..to as usize))
+        let part = (to as usize <= data.len()).then(|| data.slice(from as usize..to as usize))?;
+        Some(Box::pin(futures_util::stream::once(std::future::ready(Ok(part)))))
     }
 
     fn forget(&self, key: &(String, u64), size: u64) {
@@ -343,6 +340,13 @@ impl ChunkCache {
 mod tests {
     use super::*;
 
+    /// A range read to the end (`None`: not served).
+    async fn range(cache: &ChunkCache, id: &str, index: u64, from: u64, to: u64) -> Option<Bytes> {
+        use futures_util::TryStreamExt;
+        let parts: Vec<Bytes> = cache.get_range(id, index, from, to).await?.try_collect().await.ok()?;
+        Some(parts.concat().into())
+    }
+
     const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
     #[tokio::test]
@@ -386,31 +390,31 @@ mod tests {
         let cache = ChunkCache::open(dir.path(), 1 << 20).unwrap();
         cache.put(ID, 0, &Bytes::from_static(b"0123456789")).await.unwrap();
         cache.put(ID, 1, &Bytes::from_static(b"abcdefghij")).await.unwrap();
-        assert_eq!(cache.get_range(ID, 0, 2, 5).await.unwrap(), "234", "written here: checked");
-        assert_eq!(cache.get_range(ID, 0, 0, 10).await.unwrap(), "0123456789");
-        assert!(cache.get_range(ID, 0, 4, 11).await.is_none(), "past the chunk");
-        assert!(cache.get_range(ID, 9, 0, 1).await.is_none(), "not cached");
+        assert_eq!(range(&cache, ID, 0, 2, 5).await.unwrap(), "234", "written here: checked");
+        assert_eq!(range(&cache, ID, 0, 0, 10).await.unwrap(), "0123456789");
+        assert!(range(&cache, ID, 0, 4, 11).await.is_none(), "past the chunk");
+        assert!(range(&cache, ID, 9, 0, 1).await.is_none(), "not cached");
 
         // Replaced by another file (a new inode): not trusted, verified, found wrong, dropped.
         let path = cache.chunk_path(ID, 0).unwrap();
         let other = dir.path().join("other");
         std::fs::write(&other, b"0123XX6789").unwrap();
         std::fs::rename(&other, &path).unwrap();
-        assert!(cache.get_range(ID, 0, 0, 3).await.is_none(), "a replaced chunk is not served");
+        assert!(range(&cache, ID, 0, 0, 3).await.is_none(), "a replaced chunk is not served");
         assert!(!cache.contains(ID, 0), "and is dropped");
 
         // Rewritten in place (same inode and length, later times): verified again.
         std::thread::sleep(std::time::Duration::from_millis(20));
         let path = cache.chunk_path(ID, 1).unwrap();
         std::fs::write(&path, b"abcdeXghij").unwrap();
-        assert!(cache.get_range(ID, 1, 0, 3).await.is_none(), "a rewritten chunk is not served");
+        assert!(range(&cache, ID, 1, 0, 3).await.is_none(), "a rewritten chunk is not served");
         assert!(!cache.contains(ID, 1));
 
         // A cache reopened (another process run) checks each chunk once, on its first read.
         cache.put(ID, 2, &Bytes::from_static(b"klmnopqrst")).await.unwrap();
         let reopened = ChunkCache::open(dir.path(), 1 << 20).unwrap();
-        assert_eq!(reopened.get_range(ID, 2, 7, 10).await.unwrap(), "rst", "verified whole, then sliced");
-        assert_eq!(reopened.get_range(ID, 2, 0, 2).await.unwrap(), "kl", "then read as a range");
+        assert_eq!(range(&reopened, ID, 2, 7, 10).await.unwrap(), "rst", "verified whole, then sliced");
+        assert_eq!(range(&reopened, ID, 2, 0, 2).await.unwrap(), "kl", "then read as a range");
     }
 
     /// `blobs.cache_dir` pointed at a directory other programs use: opening the cache and

@@ -28,6 +28,7 @@ use crate::peer::client::PeerClient;
 use crate::peer::LONG_POLL;
 use crate::range::{ByteRange, RangeSpec};
 use crate::routing::{keys, Router};
+use crate::stream::ByteStream;
 use crate::upstream::policy::{is_loopback_host, AddressPolicy};
 use crate::upstream::Health;
 use actix::Recipient;
@@ -35,7 +36,7 @@ use actix_web::http::{header, StatusCode};
 use bytes::Bytes;
 use cache::{hex_sha256, ChunkCache};
 use dashmap::DashMap;
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -92,6 +93,8 @@ struct Meta {
     /// Borrowed from a cluster validation (stale-if-error): usable while the upstream fails,
     /// until the validation is `blobs.stale_if_error` old. `None`: this URL was confirmed here.
     stale_until: Option<Instant>,
+    /// This version is in the metadata directory (written by this process, or read from it).
+    persisted: bool,
 }
 
 /// Metadata as persisted under `<cache>/meta/<sha256(full URL)>`, so a restarted node can serve
@@ -314,18 +317,20 @@ impl BlobsState {
         let digest = url.path_segments().and_then(|mut s| s.find(|p| p.starts_with("sha256:")).map(str::to_owned));
         let validator = digest.or(etag.clone()).or_else(|| h(header::LAST_MODIFIED)).unwrap_or_default();
         let id = self.file_id(url, &validator, size);
-        let meta = Meta { id, size, etag, checked: Instant::now(), stale_until: None };
+        let mut meta = Meta { id, size, etag, checked: Instant::now(), stale_until: None, persisted: false };
         self.validated_now(url, Validated { validator, size, etag: meta.etag.clone(), at: Instant::now() });
         if self.meta.len() >= MAX_META {
             self.meta.clear();
         }
+        // Written unless the directory holds this version already: a file served again and
+        // again costs no disk write per request.
+        let persisted = self.meta.get(&key).is_some_and(|m| m.persisted && m.id == meta.id && m.etag == meta.etag);
         let stored = StoredMeta { id: meta.id.clone(), size, etag: meta.etag.clone(), chunk_size: self.cfg.chunk_size };
-        if let Ok(json) = serde_json::to_vec(&stored) {
+        meta.persisted = persisted;
+        if let Some(json) = serde_json::to_vec(&stored).ok().filter(|_| !persisted) {
             let tmp = self.meta_dir.join(format!("{key}{}", cache::TMP_MARK));
             match tokio::fs::write(&tmp, json).await {
-                Ok(()) => {
-                    let _ = tokio::fs::rename(&tmp, self.meta_dir.join(&key)).await;
-                }
+                Ok(()) => meta.persisted = tokio::fs::rename(&tmp, self.meta_dir.join(&key)).await.is_ok(),
                 // A full disk: the metadata lives in memory; leave no partial file behind.
                 Err(_) => {
                     let _ = tokio::fs::remove_file(&tmp).await;
@@ -404,7 +409,14 @@ impl BlobsState {
         metrics::counter!(STALE_SERVED, "by" => by).increment(1);
         let id = self.file_id(url, &validator, size);
         let checked = Instant::now().checked_sub(self.cfg.revalidate_after).unwrap_or_else(Instant::now);
-        let meta = Meta { id, size, etag, checked, stale_until: Some(Instant::now() + window.saturating_sub(age)) };
+        let meta = Meta {
+            id,
+            size,
+            etag,
+            checked,
+            stale_until: Some(Instant::now() + window.saturating_sub(age)),
+            persisted: false,
+        };
         // Remembered for this URL (in memory only), so the outage's next reads skip the lookup;
         // the upstream's next answer replaces it, and a 401/403 is passed on before this.
         if self.meta.len() < MAX_META {
@@ -455,6 +467,7 @@ impl BlobsState {
             etag: s.etag,
             checked: Instant::now().checked_sub(self.cfg.revalidate_after).unwrap_or_else(Instant::now),
             stale_until: None,
+            persisted: true,
         })
     }
 
@@ -807,18 +820,20 @@ impl BlobsState {
                         None => t.cache.get_range(&m.id, index, from, to).await,
                     };
                     if let Some(part) = cached {
-                        metrics::counter!(BLOBS_BYTES, "source" => "local").increment(part.len() as u64);
+                        metrics::counter!(BLOBS_BYTES, "source" => "local").increment(to - from);
                         return Ok(part);
                     }
                     let data = t.chunk(&u, &m, index).await.map_err(std::io::Error::other)?;
                     let to = to.min(data.len() as u64);
-                    Ok::<Bytes, std::io::Error>(data.slice(from as usize..to as usize))
+                    let part = data.slice(from as usize..to as usize);
+                    Ok::<ByteStream, std::io::Error>(Box::pin(futures_util::stream::once(std::future::ready(Ok(part)))))
                 }
             })
-            .buffered(self.cfg.parallel_chunks);
-        // The parts are buffers of their own (a file read sized to the range, a slice of a
-        // fetched chunk): handed on as views of at most a piece, the HTTP layer copies a piece
-        // at a time into its write buffer instead of a whole part (up to a chunk) at once.
+            .buffered(self.cfg.parallel_chunks)
+            .try_flatten();
+        // Cached parts come as file reads in pooled buffers, already in pieces; a fetched chunk
+        // is a buffer of its own: handed on as views of at most a piece, the HTTP layer copies
+        // a piece at a time into its write buffer instead of a whole part (up to a chunk).
         let body = crate::stream::Pieces::views(Box::pin(chunks), crate::stream::MAX_PIECE);
         Ok(BlobRead { size, etag, range, body: Some(Box::pin(body)) })
     }

@@ -79,7 +79,14 @@ pub async fn open(path: PathBuf, size: u64, offset: u64, len: Option<u64>) -> Re
     .await
     .map_err(|e| FileError::Io { path: PathBuf::new(), source: io::Error::other(e) })?;
     let (file, path) = opened?;
-    Ok(Box::pin(FileStream::new(file, path, offset, len)))
+    Ok(stream(file, path, offset, len))
+}
+
+/// Stream `len` bytes from `offset` of `file` (open at `path`, checked by the caller), as
+/// [`open`]'s streams do: what the page cache holds read on the polling thread into pooled
+/// buffers, the rest in blocking tasks, and a file that ends early an error, never a short body.
+pub fn stream(file: File, path: PathBuf, offset: u64, len: u64) -> ByteStream {
+    Box::pin(FileStream::new(file, path, offset, len))
 }
 
 type Read1 = (File, io::Result<Bytes>);
