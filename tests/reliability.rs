@@ -361,7 +361,7 @@ fn established(port: u16) -> usize {
 /// ~1.2 MiB each (measured here before the fix: +181 MiB for 150 on the upstream path; the issue
 /// saw +530 MB with other sources) and their connections stayed open forever. Now a stalled
 /// response pins at most one source chunk (the digest check holds back one byte, not a chunk;
-/// actix gets pieces of 64 KiB), measured +138 MiB — bounded here at 1 MiB per client — and the
+/// actix gets pieces of at most 256 KiB), measured +138 MiB — bounded here at 1 MiB per client — and the
 /// connections are closed after `http.write_timeout`.
 #[test]
 fn stalled_readers_hold_bounded_memory_and_are_cut_off() {

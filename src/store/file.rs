@@ -359,8 +359,8 @@ mod tests {
         let (out, sizes, err) = drain(open(p, bytes.len() as u64, 0, None).await.unwrap()).await;
         assert!(err.is_none(), "{err:?}");
         assert_eq!(out, bytes);
-        let per_read = READ_SIZE / MAX_PIECE;
-        let mut want = vec![MAX_PIECE; 3 * per_read];
+        let per_read = (READ_SIZE / MAX_PIECE).max(1);
+        let mut want = vec![READ_SIZE.min(MAX_PIECE); 3 * per_read];
         want.push(123);
         assert_eq!(sizes, want);
     }
@@ -378,7 +378,9 @@ mod tests {
             pieces.push(piece.unwrap());
         }
         assert_eq!(pieces.concat(), bytes);
-        for read in pieces.chunks(READ_SIZE / MAX_PIECE) {
+        let per_read = (READ_SIZE / MAX_PIECE).max(1);
+        assert_eq!(pieces.len(), 2 * per_read, "a read split further, or pieces merged");
+        for read in pieces.chunks(per_read) {
             for w in read.windows(2) {
                 assert_eq!(w[1].as_ptr() as usize, w[0].as_ptr() as usize + w[0].len(), "a copy, not a view");
             }
