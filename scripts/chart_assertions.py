@@ -624,7 +624,8 @@ def main():
     chart, root, renders = (Path(a) for a in sys.argv[1:4])
     default_regs = ["mcr.microsoft.com", "ghcr.io", "docker.io", "registry.k8s.io"]
     default_swarm = {"PEERD_SWARM__ENABLED": "true", "PEERD_SWARM__MAX_SPOOL_BYTES": "21474836480",
-                     "PEERD_SWARM__UPLOAD_RATE": "0", "PEERD_SWARM__DOWNLOAD_RATE": "0"}
+                     "PEERD_SWARM__MEMORY_SPOOL_BYTES": "134217728", "PEERD_SWARM__UPLOAD_RATE": "0",
+                     "PEERD_SWARM__DOWNLOAD_RATE": "0"}
 
     docs = load(renders / "default.yaml")
     ds = check_common(docs, "default values", "peerd", default_regs, "peerd-secret", "secret", "cluster.local")
@@ -652,7 +653,8 @@ def main():
     if ds:
         check_mirrors(docs, ds, regs, mode="replace", default_host=True, stale=["/etc/docker/certs.d"])
         check_swarm_env(ds, {"PEERD_SWARM__ENABLED": "false", "PEERD_SWARM__MAX_SPOOL_BYTES": "107374182400",
-                             "PEERD_SWARM__UPLOAD_RATE": "1048576", "PEERD_SWARM__DOWNLOAD_RATE": "5368709120"})
+                             "PEERD_SWARM__MEMORY_SPOOL_BYTES": "0", "PEERD_SWARM__UPLOAD_RATE": "1048576",
+                             "PEERD_SWARM__DOWNLOAD_RATE": "5368709120"})
         check_env_value(ds, "PEERD_METRICS__DEBUG_WEB", "true", "debugWeb: true turns the /debug/web page on")
         c = peerd_container(ds)
         pod = ds["spec"]["template"]["spec"]

@@ -243,6 +243,9 @@ pub struct SwarmConfig {
     pub enabled: bool,
     pub spool_dir: String,
     pub max_spool_bytes: u64,
+    /// Chunks of downloads in progress kept in memory instead of the spool file, all
+    /// downloads together (0: every chunk to the file).
+    pub memory_spool_bytes: u64,
     pub min_size: u64,
     pub chunk_size: u64,
     /// A blob of few chunks gets larger ones, up to this (see [`SwarmConfig::chunk_size_for`]).

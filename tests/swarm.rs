@@ -94,6 +94,12 @@ fn many_nodes_pulling_at_once_fetch_the_image_from_the_registry_once() {
     // are passed on while they arrive (a real run passes on most of them).
     assert!(passed_on >= 1.0, "no chunk was passed on while it arrived (cut-through)");
     assert_eq!(mismatches, 0.0);
+    // The chunks stay in memory (`swarm.memory_spool_bytes`, on by default) while the finished
+    // downloads linger for peers: none went to a spool file. Phase 2 runs with it off.
+    for (i, n) in nodes.iter().enumerate() {
+        let held = n.peerd.metric("peerd_swarm_spool_memory_bytes", &[]);
+        assert!(held > 0.0, "node {i} held its downloads' chunks in memory: {held}");
+    }
     // Each node really holds the image: containerd checked every digest; check one layer too.
     let (layer, layer_size) = image_layers(&info, "multi").into_iter().max_by_key(|(_, s)| *s).unwrap();
     for n in &nodes {
@@ -111,6 +117,8 @@ fn many_nodes_pulling_at_once_fetch_the_image_from_the_registry_once() {
     // fetches the most from the registry is killed once a third of the image has gone out.
     proxy.set_rate(12_000_000);
     let ports = Ports::free(IPS[0]);
+    // Every chunk through the spool files this time.
+    let env: Vec<_> = env.into_iter().chain([("PEERD_SWARM__MEMORY_SPOOL_BYTES", "0")]).collect();
     let mut nodes = start_nodes(&work.path().join("p2"), &proxy.addr, &IPS, &IPS[..3], ports, &env);
     all_ready(&nodes);
     let before = proxy.sent();
@@ -149,5 +157,6 @@ fn many_nodes_pulling_at_once_fetch_the_image_from_the_registry_once() {
     assert!(verified >= 4.0, "the survivors assembled layers in the swarm: {verified}");
     for n in &survivors {
         assert_eq!(n.peerd.metric("peerd_digest_mismatches_total", &[]), 0.0);
+        assert_eq!(n.peerd.metric("peerd_swarm_spool_memory_bytes", &[]), 0.0, "memory_spool_bytes = 0");
     }
 }

@@ -74,6 +74,11 @@ pub fn describe() {
         SWARM_PASSED_ON,
         "Swarming chunks passed on to a peer while they arrived here (cut-through), by from (peer, upstream)"
     );
+    metrics::describe_gauge!(
+        spool::SPOOL_MEMORY_BYTES,
+        Unit::Bytes,
+        "Swarming chunks of downloads in progress held in memory instead of the spool file"
+    );
 }
 
 /// The DHT key under which nodes downloading `digest` announce themselves.
@@ -347,6 +352,8 @@ pub struct Swarming {
     dir: PathBuf,
     downloads: DashMap<String, Arc<Download>>,
     spooled: AtomicU64,
+    /// Chunks kept in memory instead of the spool files (`swarm.memory_spool_bytes`).
+    memory: Option<Arc<spool::Memory>>,
     /// When "no disk room" was last logged.
     no_room_warned: AtomicU64,
     router: Option<Arc<dyn Router>>,
@@ -400,6 +407,7 @@ impl Swarming {
             stop: tokio_util::sync::CancellationToken::new(),
             fetch_slots: Arc::new(Semaphore::new(cfg.max_fetches)),
             upload_slots: uploads,
+            memory: (cfg.memory_spool_bytes > 0).then(|| spool::Memory::new(cfg.memory_spool_bytes)),
             cfg,
             dir,
             downloads: DashMap::new(),
@@ -453,7 +461,8 @@ impl Swarming {
             }
             return None;
         }
-        let spool = match Spool::create(self.dir.join(format!("{}{}", digest.hex(), spool::SPOOL_SUFFIX)), size) {
+        let path = self.dir.join(format!("{}{}", digest.hex(), spool::SPOOL_SUFFIX));
+        let spool = match Spool::create(path, size, self.memory.clone()) {
             Ok(s) => s,
             Err(e) => {
                 self.spooled.fetch_sub(size, Ordering::SeqCst);
@@ -580,7 +589,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data: Vec<u8> = (0..10u8).collect();
         let digest = Digest::compute(Algorithm::Sha256, &data);
-        let spool = Spool::create(dir.path().join("x"), 10).unwrap();
+        let spool = Spool::create(dir.path().join("x"), 10, None).unwrap();
         let dl = Arc::new(Download::new(digest, 10, 4, spool));
         assert_eq!((dl.chunks, dl.chunk_len(2)), (3, 2));
         let reader = tokio::spawn(crate::stream::collect(dl.clone().body(0, 9, true), 100));
@@ -601,7 +610,7 @@ mod tests {
             Digest::compute(Algorithm::Sha256, b"x"),
             10,
             4,
-            Spool::create(dir.path().join("y"), 10).unwrap(),
+            Spool::create(dir.path().join("y"), 10, None).unwrap(),
         ));
         let r = tokio::spawn(crate::stream::collect(failing.clone().body(0, 9, true), 100));
         failing.finish(End::Failed("digest mismatch".into()));
