@@ -2,6 +2,7 @@
 a "sink" mode that reads bodies with recv_into a 1 MiB buffer, cheap at GB/s), and the two load
 shapes built on it: concurrent whole-blob GETs and interleaved request latency."""
 
+import resource
 import socket
 import statistics
 import threading
@@ -142,15 +143,21 @@ def throughput(addr, path, size, streams, headers=None):
     for t in ts:
         t.start()
     barrier.wait()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _own_cpu_s()
     for t in ts:
         t.join(900)
-    wall = time.perf_counter() - t0
+    wall, client_cpu = time.perf_counter() - t0, _own_cpu_s() - cpu0
     bad = [r for r in results if r is None or r[0] != 200 or r[1] != size]
     if bad:
         raise RuntimeError(f"{addr}{path}: bad transfers: {bad[:3]}")
     return {"gb_s": streams * size / wall / 1e9, "wall_s": wall, "bytes": streams * size,
-            "stream_s": [r[2] for r in results]}
+            "stream_s": [r[2] for r in results], "client_cpu_s": client_cpu}
+
+
+def _own_cpu_s():
+    """CPU-seconds of this process (every thread): the client's cost of receiving."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 
 
 def tp_rounds(cases, size, streams, reps):
@@ -175,6 +182,7 @@ def tp_rounds(cases, size, streams, reps):
         if "resources" in rs[-1]:
             out[name]["resources"] = rs[-1]["resources"]  # the last round
             out[name]["resources_gib"] = rs[-1]["bytes"] / GiB
+        out[name]["client_cpu_s_per_gib"] = rs[-1]["client_cpu_s"] / (rs[-1]["bytes"] / GiB)
     return out
 
 

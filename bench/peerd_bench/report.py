@@ -4,7 +4,7 @@ import json
 import statistics
 
 from .common import GiB, MiB, NODE_BPS, REG_BPS, f2, g, human, pct
-from .targets import cpu_per_gib, ratio_to_nginx, role_cpu_per_gib, targets
+from .targets import cpu_per_gib, ratio_to_nginx, relay_costs, role_cpu_per_gib, targets
 
 
 def analysis(res):
@@ -59,6 +59,24 @@ def analysis(res):
         out.append(f"- **sha256** runs at {f2(sha)} GB/s per core here (OpenSSL, {f2(sha_cpu)} CPU-s/GiB), "
                    f"{bound}; a receiving node that hashes each byte once needs at least that much CPU per GiB"
                    + (f". In the profiles, `digest_blocks` is {' and '.join(shares)}." if shares else "."))
+    costs = relay_costs(res, S)
+    if costs:
+        c_sha, c_send, c_recv = costs
+        floor = c_sha + c_send + c_recv
+        b1 = cpu_per_gib(tp, "peerd_peer", "1", ["peerd_b"])
+        out.append(f"- **The receiving node** receives, hashes and sends every byte. In this run receiving costs "
+                   f"the client {c_recv:.2f} CPU-s/GiB, sha256 alone {c_sha:.2f} and sending nginx {c_send:.2f} "
+                   f"(sendfile, with loopback's TCP work for the receiver), so B cannot spend less than "
+                   f"{floor:.2f}; it spent {peer_b:.2f} with {S} streams"
+                   + (f" and {b1:.2f} with one" if b1 else "")
+                   + ". What is above the floor is copies no API here avoids: actix-web copies every piece into "
+                   "its write buffer, and the piece splitting copies the rest of a received buffer beyond 256 KiB.")
+        if b1:
+            out.append(f"- **One stream through a peer** is one task on B: {b1:.2f} CPU-s/GiB on one thread is "
+                       f"about {1 / b1 * GiB / 1e9:.2f} GB/s. Hashing in a blocking task beside the I/O (512 KiB "
+                       "batches, REFERENCE §6's advice) was measured side by side: no faster here, where A, B and "
+                       "the client already keep both CPUs busy, and 0.2-0.3 CPU-s/GiB more for B (hand-offs, "
+                       "cache misses on the other core), so the hash stays on the socket's thread.")
     return "\n".join(out) + "\n"
 
 
