@@ -162,7 +162,9 @@ fn containerd_pulls_through_peerd_and_local_store_serves_when_upstream_is_gone()
 }
 
 /// peerd keeps a 2 GiB layer's bytes moving without holding them: its peak RSS grows by a few
-/// MiB at most while it streams (and verifies) the whole blob from upstream.
+/// MiB at most while it streams (and verifies) the whole blob from upstream, plus, in a swarm
+/// download, the chunks it keeps in memory instead of the spool file: at most
+/// `swarm.memory_spool_bytes`.
 #[test]
 fn a_2gib_layer_streams_with_bounded_memory() {
     if !require("bounded_memory", &["docker-registry", "curl", "sha256sum", "truncate"], false) {
@@ -185,13 +187,21 @@ fn a_2gib_layer_streams_with_bounded_memory() {
     reg.push_blob_file("test/big", &blob, &digest);
     std::fs::remove_file(&blob).unwrap();
 
-    // Twice: through a swarm download (the default: chunks spooled to disk) and streamed
-    // directly from the upstream (swarming off, as on a node without p2p).
-    // Swarming needs someone to swarm with: the swarm case runs with a second node connected.
+    // Three times: through a swarm download with 64 MiB of chunks kept in memory, then with
+    // every chunk spooled to disk, and streamed directly from the upstream (swarming off, as on a
+    // node without p2p). Swarming needs someone to swarm with: a second node is connected.
     const SECRET: &str = "mirror-test-cluster-secret-01";
-    for (swarm, source) in [("true", "swarm"), ("false", "upstream")] {
-        let env =
-            [("PEERD_SWARM__ENABLED", swarm), ("PEERD_P2P__SECRET", SECRET), ("PEERD_P2P__BOOTSTRAP_INTERVAL", "1s")];
+    const HELD_MIB: u64 = 64;
+    let held = (HELD_MIB << 20).to_string();
+    for (swarm, memory, source) in
+        [("true", held.as_str(), "swarm"), ("true", "0", "swarm"), ("false", "0", "upstream")]
+    {
+        let env = [
+            ("PEERD_SWARM__ENABLED", swarm),
+            ("PEERD_SWARM__MEMORY_SPOOL_BYTES", memory),
+            ("PEERD_P2P__SECRET", SECRET),
+            ("PEERD_P2P__BOOTSTRAP_INTERVAL", "1s"),
+        ];
         let args =
             ["--mirror-host", &reg.addr, "--plain-http-host", &reg.addr, "--containerd-socket", "/nonexistent.sock"];
         let peerd = Peerd::start("127.0.0.1", &args, &env);
@@ -212,12 +222,19 @@ fn a_2gib_layer_streams_with_bounded_memory() {
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), SIZE.to_string());
         let after = peerd.peak_rss_kib();
         let grown_mib = (after.saturating_sub(before)) as f64 / 1024.0;
+        let in_memory = peerd.metric("peerd_swarm_spool_memory_bytes", &[]);
         eprintln!(
-            "{source}: peak RSS before {before} KiB, after {after} KiB: grew {grown_mib:.1} MiB while streaming 2 GiB"
+            "{source} (memory budget {memory}): peak RSS before {before} KiB, after {after} KiB: grew {grown_mib:.1} \
+             MiB while streaming 2 GiB; chunks in memory {in_memory}"
         );
         // The direct path holds one body piece at a time; a swarm download also holds the chunks
-        // in flight (2 from the upstream, 2 MiB each) and the one being hashed: ~9 MiB measured.
-        assert!(grown_mib < 16.0, "{source}: peak RSS grew {grown_mib:.1} MiB streaming 2 GiB");
+        // in flight (2 from the upstream, 2 MiB each) and the one being hashed: ~9 MiB measured;
+        // and the chunks it keeps instead of spooling, up to the budget (then the file).
+        let budget_mib = memory.parse::<u64>().unwrap() >> 20;
+        assert!(in_memory <= (budget_mib << 20) as f64, "{source}: {in_memory} bytes held, budget {memory}");
+        assert_eq!(in_memory > 0.0, budget_mib > 0, "{source}: chunks held in memory with a budget, none without");
+        let bound = 16.0 + budget_mib as f64;
+        assert!(grown_mib < bound, "{source}: peak RSS grew {grown_mib:.1} MiB streaming 2 GiB (bound {bound} MiB)");
         let label = format!("source=\"{source}\"");
         assert!(peerd.metric("peerd_served_bytes_total", &[label.as_str()]) >= SIZE as f64, "{source}");
         drop(other);
