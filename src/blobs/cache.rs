@@ -88,6 +88,8 @@ pub struct ChunkCache {
     max_bytes: u64,
     index: DashMap<(String, u64), Entry>,
     total: AtomicU64,
+    /// Chunks removed so far (evicted, or dropped as corrupt or missing).
+    removed: AtomicU64,
 }
 
 /// Bytes `from..to` of the file at `path` if it is still the version `stamp` describes (checked
@@ -116,7 +118,13 @@ impl ChunkCache {
     /// Open (creating) the cache directory and index what is already there.
     pub fn open(dir: &Path, max_bytes: u64) -> std::io::Result<ChunkCache> {
         std::fs::create_dir_all(dir)?;
-        let cache = ChunkCache { dir: dir.to_owned(), max_bytes, index: DashMap::new(), total: AtomicU64::new(0) };
+        let cache = ChunkCache {
+            dir: dir.to_owned(),
+            max_bytes,
+            index: DashMap::new(),
+            total: AtomicU64::new(0),
+            removed: AtomicU64::new(0),
+        };
         for shard in std::fs::read_dir(dir)?.flatten() {
             let shard_name = shard.file_name().to_string_lossy().into_owned();
             // Chunk shards are two lowercase hex digits; anything else (the metadata directory,
@@ -241,8 +249,14 @@ impl ChunkCache {
     fn forget(&self, key: &(String, u64), size: u64) {
         if self.index.remove(key).is_some() {
             self.total.fetch_sub(size, Ordering::Relaxed);
+            self.removed.fetch_add(1, Ordering::SeqCst);
             self.gauge();
         }
+    }
+
+    /// How many chunks were removed so far: unchanged, every chunk seen cached is still there.
+    pub fn removals(&self) -> u64 {
+        self.removed.load(Ordering::SeqCst)
     }
 
     /// Store a chunk; returns its sha256. Evicts least recently used chunks past the bound.

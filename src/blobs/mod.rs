@@ -171,6 +171,13 @@ pub struct BlobsState {
     hosts: DashMap<String, Arc<Semaphore>>,
     /// File id → bytes prefetched so far (a file is prefetched at most `prefetch_cap` bytes).
     prefetched: DashMap<String, u64>,
+    /// File id → the cache's removal count when a prefetch found every chunk of the file cached:
+    /// while the count is the same, reads of the file start no prefetch (it walked every chunk
+    /// index on every read: ~1,000 look-ups per read of a cached 1 GiB file).
+    prefetch_complete: DashMap<String, u64>,
+    /// Prefetch walks started (tests).
+    #[cfg(test)]
+    prefetch_walks: std::sync::atomic::AtomicU64,
     /// File id → when a client last read it (prefetch runs only while a file is being read).
     last_read: DashMap<String, Instant>,
     prefetch_slots: Arc<Semaphore>,
@@ -263,6 +270,9 @@ impl BlobsState {
             fetches: Arc::new(Semaphore::new(MAX_FETCHES)),
             hosts: DashMap::new(),
             prefetched: DashMap::new(),
+            prefetch_complete: DashMap::new(),
+            #[cfg(test)]
+            prefetch_walks: std::sync::atomic::AtomicU64::new(0),
             last_read: DashMap::new(),
             prefetch_slots: Arc::new(Semaphore::new(workers)),
             sources: DashMap::new(),
@@ -645,6 +655,9 @@ impl BlobsState {
         if !self.cfg.prefetch || meta.size == 0 {
             return;
         }
+        if self.prefetch_complete.get(&meta.id).is_some_and(|at| *at == self.cache.removals()) {
+            return;
+        }
         // Bounded: past `MAX_META` files, new ones are not prefetched (checked before taking the
         // entry: `len` locks every shard).
         let full = self.prefetched.len() >= MAX_META;
@@ -687,6 +700,11 @@ impl BlobsState {
         // Never more than the cap's worth of indexes looked at, whatever the claimed size.
         let span = cap.div_ceil(cs).saturating_add(1);
         let order = (from..chunks).take(span as usize).chain((0..from).rev().take(span as usize));
+        #[cfg(test)]
+        self.prefetch_walks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Taken before the walk: a chunk removed during it makes the file incomplete again.
+        let removals = self.cache.removals();
+        let mut fetching = false;
         let mut running = tokio::task::JoinSet::new();
         // Bytes of chunks in flight: not in the cache yet, but they will be.
         let in_flight = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -710,6 +728,7 @@ impl BlobsState {
                 break;
             }
             let Ok(slot) = self.prefetch_slots.clone().acquire_owned().await else { break };
+            fetching = true;
             fetched += len;
             in_flight.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
             let (t, u, m, f) = (self.clone(), url.clone(), meta.clone(), in_flight.clone());
@@ -721,6 +740,13 @@ impl BlobsState {
                 drop(slot);
             });
             while running.try_join_next().is_some() {}
+        }
+        if stop.is_none() && !fetching && span >= chunks {
+            // Every chunk of the file was cached: nothing to do until the cache loses one.
+            if self.prefetch_complete.len() >= MAX_META {
+                self.prefetch_complete.clear();
+            }
+            self.prefetch_complete.insert(meta.id.clone(), removals);
         }
         if let Some(reason) = stop {
             metrics::counter!(PREFETCH_STOPPED, "reason" => reason).increment(1);
@@ -951,6 +977,46 @@ mod tests {
         assert_eq!(crate::stream::collect(first, 16).await.unwrap(), Bytes::from_static(b"abcd"));
         assert!(st.chunk_for_peer(&id, 1, false, Duration::ZERO).await.is_ok(), "sent: the slot is free again");
         assert_eq!(uploads.available_permits(), 1, "and back once that one is dropped");
+    }
+
+    /// A file whose every chunk is cached starts no prefetch walk on its next reads (before, each
+    /// read walked every chunk index), until the cache loses a chunk.
+    #[actix::test]
+    async fn a_fully_cached_file_is_not_walked_again_until_a_chunk_goes() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = crate::config::Config::load(None, Vec::<(String, String)>::new(), Vec::new()).unwrap().blobs;
+        cfg.chunk_size = 4;
+        let up = Arc::new(crate::upstream::memory::MemoryUpstream::default());
+        let gate = Gate::start(up, &[], crate::actors::upstream::Breaker::new(100, Duration::from_secs(1)));
+        let st = Arc::new(
+            BlobsState::new(cfg, dir.path(), Duration::from_secs(1), Duration::from_secs(5), None, gate).unwrap(),
+        );
+        let id = hex_sha256(b"a cached file");
+        for i in 0..3 {
+            st.cache.put(&id, i, &Bytes::from_static(b"abcd")).await.unwrap();
+        }
+        let url = url::Url::parse("http://127.0.0.1:9/f").unwrap();
+        let meta =
+            Meta { id: id.clone(), size: 12, etag: None, checked: Instant::now(), stale_until: None, persisted: true };
+        let settle = || tokio::time::sleep(Duration::from_millis(50));
+        st.touch(&id);
+        st.prefetch(url.clone(), meta.clone(), 1);
+        settle().await;
+        assert_eq!(st.prefetch_walks.load(Relaxed), 1, "the first read walks the file");
+        for _ in 0..3 {
+            st.touch(&id);
+            st.prefetch(url.clone(), meta.clone(), 1);
+        }
+        settle().await;
+        assert_eq!(st.prefetch_walks.load(Relaxed), 1, "every chunk was cached: no walk on later reads");
+        // The cache loses a chunk (found corrupt): the next read walks again, to fetch it back.
+        std::fs::write(st.cache.chunk_path(&id, 2).unwrap(), b"XXXX").unwrap();
+        assert!(st.cache.get(&id, 2).await.is_none());
+        st.touch(&id);
+        st.prefetch(url.clone(), meta.clone(), 1);
+        settle().await;
+        assert_eq!(st.prefetch_walks.load(Relaxed), 2, "a removed chunk makes the file worth a walk again");
     }
 
     #[test]
