@@ -334,10 +334,11 @@ impl BlobsState {
         }
         // Written unless the directory holds this version already: a file served again and
         // again costs no disk write per request.
-        let persisted = self.meta.get(&key).is_some_and(|m| m.persisted && m.id == meta.id && m.etag == meta.etag);
-        let stored = StoredMeta { id: meta.id.clone(), size, etag: meta.etag.clone(), chunk_size: self.cfg.chunk_size };
-        meta.persisted = persisted;
-        if let Some(json) = serde_json::to_vec(&stored).ok().filter(|_| !persisted) {
+        meta.persisted = self.meta.get(&key).is_some_and(|m| m.persisted && m.id == meta.id && m.etag == meta.etag);
+        let json = (!meta.persisted)
+            .then(|| StoredMeta { id: meta.id.clone(), size, etag: meta.etag.clone(), chunk_size: self.cfg.chunk_size })
+            .and_then(|stored| serde_json::to_vec(&stored).ok());
+        if let Some(json) = json {
             let tmp = self.meta_dir.join(format!("{key}{}", cache::TMP_MARK));
             match tokio::fs::write(&tmp, json).await {
                 Ok(()) => meta.persisted = tokio::fs::rename(&tmp, self.meta_dir.join(&key)).await.is_ok(),
