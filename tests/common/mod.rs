@@ -235,8 +235,13 @@ pub struct Ports {
 }
 
 impl Ports {
+    /// Four distinct free ports: the listeners are held until all four are chosen (taken one by
+    /// one and dropped at once, the kernel handed the same port out twice: a fresh-clone run
+    /// once started peerd with its HTTP and peer listeners on one port).
     pub fn free(ip: &str) -> Ports {
-        Ports { http: free_port(ip), peer: free_port(ip), metrics: free_port(ip), p2p: free_port(ip) }
+        let held: Vec<TcpListener> = (0..4).map(|_| TcpListener::bind((ip, 0)).unwrap()).collect();
+        let port = |i: usize| held[i].local_addr().unwrap().port();
+        Ports { http: port(0), peer: port(1), metrics: port(2), p2p: port(3) }
     }
 }
 
