@@ -38,6 +38,7 @@ pub mod peer;
 pub mod preheat;
 pub mod range;
 pub mod routing;
+pub mod sendfile;
 pub mod sim;
 pub mod store;
 pub mod stream;

@@ -209,12 +209,15 @@ pub struct BlobAnswer {
     pub len: Option<u64>,
     pub body: ByteStream,
     pub source: Source,
+    /// The body passes a file stream's bytes on unchanged (counted only): it may be sent from the
+    /// page cache straight to the socket ([`crate::sendfile`]).
+    pub direct: bool,
 }
 
 impl BlobAnswer {
     /// The headers of a blob (HEAD), or a whole body already prepared.
     fn whole(digest: &Digest, size: u64, body: ByteStream, source: Source) -> BlobAnswer {
-        BlobAnswer { digest: digest.clone(), size, range: None, len: Some(size), body, source }
+        BlobAnswer { digest: digest.clone(), size, range: None, len: Some(size), body, source, direct: false }
     }
 }
 
@@ -519,18 +522,18 @@ fn blob_body(
     to_peer: bool,
     verify: bool,
 ) -> BlobAnswer {
-    let (len, body) = match range {
+    let (len, body, direct) = match range {
         // A peer verifies the whole body itself; hashing it here too would double the CPU per byte.
-        None if to_peer || !verify => (size, body),
-        None => (size, verified(body, digest, Some(size), source)),
-        Some(r) => (r.len(), body),
+        None if to_peer || !verify => (size, body, true),
+        None => (size, verified(body, digest, Some(size), source), false),
+        Some(r) => (r.len(), body, true),
     };
     let mut body = counted(body, source);
     if to_peer {
         let c = metrics::counter!(PEER_SERVED_BYTES);
         body = Box::pin(Count::new(body, move |n| c.increment(n)));
     }
-    BlobAnswer { digest: digest.clone(), size, range, len: Some(len), body, source }
+    BlobAnswer { digest: digest.clone(), size, range, len: Some(len), body, source, direct }
 }
 
 async fn local_blob(
@@ -634,7 +637,7 @@ fn swarm_response(ask: &Ask, dl: Arc<crate::swarm::Download>) -> Result<BlobAnsw
     let range = ask.range.map(|spec| spec.resolve(size)).transpose()?;
     let r = range.unwrap_or(ByteRange { start: 0, end: size - 1 });
     let body = counted(dl.body(r.start, r.end, range.is_none()), Source::Swarm);
-    Ok(BlobAnswer { digest, size, range, len: Some(r.len()), body, source: Source::Swarm })
+    Ok(BlobAnswer { digest, size, range, len: Some(r.len()), body, source: Source::Swarm, direct: false })
 }
 
 /// A blob from peers: hedged start, resumed from the next peer or the upstream if a source fails
@@ -699,6 +702,7 @@ async fn peer_blob(
             len: Some(range.len()),
             body,
             source: Source::Peer,
+            direct: false,
         }));
     }
     let corrupt = Some(p.corrupt.clone());
@@ -835,7 +839,15 @@ async fn upstream_stream_blob(
 fn whole_blob_stream(digest: &Digest, resp: UpstreamResponse) -> BlobAnswer {
     let body = counted(verified(resp.body, digest, resp.content_length, Source::Upstream), Source::Upstream);
     let len = resp.content_length;
-    BlobAnswer { digest: digest.clone(), size: len.unwrap_or(0), range: None, len, body, source: Source::Upstream }
+    BlobAnswer {
+        digest: digest.clone(),
+        size: len.unwrap_or(0),
+        range: None,
+        len,
+        body,
+        source: Source::Upstream,
+        direct: false,
+    }
 }
 
 /// A whole blob already verified, from memory.

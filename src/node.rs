@@ -31,6 +31,7 @@ pub const METRICS: &[fn()] = &[
     crate::http::describe,
     crate::mirror::describe,
     crate::store::describe,
+    crate::sendfile::describe,
     crate::peer::describe,
     crate::routing::describe,
     crate::transfer::sources::describe,
@@ -245,7 +246,22 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
     let budget = web::Data::new(front::TransferBudget::new(cfg.http.max_transfers));
     let (s0, r1, s1, b1, t1) = (state.clone(), ready.clone(), sources.clone(), blobs.clone(), budget.clone());
     let (h1, rec1) = (preheat.clone(), recorder.clone());
-    let mut front_end = HttpServer::new(move || {
+    let settings = front::server::Settings {
+        workers: cfg.http.workers,
+        max_connections: cfg.http.max_connections,
+        shutdown_timeout: cfg.http.shutdown_timeout,
+        write_timeout: cfg.http.write_timeout,
+    };
+    let mut front_addrs = vec![cfg.http.addr];
+    front_addrs.extend(cfg.http.compat().map_err(|e| NodeError::Setup(e.to_string()))?);
+    let mut front_listeners = Vec::new();
+    for addr in &front_addrs {
+        if !addr.ip().is_loopback() {
+            tracing::warn!(%addr, "the front end (/v2, /blobs) listens on a non-loopback address: anyone who reaches it can read every layer this node and its peers hold");
+        }
+        front_listeners.push(listener(*addr)?);
+    }
+    let front_end = front::server::serve("front-end", front_listeners, settings, move || {
         App::new()
             .app_data(s0.clone())
             .app_data(r1.clone())
@@ -268,29 +284,14 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
             .configure(front::health)
             .default_service(web::to(front::not_found))
     })
-    .on_connect(front::socket_options(cfg.http.write_timeout))
-    .shutdown_timeout(cfg.http.shutdown_timeout.as_secs())
-    .disable_signals()
-    .max_connections(cfg.http.max_connections);
-    if cfg.http.workers > 0 {
-        front_end = front_end.workers(cfg.http.workers);
-    }
-    let mut front_addrs = vec![cfg.http.addr];
-    front_addrs.extend(cfg.http.compat().map_err(|e| NodeError::Setup(e.to_string()))?);
-    for addr in &front_addrs {
-        if !addr.ip().is_loopback() {
-            tracing::warn!(%addr, "the front end (/v2, /blobs) listens on a non-loopback address: anyone who reaches it can read every layer this node and its peers hold");
-        }
-        front_end = front_end.bind(addr).map_err(|source| NodeError::Bind { addr: *addr, source })?;
-    }
-    let front_end = front_end.run();
+    .map_err(|source| NodeError::Bind { addr: cfg.http.addr, source })?;
 
     // The peer listener: other nodes, every request authenticated (with p2p only).
     let peer_server = match guard {
         Some(guard) => {
             let (state, blobs, swarm, budget) = (state.clone(), blobs.clone(), swarm_data.clone(), budget.clone());
             let (h2, rec2) = (preheat.clone(), recorder.clone());
-            let mut server = HttpServer::new(move || {
+            let server = front::server::serve("peer-listener", vec![listener(cfg.peer.addr)?], settings, move || {
                 App::new()
                     .app_data(state.clone())
                     .app_data(guard.clone())
@@ -315,17 +316,7 @@ pub async fn run(cfg: Config, prometheus: PrometheusHandle) -> Result<(), NodeEr
                     })
                     .default_service(web::to(front::not_found))
             })
-            .on_connect(front::socket_options(cfg.http.write_timeout))
-            .shutdown_timeout(cfg.http.shutdown_timeout.as_secs())
-            .disable_signals()
-            .max_connections(cfg.http.max_connections);
-            if cfg.http.workers > 0 {
-                server = server.workers(cfg.http.workers);
-            }
-            let server = server
-                .listen(listener(cfg.peer.addr)?)
-                .map_err(|source| NodeError::Bind { addr: cfg.peer.addr, source })?
-                .run();
+            .map_err(|source| NodeError::Bind { addr: cfg.peer.addr, source })?;
             tracing::info!(addr = %cfg.peer.addr, "peer listener");
             Some(server)
         }

@@ -60,6 +60,14 @@ fn nodes_pull_from_each_other_when_the_registry_is_gone() {
     assert!(from_peer >= multi_bytes as f64, "B's bytes came from a peer: {from_peer} < {multi_bytes}");
     assert_eq!(b.peerd.metric("peerd_served_bytes_total", &["source=\"upstream\""]), 0.0);
     assert!(a.peerd.metric("peerd_peer_served_bytes_total", &[]) >= multi_bytes as f64);
+    // A sent its layers from the page cache to the socket (sendfile); B wrote what it received on
+    // to containerd without copying it into actix's buffer.
+    let large: u64 = multi.iter().map(|(_, s)| *s).filter(|s| *s >= peerd::sendfile::MIN_DIRECT).sum();
+    assert!(large > 0);
+    let sent = a.peerd.metric("peerd_direct_sent_bytes_total", &["how=\"sendfile\""]);
+    assert!(sent >= large as f64, "A sendfile'd its layers: {sent} < {large}");
+    let written = b.peerd.metric("peerd_direct_sent_bytes_total", &["how=\"write\""]);
+    assert!(written >= large as f64, "B wrote them directly: {written} < {large}");
     c.containerd.pull(&c.hosts, &image);
     assert!(c.peerd.metric("peerd_served_bytes_total", &["source=\"peer\""]) >= multi_bytes as f64);
     assert_eq!(c.peerd.metric("peerd_digest_mismatches_total", &[]), 0.0);

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 const LAYERS: &[(&str, &[&str])] = &[
-    ("core", &["oci", "range", "stream", "config", "metrics", "events", "lifecycle"]),
+    ("core", &["oci", "range", "stream", "sendfile", "config", "metrics", "events", "lifecycle"]),
     ("adapters", &["store", "upstream", "routing", "peer", "kube", "hosts"]),
     ("transfer", &["transfer", "actors"]),
     ("service", &["error", "mirror", "swarm", "blobs", "preheat"]),

@@ -186,6 +186,13 @@ fn a_2gib_layer_streams_with_bounded_memory() {
     );
     reg.push_blob_file("test/big", &blob, &digest);
     std::fs::remove_file(&blob).unwrap();
+    // A small blob (below `swarm.min_size`) to warm up with: a request for the big one, even a
+    // range, would start its swarm download before the baseline is taken.
+    let small = work.path().join("small");
+    let small_data = vec![7u8; 512 << 10];
+    std::fs::write(&small, &small_data).unwrap();
+    let small_digest = format!("sha256:{}", sha256_hex(&small_data));
+    reg.push_blob_file("test/big", &small, &small_digest);
 
     // Three times: through a swarm download with 64 MiB of chunks kept in memory, then with
     // every chunk spooled to disk, and streamed directly from the upstream (swarming off, as on a
@@ -212,9 +219,10 @@ fn a_2gib_layer_streams_with_bounded_memory() {
         wait("the nodes are connected", Duration::from_secs(20), || {
             get_json(&format!("http://{}/debug/p2p", peerd.http))["connected_peers"].as_u64() >= Some(1)
         });
-        // Warm up the code paths with a small request so one-time allocations are not counted.
+        // Warm up the code paths with a small blob so one-time allocations are not counted.
+        let warm = curl("GET", &peerd.url(&format!("/v2/test/big/blobs/{small_digest}?ns={}", reg.addr)), &[]);
+        assert_eq!((warm.status, warm.body.len()), (200, 512 << 10));
         let url = peerd.url(&format!("/v2/test/big/blobs/{digest}?ns={}", reg.addr));
-        assert_eq!(curl("GET", &url, &[("Range", "bytes=0-9")]).status, 206);
         let before = peerd.peak_rss_kib();
         let out =
             Command::new("curl").args(["-sf", "-o", "/dev/null", "-w", "%{size_download}"]).arg(&url).output().unwrap();
@@ -228,12 +236,15 @@ fn a_2gib_layer_streams_with_bounded_memory() {
              MiB while streaming 2 GiB; chunks in memory {in_memory}"
         );
         // The direct path holds one body piece at a time; a swarm download also holds the chunks
-        // in flight (2 from the upstream, 2 MiB each) and the one being hashed: ~9 MiB measured;
-        // and the chunks it keeps instead of spooling, up to the budget (then the file).
+        // in flight (2 from the upstream, 2 MiB each), the one being hashed, and its first chunk
+        // tasks' allocations — the baseline is taken before the download starts, and freed 2 MiB
+        // chunk buffers stay in the allocator's per-thread arenas: 17-26 MiB measured — and the
+        // chunks it keeps instead of spooling, up to the budget (then the file). None of it
+        // grows with the blob: 2 GiB go through.
         let budget_mib = memory.parse::<u64>().unwrap() >> 20;
         assert!(in_memory <= (budget_mib << 20) as f64, "{source}: {in_memory} bytes held, budget {memory}");
         assert_eq!(in_memory > 0.0, budget_mib > 0, "{source}: chunks held in memory with a budget, none without");
-        let bound = 16.0 + budget_mib as f64;
+        let bound = 32.0 + budget_mib as f64;
         assert!(grown_mib < bound, "{source}: peak RSS grew {grown_mib:.1} MiB streaming 2 GiB (bound {bound} MiB)");
         let label = format!("source=\"{source}\"");
         assert!(peerd.metric("peerd_served_bytes_total", &[label.as_str()]) >= SIZE as f64, "{source}");

@@ -51,14 +51,20 @@ fn layers_by_size(info: &serde_json::Value) -> Vec<(String, u64)> {
     l
 }
 
-/// A full GET and two ranges of `digest` are served with the right bytes.
-fn assert_serves(p: &Peerd, reg: &Registry, digest: &str, size: u64) {
+/// A full GET and three ranges of `digest` are served with the right bytes; `from_file`: from
+/// containerd's file, sent from the page cache to the socket (sendfile), else through gRPC.
+fn assert_serves(p: &Peerd, reg: &Registry, digest: &str, size: u64, from_file: bool) {
     let url = blob_url(p, reg, "test/multi", digest);
+    let direct = || p.metric("peerd_direct_sent_bytes_total", &["how=\"sendfile\""]);
+    let before = direct();
     let r = curl("GET", &url, &[]);
     assert_eq!(r.status, 200, "{digest}");
     assert!(r.curl_ok);
     assert_eq!(r.body.len() as u64, size);
     assert_eq!(format!("sha256:{}", sha256_hex(&r.body)), digest);
+    // Just pulled, so in the page cache: sent from it to the socket without a copy (sendfile).
+    let want = if from_file && size >= peerd::sendfile::MIN_DIRECT { size as f64 } else { 0.0 };
+    assert_eq!(direct() - before, want, "{digest}: the whole body sent directly (or, through gRPC, not)");
     for (range, want) in [
         ("bytes=100-199".to_owned(), &r.body[100..200]),
         (format!("bytes={}-", size - 10), &r.body[size as usize - 10..]),
@@ -69,6 +75,8 @@ fn assert_serves(p: &Peerd, reg: &Registry, digest: &str, size: u64) {
         assert_eq!(part.body, want, "{range}");
         assert!(part.header("content-range").is_some_and(|v| v.ends_with(&format!("/{size}"))), "{range}");
     }
+    // Ranges this small are left to actix (head and body in one write).
+    assert_eq!(direct() - before, want, "{digest}: small ranges are not sent directly");
 }
 
 /// The fast path is what serves local blobs (counted by path), with Range; a blob only in a
@@ -92,7 +100,7 @@ fn local_blobs_come_from_containerd_files_only_when_committed_in_a_served_namesp
     reg.stop();
     let layers = layers_by_size(&info);
     for (digest, size) in &layers {
-        assert_serves(&p, &reg, digest, *size);
+        assert_serves(&p, &reg, digest, *size, true);
     }
     // One full GET and three ranges per layer, every one read from the files.
     assert_eq!(reads(&p, "file"), 4.0 * layers.len() as f64);
@@ -186,6 +194,7 @@ fn a_blob_file_changed_under_a_read_gives_the_right_bytes_or_an_error() {
     let started = |out: &Path| std::fs::metadata(out).map(|m| m.len()).unwrap_or(0) >= 2 << 20;
 
     // Deleted mid-read: containerd's own delete, then the file is gone from blobs/.
+    let direct_before = p.metric("peerd_direct_sent_bytes_total", &["how=\"sendfile\""]);
     let out = work.path().join("deleted.out");
     let mut child = slow_get(&deleted.0, &out);
     wait("the slow read to start", Duration::from_secs(20), || started(&out));
@@ -201,6 +210,9 @@ fn a_blob_file_changed_under_a_read_gives_the_right_bytes_or_an_error() {
     assert!(!status.success() || right, "a completed response must be the blob");
     // On Linux the open descriptor keeps the whole inode readable: the read completes, rightly.
     assert!(status.success() && right, "expected the whole, right blob from the unlinked file");
+    // Sent from the page cache to a client slower than the socket (sendfile waits for room).
+    let direct = p.metric("peerd_direct_sent_bytes_total", &["how=\"sendfile\""]) - direct_before;
+    assert_eq!(direct, deleted.1 as f64, "the slow read went directly");
     // The next request does not find it locally (the registry still has it: served from there).
     let upstream_before = p.metric("peerd_served_bytes_total", &["source=\"upstream\""]);
     let r = curl("GET", &blob_url(&p, &reg, "test/multi", &deleted.0), &[]);
@@ -263,7 +275,7 @@ fn unreadable_content_files_fall_back_to_grpc() {
         }
         assert_eq!(p.metric("peerd_store_fast_path", &[]), if fast { 1.0 } else { 0.0 });
         for (digest, size) in &layers {
-            assert_serves(&p, &reg, digest, *size);
+            assert_serves(&p, &reg, digest, *size, false);
         }
         assert_eq!(reads(&p, "grpc"), 4.0 * layers.len() as f64, "{}", dir.display());
         assert_eq!(reads(&p, "file"), 0.0);

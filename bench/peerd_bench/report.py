@@ -69,8 +69,9 @@ def analysis(res):
                    f"(sendfile, with loopback's TCP work for the receiver), so B cannot spend less than "
                    f"{floor:.2f}; it spent {peer_b:.2f} with {S} streams"
                    + (f" and {b1:.2f} with one" if b1 else "")
-                   + ". What is above the floor is copies no API here avoids: actix-web copies every piece into "
-                   "its write buffer, and the piece splitting copies the rest of a received buffer beyond 256 KiB.")
+                   + ". B writes each piece to the socket itself (no copy into actix-web's write buffer, "
+                   "`peerd_direct_sent_bytes_total{how=\"write\"}`); what is above the floor is the piece "
+                   "splitting's copy of a received buffer beyond 256 KiB, and the hand-offs between B's tasks.")
         if b1:
             out.append(f"- **One stream through a peer** is one task on B: {b1:.2f} CPU-s/GiB on one thread is "
                        f"about {1 / b1 * GiB / 1e9:.2f} GB/s. Hashing in a blocking task beside the I/O (512 KiB "

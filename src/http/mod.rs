@@ -9,6 +9,7 @@ pub mod error;
 pub mod peer;
 pub mod preheat;
 pub mod registry;
+pub mod server;
 pub mod swarm;
 
 pub use registry::method_not_allowed;
@@ -107,32 +108,6 @@ fn handler_label(path: &str) -> &'static str {
     }
 }
 
-/// An `HttpServer::on_connect` hook giving every accepted connection a write timeout: the
-/// kernel closes a connection whose sent bytes stay unacknowledged — or whose client keeps a
-/// zero receive window, i.e. reads nothing — for longer than `timeout` (`TCP_USER_TIMEOUT`;
-/// Linux applies it to zero-window probes too). actix-web has no write timeout of its own: a
-/// response to a client that stopped reading is never polled again, so without this it keeps
-/// its buffers and upstream connection forever. `0` leaves the system default.
-///
-/// And `TCP_NODELAY`: bodies go out as streamed pieces, and with Nagle's algorithm a piece's
-/// last partial segment waits until the previous one is acknowledged, which a client's delayed
-/// ACK turns into a 40 ms stall.
-pub fn socket_options(timeout: std::time::Duration) -> impl Fn(&dyn std::any::Any, &mut actix_web::dev::Extensions) {
-    let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
-    move |conn, _| {
-        let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() else { return };
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-        if ms == 0 {
-            return;
-        }
-        if let Err(e) = rustix::net::sockopt::set_tcp_user_timeout(tcp, ms) {
-            tracing::debug!(error = %e, "cannot set TCP_USER_TIMEOUT");
-        }
-    }
-}
-
 /// Longest request path written to a log line.
 pub const MAX_LOGGED_PATH: usize = 256;
 
@@ -205,7 +180,22 @@ pub async fn observe(
         }
         _ => None,
     };
+    let sink = req.conn_data::<Arc<crate::sendfile::Sink>>().cloned();
     let mut res = next.call(req).instrument(span.clone()).await?;
+    // Content bodies are written to the socket directly (not copied into actix's buffer), and
+    // those that pass a file's bytes on unchanged may be sent from the page cache.
+    let direct = sink.and_then(|sink| {
+        let r = res.response();
+        let files = r.extensions().get::<crate::sendfile::Direct>().is_some();
+        match r.body().size() {
+            BodySize::Sized(n)
+                if n >= crate::sendfile::MIN_DIRECT && method == "GET" && (files || is_transfer(handler)) =>
+            {
+                Some(crate::sendfile::Outgoing::new(sink, files, n))
+            }
+            _ => None,
+        }
+    });
     let status = res.status().as_u16();
     let source = res.response().extensions().get::<Source>().map_or("none", |s| s.as_str());
     let record = record.map(|(r, what, to)| Record { recorder: r, what, to, source, status });
@@ -226,6 +216,7 @@ pub async fn observe(
             _slot: slot,
             bytes: 0,
             record,
+            direct,
         })
     }))
 }
@@ -275,6 +266,8 @@ struct Timed {
     bytes: u64,
     /// Where to remember this transfer (the debug page), if anywhere.
     record: Option<Record>,
+    /// The body is written to the socket directly ([`crate::sendfile`]).
+    direct: Option<crate::sendfile::Outgoing>,
 }
 
 struct Record {
@@ -289,17 +282,33 @@ impl MessageBody for Timed {
     type Error = Box<dyn std::error::Error>;
 
     fn size(&self) -> BodySize {
-        self.body.size()
+        match self.body.size() {
+            // Framed by its Content-Length header, not counted by actix: the bytes written
+            // directly reach actix as empty chunks (`Outgoing` checks the length itself).
+            BodySize::Sized(_) if self.direct.is_some() => BodySize::Stream,
+            size => size,
+        }
     }
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Self::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_next(cx);
-        if let Poll::Ready(Some(Ok(b))) = &polled {
-            self.bytes += b.len() as u64;
-        }
+        let this = &mut *self;
+        let polled = match this.direct.as_mut() {
+            Some(out) => {
+                let polled = out.poll(Pin::new(&mut this.body), cx);
+                this.bytes = out.done();
+                polled
+            }
+            None => {
+                let polled = Pin::new(&mut this.body).poll_next(cx);
+                if let Poll::Ready(Some(Ok(b))) = &polled {
+                    this.bytes += b.len() as u64;
+                }
+                polled
+            }
+        };
         if let Poll::Ready(Some(Err(e))) = &polled {
-            self.failed = true;
-            self.span.in_scope(|| tracing::warn!(error = %e, "response body aborted"));
+            this.failed = true;
+            this.span.in_scope(|| tracing::warn!(error = %e, "response body aborted"));
         }
         polled
     }

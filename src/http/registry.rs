@@ -143,6 +143,10 @@ fn blob(a: BlobAnswer) -> HttpResponse {
     b.insert_header((header::CONTENT_TYPE, media::OCTET_STREAM))
         .insert_header((DIGEST_HEADER, a.digest.to_string()))
         .insert_header((header::ACCEPT_RANGES, "bytes"));
+    // Direct sends need the body framed by its length (actix then passes body bytes through).
+    if a.direct && a.len.is_some() {
+        b.extensions_mut().insert(crate::sendfile::Direct);
+    }
     match a.len {
         Some(len) => b.no_chunking(len).streaming(a.body),
         None => b.streaming(a.body),

@@ -244,6 +244,35 @@ impl FileStream {
         }
     }
 
+    /// The next bytes sent straight from the page cache to the connection being answered, when
+    /// there is one that takes them ([`crate::sendfile`]): a stand-in for the bytes sent. `None`:
+    /// read them.
+    fn send_direct(&mut self, cx: &mut Context<'_>) -> Option<Poll<Option<io::Result<Bytes>>>> {
+        if !self.nowait || self.unread == 0 {
+            return None;
+        }
+        let file = self.file.as_ref()?;
+        Some(match crate::sendfile::send(file, self.pos, self.unread, cx)? {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(sent)) => {
+                let n = sent.len() as u64;
+                if n == 0 {
+                    let why = format!("{} ended early (truncated while being sent?)", self.path.display());
+                    return Some(self.fail(io::Error::new(io::ErrorKind::UnexpectedEof, why)));
+                }
+                self.pos += n;
+                self.unread -= n;
+                self.undelivered -= n;
+                if self.undelivered == 0 {
+                    self.done = true;
+                    self.file = None;
+                }
+                Poll::Ready(Some(Ok(sent)))
+            }
+            Poll::Ready(Err(e)) => self.fail(io::Error::new(e.kind(), format!("sending {}: {e}", self.path.display()))),
+        })
+    }
+
     /// The next piece of the last read (non-empty).
     fn next_piece(&mut self) -> Poll<Option<io::Result<Bytes>>> {
         let n = self.current.len().min(MAX_PIECE);
@@ -296,6 +325,9 @@ impl Stream for FileStream {
             return this.take(chunk, asked);
         }
         if this.pending.is_none() {
+            if let Some(sent) = this.send_direct(cx) {
+                return sent;
+            }
             match this.read_now() {
                 Some(Ok((chunk, asked))) => return this.take(chunk, asked),
                 Some(Err(e)) => {
