@@ -34,7 +34,9 @@ pub async fn collect(mut stream: ByteStream, limit: u64) -> Result<Bytes, std::i
 /// clean body with the wrong bytes. `on_mismatch` runs once when that happens.
 ///
 /// Only one byte is held back (a copy): a client that stops reading pins no more of the body
-/// here than that, whatever the chunk sizes of the source.
+/// here than that, whatever the chunk sizes of the source. With the length known, that is the
+/// body's last byte and every other chunk passes unchanged; without, the last byte of each chunk
+/// waits for the next chunk.
 /// Called once with the expected digest and what went wrong.
 type OnMismatch = Box<dyn FnOnce(&Digest, &str) + Send>;
 
@@ -107,6 +109,11 @@ impl Stream for Verify {
                     }
                     if let Some(h) = this.hasher.as_mut() {
                         h.update(&chunk);
+                    }
+                    // With the length known, only the body's last byte is held back: every chunk
+                    // before the last goes on whole (one write each, not a chunk and a byte).
+                    if matches!(this.expected_len, Some(n) if this.seen < n) {
+                        return Poll::Ready(Some(Ok(chunk)));
                     }
                     // Hold back a copy of the last byte (not a view that would pin the chunk).
                     let last = Bytes::copy_from_slice(&chunk[chunk.len() - 1..]);
@@ -383,6 +390,11 @@ mod tests {
         assert!(out.len() < 11, "the whole body must never be delivered: got {}", out.len());
         assert_eq!(err.unwrap().kind(), io::ErrorKind::InvalidData);
         assert_eq!(hits.load(Ordering::SeqCst), 1);
+        // The same with the length known (chunks pass whole, the last byte waits).
+        let d = Digest::compute(Algorithm::Sha256, b"hello world");
+        let (out, err) = drain(Verify::new(chunks(b"hello WORLD", 3), d, Some(11), |_, _| {})).await;
+        assert_eq!(out, b"hello WORL", "all but the last byte");
+        assert_eq!(err.unwrap().kind(), io::ErrorKind::InvalidData);
     }
 
     #[tokio::test]
@@ -474,6 +486,9 @@ mod tests {
         assert_eq!(got.concat(), data);
         let last = got.last().unwrap();
         assert_eq!(&last[..], b"j", "only the last byte waits for the digest");
+        // The length known, the chunks before the last pass whole (one write each downstream).
+        let sizes: Vec<usize> = got.iter().map(Bytes::len).collect();
+        assert_eq!(sizes, [7, 7, 5, 1]);
         // Pieces: at most 3 bytes each, nothing lost, empty chunks skipped.
         let (out, err) = drain(Pieces::new(chunks(data, 7), 3)).await;
         assert_eq!((out.as_slice(), err.is_none()), (data, true));
