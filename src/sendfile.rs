@@ -406,9 +406,14 @@ mod tests {
     }
 
     /// A content body from memory (`/v2/<name>/blobs/...` is a transfer): `mem` is the file's
-    /// bytes in 100 KiB chunks; `long` claims a Content-Length of `SIZE / 2` and runs past it.
+    /// bytes in 100 KiB chunks; `plain` is them in one sized body without a Content-Length
+    /// header (actix would frame it itself); `long` claims a Content-Length of `SIZE / 2` and
+    /// runs past it.
     async fn memory(req: actix_web::HttpRequest, served: web::Data<Served>) -> HttpResponse {
         let data = Bytes::from(std::fs::read(&served.file).unwrap());
+        if req.path().ends_with("/plain") {
+            return HttpResponse::Ok().body(data);
+        }
         let chunks: Vec<io::Result<Bytes>> = (0..data.len())
             .step_by(100 << 10)
             .map(|at| Ok(data.slice(at..(at + (100 << 10)).min(data.len()))))
@@ -519,16 +524,19 @@ mod tests {
                 req("/small"),
                 req("/file"),
                 req("/v2/t/blobs/mem"),
+                req("/v2/t/blobs/plain"),
+                req("/small"),
             ]
             .concat();
             c.write_all(all.as_bytes()).unwrap();
-            (0..8).map(|i| response(&mut c).unwrap_or_else(|| panic!("response {i} cut short"))).collect::<Vec<_>>()
+            (0..10).map(|i| response(&mut c).unwrap_or_else(|| panic!("response {i} cut short"))).collect::<Vec<_>>()
         })
         .await
         .unwrap();
         let statuses: Vec<u16> = got.iter().map(|(s, _)| *s).collect();
-        assert_eq!(statuses, [200, 200, 200, 404, 200, 200, 200, 200]);
-        for i in [0, 2, 4, 6, 7] {
+        assert_eq!(statuses, [200, 200, 200, 404, 200, 200, 200, 200, 200, 200]);
+        assert_eq!(got[9].1, b"small");
+        for i in [0, 2, 4, 6, 7, 8] {
             assert!(got[i].1 == want, "response {i}: the file's bytes");
         }
         assert_eq!(got[1].1, b"small");

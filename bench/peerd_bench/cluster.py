@@ -82,13 +82,16 @@ class Cluster:
 
     def pull_all(self, idx, mirror, ctrds):
         """`ctr image pull` (with unpack) on nodes `idx` at once; ({node: seconds}, wall seconds)."""
-        times = {}
+        times, errors = {}, {}
         t0 = time.time()
 
         def pull(i):
-            sh(["ctr", "-a", ctrds[i - 1].sock, "-n", "k8s.io", "image", "pull", "--hosts-dir",
-                self.hosts_dir(i, mirror), self.image], ns=self.names[i - 1], timeout=1800)
-            times[i] = time.time() - t0
+            try:
+                sh(["ctr", "-a", ctrds[i - 1].sock, "-n", "k8s.io", "image", "pull", "--hosts-dir",
+                    self.hosts_dir(i, mirror), self.image], ns=self.names[i - 1], timeout=1800)
+                times[i] = time.time() - t0
+            except Exception as e:  # reported below, with the others
+                errors[i] = str(e)[-600:]
 
         ts = [threading.Thread(target=pull, args=(i,)) for i in idx]
         for t in ts:
@@ -96,7 +99,7 @@ class Cluster:
         for t in ts:
             t.join(1900)
         if len(times) != len(idx):
-            raise RuntimeError(f"pulls failed: {sorted(set(idx) - set(times))}")
+            raise RuntimeError(f"pulls failed: {sorted(set(idx) - set(times))}: {errors}")
         return times, time.time() - t0
 
     def pull_first_then_rest(self, peers, ctrds, r):

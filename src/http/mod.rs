@@ -184,18 +184,26 @@ pub async fn observe(
     let mut res = next.call(req).instrument(span.clone()).await?;
     // Content bodies are written to the socket directly (not copied into actix's buffer), and
     // those that pass a file's bytes on unchanged may be sent from the page cache.
-    let direct = sink.and_then(|sink| {
-        let r = res.response();
-        let files = r.extensions().get::<crate::sendfile::Direct>().is_some();
-        match r.body().size() {
-            BodySize::Sized(n)
-                if n >= crate::sendfile::MIN_DIRECT && method == "GET" && (files || is_transfer(handler)) =>
-            {
-                Some(crate::sendfile::Outgoing::new(sink, files, n))
+    let direct = sink
+        .and_then(|sink| {
+            let r = res.response();
+            let files = r.extensions().get::<crate::sendfile::Direct>().is_some();
+            match r.body().size() {
+                BodySize::Sized(n)
+                    if n >= crate::sendfile::MIN_DIRECT && method == "GET" && (files || is_transfer(handler)) =>
+                {
+                    Some((sink, files, n))
+                }
+                _ => None,
             }
-            _ => None,
-        }
-    });
+        })
+        .map(|(sink, files, n)| {
+            // Framed by its Content-Length, however the handler built it: actix passes the body
+            // through uncounted only then (a sized body without the header would go chunked).
+            res.response_mut().head_mut().no_chunking(true);
+            res.headers_mut().insert(actix_web::http::header::CONTENT_LENGTH, HeaderValue::from(n));
+            crate::sendfile::Outgoing::new(sink, files, n)
+        });
     let status = res.status().as_u16();
     let source = res.response().extensions().get::<Source>().map_or("none", |s| s.as_str());
     let record = record.map(|(r, what, to)| Record { recorder: r, what, to, source, status });
