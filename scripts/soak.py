@@ -37,7 +37,17 @@ import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-import run as bench  # noqa: E402  (the benchmark's process, registry, containerd and image helpers)
+import types  # noqa: E402
+from peerd_bench import client, common, containerd, cpu, images, machine, peerd, procs, registry  # noqa: E402
+
+# The benchmark's process, registry, containerd and image helpers, under the names this script
+# has always used (they lived in one bench/run.py before the bench became a package).
+bench = types.SimpleNamespace(
+    CLEAN=procs.CLEAN, Conn=client.Conn, Containerd=containerd.Containerd, Layout=images.Layout,
+    OCI_LAYER=common.OCI_LAYER, OCI_MANIFEST=common.OCI_MANIFEST, Peerd=peerd.Peerd, Registry=registry.Registry,
+    SECRET=common.SECRET, _connects=common.connects, free_port=common.free_port, machine_info=machine.machine_info,
+    pct=common.pct, proc_kib=cpu.proc_kib, reset_hwm=cpu.reset_hwm, sh=common.sh, tail=common.tail,
+    wait_until=common.wait_until)
 
 CLEAN = bench.CLEAN
 MiB = 1 << 20
