@@ -232,9 +232,14 @@ async fn blobs_through_a_cluster_with_nginx() {
 
     // The upstream goes away: ranges still come, from the local cache and from peers.
     nginx.stop();
+    let sendfile = |n: &Peerd| n.metric("peerd_direct_sent_bytes_total", &["how=\"sendfile\""]);
+    let a_sent = sendfile(&nodes[0]);
     for (i, n) in nodes.iter().enumerate() {
         random_reads(n, &nginx.addr, &files, 500, 100 + i as u64).await;
     }
+    // A holds every chunk: its cached parts went from the page cache to the socket (checked
+    // byte for byte by the reads above).
+    assert!(sendfile(&nodes[0]) > a_sent, "A's cache hits were sent by sendfile");
     for n in &nodes[1..] {
         assert!(n.metric("peerd_blobs_bytes_total", &["source=\"peer\""]) > 0.0, "B/C fetched chunks from peers");
     }

@@ -49,6 +49,12 @@ async fn blob(req: HttpRequest, st: web::Data<Arc<BlobsState>>) -> Result<HttpRe
         b.insert_header((header::ETAG, e.as_str()));
     }
     let len = read.range.map_or(read.size, |r| r.len());
+    // The body passes its parts on unchanged (cached parts are file streams of chunks this node
+    // checked, fetched ones verified chunks in memory; flattened and cut into views): what the
+    // page cache holds of the cached parts may go by sendfile.
+    if !head {
+        b.extensions_mut().insert(crate::sendfile::Direct);
+    }
     let body = read.body.unwrap_or_else(|| Box::pin(futures_util::stream::empty()));
     Ok(b.no_chunking(len).streaming(body))
 }
