@@ -7,9 +7,10 @@
 //!   `TcpStream`). It shares the socket with the connection's [`Sink`] and records whether the
 //!   last write actix asked for took all it was given — i.e. whether actix's write buffer is
 //!   empty.
-//! - The response's outermost body (`http::Timed`, for answers marked [`Direct`]) polls the body
-//!   chain inside [`scope`] when that buffer is empty, and never otherwise: the head it wrote
-//!   first, or a piece of body it passed on, must reach the socket before any direct send.
+//! - [`Outgoing`], owned by the response's outermost body (`http::Timed`), writes the body's
+//!   chunks to the socket itself while that buffer is empty, and for answers marked [`Direct`]
+//!   polls the body chain inside [`scope`] then, never otherwise: the head actix wrote first, or
+//!   a piece of body passed on through actix, must reach the socket before any direct send.
 //! - A [`crate::store::file`] stream polled inside [`scope`], holding the next bytes in the page
 //!   cache, sends them itself ([`send`]) and yields a *stand-in* of that many bytes instead (a view
 //!   of a static zero buffer, so the byte counters on the way count them). The outermost body
@@ -110,9 +111,16 @@ impl Conn {
     pub fn sink(&self) -> Arc<Sink> {
         self.sink.clone()
     }
+}
 
-    pub fn tcp(&self) -> &TcpStream {
-        &self.tcp
+/// One write of `buf` to `tcp` once it has room: the bytes it took.
+fn poll_write_some(tcp: &TcpStream, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    loop {
+        ready!(tcp.poll_write_ready(cx))?;
+        match tcp.try_write(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            done => return Poll::Ready(done),
+        }
     }
 }
 
@@ -136,19 +144,11 @@ impl AsyncWrite for Conn {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         // Not flushed until a write takes all it is given: actix then has nothing left over.
         self.sink.queued();
-        loop {
-            ready!(self.tcp.poll_write_ready(cx))?;
-            match self.tcp.try_write(buf) {
-                Ok(n) => {
-                    if n == buf.len() {
-                        self.sink.flushed.store(true, Ordering::Relaxed);
-                    }
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+        let n = ready!(poll_write_some(&self.tcp, cx, buf))?;
+        if n == buf.len() {
+            self.sink.flushed.store(true, Ordering::Relaxed);
         }
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -285,15 +285,11 @@ impl Outgoing {
             return Poll::Ready(Some(Err("the connection is gone".into())));
         };
         while !self.tail.is_empty() {
-            if let Err(e) = ready!(tcp.poll_write_ready(cx)) {
-                return Poll::Ready(Some(Err(e.into())));
-            }
-            match tcp.try_write(&self.tail) {
+            match ready!(poll_write_some(&tcp, cx, &self.tail)) {
                 Ok(n) => {
                     metrics::counter!(DIRECT_BYTES, "how" => "write").increment(n as u64);
                     bytes::Buf::advance(&mut self.tail, n);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Poll::Ready(Some(Err(e.into()))),
             }
         }
@@ -306,12 +302,12 @@ tokio::task_local! {
 }
 
 /// Poll a body chain (`f`) with `sink` taking direct sends (see the module docs).
-pub fn scope<R>(sink: Arc<Sink>, f: impl FnOnce() -> R) -> R {
+fn scope<R>(sink: Arc<Sink>, f: impl FnOnce() -> R) -> R {
     CURRENT.sync_scope(sink, f)
 }
 
 /// `true` for a stand-in (or a piece of one): a chunk that stands for bytes already sent.
-pub fn is_stand_in(b: &Bytes) -> bool {
+fn is_stand_in(b: &Bytes) -> bool {
     !b.is_empty() && STAND_IN.as_ptr_range().contains(&b.as_ptr())
 }
 
