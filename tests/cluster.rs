@@ -64,8 +64,12 @@ fn nodes_pull_from_each_other_when_the_registry_is_gone() {
     // to containerd without copying it into actix's buffer.
     let large: u64 = multi.iter().map(|(_, s)| *s).filter(|s| *s >= peerd::sendfile::MIN_DIRECT).sum();
     assert!(large > 0);
-    let sent = a.peerd.metric("peerd_direct_sent_bytes_total", &["how=\"sendfile\""]);
-    assert!(sent >= large as f64, "A sendfile'd its layers: {sent} < {large}");
+    // (A window the page cache does not hold right then is read and written instead: most, not
+    // all, goes by sendfile on a busy machine.)
+    let a_sent = |how: &str| a.peerd.metric("peerd_direct_sent_bytes_total", &[&format!("how=\"{how}\"")]);
+    let (sent, a_written) = (a_sent("sendfile"), a_sent("write"));
+    assert!(sent + a_written >= large as f64, "A sent its layers directly: {sent} + {a_written} < {large}");
+    assert!(sent >= large as f64 / 2.0, "A sendfile'd most of its layers: {sent} of {large}");
     let written = b.peerd.metric("peerd_direct_sent_bytes_total", &["how=\"write\""]);
     assert!(written >= large as f64, "B wrote them directly: {written} < {large}");
     c.containerd.pull(&c.hosts, &image);
