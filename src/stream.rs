@@ -231,6 +231,11 @@ pub fn views(data: Bytes) -> impl Iterator<Item = Bytes> {
     views_of(data, MAX_PIECE)
 }
 
+/// `data` as a body of [`views`] (no copy).
+pub fn of_memory(data: Bytes) -> ByteStream {
+    Box::pin(futures_util::stream::iter(views(data).map(Ok)))
+}
+
 fn views_of(data: Bytes, max: usize) -> impl Iterator<Item = Bytes> {
     (0..data.len()).step_by(max).map(move |at| data.slice(at..(at + max).min(data.len())))
 }

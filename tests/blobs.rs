@@ -224,15 +224,24 @@ async fn blobs_through_a_cluster_with_nginx() {
     };
     let before_reads = meta_files();
     assert!(before_reads.len() >= files.len() - 1, "metadata of every file read: {before_reads:?}");
-    for (i, n) in nodes.iter().enumerate() {
+    random_reads(&nodes[0], &nginx.addr, &files, 1000, 7).await;
+    let sendfile = |n: &Peerd| n.metric("peerd_direct_sent_bytes_total", &["how=\"sendfile\""]);
+    let a_to_peers = || nodes[0].metric("peerd_peer_served_bytes_total", &[]);
+    let (a_sent, a_served) = (sendfile(&nodes[0]), a_to_peers());
+    for (i, n) in nodes.iter().enumerate().skip(1) {
         random_reads(n, &nginx.addr, &files, 1000, 7 + i as u64).await;
     }
+    // B and C took chunks from A (it holds them all): A sent them from its files by sendfile,
+    // not read and hashed again (it wrote and hashed them itself; the peers check every chunk
+    // against its sha256).
+    let (a_sent, a_served) = (sendfile(&nodes[0]) - a_sent, a_to_peers() - a_served);
+    assert!(a_served > 0.0, "A served chunks to B and C");
+    assert!(a_sent >= a_served / 2.0, "A's chunks for peers went mostly by sendfile: {a_sent} of {a_served}");
     assert_eq!(meta_files(), before_reads, "A rewrote metadata the upstream confirmed unchanged");
     let upstream_before = nodes[1].metric("peerd_blobs_bytes_total", &["source=\"upstream\""]);
 
     // The upstream goes away: ranges still come, from the local cache and from peers.
     nginx.stop();
-    let sendfile = |n: &Peerd| n.metric("peerd_direct_sent_bytes_total", &["how=\"sendfile\""]);
     let a_sent = sendfile(&nodes[0]);
     for (i, n) in nodes.iter().enumerate() {
         random_reads(n, &nginx.addr, &files, 500, 100 + i as u64).await;

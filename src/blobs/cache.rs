@@ -231,19 +231,40 @@ impl ChunkCache {
         if to > entry.size || from > to {
             return None;
         }
-        if let Some(stamp) = entry.checked {
-            let path = self.path(id, index, &entry.sha256);
-            if let Some(data) = open_if_unchanged(&path, stamp, from, to) {
-                if let Some(mut e) = self.index.get_mut(&key) {
-                    e.used = Instant::now();
-                }
-                metrics::counter!(CACHE_HITS).increment(1);
-                return Some(data);
-            }
+        if let Some(data) = self.unchanged(&key, &entry, from, to) {
+            return Some(data);
         }
         let (data, _) = self.get(id, index).await?;
         let part = (to as usize <= data.len()).then(|| data.slice(from as usize..to as usize))?;
         Some(Box::pin(futures_util::stream::once(std::future::ready(Ok(part)))))
+    }
+
+    /// A whole chunk for a peer: its bytes, its length and its sha256. As for a local read
+    /// ([`Self::get_range`]), a chunk whose file this process checked and that still looks the
+    /// same is streamed from the file without hashing (so what the page cache holds can go by
+    /// sendfile); otherwise it is read whole and verified. The peer checks the bytes against
+    /// the sha256 either way.
+    pub async fn whole(&self, id: &str, index: u64) -> Option<(ByteStream, u64, String)> {
+        let key = (id.to_owned(), index);
+        let entry = self.index.get(&key).map(|e| e.clone())?;
+        if let Some(data) = self.unchanged(&key, &entry, 0, entry.size) {
+            return Some((data, entry.size, entry.sha256));
+        }
+        let (data, sha) = self.get(id, index).await?;
+        let len = data.len() as u64;
+        Some((crate::stream::of_memory(data), len, sha))
+    }
+
+    /// Bytes `from..to` of the chunk's file, when this process checked it and it still looks
+    /// the same (a hit); `None` otherwise.
+    fn unchanged(&self, key: &(String, u64), entry: &Entry, from: u64, to: u64) -> Option<ByteStream> {
+        let path = self.path(&key.0, key.1, &entry.sha256);
+        let data = open_if_unchanged(&path, entry.checked?, from, to)?;
+        if let Some(mut e) = self.index.get_mut(key) {
+            e.used = Instant::now();
+        }
+        metrics::counter!(CACHE_HITS).increment(1);
+        Some(data)
     }
 
     fn forget(&self, key: &(String, u64), size: u64) {
@@ -429,6 +450,39 @@ mod tests {
         let reopened = ChunkCache::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(range(&reopened, ID, 2, 7, 10).await.unwrap(), "rst", "verified whole, then sliced");
         assert_eq!(range(&reopened, ID, 2, 0, 2).await.unwrap(), "kl", "then read as a range");
+    }
+
+    /// A whole chunk for a peer: a checked, unchanged chunk comes from its file (no hash), one
+    /// that changed is verified and, if wrong, not given at all; the sha256 is the chunk's.
+    #[tokio::test]
+    async fn whole_chunks_for_peers() {
+        use futures_util::TryStreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ChunkCache::open(dir.path(), 1 << 20).unwrap();
+        let whole = |i: u64| {
+            let cache = &cache;
+            async move {
+                let (body, len, sha) = cache.whole(ID, i).await?;
+                let parts: Vec<Bytes> = body.try_collect().await.ok()?;
+                Some((Bytes::from(parts.concat()), len, sha))
+            }
+        };
+        let sha = cache.put(ID, 0, &Bytes::from_static(b"0123456789")).await.unwrap();
+        assert_eq!(whole(0).await.unwrap(), (Bytes::from_static(b"0123456789"), 10, sha.clone()));
+        assert!(whole(1).await.is_none(), "not cached");
+        // Checked here: read from the file as it is (what the peer's check is for). Rewritten
+        // in place with other bytes (later times): verified, found wrong, dropped.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(cache.chunk_path(ID, 0).unwrap(), b"01234X6789").unwrap();
+        assert!(whole(0).await.is_none(), "a changed chunk that is wrong is not given");
+        assert!(!cache.contains(ID, 0));
+        // Another run of the process: verified once, whole from memory, then from the file.
+        cache.put(ID, 2, &Bytes::from_static(b"klmnopqrst")).await.unwrap();
+        let reopened = ChunkCache::open(dir.path(), 1 << 20).unwrap();
+        let (body, len, _) = reopened.whole(ID, 2).await.unwrap();
+        assert_eq!(len, 10);
+        assert_eq!(body.try_collect::<Vec<Bytes>>().await.unwrap().concat(), b"klmnopqrst");
+        assert!(reopened.index.get(&(ID.to_owned(), 2)).unwrap().checked.is_some(), "checked by that read");
     }
 
     /// `blobs.cache_dir` pointed at a directory other programs use: opening the cache and

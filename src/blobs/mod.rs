@@ -893,7 +893,7 @@ impl BlobsState {
         fetch: bool,
         wait: Duration,
     ) -> Result<(crate::stream::ByteStream, u64, String), ApiError> {
-        let mut found = self.cache.get(id, index).await;
+        let mut found = self.cache.whole(id, index).await;
         if found.is_none() && fetch {
             let source = self.sources.get(id).map(|s| s.clone());
             if let Some((url, meta)) = source.filter(|(_, m)| index < m.size.div_ceil(self.cfg.chunk_size)) {
@@ -902,20 +902,23 @@ impl BlobsState {
                     run.get(self, index % run::SEGMENT_CHUNKS).await.map_err(|e| e.to_string())
                 };
                 match tokio::time::timeout(wait.min(LONG_POLL), job).await {
-                    Ok(Ok(got)) => found = got,
+                    Ok(Ok(got)) => {
+                        found = got.map(|(data, sha)| {
+                            let len = data.len() as u64;
+                            (crate::stream::of_memory(data), len, sha)
+                        })
+                    }
                     Err(_) => return Err(ApiError::Pending { progress: None }),
                     Ok(Err::<_, String>(e)) => tracing::debug!(chunk = index, error = %e, "fetch for a peer failed"),
                 }
             }
         }
-        let (data, sha) = found.ok_or_else(|| ApiError::BlobUnknown(format!("{id}/{index}")))?;
+        let (body, len, sha) = found.ok_or_else(|| ApiError::BlobUnknown(format!("{id}/{index}")))?;
         let p = self.peers.as_ref().ok_or_else(|| ApiError::BlobUnknown("no peers".into()))?;
         // Like a swarm chunk: the node's upload slot is held until the chunk is sent.
         let Ok(slot) = p.uploads.clone().try_acquire_owned() else { return Err(ApiError::Busy) };
-        metrics::counter!(crate::peer::PEER_SERVED_BYTES).increment(data.len() as u64);
+        metrics::counter!(crate::peer::PEER_SERVED_BYTES).increment(len);
         let _ = p.served.try_send(ServedPeer);
-        let len = data.len() as u64;
-        let body = futures_util::stream::iter(crate::stream::views(data).map(Ok));
         Ok((crate::stream::holding(body, slot), len, sha))
     }
 

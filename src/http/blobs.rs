@@ -78,7 +78,13 @@ async fn peer_chunk(req: HttpRequest, st: web::Data<Arc<BlobsState>>, path: web:
     let (id, index) = path.into_inner();
     let fetch = url::form_urlencoded::parse(req.query_string().as_bytes()).any(|(k, v)| k == "fetch" && v == "1");
     match st.chunk_for_peer(&id, index, fetch, wait_param(&req, LONG_POLL)).await {
-        Ok((body, len, sha)) => chunk_headers(&sha).no_chunking(len).streaming(body),
+        Ok((body, len, sha)) => {
+            // Passed on unchanged (a checked chunk's file, or the chunk in memory): what the page
+            // cache holds of a file goes by sendfile.
+            let mut b = chunk_headers(&sha);
+            b.extensions_mut().insert(crate::sendfile::Direct);
+            b.no_chunking(len).streaming(body)
+        }
         Err(e) => e.error_response(),
     }
 }
