@@ -77,6 +77,28 @@ class Targets(unittest.TestCase):
             self.assertIs(rows[measure]["met"], False, measure)
             self.assertEqual([m for m, r in rows.items() if r["met"] is not True], [measure], measure)
 
+    def test_cluster_aim_counts_containerd_and_the_least_peerd_needs(self):
+        res = results()
+        res["machine"] = {"nproc": 2}
+        res["throughput"]["peerd_peer"]["4"]["client_cpu_s_per_gib"] = 0.3
+        res["cluster"]["cases"]["c"].update(containerd_cpu_s=20.0, ctr_cpu_s=4.0,
+                                            swarm_chunk_bytes={"peer": 1.75 * GiB, "upstream": 0.25 * GiB},
+                                            served_bytes={"swarm": 2 * GiB})
+        # peerd: 2 GiB × (receive 0.3 + sha256 0.75) + 3.75 GiB × send 0.4 = 3.6 CPU-s; with 24 of
+        # containerd and ctr, 27.6 / 2 CPUs = 13.8 s = 1.38× the bound: aim ≤ 1.38 / 0.9 = 1.533.
+        measure = "cluster case (c): slowest / bound (registry egress)"
+        for max_s, met in ((15.3, True), (15.4, False)):
+            res["cluster"]["cases"]["c"]["max_s"] = max_s
+            row = by_measure(res)[measure]
+            self.assertIs(row["met"], met, max_s)
+            self.assertIn("peerd needs at least 3.6", row["target"])
+            self.assertIn("aim ≤ 1.53", row["target"])
+        # Without peerd's share the floor (1.2× the bound) leaves the 1.5 as it is.
+        del res["throughput"]["peerd_peer"]["4"]["client_cpu_s_per_gib"]
+        row = by_measure(res)[measure]
+        self.assertEqual(row["target"], "≤ 1.5 (egress ≤ 1.1× F)")
+        self.assertIs(row["met"], False)
+
     def test_missing_sections_are_unknown_not_met(self):
         res = {"config": dict(SMOKE)}
         rows = targets(res)

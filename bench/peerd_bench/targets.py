@@ -89,6 +89,21 @@ def peer_path_bound(res, streams):
     return cpu_gbs, why
 
 
+def cluster_peerd_floor(res, c):
+    """CPU-seconds all peerds of a cluster case need at least, and how that was computed: every
+    byte a node received is received and hashed once, every byte sent (to containerd, to other
+    nodes) is sent once, at this run's loopback costs (a veth, a bridge and tc cost more)."""
+    costs = relay_costs(res, str(res["config"]["streams"]))
+    chunks, served = c.get("swarm_chunk_bytes") or {}, (c.get("served_bytes") or {}).get("swarm", 0)
+    if not costs or not chunks:
+        return 0.0, "not measured"
+    sha, send, recv = costs
+    got, to_peers = sum(chunks.values()) / 2**30, chunks.get("peer", 0) / 2**30
+    least = got * (recv + sha) + (served / 2**30 + to_peers) * send
+    return least, (f"receive + sha256 {got:.1f} GiB, send {served / 2**30 + to_peers:.1f} GiB at "
+                   f"{recv:.2f} + {sha:.2f} and {send:.2f} CPU-s/GiB")
+
+
 def targets(res):
     """Rows: measure, value (the number compared with the target, or None), now (this run's
     figures as text, None when not measured), target (text), met (bool, or None when unknown).
@@ -148,11 +163,14 @@ def targets(res):
         target, met = "≤ 1.5 (egress ≤ 1.1× F)", mob <= 1.5 and egr <= 1.1
         ncpu = g(res, "machine", "nproc")
         others = (c.get("containerd_cpu_s") or 0) + (c.get("ctr_cpu_s") or 0)
-        if ncpu and others / ncpu / c["bound_s"] > 1.5 * AIM:
-            # containerd and ctr do the same work with or without peerd, on the same CPUs.
-            floor = others / ncpu / c["bound_s"]
-            target += (f"; here containerd + ctr alone used {others:.0f} CPU-s = {others / ncpu:.1f} s on {ncpu} "
-                       f"CPUs = {floor:.2f}× the bound: aim ≤ {floor / AIM:.2f}")
+        least, how = cluster_peerd_floor(res, c)
+        if ncpu and (others + least) / ncpu / c["bound_s"] > 1.5 * AIM:
+            # containerd and ctr do the same work with or without peerd, on the same CPUs; peerd
+            # cannot move the bytes for less than a verified relay costs on loopback here.
+            floor = (others + least) / ncpu / c["bound_s"]
+            target += (f"; here containerd + ctr alone used {others:.0f} CPU-s, and peerd needs at least "
+                       f"{least:.1f} ({how}): {(others + least) / ncpu:.1f} s on {ncpu} CPUs = {floor:.2f}× the "
+                       f"bound: aim ≤ {floor / AIM:.2f}")
             met = mob <= floor / AIM and egr <= 1.1
         rows.append(_row("cluster case (c): slowest / bound (registry egress)", mob,
                          f"{mob:.2f} (egress {egr:.2f}× F)", target, met))
