@@ -24,13 +24,16 @@ release: ## Optimised build (target/release/peerd)
 image: release ## Build the OCI image without Docker (target/image); IMAGE_ARGS=--smoke to run it under containerd
 	scripts/build-image.sh $(IMAGE_ARGS)
 
+# `make run` and `make config` use a release build; RUN_BUILD= (empty) the debug one (scripts/run-check.sh).
+RUN_BUILD ?= --release
+
 run: ## Install protoc if missing (nothing else), then run a node on the embedded defaults (ARGS="--http-addr ...")
 	@command -v protoc >/dev/null || scripts/install-build-deps.sh
-	$(CARGO) run --release --locked -- run $(ARGS)
+	$(CARGO) run $(RUN_BUILD) --locked -- run $(ARGS)
 
 config: ## Print the effective configuration (release build, as `make run` uses)
 	@command -v protoc >/dev/null || scripts/install-build-deps.sh
-	$(CARGO) run --release --locked -- config $(ARGS)
+	$(CARGO) run $(RUN_BUILD) --locked -- config $(ARGS)
 
 test: ## Everything, on a fresh machine: install deps, lint, unit + integration tests
 	scripts/test.sh

@@ -10,6 +10,8 @@ cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 # Two test threads: the integration tests start registries, containerds and peerds.
 cargo test --all-targets --locked -- --test-threads 2
+# `make run` (the README's first command) on the embedded defaults, with the debug build above.
+scripts/run-check.sh
 # The HTTP API against api/swagger.yaml (offline; built by the cargo test above).
 python3 scripts/api-check.py target/debug/peerd
 # The container image, built without Docker from the debug binary above and run under a private
