@@ -15,14 +15,38 @@ use std::task::{ready, Context, Poll};
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
 
 /// Collect a stream into one buffer, failing past `limit` bytes.
-pub async fn collect(mut stream: ByteStream, limit: u64) -> Result<Bytes, std::io::Error> {
+pub async fn collect(stream: ByteStream, limit: u64) -> Result<Bytes, std::io::Error> {
+    collect_with(stream, limit, 0, |_| {}).await
+}
+
+/// [`collect`] of a body of `expected` bytes (room for them taken at once: no regrowth
+/// copies), hashed with sha256 as its pieces arrive: the hash of a chunk from a peer or an
+/// upstream overlaps its transfer instead of following it.
+pub async fn collect_hashed(
+    stream: ByteStream,
+    limit: u64,
+    expected: usize,
+) -> Result<(Bytes, [u8; 32]), std::io::Error> {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    let body = collect_with(stream, limit, expected.min(limit as usize), |piece| hasher.update(piece)).await?;
+    Ok((body, hasher.finalize().into()))
+}
+
+async fn collect_with(
+    mut stream: ByteStream,
+    limit: u64,
+    capacity: usize,
+    mut each: impl FnMut(&[u8]),
+) -> Result<Bytes, std::io::Error> {
     use futures_util::StreamExt;
-    let mut buf = bytes::BytesMut::new();
+    let mut buf = bytes::BytesMut::with_capacity(capacity);
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
         if (buf.len() + chunk.len()) as u64 > limit {
             return Err(std::io::Error::other(format!("body exceeds the {limit} byte limit")));
         }
+        each(&chunk);
         buf.extend_from_slice(&chunk);
     }
     Ok(buf.freeze())
@@ -528,6 +552,20 @@ mod tests {
         let pieces = split_100(false).await;
         assert!(pieces[0].1, "the first piece is a view");
         assert!(pieces[1..].iter().all(|(_, inside)| !inside), "a later piece is a view of the source");
+    }
+
+    /// A chunk collected whole is hashed as its pieces arrive, within its limit.
+    #[tokio::test]
+    async fn collect_hashed_hashes_the_pieces_and_keeps_the_limit() {
+        use sha2::Digest as _;
+        let data: &'static [u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+        let (body, sha) = collect_hashed(chunks(data, 7), 36, 36).await.unwrap();
+        assert_eq!(body, data);
+        assert_eq!(sha, <[u8; 32]>::from(sha2::Sha256::digest(data)));
+        assert!(collect_hashed(chunks(data, 7), 35, 35).await.is_err(), "past the limit");
+        // A body shorter than expected is the caller's to reject: its hash is its own.
+        let (short, sha) = collect_hashed(chunks(&data[..10], 3), 36, 36).await.unwrap();
+        assert_eq!((short.len(), sha), (10, <[u8; 32]>::from(sha2::Sha256::digest(&data[..10]))));
     }
 
     /// `Pieces::views` (a buffer of the response's own, e.g. a file read): no piece is copied.

@@ -90,6 +90,21 @@ pub struct ChunkCache {
     total: AtomicU64,
     /// Chunks removed so far (evicted, or dropped as corrupt or missing).
     removed: AtomicU64,
+    /// Bytes of chunks handed to their readers and being written now ([`Self::storing`]): not
+    /// counted in `total` yet, but they will be.
+    storing: AtomicU64,
+}
+
+/// `n` bytes about to be stored ([`ChunkCache::storing`]); released when dropped.
+pub struct Storing<'a> {
+    cache: &'a ChunkCache,
+    n: u64,
+}
+
+impl Drop for Storing<'_> {
+    fn drop(&mut self) {
+        self.cache.storing.fetch_sub(self.n, Ordering::Relaxed);
+    }
 }
 
 /// Bytes `from..to` of the file at `path` if it is still the version `stamp` describes (checked
@@ -124,6 +139,7 @@ impl ChunkCache {
             index: DashMap::new(),
             total: AtomicU64::new(0),
             removed: AtomicU64::new(0),
+            storing: AtomicU64::new(0),
         };
         for shard in std::fs::read_dir(dir)?.flatten() {
             let shard_name = shard.file_name().to_string_lossy().into_owned();
@@ -342,11 +358,19 @@ impl ChunkCache {
         }
     }
 
+    /// A chunk of `n` bytes is about to be stored (its readers got it before the write): until
+    /// the guard drops, [`Self::evicts_recent`] counts it as if it were here.
+    pub fn storing(&self, n: u64) -> Storing<'_> {
+        self.storing.fetch_add(n, Ordering::Relaxed);
+        Storing { cache: self, n }
+    }
+
     /// Whether storing `extra` more bytes would evict a chunk used within `within`: eviction
     /// removes the least recently used chunks down to 90% of the bound, and prefetch must not
-    /// push out what clients are reading.
+    /// push out what clients are reading. Chunks being stored now count as stored.
     pub fn evicts_recent(&self, extra: u64, within: std::time::Duration) -> bool {
-        let total = self.total.load(Ordering::Relaxed).saturating_add(extra);
+        let coming = self.storing.load(Ordering::Relaxed).saturating_add(extra);
+        let total = self.total.load(Ordering::Relaxed).saturating_add(coming);
         if total <= self.max_bytes {
             return false;
         }
@@ -528,6 +552,11 @@ mod tests {
         assert!(!cache.evicts_recent(4, hour), "room for it: nothing evicted");
         assert!(cache.evicts_recent(8, hour), "past the bound, chunks used just now would go");
         assert!(!cache.evicts_recent(8, std::time::Duration::ZERO), "nothing counts as recent");
+        // A chunk handed to its readers and being written counts as here until it is.
+        let storing = cache.storing(4);
+        assert!(cache.evicts_recent(4, hour), "the chunk being stored takes the room");
+        drop(storing);
+        assert!(!cache.evicts_recent(4, hour));
     }
 
     #[test]

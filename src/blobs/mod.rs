@@ -580,7 +580,12 @@ impl BlobsState {
     /// A chunk from the upstream, failing when no byte arrives for `blobs.progress_timeout` or
     /// the whole chunk takes longer than `blobs.chunk_timeout` (a trickling upstream must not
     /// hold its fetch slot for ever).
-    async fn chunk_from_upstream(&self, url: &url::Url, meta: &Meta, range: ByteRange) -> Result<Bytes, String> {
+    async fn chunk_from_upstream(
+        &self,
+        url: &url::Url,
+        meta: &Meta,
+        range: ByteRange,
+    ) -> Result<(Bytes, [u8; 32]), String> {
         match tokio::time::timeout(self.cfg.chunk_timeout, self.upstream_range(url, meta, range)).await {
             Ok(r) => r,
             Err(_) => {
@@ -590,7 +595,8 @@ impl BlobsState {
         }
     }
 
-    async fn upstream_range(&self, url: &url::Url, meta: &Meta, range: ByteRange) -> Result<Bytes, String> {
+    /// Bytes `range` of the file from the upstream, and their sha256.
+    async fn upstream_range(&self, url: &url::Url, meta: &Meta, range: ByteRange) -> Result<(Bytes, [u8; 32]), String> {
         let stalled = || {
             metrics::counter!(UPSTREAM_TIMEOUTS, "reason" => "stalled").increment(1);
             format!("upstream: no bytes for {:?}", self.cfg.progress_timeout)
@@ -618,19 +624,25 @@ impl BlobsState {
         let body: crate::stream::ByteStream =
             Box::pin(resp.bytes_stream().map(|r| r.map_err(|e| std::io::Error::other(e.without_url().to_string()))));
         let mut body = crate::stream::ranged(body, status, range);
+        // Hashed as it arrives (the hash overlaps the transfer instead of following it).
         let mut buf = bytes::BytesMut::with_capacity(range.len() as usize);
+        use sha2::Digest as _;
+        let mut hasher = sha2::Sha256::new();
         loop {
             match tokio::time::timeout(self.cfg.progress_timeout, body.next()).await.map_err(|_| stalled())? {
                 None => break,
                 Some(Err(e)) => return Err(e.to_string()),
-                Some(Ok(b)) => buf.extend_from_slice(&b),
+                Some(Ok(b)) => {
+                    hasher.update(&b);
+                    buf.extend_from_slice(&b);
+                }
             }
         }
         let data = buf.freeze();
         if data.len() as u64 != range.len() {
             return Err(format!("upstream sent {} of {} bytes", data.len(), range.len()));
         }
-        Ok(data)
+        Ok((data, hasher.finalize().into()))
     }
 
     /// A client read file `id` now.

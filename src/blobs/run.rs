@@ -18,7 +18,6 @@ use crate::transfer::Bits;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
-use sha2::Digest as _;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -316,9 +315,8 @@ impl Chunks for SegmentChunks {
         let fi = self.run.file_index(index);
         async move {
             match upstream_chunk(&st, &url, &meta, fi).await {
-                Ok(data) => {
+                Ok((data, sha)) => {
                     metrics::counter!(BLOBS_BYTES, "source" => "upstream").increment(data.len() as u64);
-                    let sha: [u8; 32] = sha2::Sha256::digest(&data).into();
                     ChunkResult::Got(data, sha)
                 }
                 Err(why) => ChunkResult::UpstreamFailed { fatal: false, why },
@@ -344,6 +342,9 @@ impl Chunks for SegmentChunks {
                 // Readers waiting for the chunk get it now, as it is (checked), not after it was
                 // written to the cache: the write (a file, a rename) took as long as the chunk's
                 // transfer from a peer (measured on a 1 MiB chunk, ~1-3 ms before the first byte).
+                // Until it is written it counts as cached for prefetch's room check (a reader
+                // done early must not let prefetch take room this chunk is about to fill).
+                let _storing = st.cache.storing(data.len() as u64);
                 {
                     let mut s = run.lock();
                     if s.waiting.contains_key(&index) {
@@ -391,7 +392,7 @@ impl Chunks for SegmentChunks {
 
 /// File chunk `index` from the upstream, within the host's share of the fetches and the
 /// node's; failing when the host has no slot within `blobs.chunk_timeout`.
-async fn upstream_chunk(st: &BlobsState, url: &url::Url, meta: &Meta, index: u64) -> Result<Bytes, String> {
+async fn upstream_chunk(st: &BlobsState, url: &url::Url, meta: &Meta, index: u64) -> Result<(Bytes, [u8; 32]), String> {
     // The host's share first: waiting for a slow host holds none of the node's slots. The
     // wait is bounded by `chunk_timeout`: a read queued behind a host that slow fails rather
     // than fetching long after its client may have left.

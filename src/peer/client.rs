@@ -84,12 +84,11 @@ impl PeerResponse {
     /// checked against the sha256 the answer claims in `Docker-Content-Digest` — which the
     /// answer's signature covers, so a body that passes is what the signing peer meant to send.
     pub async fn checked_body(self, limit: u64, exact: bool) -> Result<(bytes::Bytes, [u8; 32]), BodyError> {
-        use sha2::Digest as _;
-        let body = crate::stream::collect(self.body, limit).await?;
+        let expected = if exact { limit as usize } else { 0 };
+        let (body, sha) = crate::stream::collect_hashed(self.body, limit, expected).await?;
         if exact && body.len() as u64 != limit {
             return Err(BodyError::Length { got: body.len() as u64, want: limit });
         }
-        let sha: [u8; 32] = sha2::Sha256::digest(&body).into();
         let claimed = self.digest.as_deref().and_then(|d| d.strip_prefix("sha256:"));
         if claimed != Some(hex::encode(sha).as_str()) {
             return Err(BodyError::Checksum);
