@@ -14,10 +14,7 @@ fn zeros_upstream(size_of: impl Fn(&str) -> u64 + Send + Sync + 'static, delay: 
     FakeUpstream::start(move |req| {
         let size = size_of(req.target.split('?').next().unwrap_or(""));
         if req.method == "HEAD" {
-            return Reply::Garbage(
-                format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nETag: \"z\"\r\nConnection: close\r\n\r\n")
-                    .into_bytes(),
-            );
+            return head_answer(size, "z");
         }
         let Some((a, b)) = req
             .header("range")
@@ -35,6 +32,14 @@ fn zeros_upstream(size_of: impl Fn(&str) -> u64 + Send + Sync + 'static, delay: 
             body: vec![0; len],
         }
     })
+}
+
+/// The answer to a HEAD of a file of `size` bytes with ETag `etag`.
+fn head_answer(size: u64, etag: &str) -> Reply {
+    Reply::Garbage(
+        format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nETag: \"{etag}\"\r\nConnection: close\r\n\r\n")
+            .into_bytes(),
+    )
 }
 
 fn gets(up: &FakeUpstream) -> usize {
@@ -139,11 +144,7 @@ async fn a_trickling_host_does_not_block_other_hosts() {
     const SLOW_CHUNKS: u64 = 100;
     let slow = FakeUpstream::start(|req| {
         if req.method == "HEAD" {
-            let size = SLOW_CHUNKS * CHUNK;
-            return Reply::Garbage(
-                format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nETag: \"s\"\r\nConnection: close\r\n\r\n")
-                    .into_bytes(),
-            );
+            return head_answer(SLOW_CHUNKS * CHUNK, "s");
         }
         let range = req.header("range").unwrap_or("").to_owned();
         Reply::Trickle {
@@ -271,10 +272,7 @@ async fn an_outage_serves_files_a_peer_validated_but_never_refused_ones() {
         Mode::Error503 => Reply::status(503, &[]),
         Mode::Forbidden => Reply::status(403, &[]),
         Mode::NotHttp => Reply::Garbage(b"\x00\x01 not http".to_vec()),
-        Mode::Up if req.method == "HEAD" => Reply::Garbage(
-            format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nETag: \"v1\"\r\nConnection: close\r\n\r\n")
-                .into_bytes(),
-        ),
+        Mode::Up if req.method == "HEAD" => head_answer(size, "v1"),
         Mode::Up => {
             let (a, b) = req
                 .header("range")
@@ -358,4 +356,39 @@ fn a_failing_store_rests_behind_the_same_breaker_as_v2() {
     }
     assert_eq!(down.requests().len(), 3, "the store was asked until its host rested, then not again");
     read_one_byte(&n, &healthy.addr, "/ok");
+}
+
+/// An upstream that answers and then sends no byte for `blobs.progress_timeout`: the chunk
+/// fetch fails as stalled (counted so), the read gets an error rather than a short body, and
+/// the fetch does not wait out `chunk_timeout`.
+#[test]
+fn a_stalled_upstream_body_fails_the_chunk_as_stalled() {
+    let size = 4 * CHUNK;
+    let up = FakeUpstream::start(move |req| {
+        if req.method == "HEAD" {
+            return head_answer(size, "st");
+        }
+        let range = req.header("range").unwrap_or("").to_owned();
+        Reply::Trickle {
+            status: 206,
+            headers: vec![("Content-Range".into(), format!("{}/{size}", range.replace("=", " ")))],
+            body: vec![0; CHUNK as usize],
+            every: Duration::from_secs(30),
+        }
+    });
+    let n = node(
+        &[&up.addr],
+        &[
+            ("PEERD_BLOBS__PREFETCH", "false"),
+            ("PEERD_BLOBS__PROGRESS_TIMEOUT", "1s"),
+            ("PEERD_BLOBS__CHUNK_TIMEOUT", "20s"),
+        ],
+    );
+    let t0 = Instant::now();
+    let r = curl("GET", &n.url(&format!("/blobs/http://{}/stall.img", up.addr)), &[("Range", "bytes=0-9")]);
+    let took = t0.elapsed();
+    assert!(!(r.status == 206 && r.curl_ok && r.body.len() == 10), "no complete answer from a stalled body");
+    assert!(n.metric("peerd_blobs_upstream_timeouts_total", &["reason=\"stalled\""]) >= 1.0, "counted as stalled");
+    assert_eq!(n.metric("peerd_blobs_upstream_timeouts_total", &["reason=\"slow\""]), 0.0, "not as slow");
+    assert!(took < Duration::from_secs(15), "failed at the progress timeout, not the chunk timeout: {took:?}");
 }

@@ -623,26 +623,18 @@ impl BlobsState {
         }
         let body: crate::stream::ByteStream =
             Box::pin(resp.bytes_stream().map(|r| r.map_err(|e| std::io::Error::other(e.without_url().to_string()))));
-        let mut body = crate::stream::ranged(body, status, range);
+        // A piece that does not come within `progress_timeout` ends the body as stalled.
+        let body =
+            tokio_stream::StreamExt::timeout(crate::stream::ranged(body, status, range), self.cfg.progress_timeout)
+                .map(|piece| piece.unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut))));
         // Hashed as it arrives (the hash overlaps the transfer instead of following it).
-        let mut buf = bytes::BytesMut::with_capacity(range.len() as usize);
-        use sha2::Digest as _;
-        let mut hasher = sha2::Sha256::new();
-        loop {
-            match tokio::time::timeout(self.cfg.progress_timeout, body.next()).await.map_err(|_| stalled())? {
-                None => break,
-                Some(Err(e)) => return Err(e.to_string()),
-                Some(Ok(b)) => {
-                    hasher.update(&b);
-                    buf.extend_from_slice(&b);
-                }
-            }
-        }
-        let data = buf.freeze();
+        let (data, sha) = crate::stream::collect_hashed(Box::pin(body), range.len(), range.len() as usize)
+            .await
+            .map_err(|e| if e.kind() == std::io::ErrorKind::TimedOut { stalled() } else { e.to_string() })?;
         if data.len() as u64 != range.len() {
             return Err(format!("upstream sent {} of {} bytes", data.len(), range.len()));
         }
-        Ok((data, hasher.finalize().into()))
+        Ok((data, sha))
     }
 
     /// A client read file `id` now.
